@@ -1,0 +1,72 @@
+# bedtime: the two commands that are the contract are `make demo` and `make test`.
+# Everything else (bench, model, evaluate) builds on the same venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+EXTRAS ?= test,fleet
+
+.PHONY: all venv demo test test-python test-native bench model evaluate system-deps install-pi clean
+
+all: test
+
+# ---- set-up -------------------------------------------------------------------------------------
+$(STAMP): pyproject.toml setup.py native/ring.c native/ring.h native/build_native.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(STAMP)
+
+# Debian packages the tests and the demo use: mosquitto (real broker, never mocked), chromium (browser
+# tests), postgresql (fleet console). Installed only when missing and only when we are root (CI is).
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	command -v chromium  >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else \
+	    echo "note: missing Debian packages:$$missing (run: sudo apt-get install$$missing); tests that need them will skip"; \
+	  fi; \
+	fi
+
+# ---- the contract -------------------------------------------------------------------------------
+demo: system-deps venv
+	$(PY) -m appliance.demo
+
+test: system-deps venv test-native test-python
+
+test-python: venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+# The C ring buffer and decoder under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-native:
+	$(MAKE) -C native test
+
+# ---- measurement and models ---------------------------------------------------------------------
+bench: system-deps venv
+	$(PIP) install -q -e '.[$(EXTRAS),bench]'
+	$(PY) -m bench --write docs/benchmarks.md
+
+model: venv
+	$(PIP) install -q -e '.[$(EXTRAS),train]'
+	$(PY) -m models.stager.train
+	$(PY) -m models.loops.train
+
+evaluate: venv
+	$(PIP) install -q -e '.[$(EXTRAS),bench]'
+	$(PY) -m models.stager.evaluate
+
+install-pi:
+	sudo systemd/install-pi.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c
+	$(MAKE) -C native clean
