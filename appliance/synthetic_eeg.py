@@ -1,0 +1,399 @@
+"""A synthetic sleep-EEG generator whose nights follow a given (real) hypnogram.
+
+It is the signal source behind the ADS1299 chip simulator and the demo, and the training data of the
+stage model when no real EEG is at hand. Each 30-s epoch carries its stage's textbook signature (AASM
+scoring manual; Iber et al. 2007, and Rechtschaffen & Kales 1968 for the waveform shapes):
+
+======  =========================================================================================
+stage   what is drawn on the central (staging) channel
+======  =========================================================================================
+W       posterior-dominant alpha (8-12 Hz, waxing and waning), beta, muscle (EMG) noise, blinks
+N1      theta (4-7 Hz), little alpha, vertex sharp waves, slow rolling eye movements
+N2      theta background, sleep spindles (11-16 Hz, 0.5-2 s) and K-complexes
+N3      high-amplitude delta (0.5-2 Hz, > 75 uV peak to peak)
+REM     low-amplitude mixed frequency, sawtooth waves (2-6 Hz bursts), rapid eye movements
+======  =========================================================================================
+
+Everything sits on a 1/f ("pink-ish") background; amplitudes and peak frequencies vary per subject
+(``seed``), and artefacts (movement, electrode pops, mains hum) are optional.
+
+A wake epoch that follows REM within ``DISTRESS_WINDOW_EPOCHS`` can be a *distressed arousal* (an arousal
+out of a nightmare): more beta, strong EMG-like high-frequency power and movement. The nightmare-loop
+detector relies on these markers.
+
+Every epoch is drawn from its own random stream (``seed``, epoch index), so :meth:`SyntheticSleepEEG.read`
+(streaming) and :meth:`SyntheticSleepEEG.render_epochs` (bulk) return the very same samples.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.hypnogram import Stage
+
+logger = logging.getLogger(__name__)
+
+DISTRESS_WINDOW_EPOCHS = 2
+"""A W epoch at most this many epochs after a REM epoch may be drawn as a distressed arousal."""
+
+
+@dataclass(frozen=True)
+class SubjectTraits:
+    """Per-subject variation of the synthetic EEG (drawn once from the generator's ``seed``).
+
+    Attributes
+    ----------
+    amplitude_scale : float
+        Overall gain (skull thickness, electrode placement, age); 1.0 is a typical young adult.
+    alpha_hz, spindle_hz, theta_hz : float
+        Peak frequencies of the alpha rhythm, sleep spindles and theta (Hz).
+    delta_scale : float
+        Extra gain of slow waves (deep-sleep amplitude falls with age).
+    background_exponent : float
+        Exponent b of the 1/f^b background power spectrum.
+    """
+
+    amplitude_scale: float
+    alpha_hz: float
+    spindle_hz: float
+    theta_hz: float
+    delta_scale: float
+    background_exponent: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "SubjectTraits":
+        return cls(
+            amplitude_scale=float(np.exp(rng.normal(0.0, 0.25))),
+            alpha_hz=float(rng.uniform(8.5, 11.5)),
+            spindle_hz=float(rng.uniform(11.5, 14.5)),
+            theta_hz=float(rng.uniform(4.5, 6.5)),
+            delta_scale=float(np.exp(rng.normal(0.0, 0.2))),
+            background_exponent=float(rng.uniform(1.6, 2.2)),
+        )
+
+
+def _spectral_noise(rng: np.random.Generator, n: int, fs_hz: float, amplitude_of_f) -> np.ndarray:
+    """Gaussian noise with the given amplitude spectrum, normalised to unit RMS.
+
+    Shaping white noise in the frequency domain is the standard way to draw a stationary process with a
+    chosen spectrum (one FFT per component; cheap at 30-s epochs).
+    """
+    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    spec = (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))) * amplitude_of_f(f)
+    spec[0] = 0.0
+    x = np.fft.irfft(spec, n)
+    rms = float(np.sqrt(np.mean(x**2)))
+    return x / rms if rms > 0 else x
+
+
+def _band(centre_hz: float, width_hz: float):
+    return lambda f: np.exp(-0.5 * ((f - centre_hz) / width_hz) ** 2)
+
+
+def _box(lo_hz: float, hi_hz: float):
+    return lambda f: ((f >= lo_hz) & (f <= hi_hz)).astype(float)
+
+
+def _slow_envelope(rng: np.random.Generator, n: int, fs_hz: float, *, rate_hz: float = 0.1) -> np.ndarray:
+    """A smooth 0..1 envelope that waxes and wanes (alpha comes and goes with drowsiness)."""
+    e = _spectral_noise(rng, n, fs_hz, _box(0.0, rate_hz))
+    return 1.0 / (1.0 + np.exp(-2.0 * e))
+
+
+def _add_events(x: np.ndarray, rng: np.random.Generator, fs_hz: float, rate_per_epoch: float, make) -> None:
+    """Add a Poisson number of transient waveforms ``make(rng) -> array`` at random places in ``x``."""
+    for _ in range(rng.poisson(rate_per_epoch)):
+        w = make(rng)
+        if len(w) >= len(x):
+            continue
+        start = int(rng.integers(0, len(x) - len(w)))
+        x[start:start + len(w)] += w
+
+
+class SyntheticSleepEEG:
+    """Synthetic multichannel sleep EEG that follows a hypnogram, in microvolts.
+
+    Parameters
+    ----------
+    hypnogram : numpy.ndarray
+        One :class:`~appliance.hypnogram.Stage` value per epoch. UNSCORED epochs are drawn as wake.
+    fs_hz : float
+        Sampling rate in Hz (the ADS1299 default is 250 SPS).
+    n_channels : int
+        Number of channels. Channel 0 is the central staging channel; the others are mixtures of it with
+        their own background (1 and 2 are "frontal" and see eye movements more strongly).
+    seed : int
+        Subject seed: sets the subject's traits and every epoch's random stream.
+    epoch_s : float
+        Epoch length in seconds.
+    artefacts : bool
+        Draw movement artefacts, blinks, electrode pops and mains hum.
+    distressed_arousals : bool or numpy.ndarray
+        True (default): every W epoch within ``DISTRESS_WINDOW_EPOCHS`` after a REM epoch is a distressed
+        arousal. False: none are. A boolean array (one per epoch) chooses them explicitly.
+    mains_hz : float
+        Mains frequency of the hum drawn when ``artefacts`` is True (50 Hz in Europe, 60 Hz in America).
+
+    Attributes
+    ----------
+    n_samples : int
+        Samples in the whole night (``len(hypnogram) * epoch_s * fs_hz``).
+    distressed : numpy.ndarray of bool
+        Which epochs are drawn as distressed arousals.
+    traits : SubjectTraits
+        The subject's drawn traits.
+
+    Notes
+    -----
+    :meth:`read` streams the night: it always returns ``n_samples`` rows; rows after the end of the
+    hypnogram are zeros (a flat line, which :func:`appliance.dsp.epoch_quality` flags) and
+    :attr:`exhausted` becomes True. Use :attr:`remaining` to stop exactly at the end.
+    """
+
+    def __init__(self, hypnogram: np.ndarray, *, fs_hz: float = 250.0, n_channels: int = 8, seed: int = 0,
+                 epoch_s: float = 30.0, artefacts: bool = True,
+                 distressed_arousals: bool | np.ndarray = True, mains_hz: float = 50.0) -> None:
+        hyp = np.asarray(hypnogram).astype(np.int8).ravel()
+        if hyp.size == 0:
+            raise ValueError("hypnogram is empty")
+        bad = ~np.isin(hyp, [s.value for s in Stage])
+        if bad.any():
+            raise ValueError(f"hypnogram has unknown stage values {sorted(set(hyp[bad].tolist()))}")
+        if fs_hz <= 0 or n_channels < 1 or epoch_s <= 0:
+            raise ValueError("fs_hz and epoch_s must be > 0 and n_channels >= 1")
+        self.hypnogram = hyp
+        self.fs_hz = float(fs_hz)
+        self.n_channels = int(n_channels)
+        self.seed = int(seed)
+        self.epoch_s = float(epoch_s)
+        self.artefacts = bool(artefacts)
+        self.mains_hz = float(mains_hz)
+        self.samples_per_epoch = int(round(self.epoch_s * self.fs_hz))
+        self.n_samples = len(hyp) * self.samples_per_epoch
+        self.traits = SubjectTraits.draw(np.random.default_rng([self.seed, 0x5EED]))
+        self.distressed = self._distressed_mask(distressed_arousals)
+        # Fixed per-subject channel mixing: every channel shares the cortical source with its own gain.
+        mix_rng = np.random.default_rng([self.seed, 0x313])
+        self._mix = np.concatenate([[1.0], mix_rng.uniform(0.5, 1.0, self.n_channels - 1)])
+        self._eye_gain = np.full(self.n_channels, 0.15)
+        self._eye_gain[1:3] = 1.0  # channels 1 and 2 play frontal leads near the eyes
+        self._pos = 0
+        self._cache_index = -1
+        self._cache: np.ndarray | None = None
+
+    # ---- public API -----------------------------------------------------------------------------
+    @property
+    def remaining(self) -> int:
+        """Samples left before the end of the hypnogram."""
+        return max(0, self.n_samples - self._pos)
+
+    @property
+    def exhausted(self) -> bool:
+        """True once :meth:`read` has gone past the end of the hypnogram."""
+        return self._pos >= self.n_samples
+
+    def read(self, n_samples: int) -> np.ndarray:
+        """Return the next ``n_samples`` samples, shape (n_samples, n_channels), float64 microvolts.
+
+        Samples past the end of the hypnogram are zeros (see the class notes).
+        """
+        n_samples = int(n_samples)
+        if n_samples < 0:
+            raise ValueError("n_samples must be >= 0")
+        out = np.zeros((n_samples, self.n_channels))
+        filled = 0
+        while filled < n_samples and self._pos < self.n_samples:
+            e, off = divmod(self._pos, self.samples_per_epoch)
+            data = self._epoch_cached(e)
+            take = min(n_samples - filled, self.samples_per_epoch - off)
+            out[filled:filled + take] = data[off:off + take]
+            filled += take
+            self._pos += take
+        self._pos += n_samples - filled  # past the end: zeros, but keep counting time
+        return out
+
+    def rewind(self) -> None:
+        """Start streaming from the first sample again."""
+        self._pos = 0
+
+    def render_epochs(self, indices: np.ndarray | list[int] | None = None, *,
+                      channels: tuple[int, ...] | list[int] | None = (0,)) -> np.ndarray:
+        """Draw whole epochs in bulk (for training), identical to what :meth:`read` streams.
+
+        Parameters
+        ----------
+        indices : array of int, optional
+            Epoch indices (default: all).
+        channels : sequence of int, optional
+            Channels to return (default: only the staging channel 0; None for all).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_epochs, samples_per_epoch, n_selected_channels), microvolts.
+        """
+        idx = np.arange(len(self.hypnogram)) if indices is None else np.asarray(indices, dtype=int)
+        chans = list(range(self.n_channels)) if channels is None else list(channels)
+        out = np.empty((len(idx), self.samples_per_epoch, len(chans)))
+        for k, e in enumerate(idx):
+            out[k] = self._render_epoch(int(e), channels=chans)
+        return out
+
+    def render_channel(self, channel: int = 0) -> np.ndarray:
+        """The whole night of one channel as a 1-D array in microvolts."""
+        return self.render_epochs(channels=(channel,))[:, :, 0].reshape(-1)
+
+    # ---- drawing --------------------------------------------------------------------------------
+    def _distressed_mask(self, spec: bool | np.ndarray) -> np.ndarray:
+        hyp = self.hypnogram
+        if isinstance(spec, np.ndarray):
+            mask = np.asarray(spec, dtype=bool)
+            if mask.shape != hyp.shape:
+                raise ValueError("distressed_arousals mask must have one value per epoch")
+            return mask & (hyp == Stage.W)
+        mask = np.zeros(len(hyp), dtype=bool)
+        if not spec:
+            return mask
+        last_rem = -10**9
+        for i, s in enumerate(hyp):
+            if s == Stage.REM:
+                last_rem = i
+            elif s == Stage.W and i - last_rem <= DISTRESS_WINDOW_EPOCHS:
+                mask[i] = True
+        return mask
+
+    def _epoch_cached(self, e: int) -> np.ndarray:
+        if e != self._cache_index:
+            self._cache = self._render_epoch(e, channels=list(range(self.n_channels)))
+            self._cache_index = e
+        return self._cache
+
+    def _render_epoch(self, e: int, *, channels: list[int]) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 1, e])
+        stage = int(self.hypnogram[e])
+        if stage == Stage.UNSCORED:
+            stage = Stage.W
+        cortex, eyes, emg, movement = self._sources(rng, Stage(stage), bool(self.distressed[e]))
+        n, fs = self.samples_per_epoch, self.fs_hz
+        t = (e * n + np.arange(n)) / fs  # absolute time keeps the mains hum phase-continuous
+        hum = 2.0 * np.sin(2 * np.pi * self.mains_hz * t) if self.artefacts and self.mains_hz < fs / 2 else 0.0
+        out = np.empty((n, len(channels)))
+        tr = self.traits
+        for k, c in enumerate(channels):
+            if c == 0:
+                own = 0.0
+            else:
+                own = 4.0 * tr.amplitude_scale * _spectral_noise(
+                    np.random.default_rng([self.seed, 2, e, c]), n, fs,
+                    lambda f: np.where(f > 0, np.maximum(f, 0.5) ** (-tr.background_exponent / 2), 0.0))
+            out[:, k] = self._mix[c] * cortex + own + self._eye_gain[c] * eyes + emg + movement + hum
+        return out
+
+    def _sources(self, rng: np.random.Generator, stage: Stage, distressed: bool):
+        """Draw one epoch's cortical EEG, eye, muscle and movement components (microvolts)."""
+        n, fs, tr = self.samples_per_epoch, self.fs_hz, self.traits
+        # Epoch-to-epoch variation of every component: real epochs of one stage are far from identical.
+        a = tr.amplitude_scale * float(np.exp(rng.normal(0.0, 0.15)))
+
+        def j() -> float:
+            return float(np.exp(rng.normal(0.0, 0.3)))
+
+        pink = _spectral_noise(rng, n, fs, lambda f: np.where(f > 0, np.maximum(f, 0.5) ** (-tr.background_exponent / 2), 0.0))
+        x = np.zeros(n)
+        eyes = np.zeros(n)
+        # Background RMS per stage (uV): deeper sleep is more synchronised, hence larger.
+        background_uv = {Stage.W: 9.0, Stage.N1: 11.0, Stage.N2: 14.0, Stage.N3: 16.0, Stage.REM: 9.0}[stage]
+        x += background_uv * j() * pink
+        emg_uv = {Stage.W: 3.0, Stage.N1: 1.5, Stage.N2: 1.0, Stage.N3: 1.0, Stage.REM: 0.4}[stage]
+        beta_uv = {Stage.W: 4.0, Stage.N1: 2.0, Stage.N2: 1.5, Stage.N3: 1.0, Stage.REM: 2.5}[stage]
+        movement = np.zeros(n)
+
+        if stage == Stage.W:
+            x += 14.0 * j() * _slow_envelope(rng, n, fs) * _spectral_noise(rng, n, fs, _band(tr.alpha_hz, 0.7))
+            _add_events(eyes, rng, fs, 3.0, lambda r: self._blink(r))
+        elif stage == Stage.N1:
+            x += 10.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.0))
+            x += 4.0 * j() * _slow_envelope(rng, n, fs) * _spectral_noise(rng, n, fs, _band(tr.alpha_hz, 0.7))
+            _add_events(x, rng, fs, 2.0, lambda r: self._vertex_wave(r))
+            eyes += 40.0 * _spectral_noise(rng, n, fs, _box(0.1, 0.5))  # slow rolling eye movements
+        elif stage == Stage.N2:
+            x += 7.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
+            x += 8.0 * j() * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
+            _add_events(x, rng, fs, 2.2, lambda r: self._spindle(r))
+            _add_events(x, rng, fs, 0.9, lambda r: self._k_complex(r))
+        elif stage == Stage.N3:
+            x += 45.0 * j() * tr.delta_scale * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
+            x += 5.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
+            _add_events(x, rng, fs, 0.4, lambda r: self._spindle(r))
+        elif stage == Stage.REM:
+            x += 5.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
+            x += 2.5 * j() * _spectral_noise(rng, n, fs, _band(tr.alpha_hz - 1.0, 0.8))
+            _add_events(x, rng, fs, 1.5, lambda r: self._sawtooth_burst(r))
+            _add_events(eyes, rng, fs, 6.0, lambda r: self._rapid_eye_movement(r))
+
+        if distressed:
+            beta_uv *= 3.5
+            emg_uv = 14.0
+            _add_events(movement, rng, fs, 2.5, lambda r: self._movement(r))
+        x += beta_uv * _spectral_noise(rng, n, fs, _box(16.0, 30.0))
+        emg = emg_uv * _spectral_noise(rng, n, fs, _box(20.0, min(120.0, fs / 2)))
+        if self.artefacts:
+            # Ordinary sleepers move too, mostly while awake.
+            if rng.random() < (0.15 if stage == Stage.W else 0.02):
+                _add_events(movement, rng, fs, 1.0, lambda r: self._movement(r))
+            if rng.random() < 0.01:
+                movement += self._electrode_pop(rng)
+        else:
+            eyes[:] = 0.0
+        return a * x, a * eyes, emg, movement
+
+    # ---- transient waveforms (shapes after R&K 1968 / AASM 2007 descriptions) ------------------------
+    def _t(self, duration_s: float) -> np.ndarray:
+        return np.arange(int(duration_s * self.fs_hz)) / self.fs_hz
+
+    def _spindle(self, rng: np.random.Generator) -> np.ndarray:
+        t = self._t(rng.uniform(0.5, 1.8))
+        f = self.traits.spindle_hz + rng.normal(0.0, 0.4)
+        return rng.uniform(18.0, 40.0) * np.hanning(len(t)) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+
+    def _k_complex(self, rng: np.random.Generator) -> np.ndarray:
+        # A sharp negative wave followed by a slower positive one; >= 0.5 s in all (AASM).
+        t = self._t(rng.uniform(0.8, 1.2))
+        d = t[-1] if len(t) else 1.0
+        amp = rng.uniform(80.0, 160.0)
+        return amp * (-np.exp(-0.5 * ((t - 0.2 * d) / (0.08 * d)) ** 2) * 1.0
+                      + 0.6 * np.exp(-0.5 * ((t - 0.55 * d) / (0.15 * d)) ** 2))
+
+    def _vertex_wave(self, rng: np.random.Generator) -> np.ndarray:
+        t = self._t(0.3)
+        return -rng.uniform(40.0, 90.0) * np.exp(-0.5 * ((t - 0.15) / 0.04) ** 2)
+
+    def _sawtooth_burst(self, rng: np.random.Generator) -> np.ndarray:
+        t = self._t(rng.uniform(1.0, 3.0))
+        f = rng.uniform(2.0, 5.0)
+        phase = (f * t) % 1.0
+        saw = np.where(phase < 0.8, phase / 0.8, (1.0 - phase) / 0.2) - 0.5  # slow rise, fast fall
+        return rng.uniform(20.0, 40.0) * np.hanning(len(t)) * saw
+
+    def _rapid_eye_movement(self, rng: np.random.Generator) -> np.ndarray:
+        t = self._t(rng.uniform(0.3, 0.8))
+        return rng.choice([-1.0, 1.0]) * rng.uniform(60.0, 150.0) * np.sin(np.pi * t / t[-1]) ** 2
+
+    def _blink(self, rng: np.random.Generator) -> np.ndarray:
+        t = self._t(0.4)
+        return rng.uniform(100.0, 250.0) * np.exp(-0.5 * ((t - 0.2) / 0.06) ** 2)
+
+    def _movement(self, rng: np.random.Generator) -> np.ndarray:
+        t = self._t(rng.uniform(1.0, 3.0))
+        swing = rng.uniform(100.0, 300.0) * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t) * np.hanning(len(t))
+        burst = rng.uniform(15.0, 40.0) * rng.standard_normal(len(t)) * np.hanning(len(t))
+        return swing + burst
+
+    def _electrode_pop(self, rng: np.random.Generator) -> np.ndarray:
+        n = self.samples_per_epoch
+        out = np.zeros(n)
+        start = int(rng.integers(0, n - 1))
+        tau = rng.uniform(0.2, 1.0) * self.fs_hz
+        out[start:] = rng.choice([-1.0, 1.0]) * rng.uniform(100.0, 400.0) * np.exp(-np.arange(n - start) / tau)
+        return out
