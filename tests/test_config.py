@@ -1,0 +1,78 @@
+"""Configuration: the documented example is valid, and every bad value is refused naming its key."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from appliance.config import BoxConfig, ConfigError, describe_keys, load_config, merge_config, validate_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "bedtime.example.toml"
+
+
+def test_example_is_valid_and_documents_every_key():
+    cfg = load_config(EXAMPLE)
+    assert isinstance(cfg, BoxConfig)
+    text = EXAMPLE.read_text()
+    for key, _default, _doc in describe_keys():
+        section, name = key.split(".")
+        assert f"[{section}]" in text and name in text, f"{key} is not documented in the example"
+
+
+def test_defaults_round_trip():
+    cfg = validate_config({})
+    assert validate_config(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("doc, key", [
+    ({"mqtt": {"port": 70000}}, "mqtt.port"),
+    ({"mqtt": {"port": "1883"}}, "mqtt.port"),
+    ({"mqtt": {"prot": 1883}}, "mqtt.prot"),
+    ({"mqtt": 5}, "mqtt"),
+    ({"acquisition": {"gain": 5}}, "acquisition.gain"),
+    ({"acquisition": {"sample_rate_sps": 300}}, "acquisition.sample_rate_sps"),
+    ({"acquisition": {"channels": 4, "staging_channel": 6}}, "acquisition.staging_channel"),
+    ({"acquisition": {"channel_labels": ["a", "b"]}}, "acquisition.channel_labels"),
+    ({"acquisition": {"spi_max_speed_hz": 20_000_000}}, "acquisition.spi_max_speed_hz"),
+    ({"outputs": {"light_pin": 25}}, "outputs.light_pin"),
+    ({"recording": {"enabled": "yes"}}, "recording.enabled"),
+    ({"recording": {"flush_interval_s": float("nan")}}, "recording.flush_interval_s"),
+    ({"staging": {"min_confidence": 1.5}}, "staging.min_confidence"),
+    ({"box": {"id": "box/1"}}, "box.id"),
+    ({"mqtt": {"tls_cert": "/c.pem"}}, "mqtt.tls_key"),
+    ({"nonsense": {}}, "nonsense"),
+])
+def test_bad_values_name_their_key(doc, key):
+    with pytest.raises(ConfigError) as ei:
+        validate_config(doc)
+    assert ei.value.key == key
+    assert key in str(ei.value)
+
+
+def test_breather_settings_are_checked_against_the_safety_envelope():
+    pytest.importorskip("appliance.safety")
+    with pytest.raises(ConfigError) as ei:
+        validate_config({"breather": {"no_such_setting": 1}})
+    assert ei.value.key == "breather.no_such_setting"
+
+
+def test_file_errors_are_clear(tmp_path):
+    p = tmp_path / "b.toml"
+    p.write_text("[mqtt]\nport = = 3\n")
+    with pytest.raises(ConfigError, match="TOML syntax error"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    p.write_text("[mqtt]\nport = 0\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert ei.value.key == "mqtt.port" and str(p) in str(ei.value)
+
+
+def test_merge_pushed_config():
+    base = validate_config(tomllib.loads(EXAMPLE.read_text()))
+    new = merge_config(base, {"loops": {"p_loop_threshold": 0.7}})
+    assert new.loops.p_loop_threshold == 0.7 and new.mqtt == base.mqtt
+    with pytest.raises(ConfigError):
+        merge_config(base, {"loops": {"p_loop_threshold": 2}})

@@ -1,0 +1,111 @@
+"""EDF+ recording: read-back with edfio, annotations, crash-cut files, recovery and retention."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import warnings
+
+import edfio
+import numpy as np
+import pytest
+
+from appliance.recorder import (EdfPlusRecorder, enforce_retention, list_nights, read_annotations, recover_edf,
+                                recover_nights)
+
+FS = 250
+
+
+def _signal(seconds: float, ch: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 40, (int(seconds * FS), ch)).astype(np.float32)
+
+
+def test_read_back_in_microvolts_with_annotations(tmp_path):
+    x = _signal(61.3)
+    x[100, 1] = 5000.0  # beyond the recorded range: saturated and counted
+    start = dt.datetime(2026, 11, 23, 21, 30, 5, tzinfo=dt.timezone.utc)
+    with EdfPlusRecorder(tmp_path / "n.edf", channel_labels=["EEG Fpz-Cz", "EEG C3", "EEG C4"], fs_hz=FS,
+                         start=start) as rec:
+        rec.annotate(0, "Sleep stage W", 30)
+        for i in range(0, len(x), 777):  # odd block sizes, as the ring buffer delivers them
+            rec.write(x[i:i + 777])
+        rec.annotate(30, "Sleep stage 2", 30)
+        rec.annotate(45.25, "Loop detected p_loop=0.91")
+        rec.annotate(50, "Fault: DRDY stall")
+    assert rec.clipped_samples == 1
+    edf = edfio.read_edf(tmp_path / "n.edf")
+    assert edf.num_data_records == 62  # 61 full records + the padded partial one
+    assert edf.startdate == start.date() and edf.starttime == start.time().replace(tzinfo=None)
+    sig = edf.signals[0]
+    assert sig.label == "EEG Fpz-Cz" and sig.physical_dimension == "uV" and sig.sampling_frequency == FS
+    assert (sig.physical_min, sig.physical_max, sig.digital_min, sig.digital_max) == (-3276.8, 3276.7, -32768, 32767)
+    for c in range(3):
+        got = edf.signals[c].data[:len(x)]
+        ref = np.clip(x[:, c], -3276.8, 3276.7)
+        assert np.max(np.abs(got - ref)) <= 0.05 + 1e-6  # half a count of 0.1 uV
+    texts = [(a.onset, a.text) for a in edf.annotations]
+    assert (0.0, "Sleep stage W") in texts and (30.0, "Sleep stage 2") in texts
+    assert (45.25, "Loop detected p_loop=0.91") in texts and (50.0, "Fault: DRDY stall") in texts
+
+
+def test_crash_cut_file_is_readable_and_recovered(tmp_path):
+    p = tmp_path / "n.edf"
+    rec = EdfPlusRecorder(p, channel_labels=["a", "b", "c"], fs_hz=FS, flush_interval_s=0.5)
+    rec.annotate(0, "Sleep stage W", 30)
+    rec.write(_signal(20.0))
+    rec.flush()
+    # simulate a power cut in the middle of a record: the file ends with half a record, count field is -1
+    size = p.stat().st_size
+    os.truncate(p, size - 1000)
+    cut = tmp_path / "cut.edf"
+    shutil.copy(p, cut)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edf = edfio.read_edf(cut)  # readable as it is
+    assert edf.num_data_records == 19
+    assert recover_edf(p) == 19
+    assert recover_edf(p) is None  # idempotent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a recovered file is clean: no warnings at all
+        edf = edfio.read_edf(p)
+    assert edf.num_data_records == 19
+    assert read_annotations(p)[0][2] == "Sleep stage W"
+
+
+def test_annotation_burst_is_spread_over_records_not_lost(tmp_path):
+    p = tmp_path / "n.edf"
+    with EdfPlusRecorder(p, channel_labels=["a"], fs_hz=FS) as rec:
+        for i in range(40):
+            rec.annotate(i * 0.01, f"breather light level {i} of 40, ramp step")
+        rec.write(_signal(3.0, ch=1))
+    texts = [a[2] for a in read_annotations(p)]
+    assert len([t for t in texts if t.startswith("breather light level")]) == 40
+
+
+def test_retention_deletes_oldest_first(tmp_path):
+    for i in range(5):
+        d = tmp_path / f"2026112{i}T220000Z"
+        d.mkdir()
+        (d / "night.edf").write_bytes(b"x" * 1000)
+    deleted = enforce_retention(tmp_path, max_nights=3, max_bytes=1e9)
+    assert [d.name for d in deleted] == ["20261120T220000Z", "20261121T220000Z"]
+    keep = tmp_path / "20261122T220000Z"
+    deleted = enforce_retention(tmp_path, max_nights=10, max_bytes=1500, keep=keep)
+    assert [d.name for d in deleted] == ["20261123T220000Z", "20261124T220000Z"]
+    assert [d.name for d in list_nights(tmp_path)] == ["20261122T220000Z"]
+
+
+def test_recover_nights_closes_interrupted_recordings(tmp_path):
+    d = tmp_path / "20261123T220000Z"
+    d.mkdir()
+    rec = EdfPlusRecorder(d / "night.edf", channel_labels=["a"], fs_hz=FS)
+    rec.write(_signal(5.0, ch=1))
+    rec.flush()  # never closed: as after SIGKILL
+    assert recover_nights(tmp_path) == [d / "night.edf"]
+    assert edfio.read_edf(d / "night.edf").num_data_records == 5
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        EdfPlusRecorder("/nonexistent/x.edf", channel_labels=["a"], fs_hz=250, record_duration_s=0.001)

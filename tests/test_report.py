@@ -1,0 +1,91 @@
+"""Morning report: AASM statistics checked against hand-counted hypnograms, and the PNG/JSON outputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from appliance.hypnogram import Stage
+from appliance.report import NightRecord, build_report, load_night, sleep_statistics, write_report
+
+W, N1, N2, N3, R, U = Stage.W, Stage.N1, Stage.N2, Stage.N3, Stage.REM, Stage.UNSCORED
+
+
+def test_statistics_of_a_hand_counted_night():
+    # 4 W (onset latency 2 min), then sleep with two wake bouts inside, then 3 W at the end
+    h = np.array([W, W, W, W, N1, N2, N2, W, N2, N3, N3, R, R, W, W, N2, R, W, W, W], dtype=np.int8)
+    s = sleep_statistics(h)
+    assert s["n_epochs"] == 20
+    assert s["time_in_bed_min"] == 10.0
+    assert s["total_sleep_time_min"] == 5.0            # 10 sleep epochs
+    assert s["sleep_onset_latency_min"] == 2.0         # first sleep at epoch 4
+    assert s["sleep_period_time_min"] == 6.5           # epochs 4..16
+    assert s["waso_min"] == 1.5                        # epochs 7, 13, 14
+    assert s["awakenings"] == 2
+    assert s["rem_latency_min"] == 3.5                 # epoch 11 - epoch 4
+    assert s["sleep_efficiency_pct"] == pytest.approx(50.0)
+    assert (s["W_min"], s["N1_min"], s["N2_min"], s["N3_min"], s["REM_min"]) == (5.0, 0.5, 2.0, 1.0, 1.5)
+    assert s["N2_pct"] == pytest.approx(100 * 2.0 / 5.0)
+    assert s["W_pct"] == pytest.approx(50.0)
+
+
+def test_statistics_edge_cases():
+    s = sleep_statistics(np.array([W, W, U], dtype=np.int8))
+    assert s["total_sleep_time_min"] == 0 and s["sleep_onset_latency_min"] is None and s["rem_latency_min"] is None
+    assert s["unscored_min"] == 0.5
+    s = sleep_statistics(np.array([N2, N2, N3], dtype=np.int8))
+    assert s["sleep_onset_latency_min"] == 0 and s["rem_latency_min"] is None and s["awakenings"] == 0
+    assert s["sleep_efficiency_pct"] == 100.0
+    s = sleep_statistics(np.array([], dtype=np.int8))
+    assert s["time_in_bed_min"] == 0 and s["sleep_efficiency_pct"] == 0.0
+
+
+def _brute_force(h):
+    """Independent, loop-based re-derivation of the statistics, to compare on random nights."""
+    sleep = [i for i, s in enumerate(h) if s in (1, 2, 3, 4)]
+    if not sleep:
+        return None
+    first, last = sleep[0], sleep[-1]
+    waso = sum(1 for i in range(first, last + 1) if h[i] == 0)
+    bouts, prev = 0, None
+    for i in range(first, last + 1):
+        if h[i] == 0 and prev != 0:
+            bouts += 1
+        prev = h[i]
+    rems = [i for i, s in enumerate(h) if s == 4]
+    return {"total_sleep_time_min": len(sleep) / 2, "sleep_onset_latency_min": first / 2, "waso_min": waso / 2,
+            "awakenings": bouts, "rem_latency_min": (rems[0] - first) / 2 if rems else None}
+
+
+def test_statistics_match_a_brute_force_count_on_real_hypnograms(shared):
+    from appliance.hypnogram import real_hypnograms
+
+    for name, h in list(real_hypnograms().items())[:10]:
+        s = sleep_statistics(h)
+        for k, v in _brute_force(list(h)).items():
+            assert s[k] == v, (name, k)
+
+
+def test_report_files_and_reload(tmp_path):
+    h = np.array([W] * 10 + [N2] * 30 + [R] * 10 + [W] * 2 + [R] * 8 + [W] * 5, dtype=np.int8)
+    events = [{"time_s": 1500.0, "kind": "loop_detected", "p_loop": 0.9},
+              {"time_s": 1500.0, "kind": "breather_started"}, {"time_s": 1530.0, "kind": "breather_light"},
+              {"time_s": 1600.0, "kind": "breather_ended", "outcome": "woke"},
+              {"time_s": 1700.0, "kind": "alert"}]
+    night = NightRecord(hypnogram=h, events=events, quality_ok=np.ones(len(h), bool), box_id="b1")
+    rep, js, png = write_report(night, tmp_path)
+    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    back = json.loads(js.read_text())
+    assert back["statistics"] == json.loads(json.dumps(sleep_statistics(h)))
+    iv = back["interventions"]
+    assert iv["loops_detected"] == 1 and iv["alerts"] == 1
+    assert iv["breather_sessions"][0]["outcome"] == "woke"
+    assert iv["breather_sessions"][0]["steps"] == ["light", "ended"]
+    # reload from the jsonl sidecars the daemon writes
+    (tmp_path / "epochs.jsonl").write_text("".join(json.dumps({"stage": int(s), "ok": True}) + "\n" for s in h)
+                                           + '{"stage": 2, "o')  # torn last line (crash) is skipped
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    again = load_night(tmp_path)
+    assert np.array_equal(again.live_hypnogram, h)
+    assert build_report(again)["interventions"]["loops_detected"] == 1
