@@ -333,9 +333,9 @@ class SyntheticSleepEEG:
             _add_events(eyes, rng, fs, 6.0, lambda r: self._rapid_eye_movement(r))
 
         if distressed:
-            beta_uv *= 3.5
-            emg_uv = 14.0
-            _add_events(movement, rng, fs, 2.5, lambda r: self._movement(r))
+            beta_uv *= 4.0
+            emg_uv = 20.0
+            _add_events(movement, rng, fs, 1.0, lambda r: 0.5 * self._movement(r))
         x += beta_uv * _spectral_noise(rng, n, fs, _box(16.0, 30.0))
         emg = emg_uv * _spectral_noise(rng, n, fs, _box(20.0, min(120.0, fs / 2)))
         if self.artefacts:

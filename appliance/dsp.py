@@ -1,0 +1,289 @@
+"""Signal conditioning: the ONE preprocessing path from chip-rate microvolts to model-rate samples.
+
+Training (``models/stager/train.py``), evaluation and the box all call the same
+:class:`StreamingPreprocessor`; :func:`preprocess` is that class run over a whole recording in one call,
+so the live path and the offline path cannot drift apart (``tests/test_dsp.py`` proves the parity).
+
+The chain, every step causal and stateful so the box can run it chunk by chunk:
+
+1. non-finite samples (a lost frame decoded as NaN) become 0 so they cannot poison filter state;
+2. band-pass 0.3-35 Hz (Butterworth, second-order sections): removes electrode drift and DC offset and
+   everything above the AASM EEG display band;
+3. a mains notch (50 Hz by default) when the input rate can represent it;
+4. rational resampling to :data:`MODEL_FS_HZ` with a polyphase FIR (``scipy.signal.upfirdn``) whose
+   input history is carried across calls;
+5. clipping to +-:data:`CLIP_UV` so one movement artefact cannot dominate an epoch's features.
+
+The chain's group delay is about 0.1 s at 250 SPS: epochs at model rate start that much later in
+the signal than their chip-rate counterparts, which is irrelevant at 30-s resolution.
+
+Besides the chain, :func:`epoch_quality` and :func:`arousal_features` judge one epoch of raw chip-rate
+signal (before the band-pass, so clipping, flat lines and muscle power are still visible).
+"""
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+
+import numpy as np
+from scipy import signal
+
+from appliance.epoch import ArousalFeatures, SignalQuality
+
+logger = logging.getLogger(__name__)
+
+MODEL_FS_HZ = 100
+"""Sampling rate the stage model sees (Hz); 30-s epochs are 3000 samples."""
+
+BANDPASS_HZ = (0.3, 35.0)
+"""Pass band of the staging channel (Hz), the AASM recommended EEG filter settings."""
+
+CLIP_UV = 400.0
+"""Preprocessed samples are clipped to +-CLIP_UV microvolts (real EEG rarely exceeds +-250 uV)."""
+
+ADS1299_RAIL_UV = 4.5e6 / 24
+"""Full scale of the ADS1299 at the default gain 24: VREF 4.5 V / gain (datasheet SBAS499C, 9.4.1.3)."""
+
+_ARTEFACT_PTP_UV = 500.0
+_FLAT_STD_UV = 0.5
+
+
+class StreamingPreprocessor:
+    """Causal, stateful preprocessing of one EEG channel from chip rate to :data:`MODEL_FS_HZ`.
+
+    Parameters
+    ----------
+    fs_hz : float
+        Input sampling rate in Hz (250 SPS on the box; 50-512 Hz for recordings).
+    notch_hz : float or None
+        Mains frequency to notch out (None: no notch). Skipped when it is at or above the input's
+        Nyquist rate or above the band-pass, where the band-pass and anti-alias filter already remove it.
+    clip_uv : float
+        Output clipping level in microvolts.
+
+    Examples
+    --------
+    >>> pre = StreamingPreprocessor(fs_hz=250.0)
+    >>> y = np.concatenate([pre.process(chunk) for chunk in np.array_split(x_uv, 10)])
+    """
+
+    def __init__(self, fs_hz: float = 250.0, *, notch_hz: float | None = 50.0, clip_uv: float = CLIP_UV) -> None:
+        if not np.isfinite(fs_hz) or fs_hz < 20.0:
+            raise ValueError(f"fs_hz must be >= 20 Hz, got {fs_hz}")
+        self.fs_hz = float(fs_hz)
+        self.clip_uv = float(clip_uv)
+        nyq = self.fs_hz / 2
+        hi = min(BANDPASS_HZ[1], 0.9 * nyq)
+        self._sos = signal.butter(2, [BANDPASS_HZ[0], hi], btype="bandpass", fs=self.fs_hz, output="sos")
+        # The notch only matters where mains can pass the band-pass before the anti-alias filter; at
+        # 250 SPS, 50 Hz is just 1.4 octaves above 35 Hz and a second-order band-pass leaves it at -20 dB.
+        if notch_hz is not None and notch_hz < nyq - 1.0:
+            b, a = signal.iirnotch(notch_hz, Q=30.0, fs=self.fs_hz)
+            self._sos = np.vstack([self._sos, signal.tf2sos(b, a)])
+        ratio = Fraction(MODEL_FS_HZ / self.fs_hz).limit_denominator(1000)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        if abs(self.up / self.down - MODEL_FS_HZ / self.fs_hz) > 1e-9:
+            raise ValueError(f"cannot resample {fs_hz} Hz to {MODEL_FS_HZ} Hz by a small rational factor")
+        if self.up == self.down == 1:
+            self._h = np.ones(1)
+        else:
+            # Anti-alias/anti-image FIR at the up-sampled rate: pass to 35 Hz, stop by the model's Nyquist
+            # (50 Hz). 24 taps per polyphase branch keeps the transition band under ~15 Hz.
+            fs_up = self.fs_hz * self.up
+            cutoff = 0.85 * min(self.fs_hz, MODEL_FS_HZ) / 2
+            numtaps = 24 * max(self.up, self.down) + 1
+            self._h = signal.firwin(numtaps, cutoff, fs=fs_up) * self.up
+        # Input history needed so each output sees a full filter span, plus up to `down` samples so the
+        # history can be aligned with the decimation phase (see _resample).
+        self._hist_len = int(np.ceil((len(self._h) - 1) / self.up)) + self.down
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state (a new recording starts)."""
+        self._zi = np.zeros((self._sos.shape[0], 2))
+        self._hist = np.zeros(self._hist_len)
+        self._n_in = 0  # input samples consumed so far
+        self._n_out = 0  # output samples produced so far
+
+    def process(self, chunk_uv: np.ndarray) -> np.ndarray:
+        """Filter, resample and clip the next chunk; returns the model-rate samples it completes.
+
+        Parameters
+        ----------
+        chunk_uv : numpy.ndarray, shape (n,)
+            Next samples of the channel in microvolts, at ``fs_hz``.
+
+        Returns
+        -------
+        numpy.ndarray, shape (m,), float64 microvolts at :data:`MODEL_FS_HZ`. Over a whole recording the
+        outputs add up to ``ceil(n_total * MODEL_FS_HZ / fs_hz)`` samples, whatever the chunking.
+        """
+        x = np.asarray(chunk_uv, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"process() takes one channel, a 1-D array; got shape {x.shape}")
+        if x.size == 0:
+            return np.empty(0)
+        x = np.where(np.isfinite(x), x, 0.0)
+        y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
+        out = self._resample(y)
+        return np.clip(out, -self.clip_uv, self.clip_uv, out=out)
+
+    def _resample(self, y: np.ndarray) -> np.ndarray:
+        """Streaming polyphase resampling by up/down; identical to resampling the whole signal at once.
+
+        Output sample k is the filtered, up-sampled stream at up-sampled index k*down. scipy's upfirdn
+        is stateless, so each call prepends the last input samples and picks the history start so that
+        its decimation grid lands on the global grid.
+        """
+        s, c = self._n_in, len(y)
+        self._n_in += c
+        if self.up == self.down == 1:
+            self._n_out += c
+            return y.copy()
+        up, down = self.up, self.down
+        k_end = ((s + c) * up - 1) // down + 1  # outputs whose up-sampled index is < (s+c)*up
+        n_new = k_end - self._n_out
+        full = np.concatenate([self._hist, y])
+        base = s - self._hist_len  # global input index of full[0]
+        if n_new > 0:
+            g_first = self._n_out * down  # global up-sampled index of the first wanted output
+            # Choose a start p in full so that (base + p) * up ≡ g_first (mod down), with p small.
+            p = next(q for q in range(down) if ((base + q) * up - g_first) % down == 0)
+            v = signal.upfirdn(self._h, full[p:], up=up, down=down)
+            first = (g_first - (base + p) * up) // down
+            out = v[first:first + n_new]
+        else:
+            out = np.empty(0)
+        self._n_out += max(n_new, 0)
+        self._hist = full[-self._hist_len:]
+        return out
+
+
+def preprocess(x_uv: np.ndarray, *, fs_hz: float, notch_hz: float | None = 50.0) -> np.ndarray:
+    """Preprocess a whole recording of one channel (offline); same code as the live path.
+
+    Parameters
+    ----------
+    x_uv : numpy.ndarray, shape (n,)
+        The channel in microvolts at ``fs_hz``.
+    fs_hz : float
+        Its sampling rate (Hz).
+    notch_hz : float or None
+        Mains frequency (Hz) to notch out.
+
+    Returns
+    -------
+    numpy.ndarray, shape (ceil(n * MODEL_FS_HZ / fs_hz),), microvolts at :data:`MODEL_FS_HZ`.
+    """
+    return StreamingPreprocessor(fs_hz, notch_hz=notch_hz).process(np.asarray(x_uv, dtype=np.float64).ravel())
+
+
+def _windows(x: np.ndarray, fs_hz: float, window_s: float = 1.0) -> np.ndarray:
+    n = max(1, int(round(window_s * fs_hz)))
+    m = len(x) // n
+    return x[:m * n].reshape(m, n) if m else x.reshape(1, -1)
+
+
+def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False, frames_lost: int = 0,
+                  rail_uv: float = ADS1299_RAIL_UV) -> SignalQuality:
+    """Judge whether one epoch of raw chip-rate signal can be trusted.
+
+    Parameters
+    ----------
+    x_uv_chip : numpy.ndarray, shape (n,)
+        The staging channel in microvolts at chip rate, not filtered (DC offset allowed).
+    fs_hz : float
+        Chip rate (Hz).
+    lead_off : bool
+        The ADS1299 lead-off comparators flagged this channel during the epoch.
+    frames_lost : int
+        Frames the acquisition dropped during the epoch.
+    rail_uv : float
+        Input full scale in microvolts (default: VREF/gain of the ADS1299 at gain 24).
+
+    Returns
+    -------
+    SignalQuality
+        ``ok`` is False on lead-off, lost frames, clipping, a flat line or when more than half the epoch
+        is artefact. ``artefact_fraction`` counts 1-s windows whose peak-to-peak (after removing each
+        window's linear trend) exceeds 500 uV or that contain non-finite samples.
+    """
+    x = np.asarray(x_uv_chip, dtype=np.float64).ravel()
+    flags: set[str] = set()
+    if lead_off:
+        flags.add("lead_off")
+    if frames_lost > 0:
+        flags.add("frames_lost")
+    if x.size == 0:
+        return SignalQuality(ok=False, flags=frozenset(flags | {"flat"}), artefact_fraction=1.0)
+    finite = np.isfinite(x)
+    if not finite.all():
+        flags.add("artefact")
+    xf = np.where(finite, x, 0.0)
+    if np.mean(np.abs(xf) >= 0.999 * rail_uv) > 0.001:
+        flags.add("clipping")
+    w = _windows(xf, fs_hz)
+    wf = _windows(finite.astype(float), fs_hz)
+    detrended = signal.detrend(w, axis=1, type="linear")
+    ptp = np.ptp(detrended, axis=1)
+    std = detrended.std(axis=1)
+    if np.median(std) < _FLAT_STD_UV:
+        flags.add("flat")
+    bad = (ptp > _ARTEFACT_PTP_UV) | (wf.min(axis=1) < 1)
+    artefact_fraction = float(bad.mean())
+    if ptp.max() > _ARTEFACT_PTP_UV:
+        flags.add("high_amplitude")
+    if artefact_fraction > 0.1:
+        flags.add("artefact")
+    ok = not (flags & {"lead_off", "frames_lost", "clipping", "flat"}) and artefact_fraction <= 0.5
+    return SignalQuality(ok=ok, flags=frozenset(flags), artefact_fraction=artefact_fraction)
+
+
+_MOVEMENT_PTP_UV = 250.0
+_MOVEMENT_EMG_RMS_UV = 8.0
+
+
+def arousal_features(x_uv_chip: np.ndarray, *, fs_hz: float) -> ArousalFeatures:
+    """Spectral arousal markers of one epoch of raw chip-rate signal.
+
+    Parameters
+    ----------
+    x_uv_chip : numpy.ndarray, shape (n,)
+        The staging channel in microvolts at chip rate (unfiltered).
+    fs_hz : float
+        Chip rate (Hz). Muscle power (20-45 Hz) needs fs_hz >= 100; below that ``high_freq_rel`` uses
+        20 Hz to 0.9 x Nyquist.
+
+    Returns
+    -------
+    ArousalFeatures
+        ``alpha_rel`` (8-12 Hz) and ``beta_rel`` (16-30 Hz) relative to 0.5-35 Hz power;
+        ``high_freq_rel`` 20-45 Hz relative to 0.5-45 Hz (an EMG proxy); ``movement_fraction`` the
+        fraction of 1-s windows with a movement-like swing (> 250 uV peak-to-peak) or strong muscle
+        activity (> 8 uV RMS above 20 Hz).
+    """
+    x = np.asarray(x_uv_chip, dtype=np.float64).ravel()
+    x = np.where(np.isfinite(x), x, 0.0)
+    if x.size < int(2 * fs_hz):
+        return ArousalFeatures()
+    x = signal.detrend(x, type="linear")
+    f, p = signal.welch(x, fs=fs_hz, nperseg=int(2 * fs_hz))
+    top = min(45.0, 0.9 * fs_hz / 2)
+
+    def band(lo: float, hi: float) -> float:
+        return float(p[(f >= lo) & (f < hi)].sum())
+
+    total35 = band(0.5, min(35.0, top))
+    total45 = band(0.5, top)
+    if total35 <= 0 or total45 <= 0:
+        return ArousalFeatures()
+    hp = signal.sosfiltfilt(signal.butter(4, min(20.0, 0.8 * fs_hz / 2), btype="highpass", fs=fs_hz, output="sos"), x)
+    w_raw = signal.detrend(_windows(x, fs_hz), axis=1)
+    w_hp = _windows(hp, fs_hz)
+    moving = (np.ptp(w_raw, axis=1) > _MOVEMENT_PTP_UV) | (np.sqrt(np.mean(w_hp**2, axis=1)) > _MOVEMENT_EMG_RMS_UV)
+    return ArousalFeatures(
+        alpha_rel=band(8.0, 12.0) / total35,
+        beta_rel=band(16.0, 30.0) / total35,
+        high_freq_rel=band(20.0, top) / total45,
+        movement_fraction=float(moving.mean()),
+    )

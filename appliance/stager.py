@@ -1,0 +1,254 @@
+"""Causal sleep staging: one 30-s epoch in, five stage probabilities out, using only the past.
+
+How it works
+------------
+1. :func:`epoch_features` turns one model-rate epoch (3000 samples at 100 Hz, from
+   :mod:`appliance.dsp`) into a short vector of spectral and waveform features: log relative power in
+   12 bands from 0.5 to 35 Hz, log total power, Hjorth mobility and complexity, spindle-band
+   burstiness, power variability within the epoch and the fraction of high-amplitude slow-wave seconds.
+2. The stager keeps the features of the last ``context_epochs`` epochs (5 min by default). Before the
+   first epochs exist, the earliest epoch's features stand in for them (:func:`context_windows`).
+3. The int8 TFLite model (``models/stager/stager.tflite``, trained by ``models/stager/train.py``) maps
+   that window, standardised with the constants in its model card, to probabilities of W, N1, N2, N3,
+   REM for the **last** epoch. No future epoch is ever used: this is what runs at the bedside.
+
+For the morning report, :meth:`Stager.smooth_night` adds look-ahead: a forward-backward pass of a
+hidden Markov model whose transition matrix was counted on the training hypnograms (stored in the card).
+
+The model file is verified against the sha256 in ``model_card.json`` before it is loaded
+(:class:`appliance.tflite.TFLiteModel`).
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from scipy import signal
+
+from appliance.dsp import MODEL_FS_HZ, preprocess
+from appliance.hypnogram import EPOCH_S, STAGE_NAMES
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "stager" / "stager.tflite"
+"""The committed stage model; its card (``model_card.json``) sits beside it."""
+
+EPOCH_SAMPLES = int(EPOCH_S * MODEL_FS_HZ)
+"""Samples in one epoch at the model rate (3000)."""
+
+FEATURE_BANDS_HZ: tuple[tuple[float, float], ...] = (
+    (0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0), (8.0, 10.0),
+    (10.0, 12.0), (12.0, 14.0), (14.0, 16.0), (16.0, 20.0), (20.0, 25.0), (25.0, 35.0),
+)
+"""Bands (Hz) of the relative-power features; 8-12 is alpha, 12-16 spindles, 0.5-2 slow waves."""
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f"logrel_{lo:g}_{hi:g}" for lo, hi in FEATURE_BANDS_HZ) + (
+    "log_total_power", "hjorth_mobility", "hjorth_complexity", "sigma_burstiness", "power_variability",
+    "slow_wave_fraction",
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+_SIGMA_SOS = signal.butter(4, [11.0, 16.0], btype="bandpass", fs=MODEL_FS_HZ, output="sos")
+_DELTA_SOS = signal.butter(4, 2.0, btype="lowpass", fs=MODEL_FS_HZ, output="sos")
+_SLOW_WAVE_PTP_UV = 75.0  # AASM: N3 slow waves are 0.5-2 Hz with > 75 uV peak to peak
+
+
+def epoch_features(epoch_model_rate: np.ndarray) -> np.ndarray:
+    """Features of one preprocessed epoch (see the module docstring), float32, shape (N_FEATURES,).
+
+    Parameters
+    ----------
+    epoch_model_rate : numpy.ndarray, shape (3000,)
+        One 30-s epoch in microvolts at :data:`~appliance.dsp.MODEL_FS_HZ`, from :mod:`appliance.dsp`.
+    """
+    x = np.asarray(epoch_model_rate, dtype=np.float64).ravel()
+    if x.shape != (EPOCH_SAMPLES,):
+        raise ValueError(f"an epoch at {MODEL_FS_HZ} Hz has {EPOCH_SAMPLES} samples, got {x.shape}")
+    x = np.where(np.isfinite(x), x, 0.0)
+    x = x - x.mean()
+    eps = 1e-6
+    f, p = signal.welch(x, fs=MODEL_FS_HZ, nperseg=2 * MODEL_FS_HZ)
+    band_power = np.array([p[(f >= lo) & (f < hi)].sum() for lo, hi in FEATURE_BANDS_HZ])
+    total = band_power.sum() + eps
+    logrel = np.log10(band_power / total + eps)
+    dx = np.diff(x)
+    ddx = np.diff(dx)
+    var0, var1, var2 = x.var() + eps, dx.var() + eps, ddx.var() + eps
+    mobility = np.sqrt(var1 / var0)
+    complexity = np.sqrt(var2 / var1) / mobility
+    # Spindles and K-complexes are transients: compare each 2-s window with the epoch's typical one.
+    sigma = signal.sosfilt(_SIGMA_SOS, x).reshape(15, -1)
+    sigma_rms = np.sqrt((sigma**2).mean(axis=1)) + eps
+    win_power = (x.reshape(15, -1) ** 2).mean(axis=1) + eps
+    slow = signal.sosfilt(_DELTA_SOS, x).reshape(30, -1)
+    slow_frac = float(np.mean(np.ptp(slow, axis=1) > _SLOW_WAVE_PTP_UV))
+    return np.concatenate([
+        logrel,
+        [np.log10(total), mobility, complexity,
+         np.log10(sigma_rms.max() / np.median(sigma_rms)), np.std(np.log10(win_power)), slow_frac],
+    ]).astype(np.float32)
+
+
+def night_features(x_model_rate: np.ndarray) -> np.ndarray:
+    """Features of every whole epoch of a preprocessed night, shape (n_epochs, N_FEATURES)."""
+    n = len(x_model_rate) // EPOCH_SAMPLES
+    if n == 0:
+        return np.empty((0, N_FEATURES), dtype=np.float32)
+    return np.stack([epoch_features(e) for e in np.asarray(x_model_rate)[:n * EPOCH_SAMPLES].reshape(n, -1)])
+
+
+def context_windows(features: np.ndarray, context_epochs: int) -> np.ndarray:
+    """Causal windows over a night's features: window i holds epochs i-K+1 .. i, current epoch last.
+
+    Epochs before the recording started are stood in for by the first epoch (as the live stager does
+    after :meth:`Stager.reset`). Training uses this very function.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_epochs, context_epochs, n_features)
+    """
+    f = np.asarray(features)
+    if len(f) == 0:
+        return np.empty((0, context_epochs, f.shape[-1]), dtype=f.dtype)
+    padded = np.concatenate([np.repeat(f[:1], context_epochs - 1, axis=0), f])
+    idx = np.arange(len(f))[:, None] + np.arange(context_epochs)[None, :]
+    return padded[idx]
+
+
+def forward_backward(probs: np.ndarray, transition: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Posterior stage probabilities of an HMM given per-epoch classifier posteriors.
+
+    The classifier's posteriors divided by the class prior serve as scaled emission likelihoods (the
+    usual hybrid HMM trick); ``transition[i, j]`` is P(next = j | now = i).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    n, k = p.shape
+    if n == 0:
+        return p.copy()
+    like = np.clip(p, 1e-6, None) / np.clip(prior, 1e-6, None)
+    alpha = np.empty((n, k))
+    beta = np.ones((n, k))
+    a = prior * like[0]
+    alpha[0] = a / a.sum()
+    for t in range(1, n):
+        a = (alpha[t - 1] @ transition) * like[t]
+        alpha[t] = a / a.sum()
+    for t in range(n - 2, -1, -1):
+        b = transition @ (like[t + 1] * beta[t + 1])
+        beta[t] = b / b.sum()
+    post = alpha * beta
+    return post / post.sum(axis=1, keepdims=True)
+
+
+class Stager:
+    """The causal sleep stager the box runs, one epoch at a time.
+
+    Parameters
+    ----------
+    model_path : str or Path, optional
+        The ``.tflite`` model (default :data:`DEFAULT_MODEL_PATH`). Its ``model_card.json`` must sit
+        beside it: it holds the sha256 (checked before loading), the feature standardisation, the context
+        length and the HMM used by :meth:`smooth_night`.
+    expected_sha256 : str, optional
+        Overrides the card's sha256 (e.g. a digest pinned in the box's config).
+    num_threads : int
+        TFLite interpreter threads.
+
+    Raises
+    ------
+    appliance.tflite.ModelIntegrityError
+        When the model file does not match its expected sha256.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, *, expected_sha256: str | None = None,
+                 num_threads: int = 1) -> None:
+        from appliance.tflite import TFLiteModel, load_model_card
+
+        self.model_path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
+        card_path = self.model_path.with_name("model_card.json")
+        if not card_path.is_file():
+            raise FileNotFoundError(f"{card_path}: the stage model needs its model card beside it")
+        self.card = load_model_card(card_path)
+        try:
+            self.context_epochs = int(self.card["context_epochs"])
+            self._mean = np.asarray(self.card["feature_mean"], dtype=np.float32)
+            self._std = np.asarray(self.card["feature_std"], dtype=np.float32)
+            self._transition = np.asarray(self.card["transition_matrix"], dtype=np.float64)
+            self._prior = np.asarray(self.card["class_prior"], dtype=np.float64)
+        except KeyError as e:
+            raise ValueError(f"{card_path}: missing key {e}") from None
+        if self._mean.shape != (N_FEATURES,) or self._std.shape != (N_FEATURES,):
+            raise ValueError(f"{card_path}: feature_mean/std must have {N_FEATURES} values (features changed?)")
+        self.model = TFLiteModel(self.model_path, expected_sha256=expected_sha256 or self.card.get("sha256"),
+                                 num_threads=num_threads)
+        expected_shape = (1, self.context_epochs * N_FEATURES)
+        if self.model.input_shape != expected_shape:
+            raise ValueError(f"{self.model_path}: input shape {self.model.input_shape}, expected {expected_shape}")
+        self.sha256 = self.model.sha256
+        self._history: deque[np.ndarray] = deque(maxlen=self.context_epochs)
+
+    def reset(self) -> None:
+        """Forget the context (a new night starts)."""
+        self._history.clear()
+
+    def stage_epoch(self, epoch_model_rate: np.ndarray) -> np.ndarray:
+        """Stage the epoch that just ended.
+
+        Parameters
+        ----------
+        epoch_model_rate : numpy.ndarray, shape (3000,)
+            The epoch in microvolts at 100 Hz, from :class:`appliance.dsp.StreamingPreprocessor`.
+
+        Returns
+        -------
+        numpy.ndarray, shape (5,)
+            Probabilities of W, N1, N2, N3, REM (sum 1), from this and the previous epochs only.
+        """
+        feats = epoch_features(epoch_model_rate)
+        if not self._history:
+            self._history.extend([feats] * (self.context_epochs - 1))
+        self._history.append(feats)
+        return self._predict_window(np.stack(self._history))
+
+    def _predict_window(self, window: np.ndarray) -> np.ndarray:
+        z = (window - self._mean) / self._std
+        p = np.asarray(self.model.predict(z.reshape(1, -1)), dtype=np.float64).ravel()
+        p = np.clip(p, 0.0, None)
+        s = p.sum()
+        return p / s if s > 0 else np.full(len(STAGE_NAMES), 1.0 / len(STAGE_NAMES))
+
+    def stage_night(self, x_uv: np.ndarray, *, fs_hz: float) -> np.ndarray:
+        """Stage a whole recording offline with the causal model (same code as the live path).
+
+        The live context is left untouched.
+
+        Parameters
+        ----------
+        x_uv : numpy.ndarray, shape (n,)
+            The staging channel in microvolts.
+        fs_hz : float
+            Its sampling rate (Hz).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_epochs, 5): probabilities per whole 30-s epoch.
+        """
+        y = preprocess(np.asarray(x_uv, dtype=np.float64).ravel(), fs_hz=fs_hz)
+        windows = context_windows(night_features(y), self.context_epochs)
+        if len(windows) == 0:
+            return np.empty((0, len(STAGE_NAMES)))
+        return np.stack([self._predict_window(w) for w in windows])
+
+    def smooth_night(self, probs: np.ndarray) -> np.ndarray:
+        """Look-ahead smoothing of a night's causal probabilities, for the morning report only.
+
+        Returns
+        -------
+        numpy.ndarray, same shape: posterior probabilities given the whole night.
+        """
+        p = np.asarray(probs, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != len(STAGE_NAMES):
+            raise ValueError(f"probs must have shape (n_epochs, {len(STAGE_NAMES)}), got {p.shape}")
+        return forward_backward(p, self._transition, self._prior)

@@ -1,0 +1,1 @@
+"""Training, export and evaluation of the box's models (TensorFlow only here, in the train extra)."""
