@@ -13,3 +13,23 @@ def shared():
     if root is None:
         pytest.skip("../shared is not present beside the checkout")
     return root
+
+
+@pytest.fixture(scope="session")
+def mqtt_pki(tmp_path_factory):
+    """A test CA, server and client certificates for the mosquitto TLS listeners (made once)."""
+    from tests.broker import make_pki, mosquitto_available
+
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed (Debian: apt-get install mosquitto); MQTT tests need a real broker")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def broker(tmp_path, mqtt_pki):
+    """A private, running mosquitto (tests/broker.py): open, password+ACL, TLS and mutual-TLS listeners."""
+    from tests.broker import MosquittoBroker
+
+    b = MosquittoBroker(tmp_path / "mosquitto", mqtt_pki).start()
+    yield b
+    b.stop()
