@@ -1,0 +1,66 @@
+"""The breather's gpiozero outputs on MockFactory(pin_class=MockPWMPin): real pin states, hard caps."""
+from __future__ import annotations
+
+import pytest
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+from appliance.outputs import BedsideLight, OkButton, OutputLimitError, Speaker, all_off
+from appliance.safety import MAX_BRIGHTNESS, MAX_VOLUME
+
+
+@pytest.fixture
+def factory():
+    f = MockFactory(pin_class=MockPWMPin)
+    yield f
+    f.reset()
+
+
+def test_light_drives_its_pin(factory):
+    light = BedsideLight(pin=18, pin_factory=factory)
+    assert factory.pin(18).state == 0
+    light.level = 0.12
+    assert factory.pin(18).state == pytest.approx(0.12)
+    light.off()
+    assert factory.pin(18).state == 0
+
+
+def test_light_refuses_above_cap_and_goes_dark(factory):
+    light = BedsideLight(pin=18, pin_factory=factory)
+    light.level = MAX_BRIGHTNESS
+    with pytest.raises(OutputLimitError, match="MAX_BRIGHTNESS"):
+        light.level = MAX_BRIGHTNESS + 0.01
+    assert factory.pin(18).state == 0
+
+
+def test_speaker_tone_and_level(factory):
+    spk = Speaker(pin=13, tone_hz=330, pin_factory=factory)
+    assert factory.pin(13).frequency == 330
+    spk.level = 0.05
+    assert factory.pin(13).state == pytest.approx(0.05)
+    with pytest.raises(OutputLimitError, match="MAX_VOLUME"):
+        spk.level = MAX_VOLUME * 2
+    assert factory.pin(13).state == 0
+    with pytest.raises(OutputLimitError):
+        Speaker(pin=12, tone_hz=20000, pin_factory=factory)
+
+
+def test_button_calls_back_on_press(factory):
+    btn = OkButton(pin=17, pin_factory=factory, bounce_time_s=None)
+    pressed = []
+    btn.when_pressed = lambda: pressed.append(True)
+    factory.pin(17).drive_low()
+    assert btn.is_pressed and pressed == [True]
+
+
+def test_all_off_switches_every_output_even_if_one_fails(factory):
+    light = BedsideLight(pin=18, pin_factory=factory)
+    spk = Speaker(pin=13, pin_factory=factory)
+    light.level, spk.level = 0.2, 0.1
+
+    class Broken:
+        def off(self):
+            raise OSError("gpio gone")
+
+    errors = all_off(Broken(), light, spk)
+    assert factory.pin(18).state == 0 and factory.pin(13).state == 0
+    assert len(errors) == 1 and "gpio gone" in errors[0]
