@@ -1,0 +1,183 @@
+"""Ed25519 signatures for model files and configs (the clinic signs; the box verifies).
+
+``bedtime-fleet keys`` makes a keypair; ``bedtime-fleet sign FILE`` writes ``FILE.sig.json``, a detached
+*manifest* the box checks before it applies anything::
+
+    {"schema": "bedtime.signature/1", "kind": "model", "name": "stager.tflite", "version": "2026.11.2",
+     "sha256": "<hex of the file>", "size_bytes": 41234, "signed_at": "2026-11-23T18:00:00Z",
+     "key_id": "<first 16 hex of sha256(raw public key)>", "signature": "<base64 Ed25519 signature>"}
+
+The signature covers every other field of the manifest (canonical JSON: sorted keys, no spaces), so the
+kind and version are signed too: a signed config cannot be replayed as a model, nor an old version
+passed off as a new one. The crypto is ``cryptography``'s Ed25519; nothing here is hand-rolled.
+
+The box side is :mod:`appliance.updates`; it needs only :func:`verify_manifest` and the public key PEM.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SCHEMA = "bedtime.signature/1"
+KINDS = ("model", "config")
+PASSPHRASE_ENV = "BEDTIME_SIGNING_PASSPHRASE"
+
+
+class SignatureError(ValueError):
+    """A payload or manifest does not verify. The message says which check failed."""
+
+
+def generate_keypair(private_path: str | Path, public_path: str | Path, *, passphrase: bytes | None = None) -> str:
+    """Write a new Ed25519 keypair as PEM files; return the key id.
+
+    The private key file is created with mode 0600 and is encrypted when ``passphrase`` is given.
+    Refuses to overwrite an existing private key (losing it would orphan every box pinned to it).
+    """
+    private_path, public_path = Path(private_path), Path(public_path)
+    if private_path.exists():
+        raise FileExistsError(f"{private_path} exists; refusing to overwrite a signing key")
+    key = Ed25519PrivateKey.generate()
+    enc = (serialization.BestAvailableEncryption(passphrase) if passphrase
+           else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.write_bytes(public_pem)
+    return key_id(public_pem)
+
+
+def load_private_key(path: str | Path, *, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Read a PEM private key (the passphrase defaults to ``$BEDTIME_SIGNING_PASSPHRASE``)."""
+    if passphrase is None and os.environ.get(PASSPHRASE_ENV):
+        passphrase = os.environ[PASSPHRASE_ENV].encode()
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
+    """Parse a PEM public key (as pinned in the box config)."""
+    if isinstance(pem, str):
+        pem = pem.encode()
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as e:
+        raise SignatureError(f"public key is not valid PEM: {e}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError("public key is not an Ed25519 key")
+    return key
+
+
+def public_pem_of(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_id(public_pem: str | bytes) -> str:
+    """Short fingerprint of a public key: first 16 hex digits of sha256 of its raw 32 bytes."""
+    raw = load_public_key(public_pem).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _canonical(manifest: dict) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, version: str) -> dict:
+    """A signed manifest for ``payload``.
+
+    Parameters
+    ----------
+    payload : bytes
+        The model file or config file, exactly as the box will receive it.
+    kind : {"model", "config"}
+    name : str
+        File name, for people reading the manifest.
+    version : str
+        The version the box will report once it runs this payload.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    manifest = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "name": name,
+        "version": str(version),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "size_bytes": len(payload),
+        "signed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "key_id": key_id(public_pem_of(key)),
+    }
+    manifest["signature"] = base64.b64encode(key.sign(_canonical(manifest))).decode()
+    return manifest
+
+
+def sign_file(path: str | Path, key: Ed25519PrivateKey, *, kind: str, version: str,
+              out: str | Path | None = None) -> Path:
+    """Sign a file; write and return the manifest path (default ``<file>.sig.json``)."""
+    path = Path(path)
+    manifest = sign_bytes(path.read_bytes(), key, kind=kind, name=path.name, version=version)
+    out = Path(out) if out else path.with_name(path.name + ".sig.json")
+    out.write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def parse_manifest(data: str | bytes | dict) -> dict:
+    """A manifest from JSON text or a dict, with its fields type-checked (raises :class:`SignatureError`)."""
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SignatureError(f"signature manifest is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise SignatureError("signature manifest must be a JSON object")
+    if data.get("schema") != SCHEMA:
+        raise SignatureError(f"signature manifest schema must be {SCHEMA!r}")
+    for field, typ in (("kind", str), ("name", str), ("version", str), ("sha256", str),
+                       ("size_bytes", int), ("signature", str), ("key_id", str)):
+        if not isinstance(data.get(field), typ):
+            raise SignatureError(f"signature manifest field {field!r} missing or not a {typ.__name__}")
+    return data
+
+
+def verify_manifest(payload: bytes, manifest: str | bytes | dict, public_pem: str | bytes, *,
+                    kind: str | None = None) -> dict:
+    """Check that ``payload`` is exactly what the holder of the private key signed; return the manifest.
+
+    Raises
+    ------
+    SignatureError
+        If the manifest is malformed, the signature does not verify against ``public_pem``, the
+        payload's sha256 or size differ from the signed ones, or ``kind`` differs from the signed kind.
+    """
+    m = parse_manifest(manifest)
+    public_key = load_public_key(public_pem)
+    try:
+        signature = base64.b64decode(m["signature"], validate=True)
+    except ValueError:
+        raise SignatureError("signature is not valid base64") from None
+    try:
+        public_key.verify(signature, _canonical(m))
+    except InvalidSignature:
+        raise SignatureError("signature does not verify against the pinned public key") from None
+    if kind is not None and m["kind"] != kind:
+        raise SignatureError(f"manifest is signed for a {m['kind']!r}, not a {kind!r}")
+    if len(payload) != m["size_bytes"] or not hmac.compare_digest(hashlib.sha256(payload).hexdigest().encode(), m["sha256"].encode()):
+        raise SignatureError("payload does not match the signed sha256 (tampered or truncated)")
+    return m
+

@@ -1,0 +1,91 @@
+"""From the MQTT ingest to the console's database: one method per channel a box publishes.
+
+:class:`IngestBridge` is what the console hands to :class:`appliance.fleet.ingest.FleetIngest` as its
+callbacks. Each call writes the message's meaning into :class:`~appliance.fleet.db.FleetDB` (box row,
+alert, night report, config acknowledgement); the live pages then pick the change up from the database's
+change feed, so it does not matter which console instance of a shared-subscription group ingested it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from appliance.fleet.db import FleetDB
+
+logger = logging.getLogger(__name__)
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _short(value: Any, n: int = 64) -> str:
+    return "" if value is None else str(value)[:n]
+
+
+class IngestBridge:
+    """Writes what boxes publish into the database. Thread-safe (called from the MQTT thread)."""
+
+    def __init__(self, db: FleetDB) -> None:
+        self.db = db
+
+    def on_status(self, box_id: str, payload: dict) -> None:
+        models = payload.get("model_versions") or {}
+        model = ", ".join(f"{k} {v}" for k, v in sorted(models.items())) if isinstance(models, dict) else ""
+        self.db.set_box_online(
+            box_id, bool(payload.get("online", payload.get("state") != "offline")),
+            last_seen=_parse_time(payload.get("time_utc")) or dt.datetime.now(dt.timezone.utc),
+            firmware=_short(payload.get("firmware_version")), model_version=_short(model),
+            config_version=_short(payload.get("config_version")),
+            **({"group_name": _short(payload["group"], 32)} if isinstance(payload.get("group"), str) else {}))
+
+    def on_telemetry(self, box_id: str, payload: dict) -> None:
+        fields: dict[str, Any] = {"last_seen": _parse_time(payload.get("time_utc")) or dt.datetime.now(dt.timezone.utc),
+                                  "telemetry": {k: v for k, v in payload.items() if k not in ("schema", "box_id")}}
+        q = payload.get("signal_quality_percent")
+        if isinstance(q, (int, float)) and not isinstance(q, bool):
+            fields["signal_quality"] = float(q)
+        self.db.upsert_box(box_id, **fields)
+
+    def on_alert(self, box_id: str, payload: dict) -> int:
+        return self.db.add_alert(box_id, severity=_short(payload.get("severity"), 16) or "info",
+                                 title=_short(payload.get("title"), 200), message=str(payload.get("message", "")),
+                                 payload=payload)
+
+    def on_report(self, box_id: str, payload: dict) -> None:
+        report = payload.get("report") if isinstance(payload.get("report"), dict) else payload
+        night = _short(report.get("night_start") or payload.get("time_utc"), 10) or "unknown"
+        self.db.add_report(box_id, night, report)
+        interventions = report.get("interventions") or {}
+        loops = interventions.get("loops_detected")
+        sessions = interventions.get("breather_sessions")
+        self.db.upsert_box(box_id, loops_last_night=loops if isinstance(loops, int) else None,
+                           breathers_last_night=len(sessions) if isinstance(sessions, list) else None)
+
+    def on_event(self, box_id: str, payload: dict) -> None:
+        kind = payload.get("kind")
+        if kind in ("update.applied", "config_applied") and payload.get("config_version"):
+            self.db.upsert_box(box_id, config_version=_short(payload.get("config_version")))
+
+    def on_config_reply(self, push_id: int, reply: dict | None) -> None:
+        """Record a box's answer to a config push (``None``: no answer in time)."""
+        if reply is None:
+            self.db.set_config_push_state(push_id, "no answer", "the box did not answer in time")
+            return
+        result = reply.get("result") or {}
+        if reply.get("ok") and result.get("ok"):
+            push = self.db.get_config_push(push_id)
+            self.db.set_config_push_state(push_id, "acknowledged", f"running {result.get('running_version', '')}")
+            if push:
+                self.db.upsert_box(push["box_id"], config_version=_short(result.get("running_version")))
+        else:
+            err = reply.get("error") or {}
+            detail = result.get("reason") or f"{err.get('code', '')}: {err.get('message', '')}"
+            self.db.set_config_push_state(push_id, result.get("state") or "refused", detail)

@@ -1,0 +1,201 @@
+"""``bedtime-fleet`` subcommands of the web console and signed rollouts (registered into
+:data:`appliance.fleet.cli.SUBCOMMANDS`)::
+
+    bedtime-fleet keys [--dir D]                         make the clinic's Ed25519 signing keypair
+    bedtime-fleet sign FILE --kind model|config --version V [--key K]
+                                                         write FILE.sig.json (detached signed manifest)
+    bedtime-fleet user add NAME --role viewer|operator   add a console account (password asked twice)
+    bedtime-fleet serve [--db URL] [--listen 127.0.0.1:8080] [--signing-key K] ...
+                                                         run the web console (ingest in a shared group)
+    bedtime-fleet rollout FILE --kind K --canary IDS [--rest IDS] [--manifest M | --key K --version V]
+                                                         a canary-first rollout from the command line
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from appliance.fleet.cli import subcommand
+
+DEFAULT_DB = os.environ.get("BEDTIME_CONSOLE_DB", "sqlite:///var/fleet.db")
+DEFAULT_KEY = Path(os.environ.get("BEDTIME_SIGNING_KEY", "fleet-signing.key"))
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB}; env BEDTIME_CONSOLE_DB)")
+
+
+def _open_db(url: str):
+    from appliance.fleet.db import FleetDB
+
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return FleetDB(url)
+
+
+# ---- keys / sign ----------------------------------------------------------------------------------
+def _keys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", type=Path, default=Path("."), help="where to write the keypair (default .)")
+    p.add_argument("--name", default="fleet-signing", help="file name stem (default fleet-signing)")
+
+
+@subcommand("keys", help="make the clinic's Ed25519 signing keypair (NAME.key private, NAME.pub public)",
+            add_arguments=_keys_args)
+def cmd_keys(args: argparse.Namespace) -> int:
+    from appliance.fleet.signing import PASSPHRASE_ENV, generate_keypair
+
+    priv, pub = args.dir / f"{args.name}.key", args.dir / f"{args.name}.pub"
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    try:
+        kid = generate_keypair(priv, pub, passphrase=passphrase.encode() if passphrase else None)
+    except FileExistsError as e:
+        print(f"bedtime-fleet keys: {e}", file=sys.stderr)
+        return 2
+    print(f"private key: {priv} (mode 0600{', encrypted' if passphrase else ''}; keep it off the boxes)")
+    print(f"public key:  {pub} (pin it in each box's config)\nkey id: {kid}")
+    return 0
+
+
+def _sign_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="model (.tflite) or config (.json) to sign")
+    p.add_argument("--kind", choices=("model", "config"), help="default: config for .json/.toml, else model")
+    p.add_argument("--version", required=True, help="the version the box will report once it runs this")
+    p.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"private key (default {DEFAULT_KEY})")
+    p.add_argument("--out", type=Path, help="manifest path (default FILE.sig.json)")
+
+
+@subcommand("sign", help="sign a model or config file: writes a detached FILE.sig.json manifest",
+            add_arguments=_sign_args)
+def cmd_sign(args: argparse.Namespace) -> int:
+    from appliance.fleet.signing import load_private_key, sign_file
+
+    kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
+    if kind == "config":
+        from appliance.config import ConfigError, validate_config
+
+        try:
+            validate_config(json.loads(args.file.read_text()))
+        except (ValueError, ConfigError) as e:
+            print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
+            return 2
+    out = sign_file(args.file, load_private_key(args.key), kind=kind, version=args.version, out=args.out)
+    print(out)
+    return 0
+
+
+# ---- users ----------------------------------------------------------------------------------------
+def _user_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("add", "list"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=("viewer", "operator"), default="viewer")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
+    _db_arg(p)
+
+
+@subcommand("user", help="manage web console accounts (add NAME --role viewer|operator; list)",
+            add_arguments=_user_args)
+def cmd_user(args: argparse.Namespace) -> int:
+    from appliance.fleet.auth import create_user
+
+    db = _open_db(args.db)
+    if args.action == "list":
+        for u in db.list_users():
+            print(f"{u['username']}\t{u['role']}")
+        return 0
+    if not args.name:
+        print("bedtime-fleet user add: NAME is required", file=sys.stderr)
+        return 2
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("passwords differ", file=sys.stderr)
+            return 2
+    try:
+        create_user(db, args.name, password, args.role)
+    except ValueError as e:
+        print(f"bedtime-fleet user add: {e}", file=sys.stderr)
+        return 2
+    db.audit("cli", "user.added", args.name, {"role": args.role})
+    print(f"added {args.name} ({args.role})")
+    return 0
+
+
+# ---- serve ----------------------------------------------------------------------------------------
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    _db_arg(p)
+    p.add_argument("--listen", default="127.0.0.1:8080", help="address:port to serve on (default 127.0.0.1:8080)")
+    p.add_argument("--secret-file", type=Path, default=Path("var/console-session.key"),
+                   help="session-signing key, shared by every instance (created if missing)")
+    p.add_argument("--signing-key", type=Path, help="clinic private key: lets the console sign config pushes")
+    p.add_argument("--public-key", type=Path, help="clinic public key: refuse uploads that do not verify")
+    p.add_argument("--share-group", default="bedtime-console", help="MQTT shared-subscription group")
+    p.add_argument("--no-mqtt", action="store_true", help="serve the database only (no broker connection)")
+    p.add_argument("--plain-http", action="store_true",
+                   help="session cookie without Secure (only behind no proxy, on loopback, for trying it out)")
+
+
+@subcommand("serve", help="run the clinic web console", add_arguments=_serve_args)
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from appliance.fleet.web import ConsoleSettings, create_app
+
+    host, _, port = args.listen.rpartition(":")
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    settings = ConsoleSettings(
+        database_url=args.db, secret_key_file=args.secret_file, https_only=not args.plain_http,
+        mqtt_host=None if args.no_mqtt else args.host, mqtt_port=args.port, mqtt_username=args.username,
+        mqtt_password=password, mqtt_tls_ca=args.ca, share_group=args.share_group,
+        signing_key_file=args.signing_key, public_key_file=args.public_key)
+    _open_db(args.db).close()  # creates the folder and migrates before the app starts
+    app = create_app(settings)
+    uvicorn.run(app, host=host or "127.0.0.1", port=int(port), proxy_headers=True, log_level="info",
+                timeout_graceful_shutdown=3)
+    return 0
+
+
+# ---- rollout --------------------------------------------------------------------------------------
+def _rollout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path)
+    p.add_argument("--kind", choices=("model", "config"), required=True)
+    p.add_argument("--manifest", type=Path, help="FILE.sig.json from `bedtime-fleet sign` (default: beside FILE)")
+    p.add_argument("--canary", required=True, help="comma-separated canary box ids")
+    p.add_argument("--rest", default="", help="comma-separated box ids updated after the canaries")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each box's health report")
+    p.add_argument("--batch", type=int, default=10)
+    _db_arg(p)
+
+
+@subcommand("rollout", help="canary-first signed rollout of a model or config", add_arguments=_rollout_args)
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from appliance.fleet.cli import connect
+    from appliance.fleet.rollout import RolloutRunner, create_rollout
+    from appliance.fleet.signing import SignatureError, parse_manifest
+
+    manifest_path = args.manifest or args.file.with_name(args.file.name + ".sig.json")
+    try:
+        manifest = parse_manifest(manifest_path.read_text())
+    except (OSError, SignatureError) as e:
+        print(f"bedtime-fleet rollout: {manifest_path}: {e}", file=sys.stderr)
+        return 2
+    canary = [b for b in args.canary.split(",") if b]
+    rest = [b for b in args.rest.split(",") if b]
+    db = _open_db(args.db)
+    for b in canary + rest:
+        if db.get_box(b) is None:
+            db.upsert_box(b)
+    rid = create_rollout(db, kind=args.kind, payload=args.file.read_bytes(), manifest=manifest, canary=canary,
+                         rest=rest, created_by=f"cli:{getpass.getuser()}")
+    with connect(args) as ingest:
+        state = RolloutRunner(db, ingest, timeout_s=args.timeout, batch_size=args.batch, actor="cli").run(rid)
+    ro = db.get_rollout(rid)
+    for t in ro["targets"]:
+        print(f"{t['box_id']}\t{t['phase']}\t{t['state']}\t{t['detail']}")
+    print(f"rollout {rid}: {state}: {ro['detail']}")
+    return 0 if state == "completed" else 1

@@ -1,0 +1,80 @@
+"""Settings of one clinic console instance (``bedtime-fleet serve``)."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ConsoleSettings:
+    """Everything :func:`appliance.fleet.web.create_app` needs.
+
+    Attributes
+    ----------
+    database_url : str
+        SQLAlchemy URL. ``sqlite:///<path>`` for one console; ``postgresql+psycopg://...`` when several
+        console instances share one database.
+    secret_key : str or None
+        Key that signs session cookies. Every instance behind one address must share it. When None, it is
+        read from ``secret_key_file`` (created with a random key, mode 0600, if missing).
+    secret_key_file : Path or None
+        Where the session key lives when ``secret_key`` is None.
+    https_only : bool
+        Mark the session cookie ``Secure`` (default True; turn off only for plain-HTTP loopback tests).
+    session_max_age_s : float
+        A login lasts this long, seconds.
+    login_max_failures, login_window_s : int, float
+        Login rate limit: this many failures per user name, and per client address, in the window.
+    mqtt_host, mqtt_port, mqtt_username, mqtt_password, mqtt_tls_ca : ...
+        The broker the console's :class:`~appliance.fleet.ingest.FleetIngest` connects to (``mqtt_host``
+        None: no ingest, e.g. a read-only replica or tests that inject their own).
+    share_group : str
+        MQTT v5 shared-subscription group; console instances in one group split the ingest.
+    signing_key_file : Path or None
+        The clinic's Ed25519 private key (``bedtime-fleet keys``); the console signs configs pushed from the
+        config editor with it. Without it, config pushes and server-side signing are disabled.
+    public_key_file : Path or None
+        The matching public key; uploads whose manifest does not verify against it are refused early.
+    command_timeout_s : float
+        How long to wait for a box's reply to a command (config push, update), seconds.
+    rollout_batch_size : int
+        After the canaries, boxes are updated in batches of this size; a failure stops the rollout.
+    """
+
+    database_url: str = "sqlite:///var/fleet.db"
+    secret_key: str | None = None
+    secret_key_file: Path | None = None
+    https_only: bool = True
+    session_max_age_s: float = 8 * 3600.0
+    login_max_failures: int = 5
+    login_window_s: float = 300.0
+    mqtt_host: str | None = None
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls_ca: str | None = None
+    share_group: str = "bedtime-console"
+    signing_key_file: Path | None = None
+    public_key_file: Path | None = None
+    command_timeout_s: float = 30.0
+    rollout_batch_size: int = 10
+    extra: dict = field(default_factory=dict)
+
+    def resolved_secret_key(self) -> str:
+        """The session-signing key (see ``secret_key``)."""
+        if self.secret_key:
+            return self.secret_key
+        if self.secret_key_file is None:
+            # A per-process key: sessions die with the process and are not shared between instances.
+            self.secret_key = secrets.token_urlsafe(48)
+            return self.secret_key
+        path = Path(self.secret_key_file)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        self.secret_key = path.read_text().strip()
+        return self.secret_key

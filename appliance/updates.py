@@ -1,0 +1,403 @@
+"""Signed model and config updates on the box: verify, apply atomically, health-check, roll back.
+
+The clinic signs every model file and config with its Ed25519 key (``bedtime-fleet sign``, see
+:mod:`appliance.fleet.signing`); the box holds only the public key, pinned in its own configuration.
+:class:`UpdateManager` applies an update only when all of these hold, in this order:
+
+1. the detached manifest verifies against the pinned public key, names the same kind, and the payload's
+   sha256 and size are the signed ones (else: *refused*, nothing on disk changes);
+2. the payload is well-formed for its kind (a config passes :func:`appliance.config.validate_config`);
+3. it is written beside the current version and switched in with an atomic ``rename`` of a symlink, so a
+   power cut leaves either the old or the new version in place, never half of one;
+4. the health check passes (model loads and its self-test runs; config validates; the daemon adds
+   "stages flowing"). If it fails, the box switches back to the previous version by itself
+   (*rolled_back*).
+
+Every step is appended to an audit log (``<state_dir>/updates/audit.jsonl``, one JSON object per line,
+fsynced) and returned as an :class:`UpdateResult` that the daemon sends back to the clinic.
+
+On-disk layout (``<state_dir>/updates/<kind>/``)::
+
+    versions/<version>-<sha12>.tflite|.json   each applied payload, with its .sig.json beside it
+    current  -> versions/...                 the version in use (relative symlink)
+    previous -> versions/...                 the one before, kept for roll back
+
+The ``update`` command (``bedtime/v1/<box>/cmd/update``) is registered in :data:`appliance.commands.COMMANDS`
+when this module is imported; :func:`handle_update_command` is its handler.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.fleet.signing import SignatureError, verify_manifest
+
+logger = logging.getLogger(__name__)
+
+KINDS = {"model": ".tflite", "config": ".json"}
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+"""Largest update the box accepts (a stage model is ~100 kB; this bounds a hostile or broken upload)."""
+
+
+@dataclass
+class HealthReport:
+    """Result of a post-update health check.
+
+    Attributes
+    ----------
+    ok : bool
+        True only when every check passed.
+    checks : dict[str, bool]
+        Each named check, e.g. ``{"model_loads": True, "self_test": True, "stages_flowing": True}``.
+    detail : str
+        What failed, for people.
+    """
+
+    ok: bool
+    checks: dict[str, bool] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass
+class UpdateResult:
+    """What happened to one update request (sent back to the clinic as the command's result).
+
+    ``state`` is ``applied`` (new version running and healthy), ``refused`` (never installed: bad
+    signature, wrong kind, malformed payload; the current version untouched), or ``rolled_back``
+    (installed, failed its health check, previous version restored).
+    """
+
+    ok: bool
+    state: str
+    kind: str
+    version: str = ""
+    sha256: str = ""
+    running_version: str = ""
+    previous_version: str = ""
+    reason: str = ""
+    health: HealthReport | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+HealthCheck = Callable[[str, Path], HealthReport]
+"""``health_check(kind, path_of_new_version) -> HealthReport``, run after the switch."""
+
+
+def default_health_check(kind: str, path: Path) -> HealthReport:
+    """The checks the box can make on its own: a model loads in the TFLite runtime and runs on a zero
+    input with finite output (self-test); a config validates. The daemon wraps this and adds
+    ``stages_flowing`` (it watches the next epochs come out of the stager)."""
+    if kind == "config":
+        from appliance.config import ConfigError, validate_config
+
+        try:
+            validate_config(json.loads(path.read_bytes()))
+        except (ConfigError, ValueError) as e:
+            return HealthReport(False, {"config_valid": False}, f"config invalid: {e}")
+        return HealthReport(True, {"config_valid": True})
+    checks = {"model_loads": False, "self_test": False}
+    try:
+        import numpy as np
+
+        from appliance.tflite import TFLiteModel
+
+        model = TFLiteModel(path, expected_sha256=_sha256_file(path))
+        checks["model_loads"] = True
+        y = model.predict(np.zeros(model.input_shape, dtype=np.float32))
+        checks["self_test"] = bool(np.all(np.isfinite(y)))
+    except Exception as e:  # any failure to load or run is a failed health check, never a crash
+        return HealthReport(False, checks, f"model health check failed: {type(e).__name__}: {e}")
+    return HealthReport(all(checks.values()), checks, "" if checks["self_test"] else "self-test output not finite")
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class UpdateManager:
+    """Applies signed updates to one box's models and config.
+
+    Parameters
+    ----------
+    state_dir : str or Path
+        The box's writable state directory (``box.state_dir``); updates live under ``updates/``.
+    public_key_pem : str or bytes
+        The clinic's Ed25519 public key (PEM), pinned in the box configuration.
+    health_check : callable, optional
+        ``(kind, path) -> HealthReport``; default :func:`default_health_check`.
+    on_audit : callable, optional
+        Called with each audit entry (a dict) after it is written, e.g. to publish it as an MQTT event.
+    keep_versions : int
+        Old version files kept per kind besides current and previous (bounded disk use).
+    """
+
+    def __init__(self, state_dir: str | Path, public_key_pem: str | bytes, *,
+                 health_check: HealthCheck | None = None, on_audit: Callable[[dict], None] | None = None,
+                 keep_versions: int = 2) -> None:
+        self.root = Path(state_dir) / "updates"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.public_key_pem = public_key_pem
+        self.health_check_fn = health_check or default_health_check
+        self.on_audit = on_audit
+        self.keep_versions = keep_versions
+        self.audit_path = self.root / "audit.jsonl"
+
+    # ---- queries ---------------------------------------------------------------------------------
+    def _dir(self, kind: str) -> Path:
+        return self.root / kind
+
+    def current_path(self, kind: str) -> Path | None:
+        """Path of the version in use, or None before the first update."""
+        link = self._dir(kind) / "current"
+        return link.resolve() if link.is_symlink() else None
+
+    def previous_path(self, kind: str) -> Path | None:
+        link = self._dir(kind) / "previous"
+        return link.resolve() if link.is_symlink() else None
+
+    def _version_of(self, path: Path | None) -> str:
+        if path is None:
+            return ""
+        sig = path.with_name(path.name + ".sig.json")
+        try:
+            return str(json.loads(sig.read_text())["version"])
+        except (OSError, ValueError, KeyError):
+            return path.stem
+
+    def current_version(self, kind: str) -> str:
+        """Version string of the running model/config ('' before the first update)."""
+        return self._version_of(self.current_path(kind))
+
+    def audit_entries(self) -> list[dict]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
+
+    # ---- audit -----------------------------------------------------------------------------------
+    def _audit(self, action: str, **fields: Any) -> None:
+        entry = {"time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                 "action": action, **fields}
+        line = json.dumps(entry, sort_keys=True, default=str)
+        with open(self.audit_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        logger.info("update audit: %s", line)
+        if self.on_audit is not None:
+            try:
+                self.on_audit(entry)
+            except Exception:  # reporting must never undo or block an update decision
+                logger.exception("on_audit callback failed")
+
+    # ---- apply / roll back -----------------------------------------------------------------------
+    def apply(self, kind: str, payload: bytes, signature: dict | str | bytes) -> UpdateResult:
+        """Verify, install, health-check and (on failure) roll back one update. Never raises for bad input.
+
+        Parameters
+        ----------
+        kind : {"model", "config"}
+        payload : bytes
+            The model file or the config JSON, exactly as signed.
+        signature : dict or str or bytes
+            The detached manifest (``.sig.json``) from ``bedtime-fleet sign``.
+        """
+        running = self.current_version(kind) if kind in KINDS else ""
+        if kind not in KINDS:
+            return self._refuse(kind, running, f"unknown update kind {kind!r}; expected one of {sorted(KINDS)}")
+        if not isinstance(payload, (bytes, bytearray)) or len(payload) > MAX_PAYLOAD_BYTES:
+            return self._refuse(kind, running, f"payload missing or larger than {MAX_PAYLOAD_BYTES} bytes")
+        try:
+            manifest = verify_manifest(bytes(payload), signature, self.public_key_pem, kind=kind)
+        except SignatureError as e:
+            return self._refuse(kind, running, f"signature check failed: {e}")
+        version, sha = manifest["version"], manifest["sha256"]
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", version):
+            return self._refuse(kind, running, f"version {version!r} is not a safe file name", version=version, sha256=sha)
+        if kind == "config":
+            from appliance.config import ConfigError, validate_config
+
+            try:
+                validate_config(json.loads(payload))
+            except (ConfigError, ValueError) as e:
+                return self._refuse(kind, running, f"config invalid: {e}", version=version, sha256=sha)
+        self._audit("update.verified", kind=kind, version=version, sha256=sha, key_id=manifest["key_id"])
+
+        d = self._dir(kind)
+        versions = d / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        target = versions / f"{version}-{sha[:12]}{KINDS[kind]}"
+        if self.current_path(kind) == target.resolve() and target.exists():
+            self._audit("update.unchanged", kind=kind, version=version, sha256=sha)
+            return UpdateResult(True, "applied", kind, version, sha, running_version=version,
+                                previous_version=self.previous_version(kind), reason="already running")
+        self._write_atomic(target, bytes(payload))
+        self._write_atomic(target.with_name(target.name + ".sig.json"), json.dumps(manifest).encode())
+        old = self.current_path(kind)
+        if old is not None and old != target.resolve():
+            self._switch(d / "previous", old)
+        self._switch(d / "current", target)
+        self._audit("update.installed", kind=kind, version=version, sha256=sha, previous_version=self._version_of(old))
+
+        health = self._run_health_check(kind, target)
+        if not health.ok:
+            self._audit("update.health_failed", kind=kind, version=version, sha256=sha,
+                        checks=health.checks, detail=health.detail)
+            self._restore(kind, old)
+            restored = self.current_version(kind)
+            self._audit("update.rolled_back", kind=kind, failed_version=version, running_version=restored)
+            return UpdateResult(False, "rolled_back", kind, version, sha, running_version=restored,
+                                previous_version=restored, reason=health.detail or "health check failed", health=health)
+        self._prune(kind)
+        self._audit("update.applied", kind=kind, version=version, sha256=sha, checks=health.checks)
+        return UpdateResult(True, "applied", kind, version, sha, running_version=version,
+                            previous_version=self._version_of(old), health=health)
+
+    def previous_version(self, kind: str) -> str:
+        return self._version_of(self.previous_path(kind))
+
+    def rollback(self, kind: str, *, reason: str = "requested") -> UpdateResult:
+        """Switch back to the previous version of ``kind`` (e.g. when the daemon's later checks fail)."""
+        current, previous = self.current_path(kind), self.previous_path(kind)
+        if previous is None or not previous.exists():
+            self._audit("update.rollback_impossible", kind=kind, reason=reason)
+            return UpdateResult(False, "refused", kind, running_version=self._version_of(current),
+                                reason="no previous version to roll back to")
+        self._switch(self._dir(kind) / "current", previous)
+        (self._dir(kind) / "previous").unlink()
+        self._audit("update.rolled_back", kind=kind, failed_version=self._version_of(current),
+                    running_version=self._version_of(previous), reason=reason)
+        return UpdateResult(True, "rolled_back", kind, running_version=self._version_of(previous), reason=reason)
+
+    def health_check(self, kind: str) -> HealthReport:
+        """Run the health check on the version in use."""
+        path = self.current_path(kind)
+        if path is None:
+            return HealthReport(False, {}, f"no {kind} installed by an update")
+        return self._run_health_check(kind, path)
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _refuse(self, kind: str, running: str, reason: str, *, version: str = "", sha256: str = "") -> UpdateResult:
+        self._audit("update.refused", kind=kind, version=version, sha256=sha256, reason=reason)
+        logger.warning("update refused (%s): %s", kind, reason)
+        return UpdateResult(False, "refused", kind, version, sha256, running_version=running,
+                            previous_version=running, reason=reason)
+
+    def _run_health_check(self, kind: str, path: Path) -> HealthReport:
+        try:
+            report = self.health_check_fn(kind, path)
+        except Exception as e:  # a crashing check is a failed check
+            logger.exception("health check raised")
+            return HealthReport(False, {}, f"health check raised {type(e).__name__}: {e}")
+        return report if isinstance(report, HealthReport) else HealthReport(False, {}, "health check gave no report")
+
+    def _restore(self, kind: str, old: Path | None) -> None:
+        d = self._dir(kind)
+        if old is not None:
+            self._switch(d / "current", old)
+            # `previous` stays pointing at the restored version's predecessor? No: it pointed at `old`
+            # itself, which is now current; drop it so a later rollback cannot "roll back" to itself.
+            prev = d / "previous"
+            if prev.is_symlink() and prev.resolve() == old.resolve():
+                prev.unlink()
+        else:
+            (d / "current").unlink(missing_ok=True)
+        _fsync_dir(d)
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    @staticmethod
+    def _switch(link: Path, target: Path) -> None:
+        """Point ``link`` at ``target`` atomically (new symlink, then rename over the old one)."""
+        tmp = link.with_name(f".{link.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(target, link.parent), tmp)
+        os.replace(tmp, link)
+        _fsync_dir(link.parent)
+
+    def _prune(self, kind: str) -> None:
+        versions = self._dir(kind) / "versions"
+        keep = {p for p in (self.current_path(kind), self.previous_path(kind)) if p is not None}
+        old = sorted((p for p in versions.glob(f"*{KINDS[kind]}") if p.resolve() not in keep),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+        for p in old[self.keep_versions:]:
+            p.unlink(missing_ok=True)
+            p.with_name(p.name + ".sig.json").unlink(missing_ok=True)
+
+
+# ---- the `update` command -------------------------------------------------------------------------
+def decode_update_args(args: dict) -> tuple[str, bytes, str]:
+    """(kind, payload bytes, manifest JSON) from the ``update`` command's arguments.
+
+    Raises
+    ------
+    ValueError
+        When ``payload_b64`` is not valid base64.
+    """
+    try:
+        payload = base64.b64decode(args["payload_b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("payload_b64 is not valid base64") from None
+    return args["kind"], payload, args["manifest"]
+
+
+def encode_update_args(kind: str, payload: bytes, manifest: dict) -> dict:
+    """The ``update`` command's arguments (the clinic side builds these)."""
+    return {"kind": kind, "payload_b64": base64.b64encode(payload).decode(), "manifest": json.dumps(manifest)}
+
+
+def handle_update_command(manager: UpdateManager, args: dict) -> dict:
+    """The box's handler for ``cmd/update``: apply and return the :class:`UpdateResult` as a dict.
+
+    A refused or rolled-back update is still a *handled* command: the result says ``ok: false`` and why,
+    so the clinic's rollout sees the health report rather than a bare error.
+    """
+    try:
+        kind, payload, manifest = decode_update_args(args)
+    except (KeyError, ValueError) as e:
+        return manager._refuse(str(args.get("kind", "")), "", f"bad update arguments: {e}").to_dict()
+    return manager.apply(kind, payload, manifest).to_dict()
+
+
+def _register_command() -> None:
+    """Teach the box's command validator the ``update`` command (the schema lives with its handler)."""
+    from appliance.commands import COMMANDS, Arg, CommandSpec
+
+    COMMANDS.setdefault("update", CommandSpec(
+        "update",
+        "Apply a signed model or config (verified against the pinned key; health-checked; rolled back on failure).",
+        {"kind": Arg("str", required=True, choices=tuple(KINDS)),
+         "payload_b64": Arg("str", required=True, pattern=r"[A-Za-z0-9+/=\s]{1,100000000}"),
+         "manifest": Arg("str", required=True, pattern=r"(?s)\{.{1,8000}\}")},
+    ))
+
+
+_register_command()
