@@ -80,17 +80,15 @@ class AcquisitionSection:
 
 @dataclass(frozen=True)
 class StagingSection:
-    """The stage model."""
+    """The stage model. (How confident it must be before the breather acts is ``breather.min_stage_confidence``.)"""
 
-    min_confidence: float = _opt(0.5, doc="Below this top probability an epoch counts as uncertain", min=0.0, max=1.0)
     model_path: str = _opt("", doc="Override the packaged stage model (.tflite); empty = packaged")
 
 
 @dataclass(frozen=True)
 class LoopsSection:
-    """The loop model."""
+    """The loop model. (The P(loop) that counts as a loop is ``breather.p_loop_threshold``: one threshold.)"""
 
-    p_loop_threshold: float = _opt(0.5, doc="P(loop) at or above which a loop counts as detected", min=0.05, max=0.99)
     model_path: str = _opt("", doc="Override the packaged loop model (.tflite); empty = packaged")
 
 
@@ -219,23 +217,18 @@ def _validate_breather(raw: Any) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError("breather", f"expected a table [breather], got {type(raw).__name__}")
     try:
-        from appliance.safety import BreatherConfig
+        from appliance.safety import BreatherConfig, SafetyEnvelopeError
     except ImportError:  # the loops layer is not installed: nothing can stimulate, keep the table as given
         logger.warning("appliance.safety not available: breather settings not checked")
         return dict(raw)
-    names = {f.name for f in dataclasses.fields(BreatherConfig)} if dataclasses.is_dataclass(BreatherConfig) else None
-    if names is not None:
-        for k in raw:
-            if k not in names:
-                raise ConfigError(f"breather.{k}", f"unknown key (known: {', '.join(sorted(names))})")
     try:
-        BreatherConfig(**raw)
-    except ConfigError:
-        raise
+        BreatherConfig.from_dict(raw)
+    except SafetyEnvelopeError as e:
+        field_name = getattr(e, "field", "")
+        key = f"breather.{field_name}" if field_name and not field_name.startswith("<") else "breather"
+        raise ConfigError(key, str(e)) from None
     except (TypeError, ValueError) as e:
-        msg = str(e)
-        key = next((k for k in raw if k in msg), None)
-        raise ConfigError(f"breather.{key}" if key else "breather", msg) from None
+        raise ConfigError("breather", str(e)) from None
     return dict(raw)
 
 

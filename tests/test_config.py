@@ -15,7 +15,11 @@ def test_example_is_valid_and_documents_every_key():
     cfg = load_config(EXAMPLE)
     assert isinstance(cfg, BoxConfig)
     text = EXAMPLE.read_text()
-    for key, _default, _doc in describe_keys():
+    keys = [k for k, _d, _doc in describe_keys()]
+    from appliance.safety import BreatherConfig
+
+    keys += [f"breather.{k}" for k in BreatherConfig().to_dict()]
+    for key in keys:
         section, name = key.split(".")
         assert f"[{section}]" in text and name in text, f"{key} is not documented in the example"
 
@@ -38,7 +42,9 @@ def test_defaults_round_trip():
     ({"outputs": {"light_pin": 25}}, "outputs.light_pin"),
     ({"recording": {"enabled": "yes"}}, "recording.enabled"),
     ({"recording": {"flush_interval_s": float("nan")}}, "recording.flush_interval_s"),
-    ({"staging": {"min_confidence": 1.5}}, "staging.min_confidence"),
+    ({"staging": {"min_confidence": 0.5}}, "staging.min_confidence"),
+    ({"breather": {"light_brightness": 0.9}}, "breather.light_brightness"),
+    ({"breather": {"p_loop_threshold": 0.1}}, "breather.p_loop_threshold"),
     ({"box": {"id": "box/1"}}, "box.id"),
     ({"mqtt": {"tls_cert": "/c.pem"}}, "mqtt.tls_key"),
     ({"nonsense": {}}, "nonsense"),
@@ -72,7 +78,9 @@ def test_file_errors_are_clear(tmp_path):
 
 def test_merge_pushed_config():
     base = validate_config(tomllib.loads(EXAMPLE.read_text()))
-    new = merge_config(base, {"loops": {"p_loop_threshold": 0.7}})
-    assert new.loops.p_loop_threshold == 0.7 and new.mqtt == base.mqtt
-    with pytest.raises(ConfigError):
-        merge_config(base, {"loops": {"p_loop_threshold": 2}})
+    new = merge_config(base, {"breather": {"p_loop_threshold": 0.8}, "telemetry": {"interval_s": 10}})
+    assert new.breather["p_loop_threshold"] == 0.8 and new.breather["cue_s"] == base.breather["cue_s"]
+    assert new.telemetry.interval_s == 10 and new.mqtt == base.mqtt
+    with pytest.raises(ConfigError) as ei:
+        merge_config(base, {"breather": {"cue_volume": 2}})
+    assert ei.value.key == "breather.cue_volume"

@@ -1,0 +1,213 @@
+"""``bedtime``: the box's command line (the systemd unit runs ``bedtime run``).
+
+Commands::
+
+    bedtime run [--simulate] [--edf FILE | --synthetic] [--speed X] [--config FILE]
+    bedtime selftest [--simulate] [--config FILE]
+    bedtime report [NIGHT] [--config FILE] [--json]
+    bedtime config check FILE
+    bedtime audit verify FILE [FILE...]
+    bedtime outputs-off [--simulate] [--config FILE]
+
+Exit codes: 0 success, 1 a check failed, 2 bad usage or a bad configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from appliance.config import DEFAULT_CONFIG_PATH, BoxConfig, ConfigError, load_config, validate_config
+
+logger = logging.getLogger("bedtime")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (tests check the systemd unit's command lines against it)."""
+    ap = argparse.ArgumentParser(prog="bedtime", description="bedtime bedside sleep appliance")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=None,
+                       help=f"TOML configuration (default {DEFAULT_CONFIG_PATH} when it exists, else built-in defaults)")
+
+    run = sub.add_parser("run", help="run the appliance (all night; under systemd on the box)")
+    with_config(run)
+    run.add_argument("--simulate", action="store_true", help="chip simulator and mock GPIO instead of hardware")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--edf", type=Path, help="simulate: replay this EDF/EDF+ file through the chip simulator")
+    src.add_argument("--synthetic", action="store_true",
+                     help="simulate: synthetic sleep EEG over a real (../shared) or built-in hypnogram (default)")
+    run.add_argument("--hypnogram", type=Path, help="simulate: hypnogram file the synthetic EEG follows")
+    run.add_argument("--speed", type=float, default=1.0, help="simulate: replay speed (600 = 8 h in 48 s)")
+    run.add_argument("--seed", type=int, default=0, help="simulate: synthetic subject seed")
+    run.add_argument("--hours", type=float, default=None, help="stop after this many hours of signal")
+
+    st = sub.add_parser("selftest", help="check chip, electrodes, light, sound and broker; pass/fail table")
+    with_config(st)
+    st.add_argument("--simulate", action="store_true", help="run against the chip simulator and mock GPIO")
+    st.add_argument("--no-broker", action="store_true", help="skip the broker check")
+
+    rp = sub.add_parser("report", help="show (and rebuild) the morning report of a night")
+    with_config(rp)
+    rp.add_argument("night", nargs="?", help="night id (directory name) or path; default: the latest")
+    rp.add_argument("--json", action="store_true", help="print the JSON report")
+    rp.add_argument("--publish", action="store_true", help="also publish it on MQTT")
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    chk = cfg_sub.add_parser("check", help="validate a configuration file")
+    chk.add_argument("file", type=Path)
+
+    au = sub.add_parser("audit", help="audit-log tools")
+    au_sub = au.add_subparsers(dest="audit_command", required=True)
+    ver = au_sub.add_parser("verify", help="verify hash-chained audit logs")
+    ver.add_argument("files", nargs="+", type=Path)
+
+    off = sub.add_parser("outputs-off", help="force light and sound off (systemd ExecStopPost)")
+    with_config(off)
+    off.add_argument("--simulate", action="store_true", help="reset the simulated outputs instead")
+    return ap
+
+
+def _load(path: Path | None) -> BoxConfig:
+    if path is not None:
+        return load_config(path)
+    if DEFAULT_CONFIG_PATH.is_file():
+        return load_config(DEFAULT_CONFIG_PATH)
+    return validate_config({})
+
+
+def builtin_hypnogram():
+    """A plausible 8-h hypnogram (five cycles) for when ../shared is absent."""
+    import numpy as np
+
+    from appliance.hypnogram import Stage
+
+    W, N1, N2, N3, R = Stage.W, Stage.N1, Stage.N2, Stage.N3, Stage.REM
+    night: list[int] = [W] * 30 + [N1] * 6
+    cycles = [(50, 40, 10), (60, 25, 20), (80, 10, 30), (80, 0, 40), (70, 0, 45)]
+    for n2, n3, rem in cycles:
+        night += [N2] * (n2 // 2) + [N3] * n3 + [N2] * (n2 - n2 // 2) + [R] * rem + [W] * 2 + [N1] * 2
+    night += [W] * 10
+    return np.array(night[:960], dtype=np.int8)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from appliance.daemon import Daemon, SimulationSource, open_hardware
+
+    cfg = _load(args.config)
+    source = None
+    if args.simulate:
+        if args.edf is not None:
+            source = SimulationSource(edf_path=args.edf, seed=args.seed)
+        else:
+            from appliance.hypnogram import read_hypnogram
+
+            hyp = read_hypnogram(args.hypnogram) if args.hypnogram else builtin_hypnogram()
+            source = SimulationSource(hypnogram=hyp, seed=args.seed)
+    elif args.edf or args.synthetic or args.hypnogram:
+        print("bedtime run: --edf/--synthetic/--hypnogram need --simulate", file=sys.stderr)
+        return 2
+    hw = open_hardware(cfg, simulate=args.simulate, source=source, speed=args.speed)
+    daemon = Daemon(cfg, hardware=hw, max_signal_s=args.hours * 3600 if args.hours else None)
+    result = daemon.run()
+    print(f"night recorded in {result.night_dir}")
+    if result.edf_path:
+        print(f"  EDF+:   {result.edf_path}")
+    if result.report_json:
+        print(f"  report: {result.report_json}\n  PNG:    {result.report_png}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from appliance.recorder import list_nights
+    from appliance.report import format_report, load_night, write_report
+
+    cfg = _load(args.config)
+    if args.night and Path(args.night).is_dir():
+        night_dir = Path(args.night)
+    else:
+        nights = list_nights(cfg.recording_dir)
+        if args.night:
+            nights = [n for n in nights if n.name == args.night]
+        if not nights:
+            print(f"bedtime report: no night {args.night or ''} under {cfg.recording_dir}", file=sys.stderr)
+            return 1
+        night_dir = nights[-1]
+    night = load_night(night_dir)
+    night.box_id = cfg.box.id
+    rep, js, png = write_report(night, night_dir)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(format_report(rep))
+        print(f"  JSON {js}\n  PNG  {png}")
+    if args.publish:
+        from appliance.daemon import make_link
+
+        link = make_link(cfg, model_versions={})
+        link.start()
+        link.publish_report(rep)
+        ok = link.wait_delivered(timeout_s=10)
+        link.stop()
+        print("published" if ok else "queued in the outbox (broker not reachable)")
+    return 0
+
+
+def _cmd_outputs_off(args: argparse.Namespace) -> int:
+    from appliance.daemon import SIM_OUTPUTS_FILE, _Outputs, mock_pin_factory, write_sim_outputs
+
+    cfg = _load(args.config)
+    if args.simulate:
+        path = Path(cfg.box.state_dir) / SIM_OUTPUTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_sim_outputs(path, light=0.0, sound=0.0)
+        print(f"simulated outputs off ({path})")
+        return 0
+    outs = _Outputs(cfg, None)  # constructing forces both off on the real pins
+    outs.close()
+    print("light and sound off")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "selftest":
+            from appliance.selftest import main_selftest
+
+            return main_selftest(_load(args.config), simulate=args.simulate, check_broker=not args.no_broker)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "config":
+            cfg = load_config(args.file)
+            print(f"{args.file}: OK (box {cfg.box.id}, {cfg.acquisition.channels} channels at "
+                  f"{cfg.acquisition.sample_rate_sps} SPS, broker {cfg.mqtt.host}:{cfg.mqtt.port})")
+            return 0
+        if args.command == "audit":
+            from appliance.audit import verify
+
+            ok = True
+            for f in args.files:
+                rep = verify(f)
+                print(f"{f}: {rep}")
+                ok &= rep.ok
+            return 0 if ok else 1
+        if args.command == "outputs-off":
+            return _cmd_outputs_off(args)
+    except ConfigError as e:
+        print(f"bedtime: configuration error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,874 @@
+"""The appliance daemon: one process from the chip to the phone, all night.
+
+Threads and the bounded hand-offs between them::
+
+    acquisition thread:  ADS1299 (spidev, DRDY) --frames--> C ring buffer (fixed capacity; overflow counted)
+    pipeline thread:     ring --pop <= 1 s--> microvolts --> EDF+ recorder (flushed every few seconds)
+                                                        --> DSP (causal, streaming) --> 30-s epoch
+                         epoch --> stager --> loop model --> breather policy --> light / sound (gpiozero)
+                               --> epochs.jsonl, MQTT stage (QoS 0), events/alerts (QoS 1 via the outbox)
+    MQTT link thread:    paho-mqtt; persistent SQLite outbox with a row and byte cap
+
+There is no unbounded queue: the ring has a fixed capacity (the chip cannot wait, so frames that find it full
+are counted as dropped and the epoch is marked ``frames_lost``), the outbox is capped by
+:class:`appliance.outbox.Outbox`, QoS 0 messages are dropped while offline, and the recorder writes inline.
+In an accelerated replay the simulated chip *can* wait, so its producer backs off while the ring is nearly
+full: the replay then runs exactly as fast as the pipeline, and nothing is dropped.
+
+Time inside the pipeline is signal time (sample index / data rate), so a replay at 600x makes the same
+decisions as a real night. Light and sound are forced off on every fault, on every exit path, by
+``bedtime outputs-off`` (systemd ExecStopPost) after a crash, and again at the next start.
+
+systemd: READY=1 once the first frames arrive; STATUS= each epoch; WATCHDOG=1 from the pipeline loop (so a
+wedged pipeline, not only a dead process, gets restarted).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from appliance import __version__
+from appliance.config import BoxConfig
+from appliance.dsp import MODEL_FS_HZ
+from appliance.epoch import Epoch
+from appliance.hypnogram import EPOCH_S, STAGE_NAMES, Stage
+from appliance.recorder import (NIGHT_EDF, STAGE_ANNOTATION, EdfPlusRecorder, enforce_retention, night_id,
+                                recover_nights)
+from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightRecord, write_report
+
+logger = logging.getLogger(__name__)
+
+ADS1299_VREF_V = 4.5
+"""Reference voltage (datasheet SBAS499, internal reference); 1 LSB = VREF / gain / (2^23 - 1)."""
+
+NO_DATA_FAULT_S = 2.0
+"""Wall-clock seconds without a single frame before the pipeline itself declares a fault (the driver's own
+DRDY-stall detection, at 4 sample periods, normally fires long before)."""
+
+SIM_OUTPUTS_FILE = "sim-outputs.json"
+"""In simulation, the light and sound levels are mirrored here, playing the part of the GPIO lines that keep
+their level when a process dies; ``bedtime outputs-off --simulate`` and the next start reset it."""
+
+
+def counts_to_uv(gain: int) -> float:
+    """Microvolts per ADC count at ``gain`` (datasheet SBAS499: LSB = 2 VREF / gain / 2^24)."""
+    return ADS1299_VREF_V * 1e6 / gain / (2**23 - 1)
+
+
+# ---- what happened during the night -----------------------------------------------------------------
+@dataclass
+class NightResult:
+    """What :meth:`Daemon.run` hands back (and the demo prints)."""
+
+    night_dir: Path
+    edf_path: Path | None
+    report_json: Path | None
+    report_png: Path | None
+    report: dict | None
+    epochs: int
+    events: list[dict]
+    counters: dict
+    cpu_s: float
+    wall_s: float
+
+
+@dataclass
+class PipelineParts:
+    """The downstream components; built from the config unless a test passes its own."""
+
+    stager: Any = None
+    loop_detector: Any = None
+    breather: Any = None
+    link: Any = None
+
+
+class _Outputs:
+    """Light, speaker and 'I'm OK' button through gpiozero (``appliance.outputs`` when present)."""
+
+    def __init__(self, cfg: BoxConfig, pin_factory: Any, mirror: Path | None = None) -> None:
+        self.mirror = mirror
+        self._last_mirror: tuple[float, float] | None = None
+        try:
+            from appliance import outputs as out
+
+            self.light = out.BedsideLight(cfg.outputs.light_pin, pin_factory=pin_factory)
+            self.speaker = out.Speaker(cfg.outputs.sound_pin, pin_factory=pin_factory)
+            self.button = out.OkButton(cfg.outputs.button_pin, pin_factory=pin_factory)
+        except ImportError:
+            from gpiozero import Button, PWMLED, PWMOutputDevice
+
+            logger.warning("appliance.outputs not available: driving plain gpiozero devices")
+            self.light = PWMLED(cfg.outputs.light_pin, pin_factory=pin_factory)
+            self.speaker = PWMOutputDevice(cfg.outputs.sound_pin, pin_factory=pin_factory)
+            self.button = Button(cfg.outputs.button_pin, pin_factory=pin_factory)
+        self.all_off()
+
+    @staticmethod
+    def _level(dev: Any) -> float:
+        for attr in ("level", "value"):
+            v = getattr(dev, attr, None)
+            if isinstance(v, (int, float)):
+                return float(v)
+        return 0.0
+
+    def levels(self) -> tuple[float, float]:
+        return self._level(self.light), self._level(self.speaker)
+
+    def all_off(self) -> None:
+        for dev in (self.light, self.speaker):
+            try:
+                dev.off()
+            except Exception as e:  # keep going: the other output must still go off
+                logger.error("could not switch %r off: %s", dev, e)
+        self.sync_mirror()
+
+    def sync_mirror(self) -> None:
+        if self.mirror is None:
+            return
+        lv = self.levels()
+        if lv != self._last_mirror:
+            write_sim_outputs(self.mirror, light=lv[0], sound=lv[1])
+            self._last_mirror = lv
+
+    def close(self) -> None:
+        self.all_off()
+        for dev in (self.light, self.speaker, self.button):
+            try:
+                dev.close()
+            except Exception:  # closing is best effort; the outputs are already off
+                pass
+
+
+def write_sim_outputs(path: Path, *, light: float, sound: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"light": light, "sound": sound, "pid": os.getpid(), "time": time.time()}))
+    tmp.replace(path)
+
+
+def read_sim_outputs(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# ---- the daemon --------------------------------------------------------------------------------------
+class Daemon:
+    """The whole appliance in one object: build it from a config and a hardware edge, then :meth:`run`.
+
+    Parameters
+    ----------
+    config : BoxConfig
+        Validated configuration.
+    hardware : appliance.hardware.HardwareEdge
+        The chip, ring and acquisition thread, and the pin factory (real or simulated); see
+        :func:`appliance.hardware.open_hardware`.
+    parts : PipelineParts, optional
+        Downstream components to use instead of building them from the config (tests).
+    progress : callable, optional
+        ``progress(signal_s, total_s)`` after each epoch (the demo's progress bar).
+    notify : callable, optional
+        ``notify(text)`` for systemd notifications (default: sdnotify when under systemd).
+    max_signal_s : float, optional
+        Stop after this much signal (default: run until stopped or the replay ends).
+    """
+
+    def __init__(self, config: BoxConfig, *, hardware: Any, parts: PipelineParts | None = None,
+                 progress: Callable[[float, float], None] | None = None,
+                 notify: Callable[[str], None] | None = None, max_signal_s: float | None = None) -> None:
+        self.cfg = config
+        self.hw = hardware
+        self.parts = parts or PipelineParts()
+        self.progress = progress
+        self.max_signal_s = max_signal_s
+        self._notify = notify or _systemd_notifier()
+        self._stop = threading.Event()
+        self.fs_hz = int(hardware.sample_rate_sps)
+        self.n_channels = int(hardware.n_channels)
+        self.uv_per_count = counts_to_uv(hardware.gain)
+        self.samples_per_epoch = int(round(EPOCH_S * self.fs_hz))
+        self.events: list[dict] = []
+        self.epochs: list[Epoch] = []
+        self.counters: dict[str, int] = {"frames": 0, "frames_lost": 0, "frames_corrupt": 0, "drdy_stalls": 0,
+                                         "chip_reinits": 0, "no_data_faults": 0, "epochs_bad_signal": 0}
+        self._in_loop = False
+        self._lead_off_channels: frozenset[int] = frozenset()
+        self._fault_active: str | None = None
+        self._events_lock = threading.Lock()
+        self.link: Any = None
+        self.recorder: EdfPlusRecorder | None = None
+        self.alerts_sent: list[dict] = []
+
+    # ---- public ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the pipeline to finish the night (thread- and signal-safe)."""
+        self._stop.set()
+
+    def run(self) -> NightResult:
+        """Record and watch one night; returns when stopped, when the replay ends, or after max_signal_s."""
+        cfg = self.cfg
+        t_wall0, t_cpu0 = time.monotonic(), time.process_time()
+        root = cfg.recording_dir
+        root.mkdir(parents=True, exist_ok=True)
+        state = Path(cfg.box.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        for p in recover_nights(root):
+            logger.warning("closed an interrupted recording from a previous run: %s", p)
+        start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        self.night_dir = root / night_id(start)
+        while self.night_dir.exists():  # two starts within a second (tests, restarts)
+            start += dt.timedelta(seconds=1)
+            self.night_dir = root / night_id(start)
+        self.night_dir.mkdir(parents=True)
+        self.start = start
+        enforce_retention(root, max_nights=cfg.recording.retention_nights,
+                          max_bytes=cfg.recording.retention_max_mb * 1e6, keep=self.night_dir)
+
+        mirror = state / SIM_OUTPUTS_FILE if self.hw.simulated else None
+        self.outputs = _Outputs(cfg, self.hw.pin_factory, mirror=mirror)  # forced off at start
+        self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
+        self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
+        self.recorder: EdfPlusRecorder | None = None
+        if cfg.recording.enabled:
+            labels = cfg.acquisition.channel_labels or [f"EEG{i + 1}" for i in range(self.n_channels)]
+            self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels, fs_hz=self.fs_hz,
+                                            physical_range_uv=cfg.recording.physical_range_uv,
+                                            flush_interval_s=cfg.recording.flush_interval_s, start=start)
+            self.recorder.annotate(0.0, f"Recording start bedtime {__version__} box {cfg.box.id}")
+        report = rep_json = rep_png = None
+        try:
+            self._build_parts()
+            self._install_signal_handlers()
+            self.hw.start()
+            self._event("night_started", 0.0, box_name=cfg.box.name, simulated=bool(self.hw.simulated))
+            if self.link is not None:
+                self.link.publish_status("recording")
+            self._pipeline_loop()
+        except BaseException as e:
+            self._fault(f"daemon error: {type(e).__name__}: {e}", self._signal_s())
+            raise
+        finally:
+            self._notify("STOPPING=1")
+            self.outputs.all_off()
+            try:
+                self.hw.stop()
+            finally:
+                end_s = self._signal_s()
+                self._event("night_ended", end_s)
+                if self.recorder is not None:
+                    self.recorder.close()
+                self._epochs_file.close()
+                report, rep_json, rep_png = self._write_report()
+                self._events_file.close()
+                if self.link is not None:
+                    self.link.publish_status("idle")
+                    if self._own_link:
+                        self.link.wait_delivered(timeout_s=3.0)
+                        self.link.stop()
+                self.outputs.close()
+        return NightResult(night_dir=self.night_dir, edf_path=self.night_dir / NIGHT_EDF if self.recorder else None,
+                           report_json=rep_json, report_png=rep_png, report=report, epochs=len(self.epochs),
+                           events=list(self.events), counters=dict(self.counters),
+                           cpu_s=time.process_time() - t_cpu0, wall_s=time.monotonic() - t_wall0)
+
+    # ---- construction ----------------------------------------------------------------------------
+    def _build_parts(self) -> None:
+        cfg = self.cfg
+        p = self.parts
+        if p.stager is None:
+            from appliance.stager import Stager
+
+            p.stager = Stager(cfg.staging.model_path or None)
+        if p.loop_detector is None:
+            from appliance.loop_model import LoopDetector
+
+            p.loop_detector = LoopDetector(cfg.loops.model_path or None)
+        self.stager, self.loop_detector = p.stager, p.loop_detector
+        from appliance.dsp import StreamingPreprocessor
+
+        self.pre = StreamingPreprocessor(fs_hz=float(self.fs_hz))
+        self._own_link = False
+        self.link = p.link
+        if self.link is None and cfg.mqtt.enabled:
+            self.link = make_link(cfg, model_versions={"stager": getattr(self.stager, "sha256", "?")[:12],
+                                                       "loops": getattr(self.loop_detector, "sha256", "?")[:12]})
+            self._own_link = True
+            self.link.start()
+        self.breather = p.breather if p.breather is not None else self._make_breather()
+        try:
+            from appliance.safety import BreatherConfig
+
+            self._p_loop_threshold = BreatherConfig.from_dict(cfg.breather).p_loop_threshold
+        except ImportError:
+            self._p_loop_threshold = 0.7
+
+    def _make_breather(self) -> Any:
+        from appliance.breather import Breather
+        from appliance.safety import BreatherConfig
+
+        audit = None
+        try:
+            from appliance.audit import AuditLog
+
+            audit = AuditLog(Path(self.cfg.box.state_dir) / "audit.log")
+        except ImportError:
+            logger.warning("appliance.audit not available: breather decisions are not hash-chained")
+        return Breather(light=self.outputs.light, speaker=self.outputs.speaker, button=self.outputs.button,
+                        config=BreatherConfig(**self.cfg.breather), audit=audit, clock=self._signal_s,
+                        on_escalate=self._on_escalate)
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+
+    # ---- the pipeline ----------------------------------------------------------------------------
+    def _signal_s(self) -> float:
+        return self.counters["frames"] / self.fs_hz if hasattr(self, "fs_hz") else 0.0
+
+    def _pipeline_loop(self) -> None:
+        ring = self.hw.ring
+        # Real time: pop what is there (a fraction of a second). Replay: up to 10 s per step; the breather is
+        # still ticked once per second of signal (safety.MAX_TICK_STEP_S) by _tick_breather.
+        block = self.fs_hz * (10 if self.hw.simulated and self.hw.poll_interval_s < 0.01 else 1)
+        self._last_tick_s = 0.0
+        ch = self.cfg.acquisition.staging_channel
+        epoch_raw = np.empty((self.samples_per_epoch, self.n_channels), dtype=np.float32)
+        epoch_fill = 0
+        epoch_lost = 0
+        epoch_loff = 0
+        model_buf: list[np.ndarray] = [np.empty(0)]
+        last_index = -1
+        ready = False
+        last_watchdog = last_data = time.monotonic()
+        next_telemetry_s = self.cfg.telemetry.interval_s
+        cpu_mark = (time.monotonic(), time.process_time())
+        total_s = self.hw.total_signal_s
+        while not self._stop.is_set():
+            self._drain_hardware_events()
+            frames = ring.pop(block)
+            now = time.monotonic()
+            if now - last_watchdog >= 1.0:
+                self._notify("WATCHDOG=1")
+                last_watchdog = now
+            if len(frames) == 0:
+                if self.hw.finished:
+                    break
+                if now - last_data > NO_DATA_FAULT_S and self._fault_active is None:
+                    self.counters["no_data_faults"] += 1
+                    self._fault("no data from the chip", self._signal_s())
+                time.sleep(self.hw.poll_interval_s)
+                continue
+            last_data = now
+            if self._fault_active is not None:
+                self._event("fault_cleared", self._signal_s(), reason=self._fault_active)
+                self._fault_active = None
+            if not ready:
+                self._notify("READY=1")
+                ready = True
+            # frames the ring dropped still took an index: a gap is signal that never arrived
+            idx = frames.index
+            gap = int(idx[0] - last_index - 1) if last_index >= 0 else 0
+            gaps = np.diff(idx) - 1
+            lost = gap + int(gaps.sum())
+            last_index = int(idx[-1])
+            if lost > 0:
+                self.counters["frames_lost"] += lost
+                epoch_lost += lost
+            uv = frames.counts.astype(np.float32) * np.float32(self.uv_per_count)
+            loff_all = frames.loff_statp | frames.loff_statn
+            if self.recorder is not None:
+                self.recorder.write(uv)
+            n = len(uv)
+            y = self.pre.process(uv[:, ch].astype(np.float64))
+            model_buf.append(y)
+            pos = 0
+            while pos < n:  # slices end at epoch boundaries
+                take = min(n - pos, self.samples_per_epoch - epoch_fill)
+                epoch_raw[epoch_fill:epoch_fill + take] = uv[pos:pos + take]
+                epoch_loff |= int(np.bitwise_or.reduce(loff_all[pos:pos + take]))
+                epoch_fill += take
+                pos += take
+                self.counters["frames"] += take
+                self._tick_breather()
+                if epoch_fill == self.samples_per_epoch:
+                    need = int(EPOCH_S * MODEL_FS_HZ)
+                    ym = np.concatenate(model_buf) if len(model_buf) > 1 else model_buf[0]
+                    if len(ym) < need:  # the resampler lags by a few samples at the very start
+                        ym = np.concatenate([np.zeros(need - len(ym)), ym])
+                    model_buf = [ym[need:]]
+                    self._epoch_done(epoch_raw, ym[:need], end_s=self._signal_s(), frames_lost=epoch_lost,
+                                     loff_bits=epoch_loff)
+                    epoch_fill = epoch_lost = epoch_loff = 0
+            sig_s = self._signal_s()
+            self.outputs.sync_mirror()
+            if sig_s >= next_telemetry_s:
+                cpu_mark = self._telemetry(sig_s, cpu_mark)
+                next_telemetry_s += self.cfg.telemetry.interval_s
+            if self.max_signal_s is not None and sig_s >= self.max_signal_s:
+                break
+        if total_s and self.progress:
+            self.progress(self._signal_s(), total_s)
+
+    def _tick_breather(self) -> None:
+        """Tick the breather at every whole second of signal passed since the last tick, then at now."""
+        now = self._signal_s()
+        t = self._last_tick_s + 1.0
+        while t < now:
+            self.breather.tick(t)
+            t += 1.0
+        self.breather.tick(now)
+        self._last_tick_s = now
+
+    def _drain_hardware_events(self) -> None:
+        for ev in self.hw.poll_events():
+            kind = ev.get("kind", "fault")
+            t = self._signal_s()
+            if kind == "drdy_stall":
+                self.counters["drdy_stalls"] += 1
+                self._fault("DRDY stall: no frames from the chip", t, kind="drdy_stall")
+            elif kind == "chip_reinit":
+                self.counters["chip_reinits"] += 1
+                self._event("chip_reinit", t, reason=ev.get("reason", ""))
+            else:
+                self._fault(ev.get("reason", kind), t, kind=kind)
+
+    def _epoch_done(self, raw: np.ndarray, model_epoch: np.ndarray, *, end_s: float, frames_lost: int,
+                    loff_bits: int) -> None:
+        from appliance.dsp import arousal_features, epoch_quality
+
+        ch = self.cfg.acquisition.staging_channel
+        index = len(self.epochs)
+        x = raw[:, ch].astype(np.float64)
+        # LOFF_STATP/N bit n-1 = channel n; any electrode of the staging channel off spoils its epoch
+        off_channels = frozenset(i for i in range(self.n_channels) if loff_bits >> i & 1)
+        if off_channels != self._lead_off_channels:
+            if off_channels - self._lead_off_channels:
+                self._event("electrode_off", end_s, channels=sorted(c + 1 for c in off_channels))
+            if self._lead_off_channels - off_channels:
+                self._event("electrode_on", end_s, channels=sorted(c + 1 for c in self._lead_off_channels - off_channels))
+            self._lead_off_channels = off_channels
+        quality = epoch_quality(x, fs_hz=self.fs_hz, lead_off=ch in off_channels, frames_lost=frames_lost)
+        arousal = arousal_features(x, fs_hz=self.fs_hz)
+        epoch = Epoch(index=index, start_sample=index * self.samples_per_epoch, end_time_s=end_s,
+                      quality=quality, arousal=arousal)
+        probs = np.asarray(self.stager.stage_epoch(model_epoch), dtype=np.float64)
+        epoch = dataclasses.replace(epoch, stage_probs=probs)
+        p_loop = float(self.loop_detector.update(epoch))
+        epoch = dataclasses.replace(epoch, p_loop=p_loop)
+        if not quality.ok:
+            self.counters["epochs_bad_signal"] += 1
+        self.epochs.append(epoch)
+        # loop state with a little hysteresis, so one borderline epoch does not flap the event
+        thr = self._p_loop_threshold
+        if p_loop >= thr and not self._in_loop and quality.ok:
+            self._in_loop = True
+            self._event("loop_detected", end_s, epoch_index=index, p_loop=round(p_loop, 4))
+        elif p_loop < 0.8 * thr and self._in_loop:
+            self._in_loop = False
+            self._event("loop_ended", end_s, epoch_index=index, p_loop=round(p_loop, 4))
+        before = self._breather_state()
+        self.breather.on_epoch(epoch)
+        self._breather_transition(before, end_s, index)
+        stage = epoch.stage
+        self._epochs_file.write(json.dumps({
+            "index": index, "end_time_s": end_s, "stage": int(stage), "probs": [round(float(p), 5) for p in probs],
+            "p_loop": round(p_loop, 5), "ok": quality.ok, "flags": sorted(quality.flags),
+        }) + "\n")
+        if self.recorder is not None:
+            self.recorder.annotate(end_s - EPOCH_S, STAGE_ANNOTATION[int(stage)], EPOCH_S)
+            if not quality.ok:
+                self.recorder.annotate(end_s - EPOCH_S, "Bad signal: " + ",".join(sorted(quality.flags)), EPOCH_S)
+        if self.link is not None:
+            self.link.publish_stage(epoch)
+        self._notify(f"STATUS=epoch {index} {STAGE_NAMES[stage] if stage >= 0 else '?'} p_loop={p_loop:.2f} "
+                     f"signal {'ok' if quality.ok else 'bad'}")
+        if self.progress is not None and self.hw.total_signal_s:
+            self.progress(end_s, self.hw.total_signal_s)
+
+    # ---- breather bookkeeping --------------------------------------------------------------------
+    def _breather_state(self) -> str:
+        st = getattr(self.breather, "state", None)
+        return getattr(st, "name", str(st)).lower() if st is not None else "?"
+
+    def _breather_transition(self, before: str, t: float, index: int) -> None:
+        after = self._breather_state()
+        if after == before:
+            return
+        kind = {"cue": "breather_started", "idle": "breather_ended", "refractory": "breather_ended",
+                "light": "breather_light", "escalate": "breather_escalated"}.get(after, f"breather_{after}")
+        if kind == "breather_ended" and before in ("idle", "refractory"):
+            return
+        reason = getattr(self.breather, "last_reason", None)
+        self._event(kind, t, epoch_index=index, from_state=before, to_state=after,
+                    **({"outcome": str(reason)} if reason and kind == "breather_ended" else {}))
+
+    def _on_escalate(self, *args: Any, **kwargs: Any) -> None:
+        t = self._signal_s()
+        epoch = self.epochs[-1] if self.epochs else None
+        fields = {"kind": "loop_not_resolved", "night_time_s": round(t, 1)}
+        if epoch is not None:
+            fields.update(epoch_index=epoch.index, p_loop=round(float(epoch.p_loop or 0.0), 4))
+        title = "Nightmare loop: please check"
+        message = (f"{self.cfg.box.name}: a nightmare loop did not settle after a gentle breather "
+                   f"({t / 3600:.1f} h into the night). Sound and light are off now.")
+        self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k != "kind"})
+        if self.link is not None:
+            self.link.publish_alert(title=title, message=message, severity="warning", **fields)
+        self.alerts_sent.append({"time_s": t, "title": title, "message": message, **fields})
+
+    # ---- events, faults, telemetry ---------------------------------------------------------------
+    def _event(self, kind: str, time_s: float, **fields: Any) -> None:
+        ev = {"time_s": round(float(time_s), 3), "kind": kind, **fields}
+        with self._events_lock:
+            self.events.append(ev)
+            if not self._events_file.closed:
+                self._events_file.write(json.dumps(ev) + "\n")
+        if self.recorder is not None and not getattr(self.recorder, "_closed", True):
+            detail = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("title",))
+            self.recorder.annotate(time_s, f"{kind} {detail}".strip()[:200])
+        if self.link is not None and kind not in ("alert",):
+            try:
+                self.link.publish_event(kind, night_time_s=round(float(time_s), 1),
+                                        **{k: v for k, v in fields.items() if k != "kind"})
+            except Exception as e:  # reporting must never take the night down
+                logger.error("could not queue event %s: %s", kind, e)
+        logger.info("event %s at %.1f s %s", kind, time_s, fields)
+
+    def _fault(self, reason: str, time_s: float, *, kind: str = "fault") -> None:
+        """Any internal fault: outputs off first, then say so."""
+        try:
+            if hasattr(self, "breather"):
+                self.breather.fault(reason)
+        finally:
+            if hasattr(self, "outputs"):
+                self.outputs.all_off()
+        self._fault_active = reason
+        self._event("fault", time_s, reason=reason, fault_kind=kind)
+
+    def _telemetry(self, sig_s: float, cpu_mark: tuple[float, float]) -> tuple[float, float]:
+        wall, cpu = time.monotonic(), time.process_time()
+        cpu_pct = 100.0 * (cpu - cpu_mark[1]) / max(wall - cpu_mark[0], 1e-6)
+        recent = self.epochs[-10:]
+        ok_pct = 100.0 * sum(e.quality.ok for e in recent) / len(recent) if recent else None
+        c = self.hw.ring.counters
+        fields = {"signal_quality_percent": ok_pct, "frames_dropped": int(c.dropped),
+                  "frames_corrupt": int(c.corrupt), "frames_lost": self.counters["frames_lost"],
+                  "drdy_stalls": self.counters["drdy_stalls"], "cpu_percent": round(cpu_pct, 2),
+                  "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "night_time_s": round(sig_s, 1), "lead_off_channels": sorted(c + 1 for c in self._lead_off_channels)}
+        if self.link is not None:
+            try:
+                self.link.publish_telemetry(**{k: v for k, v in fields.items() if v is not None})
+            except Exception as e:
+                logger.error("telemetry failed: %s", e)
+        return wall, cpu
+
+    # ---- the morning report ----------------------------------------------------------------------
+    def _write_report(self) -> tuple[dict | None, Path | None, Path | None]:
+        if not self.epochs:
+            return None, None, None
+        probs = np.stack([e.stage_probs for e in self.epochs])
+        live = np.array([int(e.stage) for e in self.epochs], dtype=np.int8)
+        hyp = live
+        try:
+            hyp = np.argmax(self.stager.smooth_night(probs), axis=1).astype(np.int8)
+        except Exception as e:  # the report must still come out with the live stages
+            logger.warning("offline smoothing failed (%s); the report uses the live stages", e)
+        from collections import Counter
+
+        flags: Counter = Counter()
+        for e in self.epochs:
+            flags.update(e.quality.flags)
+        c = self.hw.ring.counters
+        night = NightRecord(hypnogram=hyp, live_hypnogram=live, events=list(self.events),
+                            quality_ok=np.array([e.quality.ok for e in self.epochs]), quality_flags=flags,
+                            counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
+                            start=self.start, box_id=self.cfg.box.id)
+        try:
+            rep, js, png = write_report(night, self.night_dir)
+        except Exception as e:
+            logger.error("could not write the report: %s", e)
+            return None, None, None
+        if self.link is not None:
+            try:
+                self.link.publish_report({k: v for k, v in rep.items() if k != "hypnogram"}
+                                         | {"hypnogram": rep["hypnogram"]})
+            except Exception as e:
+                logger.error("could not queue the report: %s", e)
+        return rep, js, png
+
+
+def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:
+    """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with our validator."""
+    from appliance.config import validate_config
+    from appliance.mqtt import BoxLink, TLSSettings
+
+    m = cfg.mqtt
+    tls = None
+    if m.tls_ca:
+        tls = TLSSettings(ca_file=Path(m.tls_ca), cert_file=Path(m.tls_cert) if m.tls_cert else None,
+                          key_file=Path(m.tls_key) if m.tls_key else None)
+    password = Path(m.password_file).read_text().strip() if m.password_file else None
+    return BoxLink(box_id=cfg.box.id, host=m.host, port=m.port, outbox_path=Path(cfg.box.state_dir) / "outbox.sqlite",
+                   tls=tls, username=m.username or None, password=password, firmware_version=__version__,
+                   model_versions=model_versions, keepalive_s=m.keepalive_s, config_validator=validate_config,
+                   outbox_max_bytes=int(m.outbox_max_mb * 1024 * 1024))
+
+
+def _systemd_notifier() -> Callable[[str], None]:
+    """sd_notify through the ``sdnotify`` package; a no-op outside systemd (no NOTIFY_SOCKET)."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return lambda _msg: None
+    import sdnotify
+
+    n = sdnotify.SystemdNotifier()
+    return lambda msg: n.notify(msg)
+
+
+# ---- the hardware edge ---------------------------------------------------------------------------------
+@dataclass
+class ScriptedFault:
+    """A fault injected into a simulated night (tests and the demo).
+
+    kind : ``"drdy_stall"`` (the chip stops signalling data), ``"electrode_off"`` (lead-off flags set and
+    the channel rails) ; ``start_s``/``duration_s`` in signal seconds; ``channel`` 0-based.
+    """
+
+    kind: str
+    start_s: float
+    duration_s: float
+    channel: int = 0
+
+
+@dataclass
+class SimulationSource:
+    """What the simulated chip plays: the synthetic generator over a hypnogram, or an EDF file."""
+
+    hypnogram: np.ndarray | None = None
+    edf_path: Path | None = None
+    seed: int = 0
+    distressed_arousals: Any = True
+    faults: list[ScriptedFault] = field(default_factory=list)
+
+    def open(self, *, fs_hz: int, n_channels: int) -> Any:
+        """A signal source with ``read(n) -> (n, n_channels)`` microvolts and ``n_samples``."""
+        if self.edf_path is not None:
+            return _EdfSource(self.edf_path, fs_hz=fs_hz, n_channels=n_channels)
+        from appliance.synthetic_eeg import SyntheticSleepEEG
+
+        return SyntheticSleepEEG(self.hypnogram, fs_hz=fs_hz, n_channels=n_channels, seed=self.seed,
+                                 distressed_arousals=self.distressed_arousals)
+
+
+class _EdfSource:
+    """Replays an EDF/EDF+ file's EEG signals (resampled to the chip rate) as a chip signal source."""
+
+    def __init__(self, path: Path, *, fs_hz: int, n_channels: int) -> None:
+        import edfio
+        from scipy.signal import resample_poly
+        from fractions import Fraction
+
+        edf = edfio.read_edf(path)
+        sigs = [s for s in edf.signals if s.label != "EDF Annotations" and s.sampling_frequency >= 50]
+        if not sigs:
+            raise ValueError(f"{path}: no signal sampled at >= 50 Hz to replay")
+        chans = []
+        for s in sigs[:n_channels]:
+            x = np.asarray(s.data, dtype=np.float64)
+            if s.physical_dimension.strip().lower() in ("mv",):
+                x = x * 1e3
+            elif s.physical_dimension.strip().lower() in ("v",):
+                x = x * 1e6
+            r = Fraction(fs_hz / s.sampling_frequency).limit_denominator(1000)
+            chans.append(resample_poly(x, r.numerator, r.denominator))
+        n = min(len(c) for c in chans)
+        data = np.zeros((n, n_channels))
+        for i in range(n_channels):
+            data[:, i] = chans[i % len(chans)][:n]
+        self._data = data
+        self.n_samples = n
+        self._pos = 0
+
+    def read(self, n: int) -> np.ndarray:
+        out = np.zeros((n, self._data.shape[1]))
+        take = max(0, min(n, self.n_samples - self._pos))
+        out[:take] = self._data[self._pos:self._pos + take]
+        self._pos += n
+        return out
+
+
+class StandInReplay:
+    """STAND-IN for the acquisition layer's simulated chip + driver, used only while
+    ``appliance.acquisition`` is not available: it encodes the source's microvolts into genuine 27-byte
+    ADS1299 RDATAC frames (status ``1100`` + LOFF bits, 24-bit big-endian counts) and pushes them into the
+    real C ring, paced at ``speed`` x real time, with scripted faults. It does not exercise SPI, DRDY or the
+    driver's own fault detection; the stall it reports is what the driver would report.
+    """
+
+    def __init__(self, source: Any, ring: Any, *, fs_hz: int, gain: int, n_channels: int, speed: float,
+                 faults: list[ScriptedFault], burst_frames: int = 250) -> None:
+        self.source, self.ring = source, ring
+        self.fs_hz, self.n_channels, self.speed = fs_hz, n_channels, float(speed)
+        self.counts_per_uv = 1.0 / counts_to_uv(gain)
+        self.faults = list(faults)
+        self.burst = burst_frames
+        self.total_frames = int(source.n_samples)
+        self.finished = False
+        self._events: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bedtime-acq-standin", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def poll_events(self) -> list[dict]:
+        with self._lock:
+            ev, self._events = self._events, []
+        return ev
+
+    def _encode(self, uv: np.ndarray, loff: int) -> bytes:
+        counts = np.clip(np.rint(uv * self.counts_per_uv), -(2**23), 2**23 - 1).astype(np.int32)
+        n = len(counts)
+        frame = np.empty((n, 3 + 3 * self.n_channels), dtype=np.uint8)
+        status = 0xC00000 | ((loff & 0xFF) << 12)
+        frame[:, 0], frame[:, 1], frame[:, 2] = status >> 16 & 0xFF, status >> 8 & 0xFF, status & 0xFF
+        u = counts.astype(np.uint32) & 0xFFFFFF
+        frame[:, 3::3] = (u >> 16).astype(np.uint8)
+        frame[:, 4::3] = (u >> 8 & 0xFF).astype(np.uint8)
+        frame[:, 5::3] = (u & 0xFF).astype(np.uint8)
+        return frame.tobytes()
+
+    def _run(self) -> None:
+        pos = 0
+        period_s = 1.0 / self.fs_hz
+        t0 = time.monotonic()
+        stalled_until: float | None = None
+        while pos < self.total_frames and not self._stop.is_set():
+            sig_s = pos / self.fs_hz
+            stall = next((f for f in self.faults if f.kind == "drdy_stall" and f.start_s <= sig_s < f.start_s + f.duration_s), None)
+            if stall is not None:
+                # the chip stops: no frames for the stall's duration (in wall time, scaled by speed); then the
+                # driver re-initialises it and the lost stretch is skipped
+                with self._lock:
+                    self._events.append({"kind": "drdy_stall", "reason": "no DRDY for > 4 periods"})
+                wall = stall.duration_s / self.speed
+                if self._stop.wait(min(wall, 5.0)):
+                    break
+                skip = int((stall.start_s + stall.duration_s) * self.fs_hz) - pos
+                self.source.read(skip)
+                pos += skip
+                t0 -= 0  # the timeline resumes; pacing below catches up
+                with self._lock:
+                    self._events.append({"kind": "chip_reinit", "reason": "after DRDY stall"})
+                self.faults.remove(stall)
+                continue
+            n = min(self.burst, self.total_frames - pos)
+            uv = self.source.read(n)
+            loff = 0
+            for f in self.faults:
+                if f.kind == "electrode_off" and f.start_s <= sig_s < f.start_s + f.duration_s:
+                    loff |= 1 << f.channel
+                    uv[:, f.channel] = 187_000.0  # a floating input drifts to the rail
+            data = self._encode(uv, loff)
+            # back-pressure: a simulated chip can wait for the pipeline, a real one cannot
+            while len(self.ring) > self.ring.capacity - 2 * n and not self._stop.is_set():
+                time.sleep(0.002)
+            self.ring.push_raw(data, time.monotonic_ns(), int(period_s * 1e9))
+            pos += n
+            if np.isfinite(self.speed):
+                ahead = (pos / self.fs_hz) / self.speed - (time.monotonic() - t0)
+                if ahead > 0:
+                    self._stop.wait(ahead)
+        self.finished = True
+
+
+@dataclass
+class HardwareEdge:
+    """Everything the daemon touches that is hardware: the chip's frame ring and acquisition, the pins."""
+
+    ring: Any
+    acquisition: Any
+    pin_factory: Any
+    sample_rate_sps: int
+    n_channels: int
+    gain: int
+    simulated: bool
+    total_signal_s: float | None = None
+    poll_interval_s: float = 0.05
+
+    @property
+    def finished(self) -> bool:
+        """True when a replay has delivered its last frame (never for a real chip)."""
+        return bool(getattr(self.acquisition, "finished", False))
+
+    def start(self) -> None:
+        self.acquisition.start()
+
+    def stop(self) -> None:
+        self.acquisition.stop()
+
+    def poll_events(self) -> list[dict]:
+        poll = getattr(self.acquisition, "poll_events", None)
+        return poll() if poll is not None else []
+
+
+def mock_pin_factory() -> Any:
+    """gpiozero's mock pins with PWM, the simulation's light, speaker and button."""
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    return MockFactory(pin_class=MockPWMPin)
+
+
+def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | None = None,
+                  speed: float = 1.0) -> HardwareEdge:
+    """Build the hardware edge: the real ADS1299 on spidev + GPIO, or the simulator on mock pins.
+
+    Only this function differs between a box and a simulation; everything downstream is the same code.
+    """
+    from appliance.ring import FrameRing
+
+    a = cfg.acquisition
+    ring = FrameRing(a.ring_capacity_frames, a.channels)
+    if not simulate:
+        from appliance.acquisition import Acquisition
+        from appliance.ads1299 import ADS1299
+
+        chip = ADS1299.open(bus=a.spi_bus, device=a.spi_device, max_speed_hz=a.spi_max_speed_hz,
+                            drdy_pin=a.drdy_pin, sample_rate_sps=a.sample_rate_sps, gain=a.gain)
+        acq = Acquisition(chip, ring)
+        return HardwareEdge(ring=ring, acquisition=acq, pin_factory=None, sample_rate_sps=a.sample_rate_sps,
+                            n_channels=a.channels, gain=a.gain, simulated=False)
+    if source is None:
+        raise ValueError("a simulated run needs a source (synthetic hypnogram or EDF file)")
+    signal_source = source.open(fs_hz=a.sample_rate_sps, n_channels=a.channels)
+    total_s = signal_source.n_samples / a.sample_rate_sps
+    acq = _simulated_acquisition(cfg, ring, signal_source, source, speed)
+    return HardwareEdge(ring=ring, acquisition=acq, pin_factory=mock_pin_factory(),
+                        sample_rate_sps=a.sample_rate_sps, n_channels=a.channels, gain=a.gain, simulated=True,
+                        total_signal_s=total_s, poll_interval_s=0.002 if speed > 10 else 0.05)
+
+
+def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source: SimulationSource,
+                           speed: float) -> Any:
+    a = cfg.acquisition
+    logger.warning("simulation: using the daemon's StandInReplay (encoded ADS1299 frames into the real ring); "
+                   "the acquisition layer's chip simulator is not wired yet")
+    return StandInReplay(signal_source, ring, fs_hz=a.sample_rate_sps, gain=a.gain, n_channels=a.channels,
+                         speed=speed, faults=source.faults, burst_frames=2500 if speed > 10 else 25)
