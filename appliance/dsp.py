@@ -184,6 +184,10 @@ def _windows(x: np.ndarray, fs_hz: float, window_s: float = 1.0) -> np.ndarray:
     return x[:m * n].reshape(m, n) if m else x.reshape(1, -1)
 
 
+def _quality_highpass(fs_hz: float) -> np.ndarray:
+    return signal.butter(2, BANDPASS_HZ[0], btype="highpass", fs=fs_hz, output="sos")
+
+
 def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False, frames_lost: int = 0,
                   rail_uv: float = ADS1299_RAIL_UV) -> SignalQuality:
     """Judge whether one epoch of raw chip-rate signal can be trusted.
@@ -205,8 +209,8 @@ def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False
     -------
     SignalQuality
         ``ok`` is False on lead-off, lost frames, clipping, a flat line or when more than half the epoch
-        is artefact. ``artefact_fraction`` counts 1-s windows whose peak-to-peak (after removing each
-        window's linear trend) exceeds 500 uV or that contain non-finite samples.
+        is artefact. ``artefact_fraction`` counts 1-s windows whose peak-to-peak (after a 0.3 Hz
+        zero-phase high-pass) exceeds 500 uV or that contain non-finite samples.
     """
     x = np.asarray(x_uv_chip, dtype=np.float64).ravel()
     flags: set[str] = set()
@@ -222,11 +226,13 @@ def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False
     xf = np.where(finite, x, 0.0)
     if np.mean(np.abs(xf) >= 0.999 * rail_uv) > 0.001:
         flags.add("clipping")
-    w = _windows(xf, fs_hz)
+    # Zero-phase high-pass at the band-pass corner removes the electrode offset and drift but keeps the
+    # seconds-long swings of a movement, which per-window detrending would flatten.
+    hp = signal.sosfiltfilt(_quality_highpass(fs_hz), xf - np.median(xf)) if len(xf) > 3 * fs_hz else xf - xf.mean()
+    w = _windows(hp, fs_hz)
     wf = _windows(finite.astype(float), fs_hz)
-    detrended = signal.detrend(w, axis=1, type="linear")
-    ptp = np.ptp(detrended, axis=1)
-    std = detrended.std(axis=1)
+    ptp = np.ptp(w, axis=1)
+    std = w.std(axis=1)
     if np.median(std) < _FLAT_STD_UV:
         flags.add("flat")
     bad = (ptp > _ARTEFACT_PTP_UV) | (wf.min(axis=1) < 1)

@@ -1,0 +1,124 @@
+"""The one preprocessing path: streaming == offline, filter behaviour, epoch quality, arousal features."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import signal
+
+from appliance.dsp import (
+    ADS1299_RAIL_UV, CLIP_UV, MODEL_FS_HZ, StreamingPreprocessor, arousal_features, epoch_quality, preprocess,
+)
+
+RNG = np.random.default_rng(42)
+LONG = RNG.standard_normal(250 * 40) * 30.0  # 40 s of noise at 250 SPS
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(LONG)), max_size=30),
+       fs=st.sampled_from([250.0, 200.0, 100.0, 50.0, 256.0, 500.0]))
+def test_streaming_in_any_chunks_equals_offline(cuts, fs):
+    x = LONG[: int(fs * 20)]
+    offline = preprocess(x, fs_hz=fs)
+    pre = StreamingPreprocessor(fs)
+    streamed = np.concatenate([pre.process(c) for c in np.split(x, sorted(c for c in cuts if c <= len(x)))])
+    assert len(offline) == int(np.ceil(len(x) * MODEL_FS_HZ / fs))
+    np.testing.assert_allclose(streamed, offline, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("fs", [250.0, 200.0, 50.0, 256.0])
+def test_resampler_matches_textbook_zero_stuff_filter_decimate(fs):
+    """Independent reference: up-sample by zero stuffing, convolve with the FIR, keep every down-th."""
+    x = LONG[: int(fs * 10)]
+    pre = StreamingPreprocessor(fs)
+    y = signal.sosfilt(pre._sos, x)
+    u = np.zeros(len(y) * pre.up)
+    u[:: pre.up] = y
+    ref = np.convolve(u, pre._h)[: len(u)][:: pre.down]
+    np.testing.assert_allclose(preprocess(x, fs_hz=fs), np.clip(ref, -CLIP_UV, CLIP_UV), atol=1e-9)
+
+
+def _gain(freq_hz: float, fs: float = 250.0) -> float:
+    t = np.arange(int(fs * 20)) / fs
+    y = preprocess(50.0 * np.sin(2 * np.pi * freq_hz * t), fs_hz=fs)
+    tail = y[len(y) // 2:]  # after the filters settle
+    return float(np.sqrt(2) * tail.std() / 50.0)
+
+
+def test_passes_eeg_band_and_removes_drift_and_mains():
+    for f in (1.0, 5.0, 10.0, 14.0, 25.0):
+        assert 0.8 < _gain(f) < 1.1, f
+    assert _gain(0.03) < 0.05  # electrode drift
+    assert _gain(50.0) < 0.01  # mains: notch + band-pass + anti-alias
+    assert _gain(45.0) < 0.1  # above the band; would alias at 100 Hz
+    y = preprocess(np.full(250 * 60, 20000.0), fs_hz=250.0)  # a 20 mV electrode offset
+    assert np.abs(y[-1000:]).max() < 1.0
+
+
+def test_nan_does_not_poison_the_filter_state_and_output_is_clipped():
+    pre = StreamingPreprocessor(250.0)
+    bad = np.full(500, np.nan)
+    out = np.concatenate([pre.process(bad), pre.process(LONG[:2500])])
+    assert np.all(np.isfinite(out))
+    spike = np.zeros(2500)
+    spike[1000:1100] = 5000.0
+    assert np.abs(preprocess(spike, fs_hz=250.0)).max() == pytest.approx(CLIP_UV)
+
+
+def test_refuses_what_it_cannot_handle():
+    with pytest.raises(ValueError, match="1-D"):
+        StreamingPreprocessor(250.0).process(np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="fs_hz"):
+        StreamingPreprocessor(5.0)
+    assert StreamingPreprocessor(250.0).process(np.empty(0)).shape == (0,)
+
+
+# ---- epoch quality ---------------------------------------------------------------------------------------
+def _clean_epoch(fs: float = 250.0) -> np.ndarray:
+    t = np.arange(int(30 * fs)) / fs
+    return 300.0 + 20.0 * np.sin(2 * np.pi * 10 * t) + 10.0 * RNG.standard_normal(len(t))  # with a DC offset
+
+
+def test_clean_epoch_is_ok():
+    q = epoch_quality(_clean_epoch(), fs_hz=250.0)
+    assert q.ok and not q.flags and q.artefact_fraction == 0.0
+
+
+def test_lead_off_lost_frames_flat_and_clipping_make_an_epoch_unusable():
+    x = _clean_epoch()
+    assert epoch_quality(x, fs_hz=250.0, lead_off=True).flags == {"lead_off"}
+    assert not epoch_quality(x, fs_hz=250.0, frames_lost=3).ok
+    flat = epoch_quality(np.full(7500, 123.0), fs_hz=250.0)
+    assert not flat.ok and "flat" in flat.flags
+    railed = x.copy()
+    railed[:500] = ADS1299_RAIL_UV
+    q = epoch_quality(railed, fs_hz=250.0)
+    assert not q.ok and "clipping" in q.flags
+
+
+def test_artefact_fraction_counts_high_amplitude_seconds():
+    x = _clean_epoch()
+    x[250 * 5:250 * 8] += 400.0 * np.sin(2 * np.pi * np.arange(750) / 250)  # 3 s of 1-Hz movement swings
+    q = epoch_quality(x, fs_hz=250.0)
+    assert 3 / 30 <= q.artefact_fraction <= 5 / 30
+    assert q.ok and "high_amplitude" in q.flags
+    x[: 250 * 20] += 1000.0 * np.sin(2 * np.pi * 0.7 * np.arange(250 * 20) / 250)
+    q = epoch_quality(x, fs_hz=250.0)
+    assert not q.ok and "artefact" in q.flags and q.artefact_fraction > 0.5
+    q = epoch_quality(np.where(np.arange(7500) < 10, np.nan, _clean_epoch()), fs_hz=250.0)
+    assert "artefact" in q.flags and q.artefact_fraction == pytest.approx(1 / 30)
+
+
+# ---- arousal features ------------------------------------------------------------------------------------
+def test_arousal_features_see_alpha_muscle_and_movement():
+    fs = 250.0
+    t = np.arange(int(30 * fs)) / fs
+    alpha = 30.0 * np.sin(2 * np.pi * 10 * t) + 3.0 * RNG.standard_normal(len(t))
+    a = arousal_features(alpha, fs_hz=fs)
+    assert a.alpha_rel > 0.8 and a.high_freq_rel < 0.1 and a.movement_fraction == 0.0
+    emg = signal.sosfilt(signal.butter(4, [25, 100], btype="bandpass", fs=fs, output="sos"),
+                         RNG.standard_normal(len(t))) * 60.0
+    m = arousal_features(alpha + emg, fs_hz=fs)
+    assert m.high_freq_rel > 0.5 and m.beta_rel > a.beta_rel and m.movement_fraction > 0.9
+    assert arousal_features(np.zeros(10), fs_hz=fs).alpha_rel == 0.0

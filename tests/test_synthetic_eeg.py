@@ -1,0 +1,122 @@
+"""The synthetic sleep-EEG generator: streaming == bulk, stage signatures, subjects, distressed arousals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from appliance.dsp import arousal_features
+from appliance.hypnogram import Stage
+from appliance.synthetic_eeg import SyntheticSleepEEG
+
+FS = 250.0
+W, N1, N2, N3, REM = (int(s) for s in (Stage.W, Stage.N1, Stage.N2, Stage.N3, Stage.REM))
+
+
+def _rel_power(x: np.ndarray, lo: float, hi: float) -> float:
+    f, p = signal.welch(x, fs=FS, nperseg=int(4 * FS), axis=-1)
+    p = p.mean(axis=0) if p.ndim > 1 else p
+    return float(p[(f >= lo) & (f < hi)].sum() / p[(f >= 0.5) & (f < 35)].sum())
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    """8 epochs of each stage, artefact-free, first channel; one array per stage (epochs, samples)."""
+    hyp = np.repeat([W, N1, N2, N3, REM], 8)
+    gen = SyntheticSleepEEG(hyp, seed=11, artefacts=False, distressed_arousals=False, n_channels=1)
+    x = gen.render_epochs()[:, :, 0]
+    return {s: x[hyp == s] for s in (W, N1, N2, N3, REM)}, gen
+
+
+def test_streaming_read_equals_bulk_render_and_pads_with_zeros_at_the_end():
+    hyp = np.array([W, N1, N2, N3, REM, W])
+    gen = SyntheticSleepEEG(hyp, seed=3)
+    bulk = gen.render_epochs(channels=None).reshape(-1, 8)
+    parts, rng = [], np.random.default_rng(0)
+    while gen.remaining:
+        parts.append(gen.read(int(rng.integers(1, 4000))))
+    streamed = np.concatenate(parts)
+    assert streamed.dtype == np.float64 and streamed.shape[1] == 8
+    np.testing.assert_array_equal(streamed[:gen.n_samples], bulk)
+    assert gen.n_samples == 6 * 30 * 250
+    assert not np.any(streamed[gen.n_samples:])  # the last read ran past the end: zeros
+    assert gen.exhausted and gen.remaining == 0
+    assert not np.any(gen.read(100))
+    gen.rewind()
+    np.testing.assert_array_equal(gen.read(500), bulk[:500])
+
+
+def test_same_seed_same_signal_other_seed_other_subject():
+    hyp = np.array([N2, N2])
+    a = SyntheticSleepEEG(hyp, seed=1).read(1000)
+    b = SyntheticSleepEEG(hyp, seed=1).read(1000)
+    c = SyntheticSleepEEG(hyp, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c.read(1000))
+    assert SyntheticSleepEEG(hyp, seed=1).traits != c.traits
+
+
+def test_wake_has_alpha_at_the_subjects_peak(blocks):
+    by_stage, gen = blocks
+    assert _rel_power(by_stage[W], 8, 12) > 2 * _rel_power(by_stage[N2], 8, 12)
+    f, p = signal.welch(by_stage[W], fs=FS, nperseg=int(8 * FS))
+    band = (f >= 7) & (f <= 13)
+    assert abs(f[band][np.argmax(p.mean(0)[band])] - gen.traits.alpha_hz) < 0.6
+
+
+def test_n1_has_theta_n2_spindles_n3_big_delta_rem_low_amplitude(blocks):
+    by_stage, _ = blocks
+    assert _rel_power(by_stage[N1], 4, 8) > 2 * _rel_power(by_stage[W], 4, 8)
+    assert _rel_power(by_stage[N2], 11, 16) > 3 * _rel_power(by_stage[REM], 11, 16)
+    # AASM slow waves: 0.5-2 Hz, > 75 uV peak to peak, in N3.
+    sos = signal.butter(4, [0.5, 2.0], btype="bandpass", fs=FS, output="sos")
+    delta = signal.sosfiltfilt(sos, by_stage[N3], axis=1)
+    assert np.median(np.ptp(delta, axis=1)) > 75.0
+    rms = {s: float(np.sqrt(np.mean(x**2))) for s, x in by_stage.items()}
+    assert rms[REM] < rms[N2] < rms[N3]
+
+
+def test_k_complexes_are_big_transients_in_n2(blocks):
+    by_stage, _ = blocks
+    sos = signal.butter(2, [0.5, 4.0], btype="bandpass", fs=FS, output="sos")
+    n2 = signal.sosfiltfilt(sos, by_stage[N2], axis=1)
+    rem = signal.sosfiltfilt(sos, by_stage[REM], axis=1)
+    assert np.max(np.abs(n2)) > 2 * np.max(np.abs(rem))
+
+
+def test_wake_after_rem_carries_distressed_arousal_markers():
+    hyp = np.array([N2, REM, REM, W, W, N2, N2, N2, N2, W])
+    gen = SyntheticSleepEEG(hyp, seed=5, n_channels=1)
+    assert gen.distressed.tolist() == [False, False, False, True, True, False, False, False, False, False]
+    x = gen.render_epochs()[:, :, 0]
+    distressed = [arousal_features(x[i], fs_hz=FS) for i in (3, 4)]
+    calm = arousal_features(x[9], fs_hz=FS)
+    for d in distressed:
+        assert d.high_freq_rel > 2 * calm.high_freq_rel
+        assert d.beta_rel > calm.beta_rel
+        assert d.movement_fraction > 0.5 > calm.movement_fraction
+    none = SyntheticSleepEEG(hyp, seed=5, distressed_arousals=False)
+    assert not none.distressed.any()
+    chosen = SyntheticSleepEEG(hyp, seed=5, distressed_arousals=np.arange(10) == 9)
+    assert chosen.distressed.tolist() == [False] * 9 + [True]
+
+
+def test_channels_share_the_source_and_frontal_ones_see_the_eyes():
+    gen = SyntheticSleepEEG(np.array([REM] * 4), seed=2)
+    x = gen.read(gen.n_samples)
+    c = np.corrcoef(x.T)
+    assert np.all(c[0, 3:] > 0.3)
+    lp = signal.butter(2, 1.0, fs=FS, output="sos")
+    slow = signal.sosfiltfilt(lp, x, axis=0)
+    assert slow[:, 1].std() > 2 * slow[:, 0].std()  # channel 1 plays a frontal lead: eye movements
+
+
+def test_bad_hypnograms_are_refused_clearly():
+    with pytest.raises(ValueError, match="unknown stage"):
+        SyntheticSleepEEG(np.array([0, 7]))
+    with pytest.raises(ValueError, match="empty"):
+        SyntheticSleepEEG(np.array([], dtype=int))
+    with pytest.raises(ValueError, match="one value per epoch"):
+        SyntheticSleepEEG(np.array([0, 0]), distressed_arousals=np.array([True]))
+    # Unscored epochs are drawn (as wake) rather than refused: real hypnograms have them.
+    assert SyntheticSleepEEG(np.array([-1, 2]), n_channels=1).render_epochs().shape == (2, 7500, 1)
