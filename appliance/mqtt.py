@@ -4,7 +4,8 @@ What a box says and hears (the topic schema is in :mod:`appliance.mqtt_schema` a
 
 - ``status`` (retained): published on every connect and on every :meth:`BoxLink.publish_status`; the last
   will sets it ``offline`` when the box drops off without saying goodbye.
-- ``stage`` and ``telemetry`` (QoS 0): fire-and-forget; dropped while offline (the next epoch supersedes).
+- ``stage`` and ``telemetry`` (QoS 0; telemetry retained): fire-and-forget; dropped while offline (the
+  next epoch supersedes).
 - ``event``, ``alert`` and ``report`` (QoS 1): written to the SQLite :class:`~appliance.outbox.Outbox`
   first, then published oldest first and deleted on PUBACK, so nothing is lost while the network or
   broker is down, and everything arrives in order once it is back.
@@ -205,10 +206,10 @@ class BoxLink:
                              schema.stage_payload(self.box_id, self.clock(), epoch), qos=0)
 
     def publish_telemetry(self, **fields: Any) -> None:
-        """Publish telemetry (QoS 0), e.g. ``signal_quality_percent``, ``impedance_kohm``,
-        ``frames_dropped``, ``frames_corrupt``, ``cpu_percent``, ``temperature_c``."""
+        """Publish telemetry (QoS 0, retained: the last values), e.g. ``signal_quality_percent``,
+        ``impedance_kohm``, ``frames_dropped``, ``frames_corrupt``, ``cpu_percent``, ``temperature_c``."""
         self._publish_direct(schema.topic(self.box_id, "telemetry"),
-                             schema.telemetry_payload(self.box_id, self.clock(), **fields), qos=0)
+                             schema.telemetry_payload(self.box_id, self.clock(), **fields), qos=0, retain=True)
 
     def publish_event(self, kind: str, **fields: Any) -> int:
         """Queue an event (QoS 1, via the outbox); return its ``seq``."""

@@ -41,7 +41,7 @@ CHANNELS: dict[str, tuple[int, bool]] = {
     "stage": (0, False),
     "event": (1, False),
     "alert": (1, False),
-    "telemetry": (0, False),
+    "telemetry": (0, True),  # retained: a console that starts later sees the last values at once
     "report": (1, True),
     "config": (1, True),
     "cmd": (1, False),
@@ -226,8 +226,8 @@ def stage_payload(box_id: str, now: datetime, epoch: Epoch) -> dict:
 
 def event_payload(box_id: str, now: datetime, *, kind: str, **fields: Any) -> dict:
     """``event``: something that happened (breather started/ended, fault, config applied...)."""
-    if not isinstance(kind, str) or not re.match(r"^[a-z][a-z0-9_]{0,47}$", kind):
-        raise SchemaError(f"event kind must be snake_case, got {kind!r}")
+    if not isinstance(kind, str) or not re.fullmatch(r"[a-z][a-z0-9_.]{0,63}", kind):
+        raise SchemaError(f"event kind must be lower-case snake_case (dots allowed), got {kind!r}")
     return envelope(box_id, now, kind=kind, **fields)
 
 

@@ -1,0 +1,340 @@
+"""``bedtime-fleet``: the clinic's command-line console.
+
+Subcommands::
+
+    bedtime-fleet list                         boxes: online/offline, last seen, firmware, models, signal
+    bedtime-fleet alerts [--follow]            follow alerts live (an observer: takes nothing from consoles)
+    bedtime-fleet push-config FILE --box ID... validate a TOML/JSON config and set it on boxes
+    bedtime-fleet report --box ID [--night N]  request a night report and save it as JSON
+    bedtime-fleet ping --box ID                check a box answers commands
+
+Broker options (``--host``, ``--port``, ``--username``, ``--password-file``, ``--ca``...) come before the
+subcommand and also read ``BEDTIME_MQTT_*`` environment variables.
+
+Subcommands live in a registry (:func:`subcommand`), so other parts of the fleet tooling add theirs
+(e.g. the web console's ``serve``) by registering in a module listed in :data:`PLUGIN_MODULES`.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from datetime import timezone
+from pathlib import Path
+from typing import Callable
+
+from appliance import mqtt_schema as schema
+from appliance.fleet.ingest import CommandTimeout, FleetIngest, TLSClientSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``bedtime-fleet`` subcommand: how to parse its arguments and how to run it."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: name -> Subcommand, in the order ``--help`` lists them.
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+#: Modules imported before parsing so they can register subcommands (only if installed/present).
+PLUGIN_MODULES: tuple[str, ...] = ("appliance.fleet.web.cli",)
+
+
+def subcommand(name: str, *, help: str,
+               add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Decorator: register ``run(args) -> exit code`` as ``bedtime-fleet <name>``."""
+    def deco(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in SUBCOMMANDS:
+            raise ValueError(f"bedtime-fleet subcommand {name!r} registered twice")
+        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run)
+        return run
+    return deco
+
+
+# ---- shared: broker connection ------------------------------------------------------------------
+
+def add_broker_arguments(ap: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    g = ap.add_argument_group("broker")
+    g.add_argument("--host", default=env("BEDTIME_MQTT_HOST", "localhost"))
+    g.add_argument("--port", type=int, default=int(env("BEDTIME_MQTT_PORT", "1883")))
+    g.add_argument("--username", default=env("BEDTIME_MQTT_USERNAME"))
+    g.add_argument("--password-file", type=Path, default=env("BEDTIME_MQTT_PASSWORD_FILE"),
+                   help="file holding the password (never pass passwords on the command line)")
+    g.add_argument("--ca", default=env("BEDTIME_MQTT_CA"), help="CA certificate; turns TLS on")
+    g.add_argument("--cert", default=env("BEDTIME_MQTT_CERT"), help="client certificate (mutual TLS)")
+    g.add_argument("--key", default=env("BEDTIME_MQTT_KEY"), help="client key (mutual TLS)")
+    g.add_argument("--wait", type=float, default=1.0,
+                   help="seconds to collect retained status before listing/selecting boxes (default 1)")
+
+
+def connect(args: argparse.Namespace, *, group: str | None = None, **callbacks) -> FleetIngest:
+    """An observer :class:`FleetIngest` from the broker options (started)."""
+    password = None
+    if args.password_file:
+        password = Path(args.password_file).read_text().strip()
+    tls = TLSClientSettings(args.ca, args.cert, args.key) if args.ca else None
+    return FleetIngest(args.host, args.port, tls=tls, username=args.username, password=password,
+                       group=group, **callbacks).start()
+
+
+def _fmt_time(t) -> str:
+    return "-" if t is None else t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def select_boxes(ingest: FleetIngest, patterns: list[str]) -> list[str]:
+    """Box ids matching any of ``patterns`` (exact ids or shell-style groups such as ``ward3-*``)."""
+    known = list(ingest.boxes)
+    out: list[str] = []
+    for p in patterns:
+        if any(ch in p for ch in "*?["):
+            out += [b for b in known if fnmatch.fnmatchcase(b, p) and b not in out]
+        elif p not in out:
+            out.append(schema.check_box_id(p))
+    return out
+
+
+# ---- list ---------------------------------------------------------------------------------------
+
+@subcommand("list", help="list boxes: online/offline, last seen, firmware and model versions, signal quality",
+            add_arguments=lambda p: p.add_argument("--json", action="store_true", help="machine-readable output"))
+def cmd_list(args: argparse.Namespace) -> int:
+    with connect(args) as ingest:
+        time.sleep(args.wait)  # retained status and telemetry arrive right after subscribing
+        boxes = ingest.boxes
+    if args.json:
+        print(json.dumps([{
+            "box_id": v.box_id, "online": v.online, "state": v.state,
+            "last_seen_utc": None if v.last_seen_utc is None else schema.iso_utc(v.last_seen_utc),
+            "firmware_version": v.firmware_version, "model_versions": v.model_versions,
+            "config_version": v.config_version, "signal_quality_percent": v.signal_quality_percent,
+        } for v in boxes.values()], indent=2))
+        return 0
+    header = f"{'BOX':<20} {'STATE':<10} {'LAST SEEN (UTC)':<21} {'FIRMWARE':<10} {'SIGNAL':>7}  MODELS"
+    print(header)
+    for v in boxes.values():
+        sq = "-" if v.signal_quality_percent is None else f"{v.signal_quality_percent:.0f}%"
+        models = ", ".join(f"{k} {m}" for k, m in sorted(v.model_versions.items())) or "-"
+        print(f"{v.box_id:<20} {v.state:<10} {_fmt_time(v.last_seen_utc):<21} "
+              f"{(v.firmware_version or '-'):<10} {sq:>7}  {models}")
+    print(f"{len(boxes)} box(es), {sum(v.online for v in boxes.values())} online")
+    return 0
+
+
+# ---- alerts -------------------------------------------------------------------------------------
+
+def _alerts_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--box", action="append", default=[], help="only these boxes (ids or patterns); repeatable")
+    p.add_argument("--count", type=int, default=None, help="stop after this many alerts")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--group", default=None,
+                   help="join this shared-subscription group (default: observe without taking alerts "
+                        "away from the consoles)")
+
+
+@subcommand("alerts", help="follow alerts live", add_arguments=_alerts_args)
+def cmd_alerts(args: argparse.Namespace) -> int:
+    done = threading.Event()
+    seen = 0
+    lock = threading.Lock()
+
+    def on_alert(box_id: str, p: dict) -> None:
+        nonlocal seen
+        if args.box and not any(fnmatch.fnmatchcase(box_id, pat) for pat in args.box):
+            return
+        with lock:
+            if done.is_set():
+                return
+            if args.json:
+                print(json.dumps(p), flush=True)
+            else:
+                print(f"{p['time_utc']}  {box_id:<16} [{p['severity'].upper():<8}] {p['title']}: {p['message']}",
+                      flush=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                done.set()
+
+    with connect(args, group=args.group, on_alert=on_alert):
+        try:
+            done.wait(args.timeout)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+# ---- push-config --------------------------------------------------------------------------------
+
+def _box_validator() -> Callable[[dict], object]:
+    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse."""
+    from appliance.config import validate_config
+    return validate_config
+
+
+def load_config_file(path: Path) -> dict:
+    """Read a config file: TOML (the box's format) or JSON."""
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        obj = json.loads(text)
+    else:
+        obj = tomllib.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: a config is a table/object")
+    return obj
+
+
+def _push_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="config file, TOML or JSON (the keys of bedtime.toml)")
+    p.add_argument("--box", action="append", default=[], required=True,
+                   help="box id or a shell-style group pattern (e.g. 'ward3-*'); repeatable")
+    p.add_argument("--version", dest="config_version", default=None,
+                   help="config version label (default: the file name and its sha256 prefix)")
+    p.add_argument("--ack-timeout", type=float, default=10.0, help="seconds to wait for the boxes' answers")
+
+
+@subcommand("push-config", help="validate a config and set it on one box or a group", add_arguments=_push_args)
+def cmd_push_config(args: argparse.Namespace) -> int:
+    import hashlib
+
+    try:
+        config = load_config_file(args.file)
+        validate = _box_validator()
+        validate(config)
+    except Exception as e:  # any validation failure: say why, publish nothing
+        print(f"refused: {args.file}: {e}", file=sys.stderr)
+        return 2
+    version = args.config_version or f"{args.file.stem}-{hashlib.sha256(args.file.read_bytes()).hexdigest()[:12]}"
+    answers: dict[str, dict] = {}
+    cond = threading.Condition()
+
+    def on_event(box_id: str, p: dict) -> None:
+        if p.get("kind") in ("config_applied", "config_rejected") and p.get("config_version") == version:
+            with cond:
+                answers[box_id] = p
+                cond.notify_all()
+
+    with connect(args, on_event=on_event) as ingest:
+        time.sleep(args.wait if any(ch in "".join(args.box) for ch in "*?[") else 0)
+        targets = select_boxes(ingest, args.box)
+        if not targets:
+            print("no box matches", file=sys.stderr)
+            return 2
+        for box_id in targets:
+            ingest.push_config(box_id, config, config_version=version, validator=validate)
+            print(f"pushed {version} to {box_id}")
+        with cond:
+            cond.wait_for(lambda: all(b in answers for b in targets), timeout=args.ack_timeout)
+    failed = 0
+    for box_id in targets:
+        a = answers.get(box_id)
+        if a is None:
+            print(f"{box_id}: no answer yet (offline? it applies the retained config when it comes back)")
+        elif a["kind"] == "config_applied":
+            print(f"{box_id}: applied")
+        else:
+            failed += 1
+            print(f"{box_id}: REJECTED: {a.get('error')}")
+    return 1 if failed else 0
+
+
+# ---- report / ping ------------------------------------------------------------------------------
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--box", action="append", required=True, help="box id or pattern; repeatable")
+    p.add_argument("--night", default="latest", help="'latest' or YYYY-MM-DD")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for <box>-<night>.json")
+    p.add_argument("--timeout", type=float, default=30.0)
+
+
+@subcommand("report", help="request night reports and save them as JSON", add_arguments=_report_args)
+def cmd_report(args: argparse.Namespace) -> int:
+    rc = 0
+    with connect(args) as ingest:
+        time.sleep(args.wait if any(ch in "".join(args.box) for ch in "*?[") else 0)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for box_id in select_boxes(ingest, args.box):
+            try:
+                reply = ingest.request(box_id, "report", {"night": args.night}, timeout_s=args.timeout)
+            except CommandTimeout as e:
+                print(f"{box_id}: {e}", file=sys.stderr)
+                rc = 1
+                continue
+            if not reply.get("ok"):
+                print(f"{box_id}: refused: {reply.get('error')}", file=sys.stderr)
+                rc = 1
+                continue
+            path = args.out / f"{box_id}-{args.night}.json"
+            path.write_text(json.dumps(reply["result"], indent=2))
+            print(f"{box_id}: saved {path}")
+    return rc
+
+
+@subcommand("ping", help="check that boxes answer commands",
+            add_arguments=lambda p: (p.add_argument("--box", action="append", required=True),
+                                     p.add_argument("--timeout", type=float, default=5.0)))
+def cmd_ping(args: argparse.Namespace) -> int:
+    rc = 0
+    with connect(args) as ingest:
+        time.sleep(args.wait if any(ch in "".join(args.box) for ch in "*?[") else 0)
+        for box_id in select_boxes(ingest, args.box):
+            t0 = time.perf_counter()
+            try:
+                reply = ingest.request(box_id, "ping", timeout_s=args.timeout)
+            except CommandTimeout as e:
+                print(f"{box_id}: {e}")
+                rc = 1
+                continue
+            print(f"{box_id}: {'ok' if reply.get('ok') else 'error'} in {1000 * (time.perf_counter() - t0):.0f} ms "
+                  f"{json.dumps(reply.get('result') or reply.get('error'))}")
+    return rc
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    for mod in PLUGIN_MODULES:
+        try:
+            present = importlib.util.find_spec(mod) is not None
+        except ModuleNotFoundError:
+            present = False
+        if present:
+            importlib.import_module(mod)  # registers its subcommands; errors in it are real errors
+    ap = argparse.ArgumentParser(prog="bedtime-fleet", description="Follow and manage a fleet of bedtime boxes.")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    add_broker_arguments(ap)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for sc in SUBCOMMANDS.values():
+        p = sub.add_parser(sc.name, help=sc.help, description=sc.help)
+        sc.add_arguments(p)
+        p.set_defaults(_run=sc.run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args._run(args)
+    except ConnectionError as e:
+        print(f"bedtime-fleet: {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

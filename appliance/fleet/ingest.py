@@ -1,0 +1,352 @@
+"""The clinic's MQTT ingest: one connection that follows a whole fleet of boxes.
+
+:class:`FleetIngest` subscribes to every box's topics, validates each payload against
+:mod:`appliance.mqtt_schema`, keeps an in-memory fleet view (:class:`BoxView` per box) and calls the
+callbacks you give it. ``bedtime-fleet`` (the CLI) and the web console both sit on it.
+
+Scaling out (docs/scaling.md): with ``group="bedtime-fleet"`` the high-volume channels (``alert``,
+``event``, ``stage``, ``telemetry``, ``report``) are MQTT v5 *shared subscriptions*
+``$share/<group>/bedtime/v1/+/<channel>``: every console process in the group gets a share of the
+messages and each message goes to one of them, so adding processes (or broker nodes on a clustered
+broker such as EMQX or HiveMQ) adds capacity with no code change. ``status`` is subscribed normally
+(not shared) because it is small and retained, and every process needs the whole fleet list.
+With ``group=None`` every channel is subscribed normally: an observer (``bedtime-fleet alerts``) that
+sees everything without taking messages away from the consoles.
+
+A console with a stable ``client_id`` uses a persistent session (``clean_start=False`` and a session
+expiry), so QoS 1 alerts sent while the console is restarting wait for it at the broker.
+
+Callbacks run on paho's network thread: keep them short (hand work to a queue or a database writer).
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import os
+import socket
+import ssl
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from appliance import mqtt_schema as schema
+from appliance.commands import COMMANDS, CommandSpec
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[str, dict], object]
+
+SHARED_CHANNELS = ("alert", "event", "stage", "telemetry", "report")
+
+
+@dataclass
+class BoxView:
+    """What the clinic knows about one box, from its latest messages.
+
+    Times are aware UTC datetimes; ``last_seen_utc`` is when this ingest last heard from the box
+    (the box's own clock is in the payloads).
+    """
+
+    box_id: str
+    state: str = "unknown"
+    online: bool = False
+    last_seen_utc: datetime | None = None
+    firmware_version: str | None = None
+    model_versions: dict = field(default_factory=dict)
+    config_version: str | None = None
+    outbox_depth: int | None = None
+    signal_quality_percent: float | None = None
+    last_stage: str | None = None
+    last_p_loop: float | None = None
+    last_alert: dict | None = None
+    alerts: int = 0
+    events: int = 0
+    last_event: dict | None = None
+    last_report: dict | None = None
+    telemetry: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TLSClientSettings:
+    """TLS for the console's broker connection (CA, optional client certificate)."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class CommandTimeout(TimeoutError):
+    """A box did not answer a command in time (offline, or the command is slow)."""
+
+
+class FleetIngest:
+    """Follow a fleet of boxes over MQTT.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Broker address.
+    tls : TLSClientSettings or None
+        TLS settings, or None for plain TCP.
+    username, password : str or None
+        Broker credentials of the clinic console (docs/mosquitto/acl.conf: user ``fleet``).
+    group : str or None
+        Shared-subscription group; None for an observer that sees every message.
+    client_id : str or None
+        Stable id for a persistent session; default ``<group>-<host name>-<pid>`` (a fresh one per run).
+    session_expiry_s : int
+        How long the broker keeps this console's subscriptions and queued QoS 1 messages while it is
+        away (persistent session only; with ``client_id=None`` the session is clean).
+    on_alert, on_event, on_status, on_report, on_stage, on_telemetry : callable or None
+        ``callback(box_id, payload)`` for each valid, de-duplicated message of that channel, after the
+        fleet view is updated; ``payload`` is the decoded JSON (see docs/mqtt.md).
+    """
+
+    def __init__(self, host: str, port: int, *, tls: TLSClientSettings | None = None,
+                 username: str | None = None, password: str | None = None,
+                 group: str | None = "bedtime-fleet", client_id: str | None = None,
+                 session_expiry_s: int = 3600, keepalive_s: int = 30,
+                 on_alert: Callback | None = None, on_event: Callback | None = None,
+                 on_status: Callback | None = None, on_report: Callback | None = None,
+                 on_stage: Callback | None = None, on_telemetry: Callback | None = None) -> None:
+        self.host, self.port, self.group = host, int(port), group
+        if group is not None:
+            schema.shared_filter(group, "alert")  # validates the group name
+        self.persistent = client_id is not None
+        self.client_id = client_id or f"{group or 'observer'}-{socket.gethostname()}-{os.getpid()}-" \
+                                      f"{uuid.uuid4().hex[:6]}"
+        self.reply_tag = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in self.client_id)[:64]
+        self.session_expiry_s = session_expiry_s
+        self.keepalive_s = keepalive_s
+        self.callbacks: dict[str, Callback | None] = {
+            "alert": on_alert, "event": on_event, "status": on_status, "report": on_report,
+            "stage": on_stage, "telemetry": on_telemetry}
+        self._views: dict[str, BoxView] = {}
+        self._lock = threading.Lock()
+        self._last_seq: dict[tuple[str, str], tuple[str, int]] = {}
+        self._pending: dict[bytes, Future] = {}
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self.stats: collections.Counter = collections.Counter()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls is not None:
+            self._client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_inflight_messages_set(100)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+
+    # ---- life cycle ---------------------------------------------------------------------------
+    def start(self, *, wait_s: float | None = 10.0) -> "FleetIngest":
+        """Connect (in paho's network thread) and, unless ``wait_s`` is None, wait until subscribed."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
+        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s,
+                                   clean_start=not self.persistent, properties=props)
+        self._client.loop_start()
+        if wait_s is not None and not self._subscribed.wait(wait_s):
+            self.stop()
+            raise ConnectionError(f"could not connect and subscribe to {self.host}:{self.port} in {wait_s} s")
+        return self
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+
+    def __enter__(self) -> "FleetIngest":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # ---- the fleet view -----------------------------------------------------------------------
+    @property
+    def boxes(self) -> dict[str, BoxView]:
+        """A snapshot of the fleet view, box id -> :class:`BoxView` (copies; safe to keep)."""
+        with self._lock:
+            return {k: copy.deepcopy(v) for k, v in sorted(self._views.items())}
+
+    def box(self, box_id: str) -> BoxView | None:
+        with self._lock:
+            v = self._views.get(box_id)
+            return None if v is None else copy.deepcopy(v)
+
+    # ---- clinic actions -----------------------------------------------------------------------
+    def push_config(self, box_id: str, config: dict, *, config_version: str,
+                    validator: Callable[[dict], object] | None = None, timeout_s: float = 5.0) -> None:
+        """Validate ``config`` (with the box's own validator) and publish it as the box's retained config.
+
+        Raises whatever ``validator`` raises for an invalid config; nothing is published then.
+        """
+        if validator is not None:
+            validator(config)
+        payload = schema.config_payload(box_id, schema.utc_now(), config=config, config_version=config_version)
+        info = self._client.publish(schema.topic(box_id, "config"), schema.encode(payload), qos=1, retain=True)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise ConnectionError(f"config for {box_id} not acknowledged by the broker in {timeout_s} s")
+
+    def request(self, box_id: str, command: str, args: dict | None = None, *, timeout_s: float = 10.0,
+                check: bool = True) -> dict:
+        """Send ``cmd/<command>`` to a box and wait for its reply (MQTT v5 response topic + correlation).
+
+        Returns the reply payload (``ok``, ``result`` or ``error``). ``check`` validates ``args`` against
+        :data:`appliance.commands.COMMANDS` first (set False only to test the box's own validation).
+        """
+        if check:
+            spec: CommandSpec | None = COMMANDS.get(command)
+            if spec is None:
+                raise ValueError(f"unknown command {command!r}; known: {sorted(COMMANDS)}")
+            spec.validate_args(args or {})
+        corr = uuid.uuid4().bytes
+        fut: Future = Future()
+        self._pending[corr] = fut
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = schema.reply_topic(box_id, self.reply_tag)
+        props.CorrelationData = corr
+        try:
+            self._client.publish(schema.command_topic(box_id, command),
+                                 schema.encode(schema.command_payload(schema.utc_now(), args)),
+                                 qos=1, properties=props)
+            try:
+                return fut.result(timeout_s)
+            except TimeoutError as e:
+                raise CommandTimeout(f"{box_id} did not answer {command!r} in {timeout_s} s") from e
+        finally:
+            self._pending.pop(corr, None)
+
+    # ---- paho callbacks -----------------------------------------------------------------------
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        subs = [(schema.fleet_filter("status"), 1),
+                (f"{schema.TOPIC_PREFIX}/+/reply/{self.reply_tag}", 1)]
+        for ch in SHARED_CHANNELS:
+            subs.append((schema.shared_filter(self.group, ch) if self.group else schema.fleet_filter(ch), 1))
+        return subs
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the fleet console: %s", reason_code)
+            return
+        self._connected.set()
+        client.subscribe(self._subscriptions())
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("subscriptions refused by the broker: %s", bad)
+            self.stats["subscribe_refused"] += len(bad)
+        self._subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if reason_code != 0:
+            log.warning("fleet console disconnected: %s (paho reconnects)", reason_code)
+
+    def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
+        try:
+            t = schema.parse_topic(msg.topic)
+        except schema.SchemaError as e:
+            self.stats["invalid"] += 1
+            log.warning("ignoring %s: %s", msg.topic, e)
+            return
+        if not msg.payload:
+            return  # a cleared retained message
+        if t.channel == "reply":
+            self._on_reply(msg)
+            return
+        try:
+            payload = schema.validate(t.channel, schema.decode(msg.payload))
+            if payload["box_id"] != t.box_id:
+                raise schema.SchemaError(f"payload box_id {payload['box_id']!r} on {t.box_id!r}'s topic")
+        except schema.SchemaError as e:
+            self.stats["invalid"] += 1
+            log.warning("invalid %s payload from %s: %s", t.channel, t.box_id, e)
+            return
+        if "seq" in payload and self._is_duplicate(t.box_id, t.channel, payload):
+            self.stats["duplicates"] += 1
+            return
+        self.stats[t.channel] += 1
+        self._update_view(t.box_id, t.channel, payload)
+        cb = self.callbacks.get(t.channel)
+        if cb is not None:
+            try:
+                cb(t.box_id, payload)
+            except Exception:  # a console bug must not stop the ingest
+                log.exception("%s callback failed", t.channel)
+
+    def _is_duplicate(self, box_id: str, channel: str, payload: dict) -> bool:
+        """QoS 1 is at least once: a re-sent message has the same (outbox_id, seq) or an older seq."""
+        key = (box_id, channel)
+        cur = (str(payload.get("outbox_id")), int(payload["seq"]))
+        prev = self._last_seq.get(key)
+        if prev is not None and prev[0] == cur[0] and cur[1] <= prev[1]:
+            return True
+        if prev is not None and prev[0] == cur[0] and cur[1] > prev[1] + 1:
+            self.stats["seq_gaps"] += 1
+            log.warning("%s %s: seq jumped %d -> %d (outbox overflow or another console in the group "
+                        "took them)", box_id, channel, prev[1], cur[1])
+        self._last_seq[key] = cur
+        return False
+
+    def _update_view(self, box_id: str, channel: str, p: dict) -> None:
+        with self._lock:
+            v = self._views.get(box_id)
+            if v is None:
+                v = self._views[box_id] = BoxView(box_id)
+            v.last_seen_utc = schema.utc_now()
+            if channel == "status":
+                v.state, v.online = p["state"], p["online"]
+                v.firmware_version, v.model_versions = p["firmware_version"], dict(p["model_versions"])
+                v.config_version = p.get("config_version", v.config_version)
+                v.outbox_depth = p.get("outbox_depth")
+            else:
+                # Anything but a (possibly retained, possibly last-will) status proves the box is up.
+                if channel in ("stage", "event", "alert") and not v.online:
+                    v.online, v.state = True, "online" if v.state in ("unknown", "offline") else v.state
+            if channel == "stage":
+                v.last_stage, v.last_p_loop = p["stage"], p.get("p_loop")
+            elif channel == "telemetry":
+                v.telemetry = {k: val for k, val in p.items() if k not in ("schema", "box_id")}
+                if isinstance(p.get("signal_quality_percent"), (int, float)):
+                    v.signal_quality_percent = float(p["signal_quality_percent"])
+            elif channel == "alert":
+                v.alerts += 1
+                v.last_alert = p
+            elif channel == "event":
+                v.events += 1
+                v.last_event = p
+                if p.get("kind") == "config_applied":
+                    v.config_version = p.get("config_version")
+            elif channel == "report":
+                v.last_report = p
+
+    def _on_reply(self, msg: paho.MQTTMessage) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        fut = self._pending.get(bytes(corr)) if corr is not None else None
+        if fut is None or fut.done():
+            return
+        try:
+            fut.set_result(schema.decode(msg.payload))
+        except schema.SchemaError as e:
+            fut.set_exception(e)

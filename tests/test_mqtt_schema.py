@@ -1,0 +1,197 @@
+"""The MQTT schema, command validation, the outbox's disk policy and Home Assistant discovery (no broker)."""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from appliance import commands, homeassistant
+from appliance import mqtt_schema as schema
+from appliance.epoch import Epoch, SignalQuality
+from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox
+
+T0 = datetime(2026, 11, 23, 2, 30, tzinfo=timezone.utc)
+
+
+def test_topics_are_versioned_and_parse_back():
+    assert schema.topic("box-1", "alert") == "bedtime/v1/box-1/alert"
+    assert schema.command_topic("box-1", "ping") == "bedtime/v1/box-1/cmd/ping"
+    assert schema.shared_filter("clinic", "stage") == "$share/clinic/bedtime/v1/+/stage"
+    assert schema.parse_topic("bedtime/v1/box-1/reply/console-7") == schema.ParsedTopic("box-1", "reply", "console-7")
+    for bad in ("box/1", "+", "#", "", "a" * 65, "-x"):
+        with pytest.raises(schema.SchemaError):
+            schema.topic(bad, "alert")
+    for bad in ("bedtime/v2/b/alert", "bedtime/v1/b/nope", "bedtime/v1/b/alert/x", "bedtime/v1/b/cmd"):
+        with pytest.raises(schema.SchemaError):
+            schema.parse_topic(bad)
+
+
+def test_times_are_iso8601_utc_with_z():
+    assert schema.iso_utc(T0) == "2026-11-23T02:30:00.000Z"
+    assert schema.parse_iso_utc("2026-11-23T02:30:00.000Z") == T0
+    with pytest.raises(schema.SchemaError):
+        schema.iso_utc(datetime(2026, 1, 1))  # naive
+    with pytest.raises(schema.SchemaError):
+        schema.parse_iso_utc("2026-11-23T02:30:00")  # no offset
+    with pytest.raises(schema.SchemaError):
+        schema.parse_iso_utc("2026-11-23T02:30:00+01:00")  # not UTC
+
+
+def test_stage_payload_from_an_epoch_has_units_in_names_and_validates():
+    e = Epoch(index=41, start_sample=41 * 7500, end_time_s=1260.0,
+              quality=SignalQuality(ok=False, flags=frozenset({"lead_off"}), artefact_fraction=0.25),
+              stage_probs=np.array([0.05, 0.05, 0.1, 0.0, 0.8]), p_loop=0.62)
+    p = schema.validate("stage", json.loads(schema.encode(schema.stage_payload("b1", T0, e))))
+    assert p["stage"] == "REM" and p["stage_code"] == 4 and p["end_time_s"] == 1260.0
+    assert p["confidence"] == 0.8 and p["p_loop"] == 0.62 and p["signal_ok"] is False
+    assert p["quality_flags"] == ["lead_off"] and p["stage_probs"]["REM"] == 0.8
+    unscored = schema.stage_payload("b1", T0, Epoch(index=0, start_sample=0, end_time_s=30.0))
+    assert unscored["stage"] == "UNSCORED" and unscored["stage_probs"] is None
+
+
+def test_alert_payload_fits_a_lock_screen_and_refuses_bad_fields():
+    p = schema.alert_payload("b1", T0, title="Nightmare loop", message="Mia's loop did not settle after the breather.",
+                             severity="critical", kind="loop_persisted", epoch_index=812, p_loop=0.91)
+    assert p["title"] == "Nightmare loop" and p["severity"] == "critical" and p["p_loop"] == 0.91
+    with pytest.raises(schema.SchemaError):
+        schema.alert_payload("b1", T0, title="x" * 65, message="m", severity="info")
+    with pytest.raises(schema.SchemaError):
+        schema.alert_payload("b1", T0, title="t", message="m", severity="urgent")
+    with pytest.raises(schema.SchemaError):
+        schema.alert_payload("b1", T0, title="", message="m", severity="info")
+    with pytest.raises(ValueError):  # JSON has no NaN: refused at encoding, never sent
+        schema.encode(schema.telemetry_payload("b1", T0, cpu_percent=3.0) | {"x": float("nan")})
+    with pytest.raises(schema.SchemaError):
+        schema.telemetry_payload("b1", T0, temperature_c=float("inf"))
+
+
+def test_validate_rejects_wrong_envelope():
+    good = schema.status_payload("b1", T0, state="recording", firmware_version="1.0", model_versions={"stager": "1"})
+    assert schema.validate("status", good)["online"] is True
+    for mutate in ({"schema": 2}, {"box_id": "a/b"}, {"time_utc": "yesterday"}, {"state": "sleepy"},
+                   {"online": "yes"}):
+        with pytest.raises(schema.SchemaError):
+            schema.validate("status", good | mutate)
+    with pytest.raises(schema.SchemaError):
+        schema.decode(b"[1, 2]")
+    with pytest.raises(schema.SchemaError):
+        schema.decode(b"\xff\xfe")
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+def body(args=None, **extra) -> bytes:
+    return json.dumps(schema.command_payload(T0, args) | extra).encode()
+
+
+def test_commands_validate_names_payloads_and_arguments():
+    assert commands.parse_command("ping", body()) == {}
+    assert commands.parse_command("set_breather", body({"enabled": False})) == {"enabled": False}
+    assert commands.parse_command("report", body({"night": "2026-11-22"})) == {"night": "2026-11-22"}
+    assert commands.parse_command("ping", b"") == {}
+    cases = [
+        ("format_disk", body(), "unknown_command"),
+        ("ping", b"{not json", "bad_payload"),
+        ("ping", b"[]", "bad_payload"),
+        ("ping", body(evil=1), "bad_payload"),
+        ("ping", body(schema=9), "bad_payload"),
+        ("set_breather", body({}), "bad_args"),
+        ("set_breather", body({"enabled": "yes"}), "bad_args"),
+        ("set_breather", body({"enabled": True, "volume": 1}), "bad_args"),
+        ("identify", body({"duration_s": 3600}), "bad_args"),
+        ("identify", body({"duration_s": True}), "bad_args"),
+        ("report", body({"night": "last tuesday"}), "bad_args"),
+    ]
+    for name, b, code in cases:
+        with pytest.raises(commands.CommandError) as ei:
+            commands.parse_command(name, b)
+        assert ei.value.code == code, (name, b)
+
+
+# ---- outbox -----------------------------------------------------------------------------------
+
+def test_outbox_is_ordered_persistent_and_numbers_per_channel(tmp_path):
+    ob = Outbox(tmp_path / "ob.sqlite")
+    seqs = [ob.put("t/alert", {"n": i}, channel="alert", priority=PRIORITY_ALERT) for i in range(3)]
+    ob.put("t/event", {"n": 99}, channel="event")
+    assert seqs == [1, 2, 3]
+    rows = ob.peek()
+    assert [json.loads(r.payload)["n"] for r in rows] == [0, 1, 2, 99]
+    ob.ack(rows[0].row_id)
+    oid = ob.outbox_id
+    ob.close()
+    ob = Outbox(tmp_path / "ob.sqlite")  # a restart: rows, ids and counters survive
+    assert ob.outbox_id == oid and len(ob) == 3
+    assert [json.loads(r.payload)["seq"] for r in ob.peek()] == [2, 3, 1]
+    assert ob.put("t/alert", {"n": 3}, channel="alert") == 4  # never reused
+    assert [r.row_id for r in ob.peek(after_row_id=ob.peek()[1].row_id)] == [r.row_id for r in ob.peek()[2:]]
+
+
+def test_outbox_is_bounded_and_drops_events_before_alerts(tmp_path):
+    ob = Outbox(tmp_path / "ob.sqlite", max_rows=10)
+    for i in range(6):
+        ob.put("t/alert", {"i": i}, channel="alert", priority=PRIORITY_ALERT)
+    for i in range(4):
+        ob.put("t/event", {"i": i}, channel="event", priority=PRIORITY_EVENT)
+    ob.put("t/alert", {"i": 6}, channel="alert", priority=PRIORITY_ALERT)  # full: the oldest event goes
+    kinds = [(r.topic, json.loads(r.payload)["i"]) for r in ob.peek(limit=100)]
+    assert len(kinds) == 10 and ("t/event", 0) not in kinds and ("t/alert", 0) in kinds
+    for i in range(7, 12):  # more alerts: events go first, then the oldest alerts
+        ob.put("t/alert", {"i": i}, channel="alert", priority=PRIORITY_ALERT)
+    kinds = [(r.topic, json.loads(r.payload)["i"]) for r in ob.peek(limit=100)]
+    assert all(t == "t/alert" for t, _ in kinds) and [i for _, i in kinds] == list(range(2, 12))
+    assert ob.dropped == 6 and ob.take_unreported_drops() == 6 and ob.take_unreported_drops() == 0
+    small = Outbox(tmp_path / "small.sqlite", max_bytes=400)
+    for i in range(20):
+        small.put("t/alert", {"pad": "x" * 50, "i": i}, channel="alert")
+    assert small.size_bytes <= 400 and len(small) >= 3
+    with pytest.raises(ValueError):
+        small.put("t/alert", {"pad": "x" * 1000}, channel="alert")
+
+
+# ---- Home Assistant ---------------------------------------------------------------------------
+
+def test_home_assistant_discovery_is_well_formed_and_its_templates_render_real_payloads():
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    payloads = homeassistant.discovery_payloads("box-7", firmware_version="0.1.0")
+    assert len(payloads) >= 6
+    uids = set()
+    status = schema.status_payload("box-7", T0, state="recording", firmware_version="0.1.0",
+                                   model_versions={}, outbox_depth=3)
+    offline = schema.status_payload("box-7", T0, state="offline", firmware_version="0.1.0", model_versions={})
+    stage = schema.stage_payload("box-7", T0, Epoch(index=5, start_sample=0, end_time_s=180.0,
+                                                   stage_probs=np.array([0, 0, 0.1, 0, 0.9]), p_loop=0.8))
+    alert = schema.alert_payload("box-7", T0, title="Loop", message="m", severity="warning")
+    telemetry = schema.telemetry_payload("box-7", T0, signal_quality_percent=87.5)
+    by_topic = {schema.topic("box-7", c): p for c, p in
+                [("status", status), ("stage", stage), ("alert", alert), ("telemetry", telemetry)]}
+    rendered = {}
+    for topic, cfg in payloads.items():
+        m = re.fullmatch(r"homeassistant/(sensor|binary_sensor)/box-7/([a-z_]+)/config", topic)
+        assert m, topic
+        json.dumps(cfg)  # serialisable
+        for key in ("name", "unique_id", "state_topic", "value_template", "device", "availability_topic"):
+            assert key in cfg, (topic, key)
+        assert cfg["unique_id"] not in uids
+        uids.add(cfg["unique_id"])
+        assert cfg["device"]["identifiers"] == ["bedtime_box-7"]
+        assert cfg["state_topic"].startswith("bedtime/v1/box-7/")
+        value_json = by_topic[cfg["state_topic"]]
+        rendered[m.group(2)] = env.from_string(cfg["value_template"]).render(value_json=value_json).strip()
+        if "json_attributes_template" in cfg:
+            json.loads(env.from_string(cfg["json_attributes_template"]).render(value_json=value_json))
+        if m.group(1) == "binary_sensor":
+            assert rendered[m.group(2)] in (cfg["payload_on"], cfg["payload_off"])
+        avail = env.from_string(cfg["availability_template"])
+        assert avail.render(value_json=status) == cfg["payload_available"]
+        assert avail.render(value_json=offline) == cfg["payload_not_available"]
+    assert rendered["sleep_stage"] == "REM"
+    assert float(rendered["loop_probability"]) == 80.0
+    assert rendered["nightmare_loop"] == "ON"
+    assert float(rendered["signal_quality"]) == 87.5
+    assert rendered["signal_problem"] == "OFF"
+    assert rendered["outbox_depth"] == "3"
