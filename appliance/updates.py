@@ -346,7 +346,8 @@ class UpdateManager:
     def _prune(self, kind: str) -> None:
         versions = self._dir(kind) / "versions"
         keep = {p for p in (self.current_path(kind), self.previous_path(kind)) if p is not None}
-        old = sorted((p for p in versions.glob(f"*{KINDS[kind]}") if p.resolve() not in keep),
+        old = sorted((p for p in versions.glob(f"*{KINDS[kind]}")
+                      if p.resolve() not in keep and not p.name.endswith(".sig.json")),
                      key=lambda p: p.stat().st_mtime, reverse=True)
         for p in old[self.keep_versions:]:
             p.unlink(missing_ok=True)
