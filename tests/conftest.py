@@ -33,3 +33,16 @@ def broker(tmp_path, mqtt_pki):
     b = MosquittoBroker(tmp_path / "mosquitto", mqtt_pki).start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster (tests/postgres.py), started once; skips when it cannot run here."""
+    from tests.postgres import PostgresCluster
+
+    try:
+        cluster = PostgresCluster()
+    except RuntimeError as e:
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+    yield cluster
+    cluster.stop()
