@@ -275,6 +275,8 @@ class Daemon:
                         self.link.wait_delivered(timeout_s=3.0)
                         self.link.stop()
                 self.outputs.close()
+                if getattr(self, "audit", None) is not None:
+                    self.audit.close()
         return NightResult(night_dir=self.night_dir, edf_path=self.night_dir / NIGHT_EDF if self.recorder else None,
                            report_json=rep_json, report_png=rep_png, report=report, epochs=len(self.epochs),
                            events=list(self.events), counters=dict(self.counters),
@@ -304,6 +306,7 @@ class Daemon:
             self._own_link = True
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
+        self._breather_last_state = self._breather_state()
         try:
             from appliance.safety import BreatherConfig
 
@@ -312,19 +315,25 @@ class Daemon:
             self._p_loop_threshold = 0.7
 
     def _make_breather(self) -> Any:
+        from appliance.audit import AuditError, AuditLog
         from appliance.breather import Breather
         from appliance.safety import BreatherConfig
 
-        audit = None
+        path = Path(self.cfg.box.state_dir) / "audit.log"
         try:
-            from appliance.audit import AuditLog
-
-            audit = AuditLog(Path(self.cfg.box.state_dir) / "audit.log")
-        except ImportError:
-            logger.warning("appliance.audit not available: breather decisions are not hash-chained")
+            self.audit = AuditLog(path)
+        except AuditError as e:
+            # never append to a broken chain: keep it aside for `bedtime audit verify`, start a new one
+            broken = path.with_name(f"audit.broken-{time.strftime('%Y%m%dT%H%M%S')}.log")
+            path.replace(broken)
+            head = path.with_name(path.name + ".head")
+            if head.exists():
+                head.replace(broken.with_name(broken.name + ".head"))
+            self.audit = AuditLog(path)
+            self._event("fault", 0.0, reason=f"audit log broken ({e}); kept as {broken.name}", fault_kind="audit")
         return Breather(light=self.outputs.light, speaker=self.outputs.speaker, button=self.outputs.button,
-                        config=BreatherConfig(**self.cfg.breather), audit=audit, clock=self._signal_s,
-                        on_escalate=self._on_escalate)
+                        config=BreatherConfig.from_dict(self.cfg.breather), audit=self.audit,
+                        clock=self._signal_s, on_escalate=self._on_escalate)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -373,6 +382,9 @@ class Daemon:
             if self._fault_active is not None:
                 self._event("fault_cleared", self._signal_s(), reason=self._fault_active)
                 self._fault_active = None
+                clear = getattr(self.breather, "clear_fault", None)
+                if clear is not None:
+                    clear()  # stimulation may resume only after the breather's own minimum gap
             if not ready:
                 self._notify("READY=1")
                 ready = True
@@ -429,6 +441,7 @@ class Daemon:
             t += 1.0
         self.breather.tick(now)
         self._last_tick_s = now
+        self._check_breather(now)
 
     def _drain_hardware_events(self) -> None:
         for ev in self.hw.poll_events():
@@ -477,9 +490,8 @@ class Daemon:
         elif p_loop < 0.8 * thr and self._in_loop:
             self._in_loop = False
             self._event("loop_ended", end_s, epoch_index=index, p_loop=round(p_loop, 4))
-        before = self._breather_state()
         self.breather.on_epoch(epoch)
-        self._breather_transition(before, end_s, index)
+        self._check_breather(end_s, index)
         stage = epoch.stage
         self._epochs_file.write(json.dumps({
             "index": index, "end_time_s": end_s, "stage": int(stage), "probs": [round(float(p), 5) for p in probs],
@@ -499,26 +511,35 @@ class Daemon:
     # ---- breather bookkeeping --------------------------------------------------------------------
     def _breather_state(self) -> str:
         st = getattr(self.breather, "state", None)
-        return getattr(st, "name", str(st)).lower() if st is not None else "?"
+        return str(getattr(st, "value", st)).lower() if st is not None else "?"
 
-    def _breather_transition(self, before: str, t: float, index: int) -> None:
+    def _check_breather(self, t: float, index: int | None = None) -> None:
+        """Turn the breather's state changes into events (for MQTT, the EDF+ annotations and the report)."""
         after = self._breather_state()
+        before = self._breather_last_state
         if after == before:
             return
-        kind = {"cue": "breather_started", "idle": "breather_ended", "refractory": "breather_ended",
-                "light": "breather_light", "escalate": "breather_escalated"}.get(after, f"breather_{after}")
-        if kind == "breather_ended" and before in ("idle", "refractory"):
-            return
-        reason = getattr(self.breather, "last_reason", None)
-        self._event(kind, t, epoch_index=index, from_state=before, to_state=after,
-                    **({"outcome": str(reason)} if reason and kind == "breather_ended" else {}))
+        self._breather_last_state = after
+        session_states = ("cue", "light")
+        fields: dict[str, Any] = {} if index is None else {"epoch_index": index}
+        if after == "cue" and before not in session_states:
+            self._event("breather_started", t, session=getattr(self.breather, "sessions", None), **fields)
+        elif after == "light" and before == "cue":
+            self._event("breather_light", t, **fields)
+        elif before in session_states and after not in session_states:
+            reps = getattr(self.breather, "session_reports", None) or [{}]
+            rep = reps[-1]
+            self._event("breather_ended", t, outcome=rep.get("outcome", after), reason=rep.get("reason", ""),
+                        duration_s=rep.get("duration_s"), max_light=rep.get("max_light"),
+                        max_volume=rep.get("max_volume"), **fields)
 
-    def _on_escalate(self, *args: Any, **kwargs: Any) -> None:
+    def _on_escalate(self, payload: dict | None = None, *args: Any) -> None:
+        """The breather ended a session with the loop still going: tell the parent (QoS 1 via the outbox)."""
         t = self._signal_s()
-        epoch = self.epochs[-1] if self.epochs else None
-        fields = {"kind": "loop_not_resolved", "night_time_s": round(t, 1)}
-        if epoch is not None:
-            fields.update(epoch_index=epoch.index, p_loop=round(float(epoch.p_loop or 0.0), 4))
+        payload = dict(payload or {})
+        fields = {"kind": "loop_not_resolved", "night_time_s": round(t, 1),
+                  "p_loop": float(payload.get("p_loop", 0.0)), "session": payload.get("session"),
+                  "epoch_index": payload.get("epoch")}
         title = "Nightmare loop: please check"
         message = (f"{self.cfg.box.name}: a nightmare loop did not settle after a gentle breather "
                    f"({t / 3600:.1f} h into the night). Sound and light are off now.")

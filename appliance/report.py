@@ -143,11 +143,13 @@ def summarise_interventions(events: list[dict]) -> dict[str, Any]:
             sessions.append(current)
         elif k.startswith("breather_") and current is not None:
             current["steps"].append(k[len("breather_"):])
-            if k in ("breather_ended", "breather_aborted", "breather_escalated"):
-                current["outcome"] = e.get("outcome") or e.get("reason") or k[len("breather_"):]
+            if k == "breather_ended":
+                current["outcome"] = e.get("outcome") or e.get("reason") or "ended"
                 current["end_s"] = e["time_s"]
-                if k != "breather_escalated":
-                    current = None
+                for key in ("reason", "max_light", "max_volume", "duration_s"):
+                    if key in e:
+                        current[key] = e[key]
+                current = None
     return {
         "loops_detected": kinds.get("loop_detected", 0),
         "loop_times_s": [e["time_s"] for e in events if e.get("kind") == "loop_detected"],
