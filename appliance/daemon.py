@@ -207,6 +207,8 @@ class Daemon:
         self.link: Any = None
         self.recorder: EdfPlusRecorder | None = None
         self.alerts_sent: list[dict] = []
+        self.output_trace: list[tuple[float, float, float]] = []
+        self._last_levels = (0.0, 0.0)
 
     # ---- public ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -438,10 +440,19 @@ class Daemon:
         t = self._last_tick_s + 1.0
         while t < now:
             self.breather.tick(t)
+            self._trace_outputs(t)
             t += 1.0
         self.breather.tick(now)
+        self._trace_outputs(now)
         self._last_tick_s = now
         self._check_breather(now)
+
+    def _trace_outputs(self, t: float) -> None:
+        """Keep every change of the light/sound level with its signal time (the report and tests read it)."""
+        lv = self.outputs.levels()
+        if lv != self._last_levels:
+            self.output_trace.append((t, lv[0], lv[1]))
+            self._last_levels = lv
 
     def _drain_hardware_events(self) -> None:
         for ev in self.hw.poll_events():

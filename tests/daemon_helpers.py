@@ -1,0 +1,154 @@
+"""Helpers for the daemon's end-to-end and fault tests.
+
+The daemon is always the real one. Only when a trained model file is missing from the checkout (the model
+layers may not have exported theirs yet) do these tests stage with a clearly-named TEST-ONLY stand-in:
+:class:`OracleStagerStandIn` (reads the scripted hypnogram instead of the EEG) and
+:class:`RuleLoopDetectorStandIn` (the loop definition of appliance/loops.py applied to the stages seen so far).
+Every test says which it used (``models_used``), so a run with stand-ins is never mistaken for the real thing.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from appliance.hypnogram import Stage
+from appliance.loops import loop_active
+
+
+class OracleStagerStandIn:
+    """TEST-ONLY stand-in for appliance.stager.Stager: returns the scripted stage with probability 0.9."""
+
+    sha256 = "test-only-oracle-stager"
+
+    def __init__(self, hypnogram: np.ndarray) -> None:
+        self.hyp = np.asarray(hypnogram)
+        self.i = -1
+
+    def stage_epoch(self, x: np.ndarray) -> np.ndarray:
+        self.i += 1
+        s = int(self.hyp[min(self.i, len(self.hyp) - 1)])
+        p = np.full(5, 0.025)
+        p[max(s, 0)] = 0.9
+        return p / p.sum()
+
+    def smooth_night(self, probs: np.ndarray) -> np.ndarray:
+        return np.asarray(probs)
+
+
+class RuleLoopDetectorStandIn:
+    """TEST-ONLY stand-in for appliance.loop_model.LoopDetector: the loop rule over the stages seen so far."""
+
+    sha256 = "test-only-rule-loops"
+
+    def __init__(self) -> None:
+        self.stages: list[int] = []
+
+    def update(self, epoch) -> float:
+        self.stages.append(int(epoch.stage))
+        return 0.95 if loop_active(np.array(self.stages))[-1] else 0.05
+
+
+def stager_model_present() -> bool:
+    from appliance.stager import DEFAULT_MODEL_PATH
+
+    return DEFAULT_MODEL_PATH.is_file() and DEFAULT_MODEL_PATH.with_name("model_card.json").is_file()
+
+
+def loop_model_present() -> bool:
+    from appliance.loop_model import DEFAULT_MODEL_PATH
+
+    return DEFAULT_MODEL_PATH.is_file()
+
+
+def pipeline_parts(hypnogram: np.ndarray, **extra):
+    """Real models when their files exist, else the TEST-ONLY stand-ins; returns (PipelineParts, description)."""
+    from appliance.daemon import PipelineParts
+
+    parts = PipelineParts(**extra)
+    used = []
+    if stager_model_present():
+        used.append("real stager")
+    else:
+        parts.stager = OracleStagerStandIn(hypnogram)
+        used.append("TEST-ONLY oracle stager stand-in")
+    if loop_model_present():
+        used.append("real loop model")
+    else:
+        parts.loop_detector = RuleLoopDetectorStandIn()
+        used.append("TEST-ONLY rule loop-detector stand-in")
+    return parts, ", ".join(used)
+
+
+def short_night_with_loop(*, before_epochs: int = 24, after_epochs: int = 20) -> tuple[np.ndarray, slice]:
+    """A short night: settle into N2, a REM period that turns into the scripted loop, then N2 again."""
+    from appliance.demo import LOOP_PATTERN
+
+    W, N1, N2, R = int(Stage.W), int(Stage.N1), int(Stage.N2), int(Stage.REM)
+    head = [W] * 4 + [N1] * 2 + [N2] * (before_epochs - 6)
+    h = np.array(head + list(LOOP_PATTERN) + [N2] * after_epochs, dtype=np.int8)
+    return h, slice(len(head), len(head) + len(LOOP_PATTERN))
+
+
+class Subscriber:
+    """A client on the real broker (a parent's phone, or a clinic), optionally with a persistent session so it
+    keeps its subscription and queued QoS 1 messages across a broker restart."""
+
+    def __init__(self, host: str, port: int, topics: list[str], *, client_id: str, persistent: bool = False) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.messages: list[tuple[str, dict, float]] = []
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        props = None
+        if persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+
+        def on_connect(client, userdata, flags, rc, properties):
+            if not (persistent and flags.session_present):
+                client.subscribe([(t, 1) for t in topics])
+            else:
+                self._subscribed.set()
+
+        def on_subscribe(client, userdata, mid, rcs, properties):
+            self._subscribed.set()
+
+        def on_message(client, userdata, msg):
+            self.messages.append((msg.topic, json.loads(msg.payload), time.monotonic()))
+
+        self.client.on_connect, self.client.on_subscribe, self.client.on_message = on_connect, on_subscribe, on_message
+        self.client.connect(host, port, clean_start=not persistent, properties=props)
+        self.client.loop_start()
+        if not self._subscribed.wait(5):
+            raise RuntimeError("subscriber could not subscribe")
+
+    def payloads(self, channel: str) -> list[dict]:
+        return [p for t, p, _ in self.messages if t.endswith("/" + channel)]
+
+    def wait_for(self, channel: str, n: int, timeout_s: float) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.payloads(channel)) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.payloads(channel)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def box_config(tmp: Path, *, port: int | None, box_id: str = "box-a", **sections) -> "object":
+    from appliance.config import validate_config
+
+    doc = {"box": {"id": box_id, "state_dir": str(tmp / "state")}, "recording": {"dir": str(tmp / "nights")},
+           "mqtt": {"host": "127.0.0.1", "port": port} if port else {"enabled": False}}
+    for k, v in sections.items():
+        doc.setdefault(k, {}).update(v)
+    return validate_config(doc)
