@@ -367,13 +367,19 @@ class Daemon:
         total_s = self.hw.total_signal_s
         while not self._stop.is_set():
             self._drain_hardware_events()
-            frames = ring.pop(block)
+            want = block
+            total_frames = self.hw.total_frames
+            if total_frames is not None:  # a replay: stop exactly at the end of the source
+                want = min(block, total_frames - self.counters["frames"] - self.counters["frames_lost"])
+                if want <= 0:
+                    break
+            frames = ring.pop(want)
             now = time.monotonic()
             if now - last_watchdog >= 1.0:
                 self._notify("WATCHDOG=1")
                 last_watchdog = now
             if len(frames) == 0:
-                if self.hw.finished:
+                if self.hw.finished(self.counters["frames"] + self.counters["frames_lost"]):
                     break
                 if now - last_data > NO_DATA_FAULT_S and self._fault_active is None:
                     self.counters["no_data_faults"] += 1
@@ -455,17 +461,23 @@ class Daemon:
             self._last_levels = lv
 
     def _drain_hardware_events(self) -> None:
+        """Faults the acquisition layer reported (from its thread, through a bounded queue)."""
         for ev in self.hw.poll_events():
             kind = ev.get("kind", "fault")
+            reason = ev.get("reason", "")
             t = self._signal_s()
-            if kind == "drdy_stall":
+            if kind in ("stall", "drdy_stall"):
                 self.counters["drdy_stalls"] += 1
-                self._fault("DRDY stall: no frames from the chip", t, kind="drdy_stall")
-            elif kind == "chip_reinit":
+                self._fault(f"DRDY stall: {reason}", t, kind="drdy_stall")
+            elif kind in ("reinit", "chip_reinit"):
                 self.counters["chip_reinits"] += 1
-                self._event("chip_reinit", t, reason=ev.get("reason", ""))
-            else:
-                self._fault(ev.get("reason", kind), t, kind=kind)
+                self._event("chip_reinit", t, reason=reason)
+            elif kind == "reinit_failed":
+                self._fault(f"chip re-initialisation failed: {reason}", t, kind=kind)
+            else:  # missed_drdy, corrupt, ring_full, stuck_channel, railed, lead_off: reported; the epoch's
+                # quality verdict keeps the breather away from the signal they spoil
+                self.counters[f"acq_{kind}"] = self.counters.get(f"acq_{kind}", 0) + 1
+                self._event(f"acquisition_{kind}", t, reason=reason)
 
     def _epoch_done(self, raw: np.ndarray, model_epoch: np.ndarray, *, end_s: float, frames_lost: int,
                     loff_bits: int) -> None:
@@ -694,50 +706,29 @@ class SimulationSource:
     faults: list[ScriptedFault] = field(default_factory=list)
 
     def open(self, *, fs_hz: int, n_channels: int) -> Any:
-        """A signal source with ``read(n) -> (n, n_channels)`` microvolts and ``n_samples``."""
+        """A signal source (``read(n) -> (n, n_channels)`` microvolts, ``fs_hz``, ``n_channels``, ``n_samples``)."""
         if self.edf_path is not None:
-            return _EdfSource(self.edf_path, fs_hz=fs_hz, n_channels=n_channels)
+            from appliance.ads1299_sim import EdfSource
+
+            edf = EdfSource(self.edf_path, fs_hz=fs_hz, loop=False)
+            return _ChannelAdapter(edf, n_channels=n_channels, n_samples=edf.samples.shape[0])
         from appliance.synthetic_eeg import SyntheticSleepEEG
 
         return SyntheticSleepEEG(self.hypnogram, fs_hz=fs_hz, n_channels=n_channels, seed=self.seed,
                                  distressed_arousals=self.distressed_arousals)
 
 
-class _EdfSource:
-    """Replays an EDF/EDF+ file's EEG signals (resampled to the chip rate) as a chip signal source."""
+class _ChannelAdapter:
+    """Gives a recording with fewer (or more) signals than the chip has channels the chip's channel count,
+    repeating its signals in turn (a 2-signal EDF fills 8 channels as 1,2,1,2,...)."""
 
-    def __init__(self, path: Path, *, fs_hz: int, n_channels: int) -> None:
-        import edfio
-        from scipy.signal import resample_poly
-        from fractions import Fraction
-
-        edf = edfio.read_edf(path)
-        sigs = [s for s in edf.signals if s.label != "EDF Annotations" and s.sampling_frequency >= 50]
-        if not sigs:
-            raise ValueError(f"{path}: no signal sampled at >= 50 Hz to replay")
-        chans = []
-        for s in sigs[:n_channels]:
-            x = np.asarray(s.data, dtype=np.float64)
-            if s.physical_dimension.strip().lower() in ("mv",):
-                x = x * 1e3
-            elif s.physical_dimension.strip().lower() in ("v",):
-                x = x * 1e6
-            r = Fraction(fs_hz / s.sampling_frequency).limit_denominator(1000)
-            chans.append(resample_poly(x, r.numerator, r.denominator))
-        n = min(len(c) for c in chans)
-        data = np.zeros((n, n_channels))
-        for i in range(n_channels):
-            data[:, i] = chans[i % len(chans)][:n]
-        self._data = data
-        self.n_samples = n
-        self._pos = 0
+    def __init__(self, source: Any, *, n_channels: int, n_samples: int) -> None:
+        self.source, self.n_channels, self.n_samples = source, n_channels, n_samples
+        self.fs_hz = source.fs_hz
+        self._map = [i % source.n_channels for i in range(n_channels)]
 
     def read(self, n: int) -> np.ndarray:
-        out = np.zeros((n, self._data.shape[1]))
-        take = max(0, min(n, self.n_samples - self._pos))
-        out[:take] = self._data[self._pos:self._pos + take]
-        self._pos += n
-        return out
+        return np.asarray(self.source.read(n))[:, self._map]
 
 
 class StandInReplay:
@@ -846,8 +837,15 @@ class HardwareEdge:
     poll_interval_s: float = 0.05
 
     @property
-    def finished(self) -> bool:
+    def total_frames(self) -> int | None:
+        """Frames in a replay's source (None for a real chip: the night ends when the daemon is stopped)."""
+        return None if self.total_signal_s is None else int(round(self.total_signal_s * self.sample_rate_sps))
+
+    def finished(self, frames_seen: int) -> bool:
         """True when a replay has delivered its last frame (never for a real chip)."""
+        done = getattr(self.acquisition, "frames_accounted", None)
+        if done is not None:
+            return bool(done(frames_seen))
         return bool(getattr(self.acquisition, "finished", False))
 
     def start(self) -> None:
@@ -882,25 +880,102 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
         from appliance.acquisition import Acquisition
         from appliance.ads1299 import ADS1299
 
-        chip = ADS1299.open(bus=a.spi_bus, device=a.spi_device, max_speed_hz=a.spi_max_speed_hz,
-                            drdy_pin=a.drdy_pin, sample_rate_sps=a.sample_rate_sps, gain=a.gain)
-        acq = Acquisition(chip, ring)
+        import spidev
+        from gpiozero import DigitalInputDevice
+
+        spi = spidev.SpiDev()
+        spi.open(a.spi_bus, a.spi_device)
+        drdy = DigitalInputDevice(a.drdy_pin, pull_up=True)  # DRDY is active low
+        chip = ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
+                       max_speed_hz=a.spi_max_speed_hz)
+        acq = _AcquisitionAdapter(Acquisition(chip, ring, mode="drdy"), spi=spi)
         return HardwareEdge(ring=ring, acquisition=acq, pin_factory=None, sample_rate_sps=a.sample_rate_sps,
                             n_channels=a.channels, gain=a.gain, simulated=False)
     if source is None:
         raise ValueError("a simulated run needs a source (synthetic hypnogram or EDF file)")
     signal_source = source.open(fs_hz=a.sample_rate_sps, n_channels=a.channels)
     total_s = signal_source.n_samples / a.sample_rate_sps
-    acq = _simulated_acquisition(cfg, ring, signal_source, source, speed)
-    return HardwareEdge(ring=ring, acquisition=acq, pin_factory=mock_pin_factory(),
+    pins = mock_pin_factory()
+    acq = _simulated_acquisition(cfg, ring, signal_source, source, speed, pins)
+    return HardwareEdge(ring=ring, acquisition=acq, pin_factory=pins,
                         sample_rate_sps=a.sample_rate_sps, n_channels=a.channels, gain=a.gain, simulated=True,
                         total_signal_s=total_s, poll_interval_s=0.002 if speed > 10 else 0.05)
 
 
 def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source: SimulationSource,
-                           speed: float) -> Any:
+                           speed: float, pin_factory: Any) -> Any:
+    """The acquisition layer's real driver and thread, on its protocol-level chip simulator.
+
+    Real time (speed < 20): the simulator drives DRDY on a gpiozero mock pin and the driver reads one frame
+    per edge, as on the box. Accelerated: the driver's burst path reads many frames per call; with
+    ``speed=inf`` it waits for ring space (back-pressure) instead of dropping, so the replay runs exactly as
+    fast as the pipeline.
+    """
     a = cfg.acquisition
-    logger.warning("simulation: using the daemon's StandInReplay (encoded ADS1299 frames into the real ring); "
-                   "the acquisition layer's chip simulator is not wired yet")
-    return StandInReplay(signal_source, ring, fs_hz=a.sample_rate_sps, gain=a.gain, n_channels=a.channels,
-                         speed=speed, faults=source.faults, burst_frames=2500 if speed > 10 else 25)
+    try:
+        from appliance.acquisition import Acquisition
+        from appliance.ads1299 import ADS1299
+        from appliance.ads1299_sim import Fault, SimulatedSpiDev
+    except ImportError:
+        logger.warning("simulation: appliance.acquisition is not available; using the daemon's StandInReplay")
+        return StandInReplay(signal_source, ring, fs_hz=a.sample_rate_sps, gain=a.gain, n_channels=a.channels,
+                             speed=speed, faults=source.faults, burst_frames=2500 if speed > 10 else 25)
+    fs = a.sample_rate_sps
+    kinds = {"drdy_stall": "stall", "electrode_off": "electrode_off"}
+    faults = [Fault(kinds.get(f.kind, f.kind), at_frame=int(f.start_s * fs), n_frames=max(1, int(f.duration_s * fs)),
+                    channel=f.channel) for f in source.faults]
+    realtime = speed < 20
+    drdy_dev = drdy_pin = None
+    if realtime:
+        from gpiozero import DigitalInputDevice
+
+        drdy_pin = pin_factory.pin(a.drdy_pin)
+    spi = SimulatedSpiDev(variant_channels=a.channels, source=signal_source, drdy_pin=drdy_pin,
+                          speed=speed if np.isfinite(speed) else 1e9, faults=faults, seed=source.seed)
+    spi.open(a.spi_bus, a.spi_device)
+    if realtime:
+        drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
+    chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=fs, gains=a.gain, max_speed_hz=a.spi_max_speed_hz,
+                   wait_power_on=False)
+    return _AcquisitionAdapter(Acquisition(chip, ring, mode="drdy" if realtime else "burst",
+                                           backpressure=not np.isfinite(speed), burst_frames=2500),
+                               total_frames=int(signal_source.n_samples), spi=spi)
+
+
+class _AcquisitionAdapter:
+    """What the daemon needs from :class:`appliance.acquisition.Acquisition`: start/stop, its faults as events
+    (a bounded queue: the acquisition thread never waits on the pipeline), and the end of a replay."""
+
+    def __init__(self, acq: Any, *, total_frames: int | None = None, spi: Any = None) -> None:
+        import collections
+
+        self.acq = acq
+        self.total_frames = total_frames
+        self.spi = spi
+        self._events: collections.deque = collections.deque(maxlen=1000)
+        acq.on_fault = lambda kind, detail: self._events.append({"kind": kind, "reason": detail})
+
+    @property
+    def counters(self) -> dict:
+        return self.acq.counters.as_dict()
+
+    def start(self) -> None:
+        self.acq.start()
+
+    def stop(self) -> None:
+        self.acq.stop()
+        if self.spi is not None:
+            self.spi.close()
+            getattr(getattr(self.spi, "chip", None), "close", lambda: None)()
+
+    def poll_events(self) -> list[dict]:
+        out = []
+        while self._events:
+            out.append(self._events.popleft())
+        return out
+
+    def frames_accounted(self, frames_seen: int) -> bool:
+        """True when a replay has delivered (or provably lost) every frame of its source."""
+        if self.total_frames is None:
+            return False
+        return frames_seen + self.acq.counters.missed_drdy >= self.total_frames
