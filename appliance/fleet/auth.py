@@ -28,10 +28,24 @@ logger = logging.getLogger(__name__)
 ROLES = ("viewer", "operator")
 _ROLE_RANK = {"viewer": 0, "operator": 1}
 
-_hasher = PasswordHasher()
-# A hash of a random password, verified against when the user name does not exist, so a login for an
-# unknown user takes as long as one with a wrong password (no user enumeration by timing).
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_hasher = PasswordHasher()  # argon2-cffi's defaults: Argon2id, RFC 9106 "low memory" profile
+_dummy_hash: str | None = None
+
+
+def use_hasher(hasher: PasswordHasher) -> None:
+    """Replace the password hasher (tests use ``argon2.profiles.CHEAPEST``; a clinic may raise the cost).
+    Existing hashes keep verifying and are re-hashed with the new parameters at the next login."""
+    global _hasher, _dummy_hash
+    _hasher, _dummy_hash = hasher, None
+
+
+def _dummy() -> str:
+    # A hash of a random password, verified against when the user name does not exist, so a login for an
+    # unknown user takes as long as one with a wrong password (no user enumeration by timing).
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hash
 
 MIN_PASSWORD_LENGTH = 10
 
@@ -117,7 +131,7 @@ def authenticate(db: FleetDB, username: str, password: str, *, remote: str,
         raise RateLimited("too many failed logins; try again later")
     row = db.get_user(username=username)
     try:
-        _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+        _hasher.verify(row["password_hash"] if row else _dummy(), password)
         ok = row is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False

@@ -36,6 +36,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -269,6 +270,12 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             raise HTTPException(status_code=404, detail="no such box")
         return box
 
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError):
+        # FastAPI's default 422 echoes the offending input back; say only which field was wrong.
+        fields = ", ".join(str(e.get("loc", ["?"])[-1]) for e in exc.errors())[:200]
+        return await _http_error(request, HTTPException(status_code=400, detail=f"malformed request ({fields})"))
+
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
         if request.url.path.startswith(("/fragments/", "/events", "/static/")):
@@ -284,10 +291,11 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         return render(request, "login.html", None, error=None, username="")
 
     @app.post("/login")
-    def login(request: Request, username: Annotated[str, Form(max_length=64)] = "",
-              password: Annotated[str, Form(max_length=1024)] = "", csrf_token: Annotated[str, Form()] = ""):
+    def login(request: Request, username: Annotated[str, Form()] = "",
+              password: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = ""):
         _csrf(request, csrf_token)
         remote = request.client.host if request.client else "unknown"
+        username, password = username[:64], password[:1024]
         try:
             user = auth.authenticate(db, username, password, remote=remote, policy=policy)
         except auth.RateLimited as e:
@@ -358,8 +366,8 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                       can_sign=signing_key is not None, last_event=db.last_live_event_id())
 
     @app.post("/boxes/{box_id}/config", response_class=HTMLResponse)
-    def push_config(request: Request, box_id: str, config_json: Annotated[str, Form(max_length=200_000)] = "",
-                    version: Annotated[str, Form(max_length=64)] = "", csrf_token: Annotated[str, Form()] = ""):
+    def push_config(request: Request, box_id: str, config_json: Annotated[str, Form()] = "",
+                    version: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = ""):
         user = _operator(request, f"config:{box_id}")
         _csrf(request, csrf_token)
         box = _box_or_404(box_id)
@@ -370,6 +378,8 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                           errors=error, pushes=db.config_pushes_for_box(box_id), can_sign=signing_key is not None,
                           last_event=db.last_live_event_id())
 
+        if len(config_json) > 200_000:
+            return again("config too large")
         version = version.strip() or utcnow().strftime("cfg-%Y%m%dT%H%M%S")
         if not VERSION_RE.match(version):
             return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
@@ -417,9 +427,9 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                       can_sign=signing_key is not None, last_event=db.last_live_event_id())
 
     @app.post("/rollouts", response_class=HTMLResponse)
-    def start_rollout(request: Request, kind: Annotated[str, Form()] = "", version: Annotated[str, Form(max_length=64)] = "",
-                      canary: Annotated[str, Form(max_length=20_000)] = "",
-                      rest: Annotated[str, Form(max_length=200_000)] = "",
+    def start_rollout(request: Request, kind: Annotated[str, Form()] = "", version: Annotated[str, Form()] = "",
+                      canary: Annotated[str, Form()] = "",
+                      rest: Annotated[str, Form()] = "",
                       csrf_token: Annotated[str, Form()] = "",
                       payload: Annotated[UploadFile | None, File()] = None,
                       manifest: Annotated[UploadFile | None, File()] = None):
@@ -434,6 +444,8 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
 
         if kind not in ("model", "config"):
             return again("kind must be model or config")
+        if len(canary) > 20_000 or len(rest) > 200_000:
+            return again("box lists too long")
         canary_ids = [b.strip() for b in canary.replace("\n", ",").split(",") if b.strip()]
         rest_ids = [b.strip() for b in rest.replace("\n", ",").split(",") if b.strip()]
         if rest.strip() == "*":
