@@ -71,6 +71,11 @@ class IngestBridge:
 
     def on_event(self, box_id: str, payload: dict) -> None:
         kind = payload.get("kind")
+        if kind == "update_audit" and isinstance(payload.get("action"), str):
+            # A box's own update audit trail (appliance.updates), mirrored into the clinic's log.
+            detail = {k: v for k, v in payload.items() if k not in ("schema", "box_id", "kind", "action")}
+            self.db.audit(f"box:{box_id}", _short(payload["action"]), box_id, detail)
+            return
         if kind in ("update.applied", "config_applied") and payload.get("config_version"):
             self.db.upsert_box(box_id, config_version=_short(payload.get("config_version")))
 
