@@ -430,7 +430,7 @@ class ADS1299:
     def wait_drdy(self, timeout_s: float) -> bool:
         """Wait for DRDY low. Without a DRDY line, sleep one data period (polling fallback)."""
         if self.drdy is None:
-            self._sleep(self.period_s / max(getattr(self.spi, "speed", 1.0), 1e-9))
+            self._sleep(self.period_s)
             return True
         return self.drdy.wait_for_active(timeout_s)
 

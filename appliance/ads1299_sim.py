@@ -302,6 +302,11 @@ class SimulatedADS1299:
         self._thread: threading.Thread | None = None
         if self.drdy_pin is not None:
             self.drdy_pin.drive_high()
+        if np.isinf(self.speed):
+            # as fast as possible: no real-time clock at all, time moves with SPI traffic and bursts;
+            # start as if power came up long ago (past tPOR)
+            self._burst_clock_ns = int(ads.T_POR_S * 1e9) + 1
+        else:
             self._thread = threading.Thread(target=self._drdy_loop, name="ads1299-sim-drdy", daemon=True)
             self._thread.start()
 
@@ -638,7 +643,8 @@ class SimulatedADS1299:
         if edge[0]:
             self._edge_ns = edge_ns
             self._drdy_low = True
-            self.drdy_pin.drive_low()
+            if self.drdy_pin is not None:
+                self.drdy_pin.drive_low()
         else:
             self.truth.drdy_dropped += 1
         if self.truth.conversions % 4096 == 0 and hasattr(self.drdy_pin, "clear_states"):
@@ -781,3 +787,50 @@ class SimulatedSpiDev:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---- one-call set-up ----------------------------------------------------------------------------
+@dataclass
+class SimulatedBoard:
+    """A brought-up :class:`~appliance.ads1299.ADS1299` on a simulated chip, with its parts."""
+
+    chip: "ads.ADS1299"
+    spi: SimulatedSpiDev
+    sim: SimulatedADS1299
+    drdy: object | None
+
+    def close(self) -> None:
+        if self.drdy is not None:
+            self.drdy.close()
+        self.sim.close()
+        self.spi.close()
+
+
+def simulated_board(*, variant_channels: int = 8, source=None, speed: float = 1.0, faults: list[Fault] | None = None,
+                    drdy_pin_number: int | None = 25, clock_ppm: float = 0.0,
+                    electrode_impedance_ohm: float | list = 5000.0, seed: int = 0, **driver_kwargs) -> SimulatedBoard:
+    """Simulated chip + SpiDev + DRDY input + driver, brought up, in one call (demo, daemon, tests).
+
+    Uses gpiozero's current pin factory for DRDY (set ``Device.pin_factory = MockFactory(...)`` first);
+    ``drdy_pin_number=None`` gives no DRDY line (burst path or polling only). The driver's datasheet waits
+    are scaled by ``speed``, so bring-up takes simulated, not real, time.
+    """
+    drdy = pin = None
+    if drdy_pin_number is not None:
+        from gpiozero import Device, DigitalInputDevice
+
+        pin = Device.pin_factory.pin(drdy_pin_number)
+        drdy = DigitalInputDevice(drdy_pin_number, pull_up=True)   # active = DRDY low
+    spi = SimulatedSpiDev(variant_channels=variant_channels, source=source, drdy_pin=pin, speed=speed,
+                          faults=faults, clock_ppm=clock_ppm, electrode_impedance_ohm=electrode_impedance_ohm,
+                          seed=seed)
+    spi.open(0, 0)
+    scale = 0.0 if np.isinf(speed) else 1.0 / speed
+
+    def sleep(seconds: float) -> None:
+        if seconds * scale > 0:
+            time.sleep(seconds * scale)
+
+    driver_kwargs.setdefault("sleep", sleep)
+    chip = ads.ADS1299(spi, drdy=drdy, **driver_kwargs)
+    return SimulatedBoard(chip=chip, spi=spi, sim=spi.chip, drdy=drdy)
