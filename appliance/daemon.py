@@ -932,11 +932,14 @@ def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source
         drdy_pin = pin_factory.pin(a.drdy_pin)
     spi = SimulatedSpiDev(variant_channels=a.channels, source=signal_source, drdy_pin=drdy_pin,
                           speed=speed if np.isfinite(speed) else 1e9, faults=faults, seed=source.seed)
+    # (1e9: "as fast as possible"; the burst path with back-pressure then paces the replay)
     spi.open(a.spi_bus, a.spi_device)
     if realtime:
         drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
+    sim_speed = speed if np.isfinite(speed) else 1e9
+    # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
     chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=fs, gains=a.gain, max_speed_hz=a.spi_max_speed_hz,
-                   wait_power_on=False)
+                   wait_power_on=True, sleep=lambda s: time.sleep(s / sim_speed))
     return _AcquisitionAdapter(Acquisition(chip, ring, mode="drdy" if realtime else "burst",
                                            backpressure=not np.isfinite(speed), burst_frames=2500),
                                total_frames=int(signal_source.n_samples), spi=spi)
