@@ -133,6 +133,7 @@ class BoxLink:
 
         self._client: paho.Client | None = None
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bedtime-mqtt-cmd")
@@ -180,8 +181,10 @@ class BoxLink:
         return len(self.outbox)
 
     def wait_connected(self, timeout_s: float) -> bool:
-        """Block until connected (or the timeout); return whether connected."""
-        return self._connected.wait(timeout_s)
+        """Block until connected and subscribed to commands and config (or the timeout); return whether so."""
+        deadline = time.monotonic() + timeout_s
+        return self._connected.wait(timeout_s) and \
+            self._subscribed.wait(max(0.0, deadline - time.monotonic())) and self._connected.is_set()
 
     def wait_delivered(self, timeout_s: float) -> bool:
         """Block until the outbox is empty (or the timeout); return whether it is."""
@@ -331,6 +334,7 @@ class BoxLink:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     def _run(self) -> None:
@@ -345,6 +349,7 @@ class BoxLink:
             else:
                 was_up = self._session(client)
             self._connected.clear()
+            self._subscribed.clear()
             with self._pump_lock:
                 self._client = None
                 self._inflight.clear()
@@ -408,6 +413,12 @@ class BoxLink:
             self.outbox.put(schema.topic(self.box_id, "event"),
                             schema.event_payload(self.box_id, self.clock(), kind="outbox_overflow",
                                                  dropped_total=dropped), channel="event")
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [rc for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused the command/config subscriptions: %s (check the ACL)", refused)
+        self._subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected.is_set():

@@ -68,9 +68,26 @@ def mosquitto_available() -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port *below* the kernel's ephemeral range.
+
+    A broker restarted on the same port must find it free again; ports from the ephemeral range can
+    meanwhile be taken as the local port of any outgoing connection on the machine, so pick elsewhere.
+    """
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,8 @@ class MosquittoBroker:
         self.conf_file = self.workdir / "mosquitto.conf"
         self.log_file = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen | None = None
+        self._ever_started = False
+        self._extra_conf = extra_conf
         self._write_files(extra_conf)
 
     def _write_files(self, extra_conf: str) -> None:
@@ -201,7 +220,7 @@ class MosquittoBroker:
         )
 
     # ---- life cycle ---------------------------------------------------------------------------
-    def start(self, timeout_s: float = 5.0) -> "MosquittoBroker":
+    def start(self, timeout_s: float = 5.0, *, retries: int = 3) -> "MosquittoBroker":
         if self._proc is not None:
             raise RuntimeError("broker already running")
         self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf_file)],
@@ -211,8 +230,14 @@ class MosquittoBroker:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 self._proc = None
+                if not self._ever_started and "in use" in (err + self.log()) and retries > 0:
+                    # Someone took a port between free_port() and now: new ports, once more.
+                    self.port, self.auth_port, self.tls_port, self.mtls_port = (free_port() for _ in range(4))
+                    self._write_files(self._extra_conf)
+                    return self.start(timeout_s, retries=retries - 1)
                 raise RuntimeError(f"mosquitto exited at start: {err}\n{self.log()}")
             if all(self._port_open(p) for p in (self.port, self.auth_port, self.tls_port, self.mtls_port)):
+                self._ever_started = True
                 return self
             time.sleep(0.005)
         self.stop()

@@ -27,6 +27,9 @@ def test_status_is_retained_and_the_last_will_sets_it_offline(broker, tmp_path):
     try:
         assert link.wait_connected(5)
         link.publish_status("recording", night_start_utc="2026-11-22T21:00:00.000Z")
+        probe = Recorder(broker.host, broker.port, ["bedtime/v1/+/status"])
+        assert probe.wait_for(lambda r: any(p["state"] == "recording" for p in r.of("/status")))
+        probe.close()
         # A console that connects later still sees the status: it is retained.
         late = Recorder(broker.host, broker.port, ["bedtime/v1/+/status"])
         assert late.wait_for(lambda r: any(p["state"] == "recording" for p in r.of("/status")))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from appliance import mqtt_schema as schema
+from appliance.commands import CommandError
 from appliance.fleet.ingest import CommandTimeout, FleetIngest, TLSClientSettings
 
 log = logging.getLogger(__name__)
@@ -331,10 +332,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args._run(args)
+    except CommandError as e:
+        print(f"bedtime-fleet: refused before sending: {e}", file=sys.stderr)
+        return 2
     except ConnectionError as e:
         print(f"bedtime-fleet: {e}", file=sys.stderr)
         return 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m`` this file is __main__; plugins register into appliance.fleet.cli, so run that.
+    from appliance.fleet.cli import main as _main
+
+    sys.exit(_main())

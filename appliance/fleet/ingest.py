@@ -136,6 +136,7 @@ class FleetIngest:
         self._pending: dict[bytes, Future] = {}
         self._connected = threading.Event()
         self._subscribed = threading.Event()
+        self._started = False
         self.stats: collections.Counter = collections.Counter()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
         if username is not None:
@@ -153,6 +154,9 @@ class FleetIngest:
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self, *, wait_s: float | None = 10.0) -> "FleetIngest":
         """Connect (in paho's network thread) and, unless ``wait_s`` is None, wait until subscribed."""
+        if self._started:
+            return self
+        self._started = True
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s,
@@ -171,7 +175,7 @@ class FleetIngest:
             self._client.loop_stop()
 
     def __enter__(self) -> "FleetIngest":
-        return self.start()
+        return self.start()  # no-op when already started
 
     def __exit__(self, *exc) -> None:
         self.stop()
