@@ -1,0 +1,123 @@
+"""The causal stager with the committed int8 model (no TensorFlow needed)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from appliance.dsp import StreamingPreprocessor
+from appliance.hypnogram import Stage
+from appliance.stager import (
+    DEFAULT_MODEL_PATH, EPOCH_SAMPLES, N_FEATURES, Stager, context_windows, epoch_features, forward_backward,
+)
+from appliance.synthetic_eeg import SyntheticSleepEEG
+from appliance.tflite import ModelIntegrityError, file_sha256
+
+W, N1, N2, N3, REM = (int(s) for s in (Stage.W, Stage.N1, Stage.N2, Stage.N3, Stage.REM))
+# A night shape the model never saw, drawn for a subject seed outside training.
+HYP = np.array([W] * 6 + [N1] * 3 + [N2] * 12 + [N3] * 12 + [N2] * 5 + [REM] * 10 + [W] * 2 + [N2] * 6)
+
+
+@pytest.fixture(scope="module")
+def stager():
+    return Stager()
+
+
+@pytest.fixture(scope="module")
+def night():
+    return SyntheticSleepEEG(HYP, seed=987654, n_channels=1).render_channel(0)
+
+
+def test_committed_model_is_small_int8_and_matches_its_card():
+    card = json.loads(DEFAULT_MODEL_PATH.with_name("model_card.json").read_text())
+    assert DEFAULT_MODEL_PATH.stat().st_size < 150 * 1024
+    assert file_sha256(DEFAULT_MODEL_PATH) == card["sha256"]
+    assert card["future_epochs"] == 0 and len(card["feature_mean"]) == N_FEATURES
+
+
+def test_tampered_model_is_refused(tmp_path):
+    for f in ("stager.tflite", "model_card.json"):
+        shutil.copy(DEFAULT_MODEL_PATH.with_name(f), tmp_path / f)
+    blob = bytearray((tmp_path / "stager.tflite").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (tmp_path / "stager.tflite").write_bytes(bytes(blob))
+    with pytest.raises(ModelIntegrityError):
+        Stager(tmp_path / "stager.tflite")
+
+
+def test_stages_a_synthetic_night_it_never_saw(stager, night):
+    probs = stager.stage_night(night, fs_hz=250.0)
+    assert probs.shape == (len(HYP), 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    acc = np.mean(probs.argmax(1) == HYP)
+    assert acc > 0.7, f"accuracy {acc:.2f} on a held-out synthetic night"
+    smoothed = stager.smooth_night(probs)
+    assert smoothed.shape == probs.shape
+    assert np.mean(smoothed.argmax(1) == HYP) >= acc - 0.05
+
+
+def test_live_path_equals_offline_night_and_is_causal(stager, night):
+    offline = stager.stage_night(night, fs_hz=250.0)
+    stager.reset()
+    pre = StreamingPreprocessor(250.0)
+    buf, live = np.empty(0), []
+    for chunk in np.array_split(night, 53):  # odd chunk sizes, as SPI reads come
+        buf = np.concatenate([buf, pre.process(chunk)])
+        while len(buf) >= EPOCH_SAMPLES:
+            live.append(stager.stage_epoch(buf[:EPOCH_SAMPLES]))
+            buf = buf[EPOCH_SAMPLES:]
+    np.testing.assert_allclose(np.array(live), offline, atol=1e-6)
+    # Causal: cutting off the future changes nothing in the past.
+    half = stager.stage_night(night[: 20 * 7500], fs_hz=250.0)
+    np.testing.assert_allclose(half, offline[:20], atol=1e-6)
+    # reset() forgets the context: the first epoch again gives the first answer.
+    stager.reset()
+    first = stager.stage_epoch(StreamingPreprocessor(250.0).process(night[:7500]))
+    np.testing.assert_allclose(first, offline[0], atol=1e-6)
+    stager.reset()
+
+
+def test_context_windows_pad_with_the_first_epoch_and_end_with_the_current():
+    f = np.arange(4 * 2, dtype=float).reshape(4, 2)
+    w = context_windows(f, 3)
+    assert w.shape == (4, 3, 2)
+    np.testing.assert_array_equal(w[0], [f[0], f[0], f[0]])
+    np.testing.assert_array_equal(w[3], [f[1], f[2], f[3]])
+
+
+def test_features_refuse_a_wrong_length_epoch_and_survive_silence():
+    with pytest.raises(ValueError, match="3000 samples"):
+        epoch_features(np.zeros(2999))
+    assert np.all(np.isfinite(epoch_features(np.zeros(EPOCH_SAMPLES))))
+
+
+def test_forward_backward_removes_an_isolated_flip():
+    trans = np.full((5, 5), 0.01) + np.eye(5) * 0.95
+    trans /= trans.sum(axis=1, keepdims=True)
+    p = np.tile([0.05, 0.05, 0.8, 0.05, 0.05], (9, 1))
+    p[4] = [0.05, 0.05, 0.35, 0.05, 0.5]  # one REM blip inside N2
+    post = forward_backward(p, trans, np.full(5, 0.2))
+    assert post.argmax(1).tolist() == [2] * 9
+    np.testing.assert_allclose(post.sum(axis=1), 1.0)
+
+
+def test_smooth_night_checks_its_input(stager):
+    with pytest.raises(ValueError, match="shape"):
+        stager.smooth_night(np.zeros((3, 4)))
+
+
+@pytest.mark.slow
+def test_training_pipeline_smoke(tmp_path, shared):
+    """Train on two synthetic nights for one epoch and load the export with the box's runtime."""
+    pytest.importorskip("tensorflow")
+    from models.stager import train
+
+    out = tmp_path / "stager.tflite"
+    assert train.main(["--max-nights", "3", "--renders", "1", "--epochs", "1", "--out", str(out)]) == 0
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["sha256"] == file_sha256(out)
+    assert not set(card["training"]["subjects"]["train"]) & set(card["training"]["subjects"]["val"])
+    probs = Stager(out).stage_night(SyntheticSleepEEG(HYP[:8], seed=1, n_channels=1).render_channel(0), fs_hz=250.0)
+    assert probs.shape == (8, 5)
