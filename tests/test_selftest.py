@@ -1,0 +1,28 @@
+"""`bedtime selftest` on the chip simulator and mock pins, with a real broker (and a missing one)."""
+from __future__ import annotations
+
+import pytest
+
+from appliance.config import validate_config
+from appliance.selftest import format_table, run_selftest
+
+
+@pytest.mark.broker
+def test_selftest_passes_on_the_simulator_with_a_real_broker(broker):
+    cfg = validate_config({"mqtt": {"host": "127.0.0.1", "port": broker.port}})
+    results = run_selftest(cfg, simulate=True)
+    table = format_table(results)
+    assert [r.name for r in results] == ["chip ID", "test signal", "noise (inputs shorted)", "lead-off", "impedance",
+                                         "light", "sound", "broker"]
+    assert all(r.passed for r in results), table
+    assert "ALL CHECKS PASSED" in table
+
+
+def test_selftest_fails_clearly_when_the_broker_is_unreachable():
+    from tests.broker import free_port
+
+    cfg = validate_config({"mqtt": {"host": "127.0.0.1", "port": free_port()}})
+    results = {r.name: r for r in run_selftest(cfg, simulate=True)}
+    assert results["broker"].passed is False and "127.0.0.1" in results["broker"].detail
+    assert results["chip ID"].passed and results["light"].passed
+    assert "1 CHECK(S) FAILED" in format_table(list(results.values()))
