@@ -392,18 +392,23 @@ class Acquisition:
         else:
             run = self._corrupt_run = 0
         # push contiguous segments (split at edge gaps, so every frame gets its own edge's time base)
+        # and in pieces of health_every_frames, so a short stuck run inside a long block is still seen
         cuts = np.flatnonzero(np.diff(edges) > 1.5 * period) + 1 if n > 1 else np.zeros(0, np.int64)
-        bounds = [0, *cuts.tolist(), n]
+        bounds = sorted({0, n, *cuts.tolist(), *range(0, n, self.health_every_frames)})
+        loff = ((b[:, 0].astype(np.int64) & 0x0F) << 12) | (b[:, 1].astype(np.int64) << 4) | (b[:, 2] >> 4)
+        loff[bad] = 0
         stored = 0
         for s0, s1 in zip(bounds[:-1], bounds[1:]):
-            seg_period = (edges[s1 - 1] - edges[s0]) / (s1 - 1 - s0) if s1 - s0 > 1 else period
+            if s1 - s0 > 1:
+                seg_period = (edges[s1 - 1] - edges[s0]) / (s1 - 1 - s0)
+            else:
+                seg_period = period
             stored += self.ring.push_raw(data[s0 * fb:s1 * fb], int(edges[s0]), int(round(seg_period)))
+            self._loff_seen |= int(np.bitwise_or.reduce(loff[s0:s1]))
+            self._health_check()
         tracker.observe_block(int(edges[0]), int(edges[-1]), n)
         self.counters.frames_stored += stored
         self.counters.dropped += (n - n_bad) - stored
-        loff = ((b[:, 0].astype(np.int64) & 0x0F) << 12) | (b[:, 1].astype(np.int64) << 4) | (b[:, 2] >> 4)
-        self._loff_seen |= int(np.bitwise_or.reduce(loff[~bad])) if n_bad < n else 0
-        self._health_check()
         if run >= self.corrupt_run_limit:       # the valid frames of this block are stored already
             self._reinit(f"{run} corrupt frames in a row")
 
