@@ -308,7 +308,8 @@ class FleetIngest:
             return True
         if prev is not None and prev[0] == cur[0] and cur[1] > prev[1] + 1:
             self.stats["seq_gaps"] += 1
-            log.warning("%s %s: seq jumped %d -> %d (outbox overflow or another console in the group "
+            # In a shared-subscription group gaps are normal (other members took those messages).
+            (log.debug if self.group else log.warning)("%s %s: seq jumped %d -> %d (outbox overflow or another console in the group "
                         "took them)", box_id, channel, prev[1], cur[1])
         self._last_seq[key] = cur
         return False
