@@ -134,6 +134,7 @@ def test_box_comes_online_live(stack):
                              "statistics": {"total_sleep_time_min": 381.0, "sleep_efficiency_pct": 90.3},
                              "interventions": {"loops_detected": 2, "breather_sessions": [{}, {}], "alerts": 1}})
     sync_api.expect(row.locator("td").nth(7)).to_have_text("2", timeout=15_000)  # loops last night
+    wait_for(lambda: (stack.db.get_box("ward-3") or {}).get("telemetry"), 10)  # coalesced, written within ~1 s
     for other in ("ward-1", "ward-2"):
         stack.add_box(other)
     page.locator("tr[data-box='ward-2']").wait_for()

@@ -41,6 +41,7 @@ def feed_box(app, box_id="b1"):
                          "model_versions": {"stager": "s-2026.11"}, "config_version": "c0",
                          "time_utc": "2026-11-23T18:00:00Z"})
     b.on_telemetry(box_id, {"signal_quality_percent": 93.0, "impedance_kohm": 4.1, "time_utc": "2026-11-23T18:00:00Z"})
+    b.flush()
     b.on_alert(box_id, {"title": "Nightmare loop", "message": "Third REM arousal in 20 min; breather did not help",
                         "severity": "critical"})
     hyp = ([0] * 20 + [1] * 10 + [2] * 60 + [3] * 40 + [2] * 30 + [4] * 20 + [0] * 2 + [4] * 15) * 3
@@ -129,6 +130,7 @@ def test_hostile_values_from_boxes_are_escaped(console):
     b.on_status("b1", {"state": "online", "online": True, "firmware_version": XSS, "model_versions": {XSS: XSS},
                        "config_version": XSS, "time_utc": "2026-11-23T18:00:00Z"})
     b.on_telemetry("b1", {XSS: XSS, "time_utc": "2026-11-23T18:00:00Z"})
+    b.flush()
     b.on_alert("b1", {"title": XSS, "message": XSS, "severity": XSS})
     b.on_report("b1", {"report": {"night_start": XSS, "hypnogram": [XSS], "interventions": {"loops_detected": XSS}}})
     for page in ("/", "/alerts", "/boxes/b1", "/fragments/fleet"):

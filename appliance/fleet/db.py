@@ -372,6 +372,29 @@ class FleetDB:
             if live_event:
                 conn.execute(insert(live_events).values(at=utcnow(), kind="box", box_id=box_id))
 
+    def update_telemetry_bulk(self, rows: list[dict]) -> list[str]:
+        """Write many boxes' latest telemetry in one transaction; return the ids of boxes not in the table.
+
+        ``rows``: dicts with ``box_id``, ``last_seen``, ``telemetry`` and ``signal_quality`` (None keeps it).
+        """
+        if not rows:
+            return []
+        from sqlalchemy import bindparam
+
+        now = utcnow()
+        with self.engine.begin() as conn:
+            known = set(conn.execute(select(boxes.c.box_id).where(boxes.c.box_id.in_([r["box_id"] for r in rows])))
+                        .scalars())
+            params = [{"b_id": r["box_id"], "b_seen": r["last_seen"], "b_tel": r["telemetry"],
+                       "b_q": r["signal_quality"], "b_now": now} for r in rows if r["box_id"] in known]
+            if params:
+                stmt = (update(boxes).where(boxes.c.box_id == bindparam("b_id"))
+                        .values(last_seen=bindparam("b_seen"), telemetry=bindparam("b_tel"),
+                                signal_quality=func.coalesce(bindparam("b_q", type_=Float), boxes.c.signal_quality),
+                                updated_at=bindparam("b_now")))
+                conn.execute(stmt, params)
+        return [r["box_id"] for r in rows if r["box_id"] not in known]
+
     def set_box_online(self, box_id: str, online: bool, **fields: Any) -> None:
         """Record a status message; a live event is written only when online/offline changes."""
         with self.engine.connect() as conn:

@@ -31,6 +31,8 @@ import datetime as dt
 import json
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -192,10 +194,27 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
     public_pem = Path(settings.public_key_file).read_bytes() if settings.public_key_file else None
 
+    housekeeping_stop = threading.Event()
+
+    def housekeeping() -> None:
+        """Flush coalesced telemetry every second; drop change-feed rows older than a day every 10 min."""
+        last_prune = 0.0
+        while not housekeeping_stop.wait(bridge.telemetry_flush_s):
+            try:
+                bridge.flush()
+                if time.monotonic() - last_prune > 600:
+                    last_prune = time.monotonic()
+                    db.prune_live_events(utcnow() - dt.timedelta(days=1))
+            except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping
+                logger.exception("console housekeeping failed")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         notifier.bind(asyncio.get_running_loop())
         app.state.closing = False
+        housekeeping_stop.clear()
+        keeper = threading.Thread(target=housekeeping, name="console-housekeeping", daemon=True)
+        keeper.start()
         if ingest is not None and hasattr(ingest, "start"):
             await anyio.to_thread.run_sync(ingest.start)
         try:
@@ -205,6 +224,9 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             notifier.notify()
             if ingest is not None and hasattr(ingest, "stop"):
                 await anyio.to_thread.run_sync(ingest.stop)
+            housekeeping_stop.set()
+            await anyio.to_thread.run_sync(keeper.join, 5)
+            bridge.flush()
             workers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="bedtime clinic console", lifespan=lifespan, docs_url=None, redoc_url=None,

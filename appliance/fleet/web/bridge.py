@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 from typing import Any
 
 from appliance.fleet.db import FleetDB
@@ -33,8 +35,26 @@ def _short(value: Any, n: int = 64) -> str:
 class IngestBridge:
     """Writes what boxes publish into the database. Thread-safe (called from the MQTT thread)."""
 
-    def __init__(self, db: FleetDB) -> None:
+    def __init__(self, db: FleetDB, *, telemetry_flush_s: float = 1.0) -> None:
         self.db = db
+        # Telemetry is the bulk of a fleet's traffic and only the latest value per box is shown, so it is
+        # coalesced in memory and written in one transaction per ``telemetry_flush_s``, instead of one
+        # write per message queueing alerts behind it.
+        self.telemetry_flush_s = telemetry_flush_s
+        self._telemetry: dict[str, dict] = {}
+        self._telemetry_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+
+    def flush(self) -> int:
+        """Write the coalesced telemetry now; return how many boxes were written."""
+        with self._telemetry_lock:
+            rows, self._telemetry = list(self._telemetry.values()), {}
+            self._last_flush = time.monotonic()
+        for box_id in self.db.update_telemetry_bulk(rows):  # telemetry from a box never seen before
+            row = next(r for r in rows if r["box_id"] == box_id)
+            self.db.upsert_box(box_id, last_seen=row["last_seen"], telemetry=row["telemetry"],
+                               **({"signal_quality": row["signal_quality"]} if row["signal_quality"] is not None else {}))
+        return len(rows)
 
     def on_status(self, box_id: str, payload: dict) -> None:
         models = payload.get("model_versions") or {}
@@ -47,12 +67,16 @@ class IngestBridge:
             **({"group_name": _short(payload["group"], 32)} if isinstance(payload.get("group"), str) else {}))
 
     def on_telemetry(self, box_id: str, payload: dict) -> None:
-        fields: dict[str, Any] = {"last_seen": _parse_time(payload.get("time_utc")) or dt.datetime.now(dt.timezone.utc),
-                                  "telemetry": {k: v for k, v in payload.items() if k not in ("schema", "box_id")}}
         q = payload.get("signal_quality_percent")
-        if isinstance(q, (int, float)) and not isinstance(q, bool):
-            fields["signal_quality"] = float(q)
-        self.db.upsert_box(box_id, **fields)
+        row = {"box_id": box_id,
+               "last_seen": _parse_time(payload.get("time_utc")) or dt.datetime.now(dt.timezone.utc),
+               "telemetry": {k: v for k, v in payload.items() if k not in ("schema", "box_id")},
+               "signal_quality": float(q) if isinstance(q, (int, float)) and not isinstance(q, bool) else None}
+        with self._telemetry_lock:
+            self._telemetry[box_id] = row
+            due = time.monotonic() - self._last_flush >= self.telemetry_flush_s
+        if due:
+            self.flush()
 
     def on_alert(self, box_id: str, payload: dict) -> int:
         return self.db.add_alert(box_id, severity=_short(payload.get("severity"), 16) or "info",
