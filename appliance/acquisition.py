@@ -283,7 +283,7 @@ class Acquisition:
     def _run_drdy(self) -> None:
         period_ns = self.tracker.nominal_period_ns
         timeout_s = max(self.stall_periods * period_ns / 1e9 / self.speed, 0.02)
-        chip, ring, get = self.chip, self.ring, self._edges.get
+        chip, get, drdy = self.chip, self._edges.get, self.chip.drdy
         started_ns = chip.clock_ns()
         while not self._stop.is_set():
             try:
@@ -300,9 +300,14 @@ class Acquisition:
                 continue
             while True:   # we are late if more edges queued up: only the newest frame is still there
                 try:
-                    edge_ns = self._edges.get_nowait()
+                    self._edges.get_nowait()
                 except queue.Empty:
                     break
+            # The queue only wakes us; the DRDY level and the latest edge time decide. An edge whose frame
+            # we already clocked out (it fell while we were reading) leaves DRDY high: nothing to read.
+            if drdy is not None and not drdy.is_active:
+                continue
+            edge_ns = chip.drdy_edge_ns()
             raw = bytes(chip.spi.xfer2(self._zero_tx))
             self.counters.frames_read += 1
             self._after_frame(raw, edge_ns)
