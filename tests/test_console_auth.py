@@ -162,3 +162,22 @@ def test_operator_pushes_signed_config(console):
                                                "csrf_token": token})
     assert r.status_code == 400 and "telemetry.interval_s" in r.text
     assert len(console.boxes.requests) == n
+
+
+def test_cli_user_add_and_list(tmp_path, monkeypatch, capsys):
+    import io
+
+    from appliance.fleet import cli
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-enough-password\n"))
+    assert cli.main(["user", "add", "nina", "--role", "operator", "--password-stdin", "--db", url]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert cli.main(["user", "add", "sam", "--password-stdin", "--db", url]) == 2
+    assert cli.main(["user", "list", "--db", url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "nina\toperator"
+    from appliance.fleet.db import FleetDB
+
+    db = FleetDB(url)
+    assert auth.authenticate(db, "nina", "a-long-enough-password", remote="cli").role == "operator"
+    db.close()
