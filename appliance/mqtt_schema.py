@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from appliance.epoch import Epoch
 from appliance.hypnogram import Stage
 
@@ -165,9 +167,23 @@ def parse_topic(t: str) -> ParsedTopic:
 
 # ---- payloads -------------------------------------------------------------------------------------
 
+def _json_default(o: Any) -> Any:
+    # The daemon's numbers often come straight from numpy; aware datetimes become time strings.
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, datetime):
+        return iso_utc(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
 def encode(payload: dict) -> bytes:
-    """Serialise a payload (compact JSON, UTF-8). NaN/inf are refused: JSON has no such numbers."""
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False, sort_keys=False).encode()
+    """Serialise a payload (compact JSON, UTF-8). NaN/inf are refused: JSON has no such numbers.
+
+    numpy scalars and arrays become JSON numbers and lists; aware datetimes become ISO-8601 UTC strings.
+    """
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False, default=_json_default).encode()
 
 
 def decode(data: bytes | str) -> dict:

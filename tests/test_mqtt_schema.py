@@ -66,6 +66,11 @@ def test_alert_payload_fits_a_lock_screen_and_refuses_bad_fields():
         schema.encode(schema.telemetry_payload("b1", T0, cpu_percent=3.0) | {"x": float("nan")})
     with pytest.raises(schema.SchemaError):
         schema.telemetry_payload("b1", T0, temperature_c=float("inf"))
+    # numpy values from the pipeline encode as plain JSON; a numpy NaN is still refused.
+    out = json.loads(schema.encode({"a": np.float32(0.5), "b": np.arange(3), "t": T0}))
+    assert out == {"a": 0.5, "b": [0, 1, 2], "t": "2026-11-23T02:30:00.000Z"}
+    with pytest.raises(ValueError):
+        schema.encode({"x": np.float64("nan")})
 
 
 def test_validate_rejects_wrong_envelope():
