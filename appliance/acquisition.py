@@ -229,6 +229,11 @@ class Acquisition:
         self._health_check()      # report what the last frames showed
 
     @property
+    def last_edge_ns(self) -> int | None:
+        """DRDY edge time of the newest frame read (None before the first, and after a re-init)."""
+        return self._last_edge_ns
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -291,6 +296,10 @@ class Acquisition:
             except queue.Empty:
                 if not self._edges.empty() or self._stop.is_set():
                     continue          # an edge arrived while we were being woken: not a stall
+                if drdy is not None and drdy.is_active:
+                    # data is waiting but its edge never reached us (lost edge interrupt): read it
+                    self._read_one()
+                    continue
                 since = chip.clock_ns() - (self._last_edge_ns if self._last_edge_ns is not None else started_ns)
                 if since > self.stall_periods * period_ns + (0 if self._last_edge_ns is not None else 0.25e9):
                     self.counters.stalls += 1
@@ -307,10 +316,13 @@ class Acquisition:
             # we already clocked out (it fell while we were reading) leaves DRDY high: nothing to read.
             if drdy is not None and not drdy.is_active:
                 continue
-            edge_ns = chip.drdy_edge_ns()
-            raw = bytes(chip.spi.xfer2(self._zero_tx))
-            self.counters.frames_read += 1
-            self._after_frame(raw, edge_ns)
+            self._read_one()
+
+    def _read_one(self) -> None:
+        edge_ns = self.chip.drdy_edge_ns()
+        raw = bytes(self.chip.spi.xfer2(self._zero_tx))
+        self.counters.frames_read += 1
+        self._after_frame(raw, edge_ns)
 
     def _after_frame(self, raw: bytes, edge_ns: int) -> None:
         tracker = self.tracker

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -503,8 +504,11 @@ class ADS1299:
                 raise ADS1299Error("corrupt frames during self-test")
             t_s = (edges[n_settle:] - edges[n_settle]) / 1e9
             missed = int(round(t_s[-1] * self.sample_rate_sps)) + 1 - n if n else 0
-            if missed > n // 4:
+            if missed > 3 * n:             # under a quarter of the frames: too thin to judge the chip
                 raise ADS1299Error(f"self-test missed {missed} of {n + missed} frames: host too slow")
+            if missed > n // 10:
+                warnings.warn(f"self-test missed {missed} of {n + missed} frames (busy host); the estimates use "
+                              "the frames' DRDY times, but check the host's load", RuntimeWarning, stacklevel=3)
             return status[n_settle:], self.counts_to_uv(counts[n_settle:]), t_s
         finally:
             self.stop_streaming()

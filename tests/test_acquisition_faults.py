@@ -133,15 +133,16 @@ def test_drift_tracker_smooths_jitter_and_finds_the_period():
 
 
 def test_drdy_path_detects_every_fault(mock_pins):
-    faults = [Fault("bitflip", 300), Fault("drop_drdy", 500, n_frames=2), Fault("stall", 700),
-              Fault("bitflip", 900, n_frames=16), Fault("rail", 1100, n_frames=20, channel=1)]
-    board = simulated_board(speed=2.0, faults=faults, source=NoiseSource(rms_uv=20.0))
-    acq, ring, got, seen = run(board, 1400, mode="drdy")
+    faults = [Fault("bitflip", 100), Fault("drop_drdy", 200, n_frames=2), Fault("stall", 300),
+              Fault("bitflip", 500, n_frames=30), Fault("rail", 700, n_frames=50, channel=1)]
+    board = simulated_board(speed=1.0, faults=faults, source=NoiseSource(rms_uv=20.0))
+    acq, ring, got, seen = run(board, 850, mode="drdy")
     c, truth = acq.counters, board.sim.truth
     assert acq.mode == "drdy"
-    # a late host may miss a corrupt frame like any other (then it is counted as missed instead)
-    assert 8 <= c.corrupt <= 17
-    assert c.stalls == 1 and c.reinits == 2 and c.rail_events == 1
+    # A late host may miss a corrupt frame like any other (then it is counted as missed instead); on a
+    # quiet machine all 31 are read. Eight corrupt frames read in a row re-initialise the chip.
+    assert 1 <= c.corrupt <= 31
+    assert c.stalls == 1 and c.reinits >= 1 + (c.corrupt >= 9) and c.rail_events == 1
     # every frame the chip made is accounted for: read, or counted missed (the host may also be late on
     # this shared machine; a re-init can lose the few frames converted just before its RESET)
     assert c.missed_drdy >= 2

@@ -163,7 +163,7 @@ def test_frames_through_drdy_edges(mock_pins):
 def selftest_board():
     old = Device.pin_factory
     Device.pin_factory = MockFactory(pin_class=MockPWMPin)
-    board = simulated_board(speed=4.0, faults=[Fault("electrode_off", 0, n_frames=10**9, channel=5)],
+    board = simulated_board(speed=2.0, faults=[Fault("electrode_off", 0, n_frames=10**9, channel=5)],
                             electrode_impedance_ohm=[5e3, 10e3, 20e3, 50e3, 5e3, 5e3, 5e3, 5e3])
     yield board
     board.close()
