@@ -170,3 +170,28 @@ def test_tampered_update_over_mqtt_refused_and_reported(tmp_path, clinic, broker
     finally:
         link.stop()
     assert um.current_version("config") == "c1"
+
+
+def _packaged_model():
+    from pathlib import Path
+
+    for p in ("models/stager/stager.tflite", "appliance/models/stager.tflite", "models/loops/loop.tflite"):
+        path = Path(__file__).resolve().parent.parent / p
+        if path.is_file():
+            return path
+    pytest.skip("no trained .tflite model in this checkout yet")
+
+
+def test_real_model_passes_default_health_check_and_broken_one_rolls_back_to_it(tmp_path, clinic):
+    """The whole default path with a real model: it loads in the TFLite runtime and self-tests; a later
+    broken model fails, and the box is back on the real one."""
+    key, pub = clinic
+    real = _packaged_model().read_bytes()
+    um = UpdateManager(tmp_path / "state", pub)
+    r = um.apply("model", real, signed(key, real, "model", "s-real"))
+    assert r.ok and r.health.checks == {"model_loads": True, "self_test": True}
+    broken = real[: len(real) // 2]  # truncated in transit, then signed by mistake
+    r2 = um.apply("model", broken, signed(key, broken, "model", "s-broken"))
+    assert r2.state == "rolled_back" and r2.running_version == "s-real"
+    assert um.current_path("model").read_bytes() == real
+    assert um.health_check("model").ok

@@ -540,7 +540,15 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             nonlocal last
             yield "retry: 2000\n\n"
             idle = 0.0
+            checked = time.monotonic()
             while not app.state.closing:
+                if time.monotonic() - checked > 30.0:
+                    # A stream outlives the request that opened it: re-check the session, so logging out
+                    # (or the session expiring) also ends the live feed.
+                    checked = time.monotonic()
+                    if await anyio.to_thread.run_sync(lambda: auth.session_user(request.session, db, policy=policy)) is None:
+                        yield "event: logout\ndata: {}\n\n"
+                        break
                 wake = notifier.current()
                 rows = await anyio.to_thread.run_sync(db.live_events_after, last)
                 for row in rows:
