@@ -200,3 +200,62 @@ def test_home_assistant_discovery_is_well_formed_and_its_templates_render_real_p
     assert float(rendered["signal_quality"]) == 87.5
     assert rendered["signal_problem"] == "OFF"
     assert rendered["outbox_depth"] == "3"
+
+
+# ---- robustness: arbitrary input never escapes as anything but the documented error ----------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(max_size=20), body=st.one_of(
+    st.binary(max_size=200),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                 max_leaves=10).map(lambda o: json.dumps({"args": o}).encode())))
+def test_any_command_input_is_either_valid_or_a_command_error(name, body):
+    try:
+        args = commands.parse_command(name, body)
+    except commands.CommandError as e:
+        assert e.code in ("unknown_command", "bad_payload", "bad_args")
+    else:
+        assert name in commands.COMMANDS and isinstance(args, dict)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200), channel=st.sampled_from(sorted(schema._REQUIRED)))
+def test_any_payload_is_either_valid_or_a_schema_error(data, channel):
+    try:
+        schema.validate(channel, schema.decode(data))
+    except schema.SchemaError:
+        pass
+
+
+def _valid_examples() -> dict[str, dict]:
+    e = Epoch(index=1, start_sample=0, end_time_s=30.0, stage_probs=np.array([0.1, 0.1, 0.6, 0.1, 0.1]))
+    return {
+        "status": schema.status_payload("b1", T0, state="idle", firmware_version="1", model_versions={}),
+        "stage": schema.stage_payload("b1", T0, e),
+        "event": schema.event_payload("b1", T0, kind="fault") | {"seq": 1},
+        "alert": schema.alert_payload("b1", T0, title="t", message="m", severity="info") | {"seq": 1},
+        "telemetry": schema.telemetry_payload("b1", T0, cpu_percent=1.0),
+        "report": schema.report_payload("b1", T0, {}),
+        "config": schema.config_payload("b1", T0, config={}, config_version="v"),
+    }
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                           max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(channel=st.sampled_from(sorted(schema._REQUIRED)), data=st.data())
+def test_a_valid_payload_with_any_field_replaced_is_valid_or_a_schema_error(channel, data):
+    good = _valid_examples()[channel]
+    key = data.draw(st.sampled_from(sorted(good) + ["extra"]))
+    mutated = json.loads(json.dumps(good | {key: data.draw(JSON_VALUES)}))
+    try:
+        schema.validate(channel, mutated)
+    except schema.SchemaError:
+        pass

@@ -52,8 +52,8 @@ SHARED_CHANNELS = ("alert", "event", "stage", "telemetry", "report")
 class BoxView:
     """What the clinic knows about one box, from its latest messages.
 
-    Times are aware UTC datetimes; ``last_seen_utc`` is when this ingest last heard from the box
-    (the box's own clock is in the payloads).
+    Times are aware UTC datetimes. ``last_seen_utc`` is when this ingest last heard from the box live,
+    or, for what it only knows from retained messages (status, telemetry), the box's own ``time_utc`` in them.
     """
 
     box_id: str
@@ -291,7 +291,7 @@ class FleetIngest:
             self.stats["duplicates"] += 1
             return
         self.stats[t.channel] += 1
-        self._update_view(t.box_id, t.channel, payload)
+        self._update_view(t.box_id, t.channel, payload, retained=bool(msg.retain))
         cb = self.callbacks.get(t.channel)
         if cb is not None:
             try:
@@ -314,12 +314,15 @@ class FleetIngest:
         self._last_seq[key] = cur
         return False
 
-    def _update_view(self, box_id: str, channel: str, p: dict) -> None:
+    def _update_view(self, box_id: str, channel: str, p: dict, *, retained: bool = False) -> None:
         with self._lock:
             v = self._views.get(box_id)
             if v is None:
                 v = self._views[box_id] = BoxView(box_id)
-            v.last_seen_utc = schema.utc_now()
+            # A retained message may be days old: it proves only that the box was there at its own time_utc.
+            seen = schema.parse_iso_utc(p["time_utc"]) if retained else schema.utc_now()
+            if v.last_seen_utc is None or seen > v.last_seen_utc:
+                v.last_seen_utc = seen
             if channel == "status":
                 v.state, v.online = p["state"], p["online"]
                 v.firmware_version, v.model_versions = p["firmware_version"], dict(p["model_versions"])
