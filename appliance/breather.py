@@ -157,7 +157,9 @@ class Breather:
         if self.state == BreatherState.FAULT:
             all_off(self.light, self.speaker)
             return self.state
-        if self.state in SESSION_STATES:
+        if self.state in SESSION_STATES and self._session_time_up(now):
+            pass  # ended (completed or escalated); the state says which
+        elif self.state in SESSION_STATES:
             if reason is not None:
                 outcome = "woke" if reason == "woke" else "settled" if reason in ("n3", "stable_n2") else "aborted"
                 self._end_session(outcome, now, reason=reason, epoch=epoch)
@@ -285,6 +287,17 @@ class Breather:
                 self.audit.append("fault_cleared", reason=self._fault_reason)
                 self._fault_reason = None
 
+    def _session_time_up(self, now: float) -> bool:
+        """End the running session if its time is up (checked on every tick *and* every epoch, so a
+        stalled tick loop cannot stretch a session)."""
+        if now - self._session_start < self.config.session_s:
+            return False
+        if self.config.escalate and self._last_p_loop >= self.config.p_loop_threshold:
+            self._end_session("escalated", now, reason="loop_persists_after_session")
+        else:
+            self._end_session("completed", now, reason="session_time_up")
+        return True
+
     # ---- ramps ----------------------------------------------------------------------------------
     def tick(self, now_s: float | None = None) -> None:
         """Advance the ramps to ``now_s`` (or the clock); end the session when its time is up."""
@@ -303,13 +316,9 @@ class Breather:
             return
         dt = 0.0 if self._last_tick is None else min(max(now - self._last_tick, 0.0), MAX_TICK_STEP_S)
         self._last_tick = now if self._last_tick is None else max(now, self._last_tick)
-        elapsed = now - self._session_start
-        if elapsed >= cfg.session_s:
-            if cfg.escalate and self._last_p_loop >= cfg.p_loop_threshold:
-                self._end_session("escalated", now, reason="loop_persists_after_session")
-            else:
-                self._end_session("completed", now, reason="session_time_up")
+        if self._session_time_up(now):
             return
+        elapsed = now - self._session_start
         if self.state == BreatherState.CUE and elapsed >= cfg.cue_s:
             self.state = BreatherState.LIGHT
             self.audit.append("light_started", session=self.sessions, target=cfg.light_brightness,

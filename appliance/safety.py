@@ -123,7 +123,7 @@ class BreatherConfig:
         Alert the parent when a session ends with the loop still under way.
     """
 
-    p_loop_threshold: float = 0.7
+    p_loop_threshold: float = 0.5  # = the loop model card's threshold, where its metrics were measured
     confirm_epochs: int = 1
     min_stage_confidence: float = 0.6
     stable_n2_epochs: int = 2

@@ -129,6 +129,18 @@ def simulate_night(stages: np.ndarray, rng: np.random.Generator, *,
                           artefact_fraction=artefact.astype(np.float32))
 
 
+EVAL_SEED = 20240601
+"""Seed of the simulated stager output on evaluation/replay nights (training uses other seeds)."""
+
+
+def simulate_eval_night(stages: np.ndarray, night_number: int) -> SimulatedNight:
+    """The fixed simulated observation of real night number ``night_number`` (its index in sorted names).
+
+    The trainer's held-out evaluation, the replay test and the bench all use this, so they see the same inputs.
+    """
+    return simulate_night(stages, np.random.default_rng([EVAL_SEED, night_number]))
+
+
 def insert_returns(stages: np.ndarray, rng: np.random.Generator, *, n_inserts: int,
                    max_len: int = 8, decoy_fraction: float = 0.35) -> np.ndarray:
     """Cut short interruptions into REM periods of a real night (training augmentation).

@@ -31,17 +31,15 @@ import numpy as np
 
 from appliance.hypnogram import Stage, real_hypnograms, subject_of
 from appliance.loop_model import FEATURE_NAMES, N_FEATURES, WINDOW_EPOCHS, padded_window
-from appliance.loops import DEFAULT_DEFINITION, find_loops, loop_active, runs_of_true
-from models.loops.simulate import DEFAULT_NOISE, insert_returns, simulate_night
+from appliance.loops import DEFAULT_DEFINITION, loop_active
+from models.loops.replay import DETECTION_THRESHOLD, event_metrics, summarise
+from models.loops.simulate import DEFAULT_NOISE, EVAL_SEED, insert_returns, simulate_eval_night, simulate_night
 
 logger = logging.getLogger("models.loops.train")
 
 OUT_DIR = Path(__file__).resolve().parent
 MODEL_VERSION = "1.0.0"
-THRESHOLD = 0.5
-"""P(loop) at or above which the runtime (and this evaluation) counts a detection."""
-EVAL_SEED = 20240601
-"""Seed of the simulated stager noise on held-out nights; the replay test uses the same."""
+THRESHOLD = DETECTION_THRESHOLD
 
 
 def night_windows(features: np.ndarray) -> np.ndarray:
@@ -74,7 +72,7 @@ def build_training_set(nights: dict[str, np.ndarray], rng: np.random.Generator, 
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def make_model():
+def make_model(*, filters: int = 16):
     import tensorflow as tf
 
     k = tf.keras
@@ -83,7 +81,7 @@ def make_model():
     # Causal dilated convolutions: receptive field 1 + 2*(1+2+4+8) = 31 epochs, enough to see
     # REM, a 20-epoch interruption and REM again at every position.
     for d in (1, 2, 4, 8):
-        x = k.layers.Conv1D(16, 3, padding="causal", dilation_rate=d, activation="relu")(x)
+        x = k.layers.Conv1D(filters, 3, padding="causal", dilation_rate=d, activation="relu")(x)
     # Only returns inside the last 60 epochs (the loop window) count; average = a soft count.
     last = k.layers.Cropping1D((WINDOW_EPOCHS - DEFAULT_DEFINITION.loop_window_epochs, 0))(x)
     h = k.layers.Concatenate()([k.layers.GlobalAveragePooling1D()(last), k.layers.GlobalMaxPooling1D()(last)])
@@ -95,7 +93,7 @@ def make_model():
     return model
 
 
-def fit(nights: dict[str, np.ndarray], *, seed: int, copies: int, max_inserts: int, epochs: int):
+def fit(nights: dict[str, np.ndarray], *, seed: int, copies: int, max_inserts: int, epochs: int, filters: int):
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
@@ -103,7 +101,7 @@ def fit(nights: dict[str, np.ndarray], *, seed: int, copies: int, max_inserts: i
     x, y = build_training_set(nights, rng, copies=copies, max_inserts=max_inserts)
     pos = float(y.mean())
     logger.info("training set: %d windows, %.1f%% positive", len(y), 100 * pos)
-    model = make_model()
+    model = make_model(filters=filters)
     # Square-root balancing: full balancing buys little sensitivity and many false alarms at 0.5.
     w = {0: 1.0, 1: float(np.sqrt((1 - pos) / max(pos, 1e-6)))}
     model.fit(x, y, batch_size=256, epochs=epochs, class_weight=w, verbose=2, shuffle=True)
@@ -142,50 +140,9 @@ def predict_night(tflite_path: Path, features: np.ndarray) -> np.ndarray:
     return ((interp.get_tensor(out["index"]).astype(np.float32) - zo) * so).reshape(-1)
 
 
-def event_metrics(stages: np.ndarray, p: np.ndarray, *, threshold: float = THRESHOLD) -> dict:
-    """Compare detections (runs of ``p >= threshold``) with the definition's loop episodes.
-
-    An episode is detected when a detection overlaps it; the delay is the first detected epoch minus
-    the onset. A detection run that overlaps no episode is a false detection.
-    """
-    episodes = find_loops(stages)
-    truth = loop_active(stages)
-    det = p >= threshold
-    delays = []
-    for ep in episodes:
-        hit = np.flatnonzero(det[ep.onset_epoch:ep.end_epoch + 1])
-        if len(hit):
-            delays.append(int(hit[0]))
-    false = sum(1 for a, b in runs_of_true(det) if not truth[a:b + 1].any())
-    return {"episodes": len(episodes), "detected": len(delays), "delays": delays, "false_detections": false,
-            "epoch_tp": int((det & truth).sum()), "epoch_fp": int((det & ~truth).sum()),
-            "epoch_fn": int((~det & truth).sum())}
-
-
 def argmax_rule_probability(probs: np.ndarray) -> np.ndarray:
     """Baseline: the definition applied to the stager's argmax (1.0 where it says a loop is under way)."""
     return loop_active(np.argmax(probs, axis=1)).astype(np.float32)
-
-
-def summarise(per_night: dict[str, dict]) -> dict:
-    ep = sum(m["episodes"] for m in per_night.values())
-    det = sum(m["detected"] for m in per_night.values())
-    delays = [d for m in per_night.values() for d in m["delays"]]
-    fd = sum(m["false_detections"] for m in per_night.values())
-    tp = sum(m["epoch_tp"] for m in per_night.values())
-    fp = sum(m["epoch_fp"] for m in per_night.values())
-    fn = sum(m["epoch_fn"] for m in per_night.values())
-    n = len(per_night)
-    return {
-        "nights": n, "episodes": ep, "detected": det,
-        "event_sensitivity": round(det / ep, 3) if ep else None,
-        "false_detections": fd, "false_detections_per_night": round(fd / n, 3) if n else None,
-        "nights_with_false_detection": sum(1 for m in per_night.values() if m["false_detections"]),
-        "delay_epochs_median": float(np.median(delays)) if delays else None,
-        "delay_epochs_max": int(max(delays)) if delays else None,
-        "epoch_precision": round(tp / (tp + fp), 3) if tp + fp else None,
-        "epoch_recall": round(tp / (tp + fn), 3) if tp + fn else None,
-    }
 
 
 def folds_by_subject(names: list[str], k: int) -> list[list[str]]:
@@ -194,12 +151,69 @@ def folds_by_subject(names: list[str], k: int) -> list[list[str]]:
     return [[n for n in names if fold_of[subject_of(n)] == f] for f in range(k)]
 
 
+def _row(name: str, m: dict | None) -> str:
+    if not m:
+        return f"| {name} | - | - | - | - | - |"
+    return (f"| {name} | {m['detected']}/{m['episodes']} ({m['event_sensitivity']}) | {m['false_detections_per_night']} "
+            f"({m['false_detections']} in {m['nights']} nights) | {m['delay_epochs_median']} / {m['delay_epochs_max']} | "
+            f"{m['epoch_precision']} | {m['epoch_recall']} |")
+
+
+def render_model_card(card: dict) -> str:
+    """MODEL_CARD.md from model_card.json, so the prose and the numbers cannot drift apart."""
+    ev, td = card["evaluation"], card["training_data"]
+    caveats = "\n".join(f"- {c}" for c in card["caveats"])
+    return f"""# Model card: {card['name']} v{card['version']}
+
+_Generated by `python -m models.loops.train` on {card['created_utc']}; the numbers are in `model_card.json`._
+
+## What it does
+Gives P(a nightmare loop is under way) every 30-s epoch from the last {card['input']['shape'][1]} epochs of
+{card['input']['shape'][2]} per-epoch features ({', '.join(card['input']['features'])}). "Loop" is the operational
+definition of `docs/loops.md` (>= 2 REM -> W/N1 -> REM returns within 30 min, each interruption <= 10 min), a
+causal label; the model learns to reproduce it from noisy stager output. The breather acts at P >= {card['output']['threshold']}.
+
+## Model
+- File `{card['file']}`, {card['size_bytes']} bytes, sha256 `{card['sha256']}` (checked before loading).
+- Causal dilated 1-D convolutions ({td.get('filters', 16)} channels x 4, receptive field 31 epochs), soft count over
+  the last 60 epochs (average + max pooling), dense 16, sigmoid. {card['quantisation']}.
+- TensorFlow {card['tensorflow']}; {td['epochs']} epochs; {td['copies_per_night']} noisy/augmented copies of each night.
+
+## Data
+- {td['source']}.
+- Simulated stager: per true stage (W, N1, N2, N3, REM) probability of a wrong top stage {td['simulation']['p_confused']},
+  confidence logit boost {td['simulation']['logit_boost']}, bad-signal probability {td['simulation']['p_bad_quality']},
+  arousal-feature noise sd {td['simulation']['arousal_sd']} (`models/loops/simulate.py`).
+- Evaluation: {ev['protocol']}.
+
+## Metrics (measured by the training run; real hypnograms, simulated stager output)
+An episode is *detected* when a run of P >= {card['output']['threshold']} overlaps it; delay = first detected epoch
+minus the onset (the return that completed the loop), in 30-s epochs; a *false detection* is a run that
+overlaps no episode.
+
+| model | events detected (sensitivity) | false detections / night | delay median / max (epochs) | epoch precision | epoch recall |
+|---|---|---|---|---|---|
+{_row('held-out nights (cross-validation)', ev['held_out'])}
+{_row('baseline: the rule on the stager argmax', ev['baseline_rule_on_stager_argmax'])}
+{_row('shipped model, all nights (training nights included)', ev['shipped_model_on_all_nights_incl_training'])}
+
+The baseline shows why there is a model: the definition applied to a noisy stager's top stage fires
+on nearly every night.
+
+## Caveats
+{caveats}
+
+Size and per-epoch inference time on this machine: see `docs/benchmarks.md` (`make bench`).
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.loops.train", description=__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=4, help="subject-wise cross-validation folds (0 = skip)")
     ap.add_argument("--copies", type=int, default=5, help="noisy/augmented copies of each training night")
     ap.add_argument("--max-inserts", type=int, default=12, help="most REM interruptions cut into one copy")
     ap.add_argument("--epochs", type=int, default=6, help="training epochs")
+    ap.add_argument("--filters", type=int, default=16, help="channels of each convolution")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT_DIR)
     args = ap.parse_args(argv)
@@ -212,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no real hypnograms found (../shared missing); cannot train", file=sys.stderr)
         return 2
     names = sorted(nights)
-    rng_eval = np.random.default_rng(EVAL_SEED)
-    eval_sims = {n: simulate_night(nights[n], np.random.default_rng([EVAL_SEED, i])) for i, n in enumerate(names)}
-    del rng_eval
+    eval_sims = {n: simulate_eval_night(nights[n], i) for i, n in enumerate(names)}
 
     cv: dict[str, dict] = {}
     baseline: dict[str, dict] = {}
@@ -223,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             train_n = {n: nights[n] for n in names if n not in held}
             logger.info("fold %d: %d train nights, %d held out", f, len(train_n), len(held))
             model, x = fit(train_n, seed=args.seed + 100 * f, copies=args.copies,
-                           max_inserts=args.max_inserts, epochs=args.epochs)
+                           max_inserts=args.max_inserts, epochs=args.epochs, filters=args.filters)
             tmp = args.out / f".fold{f}.tflite"
             export_int8(model, x, tmp)
             for n in held:
@@ -236,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("cross-validated (held-out nights): %s", cv_summary)
     logger.info("baseline rule on stager argmax:   %s", base_summary)
 
-    model, x = fit(nights, seed=args.seed, copies=args.copies, max_inserts=args.max_inserts, epochs=args.epochs)
+    model, x = fit(nights, seed=args.seed, copies=args.copies, max_inserts=args.max_inserts, epochs=args.epochs,
+                   filters=args.filters)
     path = args.out / "loop.tflite"
     blob = export_int8(model, x, path)
     sha = hashlib.sha256(blob).hexdigest()
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                       "stage probabilities, arousal features and signal quality SIMULATED around them "
                       "(models/loops/simulate.py); extra REM interruptions cut in for augmentation",
             "copies_per_night": args.copies, "max_inserts": args.max_inserts, "epochs": args.epochs,
+            "filters": args.filters, "seed": args.seed,
             "simulation": {"p_confused": DEFAULT_NOISE.p_confused, "logit_boost": DEFAULT_NOISE.logit_boost,
                            "p_bad_quality": DEFAULT_NOISE.p_bad_quality, "arousal_sd": DEFAULT_NOISE.arousal_sd},
         },
@@ -284,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_time_s": round(time.time() - t_start, 1),
     }
     (args.out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (args.out / "MODEL_CARD.md").write_text(render_model_card(card))
     logger.info("wrote %s (%d bytes, sha256 %s) in %.0f s", path, len(blob), sha, time.time() - t_start)
     print(json.dumps({"held_out": cv_summary, "baseline": base_summary, "all_nights": train_fit}, indent=2))
     return 0
