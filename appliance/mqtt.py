@@ -346,8 +346,13 @@ class BoxLink:
                 client.connect(self.host, self.port, keepalive=self.keepalive_s, clean_start=True)
             except (OSError, ssl.SSLError) as e:
                 log.info("broker %s:%d unreachable: %s", self.host, self.port, e)
+            except Exception:  # never let the link thread die: log, back off, try again
+                log.exception("unexpected error connecting to %s:%d", self.host, self.port)
             else:
-                was_up = self._session(client)
+                try:
+                    was_up = self._session(client)
+                except Exception:
+                    log.exception("unexpected error in the MQTT session; reconnecting")
             self._connected.clear()
             self._subscribed.clear()
             with self._pump_lock:
