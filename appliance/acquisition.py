@@ -409,9 +409,8 @@ class Acquisition:
         else:
             run = self._corrupt_run = 0
         # push contiguous segments (split at edge gaps, so every frame gets its own edge's time base)
-        # and in pieces of health_every_frames, so a short stuck run inside a long block is still seen
         cuts = np.flatnonzero(np.diff(edges) > 1.5 * period) + 1 if n > 1 else np.zeros(0, np.int64)
-        bounds = sorted({0, n, *cuts.tolist(), *range(0, n, self.health_every_frames)})
+        bounds = [0, *cuts.tolist(), n]
         loff = ((b[:, 0].astype(np.int64) & 0x0F) << 12) | (b[:, 1].astype(np.int64) << 4) | (b[:, 2] >> 4)
         loff[bad] = 0
         stored = 0
@@ -421,8 +420,8 @@ class Acquisition:
             else:
                 seg_period = period
             stored += self.ring.push_raw(data[s0 * fb:s1 * fb], int(edges[s0]), int(round(seg_period)))
-            self._loff_seen |= int(np.bitwise_or.reduce(loff[s0:s1]))
-            self._health_check()
+        self._loff_seen |= int(np.bitwise_or.reduce(loff))
+        self._health_check()     # once per block: the decoder kept the longest same-value run for us
         tracker.observe_block(int(edges[0]), int(edges[-1]), n)
         self.counters.frames_stored += stored
         self.counters.dropped += (n - n_bad) - stored
@@ -450,11 +449,12 @@ class Acquisition:
             self._fault("ring_full", f"{c.dropped - self._ring_dropped_seen} frame(s) dropped: consumer behind")
             self._ring_dropped_seen = c.dropped
         run, railed, _ = self.ring.channel_health()
+        longest = self.ring.take_max_run()                  # includes runs that ended since last check
         now_railed = railed > self._railed_last
-        stuck = (run >= self.stuck_frames) & ~now_railed    # a channel on a rail is reported as railed
+        stuck = (longest >= self.stuck_frames) & ~now_railed  # a channel on a rail is reported as railed
         for ch in np.flatnonzero(stuck & ~self._stuck_flagged):
             self.counters.stuck_events += 1
-            self._fault("stuck_channel", f"channel {ch + 1} repeated one value for {int(run[ch])} frames")
+            self._fault("stuck_channel", f"channel {ch + 1} repeated one value for {int(longest[ch])} frames")
         self._stuck_flagged = stuck
         for ch in np.flatnonzero(now_railed & ~self._railed_flagged):
             self.counters.rail_events += 1

@@ -225,6 +225,15 @@ class FrameRing:
         )
         return run, railed, int(st[0])
 
+    def take_max_run(self) -> np.ndarray:
+        """Longest same-value run per channel since the previous call (uint32, frames); resets it.
+
+        Call it from one thread (the producer's health check).
+        """
+        out = np.empty(self.n_channels, np.uint32)
+        lib.bt_ring_take_max_run(self._ring, ffi.from_buffer("uint32_t[]", out))
+        return out
+
     def __repr__(self) -> str:
         c = self.counters
         return (

@@ -44,6 +44,7 @@ struct bt_ring {
     int32_t *last_value;            /* producer-only */
     _Atomic uint32_t *run_length;
     _Atomic uint64_t *railed;
+    _Atomic uint32_t *max_run;
     int have_last;                  /* producer-only */
 };
 
@@ -82,8 +83,9 @@ bt_ring *bt_ring_new(uint32_t capacity_frames, uint32_t n_channels) {
     r->last_value = calloc(n_channels, sizeof(int32_t));
     r->run_length = calloc(n_channels, sizeof(*r->run_length));
     r->railed = calloc(n_channels, sizeof(*r->railed));
+    r->max_run = calloc(n_channels, sizeof(*r->max_run));
     if (!r->index || !r->timestamp_ns || !r->status || !r->counts || !r->last_value || !r->run_length ||
-        !r->railed) {
+        !r->railed || !r->max_run) {
         bt_ring_free(r);
         return NULL;
     }
@@ -99,6 +101,7 @@ void bt_ring_free(bt_ring *r) {
     free(r->last_value);
     free((void *)r->run_length);
     free((void *)r->railed);
+    free((void *)r->max_run);
     free(r);
 }
 
@@ -108,6 +111,8 @@ static void update_health(bt_ring *r, uint32_t st, const int32_t *v) {
         uint32_t run = atomic_load_explicit(&r->run_length[c], memory_order_relaxed);
         run = (r->have_last && v[c] == r->last_value[c]) ? (run < UINT32_MAX ? run + 1 : run) : 0;
         atomic_store_explicit(&r->run_length[c], run, memory_order_relaxed);
+        if (run > atomic_load_explicit(&r->max_run[c], memory_order_relaxed))
+            atomic_store_explicit(&r->max_run[c], run, memory_order_relaxed);
         r->last_value[c] = v[c];
         if (v[c] == BT_CODE_MAX || v[c] == BT_CODE_MIN)
             atomic_fetch_add_explicit(&r->railed[c], 1, memory_order_relaxed);
@@ -246,4 +251,12 @@ void bt_ring_channel_health(const bt_ring *r, uint32_t *run_length, uint64_t *ra
         if (railed) railed[c] = atomic_load_explicit(&m->railed[c], memory_order_relaxed);
     }
     if (last_status) *last_status = atomic_load_explicit(&m->last_status, memory_order_relaxed);
+}
+
+void bt_ring_take_max_run(bt_ring *r, uint32_t *max_run) {
+    for (uint32_t c = 0; c < r->n_channels; c++) {
+        uint32_t now = atomic_load_explicit(&r->run_length[c], memory_order_relaxed);
+        max_run[c] = atomic_exchange_explicit(&r->max_run[c], now, memory_order_relaxed);
+        if (now > max_run[c]) max_run[c] = now;
+    }
 }

@@ -74,4 +74,8 @@ void bt_ring_counters(const bt_ring *ring, bt_counters *out);
 void bt_ring_channel_health(const bt_ring *ring, uint32_t *run_length, uint64_t *railed,
                             uint32_t *last_status);
 
+/* Longest run_length each channel reached since the previous call (then reset to the current run).
+ * Lets a caller that checks health once per long burst still see a short stuck stretch inside it. */
+void bt_ring_take_max_run(bt_ring *ring, uint32_t *max_run);
+
 #endif

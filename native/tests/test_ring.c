@@ -94,6 +94,14 @@ static void test_health(void) {
     uint64_t railed[2];
     bt_ring_channel_health(r, run, railed, NULL);
     CHECK(run[0] == 9 && run[1] == 0 && railed[0] == 10 && railed[1] == 0);
+    uint32_t mx[2];
+    v[0] = 1;
+    make_frame(f, 2, 0xC00000u, v);
+    bt_ring_push_raw(r, f, 9, 0, 0);   /* channel 1 changes: its run restarts, the max remembers 9 */
+    bt_ring_take_max_run(r, mx);
+    CHECK(mx[0] == 9 && mx[1] == 0);
+    bt_ring_take_max_run(r, mx);
+    CHECK(mx[0] == 0);
     bt_ring_free(r);
 }
 
