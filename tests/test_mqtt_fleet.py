@@ -120,6 +120,13 @@ def test_cli_requests_and_saves_a_night_report(fleet_box, broker, tmp_path, caps
                                          "--out", str(out_dir), "--timeout", "5"]) == 0
     saved = json.loads((out_dir / "ward3-07-2026-11-22.json").read_text())
     assert saved == {"night": "2026-11-22", "report": night}
+    # The report the box published at the end of the night is retained: saved even with the box gone.
+    link, _, _ = fleet_box
+    link.publish_report(night)
+    assert link.wait_delivered(5)
+    link.stop()
+    assert cli.main(base_args(broker) + ["report", "--box", "ward3-07", "--retained", "--out", str(out_dir)]) == 0
+    assert json.loads((out_dir / "ward3-07-2026-11-22.json").read_text()) == night
     # The console validates arguments with the box's command schema before sending anything.
     assert cli.main(base_args(broker) + ["report", "--box", "ward3-07", "--night", "someday"]) == 2
     assert "someday" in capsys.readouterr().err

@@ -260,15 +260,29 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--night", default="latest", help="'latest' or YYYY-MM-DD")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for <box>-<night>.json")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--retained", action="store_true",
+                   help="save the last report each box published (retained at the broker; works while the box "
+                        "is offline) instead of asking the box")
 
 
 @subcommand("report", help="request night reports and save them as JSON", add_arguments=_report_args)
 def cmd_report(args: argparse.Namespace) -> int:
     rc = 0
     with connect(args) as ingest:
-        time.sleep(args.wait if any(ch in "".join(args.box) for ch in "*?[") else 0)
+        time.sleep(args.wait if args.retained or any(ch in "".join(args.box) for ch in "*?[") else 0)
         args.out.mkdir(parents=True, exist_ok=True)
         for box_id in select_boxes(ingest, args.box):
+            if args.retained:
+                view = ingest.box(box_id)
+                if view is None or view.last_report is None:
+                    print(f"{box_id}: no retained report", file=sys.stderr)
+                    rc = 1
+                    continue
+                night = str(view.last_report["report"].get("night_start") or view.last_report["time_utc"])[:10]
+                path = args.out / f"{box_id}-{night}.json"
+                path.write_text(json.dumps(view.last_report["report"], indent=2))
+                print(f"{box_id}: saved {path} (published {view.last_report['time_utc']})")
+                continue
             try:
                 reply = ingest.request(box_id, "report", {"night": args.night}, timeout_s=args.timeout)
             except CommandTimeout as e:
