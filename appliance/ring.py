@@ -121,6 +121,7 @@ class FrameRing:
         self._counters = ffi.new("bt_counters *")
         # bound once: attribute lookups are a visible share of a single-frame push
         self._push = lib.bt_ring_push_raw
+        self._push_bytes = lib.bt_ring_push_bytes
         self._from_buffer = ffi.from_buffer
 
     # -- producer ------------------------------------------------------------------------------
@@ -147,7 +148,10 @@ class FrameRing:
         ValueError
             If ``len(data)`` is not a whole number of frames (nothing is pushed then).
         """
-        n = self._push(self._ring, self._from_buffer(data), len(data), timestamp_ns, period_ns)
+        if type(data) is bytes:
+            n = self._push_bytes(self._ring, data, len(data), timestamp_ns, period_ns)
+        else:
+            n = self._push(self._ring, self._from_buffer(data), len(data), timestamp_ns, period_ns)
         if n < 0:
             if n == lib.BT_ERR_LENGTH:
                 raise ValueError(

@@ -164,6 +164,11 @@ int64_t bt_ring_push_raw(bt_ring *r, const uint8_t *data, size_t nbytes, int64_t
     return (int64_t)stored;
 }
 
+int64_t bt_ring_push_bytes(bt_ring *r, const char *data, size_t nbytes, int64_t timestamp_ns,
+                           int64_t period_ns) {
+    return bt_ring_push_raw(r, (const uint8_t *)data, nbytes, timestamp_ns, period_ns);
+}
+
 static void copy_out(const bt_ring *r, uint64_t seq, size_t n, size_t out_off, int64_t *index,
                      int64_t *ts, uint32_t *status, int32_t *counts) {
     /* at most two contiguous runs because the ring wraps once */

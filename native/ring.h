@@ -50,6 +50,11 @@ void bt_ring_free(bt_ring *ring);
 int64_t bt_ring_push_raw(bt_ring *ring, const uint8_t *data, size_t nbytes,
                          int64_t timestamp_ns, int64_t period_ns);
 
+/* Same as bt_ring_push_raw, with char data: cffi passes a Python bytes object to a char* argument
+ * without building a buffer object, which is a visible share of a single-frame push. */
+int64_t bt_ring_push_bytes(bt_ring *ring, const char *data, size_t nbytes, int64_t timestamp_ns,
+                           int64_t period_ns);
+
 /* Consumer. Copies up to max_frames of the oldest unread frames into the caller's arrays
  * (counts is row-major max_frames x n_channels) and releases them. Returns how many were copied. */
 size_t bt_ring_pop(bt_ring *ring, size_t max_frames, int64_t *index, int64_t *timestamp_ns,
