@@ -4,8 +4,9 @@ States (:class:`BreatherState`)::
 
     idle --loop confirmed in REM--> cue (soft tone bursts) --cue_s--> light (warm light rising slowly,
     bursts go on) --session end, loop still under way--> escalate (outputs off, parent alerted) --> refractory
-    any session state --wake / button / fault / bad signal / uncertain stage / N3 / stable N2--> refractory
-    (outputs off at once); refractory --min_gap_s after the session ended--> idle; fault latches until
+    any session state --wake / button / fault / N3 / stable N2--> refractory (outputs off at once);
+    a bad-signal or uncertain-stage epoch pauses the session (outputs off at once) for up to
+    max_pause_epochs epochs, then aborts it; refractory --min_gap_s after the session ended--> idle; fault latches until
     clear_fault().
 
 Two entry points, as the daemon drives it:
@@ -100,6 +101,7 @@ class Breather:
         self._max_light = 0.0
         self._max_volume = 0.0
         self._hold_reason: str | None = None
+        self._paused_epochs = 0
         self._fault_reason: str | None = None
         all_off(self.light, self.speaker)
         self.speaker.tone_hz = config.cue_tone_hz
@@ -160,9 +162,19 @@ class Breather:
         if self.state in SESSION_STATES and self._session_time_up(now):
             pass  # ended (completed or escalated); the state says which
         elif self.state in SESSION_STATES:
-            if reason is not None:
+            transient = reason is not None and (reason == "uncertain_stage" or reason.startswith("bad_signal"))
+            if transient and self._paused_epochs < cfg.max_pause_epochs:
+                # A doubtful epoch: outputs off at once, session clock runs on; resume (from zero, by the
+                # ramps) if the next epoch is clear, abort if it is not.
+                all_off(self.light, self.speaker)
+                self._paused_epochs += 1
+                self.audit.append("paused", session=self.sessions, epoch=epoch.index, reason=reason)
+            elif reason is not None:
                 outcome = "woke" if reason == "woke" else "settled" if reason in ("n3", "stable_n2") else "aborted"
                 self._end_session(outcome, now, reason=reason, epoch=epoch)
+            elif self._paused_epochs:
+                self._paused_epochs = 0
+                self.audit.append("resumed", session=self.sessions, epoch=epoch.index)
             return self.state
         if self.state == BreatherState.ESCALATE:
             self.state = BreatherState.REFRACTORY
@@ -210,6 +222,7 @@ class Breather:
         self._light_reached = False
         self._max_light = self._max_volume = 0.0
         self._hold_reason = None
+        self._paused_epochs = 0
         self.audit.append("loop_detected", epoch=epoch.index, p_loop=round(float(epoch.p_loop or 0.0), 4),
                           stage=epoch.stage.name, confidence=round(epoch.confidence, 4), session=self.sessions)
         self.audit.append("cue_started", session=self.sessions, volume=cfg.cue_volume, tone_hz=cfg.cue_tone_hz,
@@ -319,6 +332,8 @@ class Breather:
         if self._session_time_up(now):
             return
         elapsed = now - self._session_start
+        if self._paused_epochs:
+            return  # outputs are off until a clear epoch resumes the session
         if self.state == BreatherState.CUE and elapsed >= cfg.cue_s:
             self.state = BreatherState.LIGHT
             self.audit.append("light_started", session=self.sessions, target=cfg.light_brightness,

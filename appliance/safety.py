@@ -99,6 +99,9 @@ class BreatherConfig:
         (>= MIN_STAGE_CONFIDENCE, <= 1).
     stable_n2_epochs : int
         Consecutive N2 epochs after which sleep has deepened and a session stops (1..10).
+    max_pause_epochs : int
+        Consecutive bad-signal or uncertain-stage epochs a session may pause through (outputs off)
+        before it is aborted (0..4; 0 = abort on the first).
     cue_volume : float
         Peak sound level of a cue burst (0 < v <= MAX_VOLUME).
     volume_ramp_per_s : float
@@ -127,6 +130,7 @@ class BreatherConfig:
     confirm_epochs: int = 1
     min_stage_confidence: float = 0.6
     stable_n2_epochs: int = 2
+    max_pause_epochs: int = 1
     cue_volume: float = 0.08
     volume_ramp_per_s: float = 0.2
     cue_tone_hz: float = 330.0
@@ -145,6 +149,7 @@ class BreatherConfig:
         _int_in_range("confirm_epochs", self.confirm_epochs, 1, 10)
         _in_range("min_stage_confidence", self.min_stage_confidence, MIN_STAGE_CONFIDENCE, 1.0)
         _int_in_range("stable_n2_epochs", self.stable_n2_epochs, 1, 10)
+        _int_in_range("max_pause_epochs", self.max_pause_epochs, 0, 4)
         _in_range("cue_volume", self.cue_volume, 0.0, MAX_VOLUME, lo_open=True)
         _in_range("volume_ramp_per_s", self.volume_ramp_per_s, 0.0, MAX_VOLUME_RAMP_PER_S, lo_open=True, unit="/s")
         _in_range("cue_tone_hz", self.cue_tone_hz, MIN_TONE_HZ, MAX_TONE_HZ, unit=" Hz")

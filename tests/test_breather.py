@@ -179,6 +179,25 @@ def test_no_start_when_gated(rig, stage, conf, ok, why):
     assert why in rig.audit.path.read_text()
 
 
+def test_one_doubtful_epoch_pauses_two_abort():
+    rig = Rig(BreatherConfig(cue_s=30.0, light_s=240.0))
+    run_epochs(rig, [R] * 2, [0.9] * 2)
+    assert rig.b.state == BreatherState.LIGHT
+    rig.b.on_epoch(ep(2, R, p_loop=0.9, conf=0.4), now_s=60.0)
+    assert rig.light_pin == 0 and rig.speaker_pin == 0 and rig.b.state == BreatherState.LIGHT
+    for t in np.arange(60.5, 90.0, 0.5):
+        rig.b.tick(t)
+        assert rig.light_pin == 0 and rig.speaker_pin == 0
+    rig.b.on_epoch(ep(3, R, p_loop=0.9), now_s=90.0)   # clear again: resumes, ramping from zero
+    rig.b.tick(90.5)
+    assert 0 < rig.light_pin <= rig.b.config.light_ramp_per_s * 1.0 + EPS  # 1 s since the last tick
+    rig.b.on_epoch(ep(4, R, p_loop=0.9, ok=False), now_s=91.0)
+    rig.b.on_epoch(ep(5, R, p_loop=0.9, ok=False), now_s=92.0)
+    assert rig.b.state == BreatherState.REFRACTORY and rig.b.outcomes["aborted"] == 1
+    assert '"event":"paused"' in rig.audit.path.read_text() and '"event":"resumed"' in rig.audit.path.read_text()
+    rig.close()
+
+
 def test_gap_and_night_limit(rig):
     cfg = rig.b.config  # 2 sessions per night, 2400 s gap
     run_epochs(rig, [R] * 4, [0.9] * 4)          # session 1 runs 90 s and escalates
@@ -209,6 +228,7 @@ configs = st.builds(
     confirm_epochs=st.integers(1, 3),
     min_stage_confidence=st.floats(safety.MIN_STAGE_CONFIDENCE, 0.8),
     stable_n2_epochs=st.integers(1, 4),
+    max_pause_epochs=st.integers(0, 4),
     cue_volume=st.floats(0.01, safety.MAX_VOLUME),
     volume_ramp_per_s=st.floats(0.01, safety.MAX_VOLUME_RAMP_PER_S),
     cue_burst_s=st.floats(0.2, 5.0),
