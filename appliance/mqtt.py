@@ -160,7 +160,7 @@ class BoxLink:
         if client is not None and self._connected.is_set():
             try:
                 info = client.publish(schema.topic(self.box_id, "status"),
-                                      schema.encode(self._status_payload("offline")), qos=1, retain=True)
+                                      schema.encode(self._status_payload("offline")), *schema.CHANNELS["status"])
                 info.wait_for_publish(timeout=min(1.0, timeout_s))
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status on stop: %s", e)
@@ -200,19 +200,16 @@ class BoxLink:
         """Set and publish the retained status (``online``, ``recording``, ``idle``, ``fault``)."""
         self._status_payload(state, **fields)  # validate before storing
         self._status = {"state": state, **fields}
-        self._publish_direct(schema.topic(self.box_id, "status"), self._status_payload(**self._status),
-                             qos=1, retain=True)
+        self._publish_channel("status", self._status_payload(**self._status))
 
     def publish_stage(self, epoch: Epoch) -> None:
         """Publish one scored epoch (QoS 0; dropped while offline)."""
-        self._publish_direct(schema.topic(self.box_id, "stage"),
-                             schema.stage_payload(self.box_id, self.clock(), epoch), qos=0)
+        self._publish_channel("stage", schema.stage_payload(self.box_id, self.clock(), epoch))
 
     def publish_telemetry(self, **fields: Any) -> None:
         """Publish telemetry (QoS 0, retained: the last values), e.g. ``signal_quality_percent``,
         ``impedance_kohm``, ``frames_dropped``, ``frames_corrupt``, ``cpu_percent``, ``temperature_c``."""
-        self._publish_direct(schema.topic(self.box_id, "telemetry"),
-                             schema.telemetry_payload(self.box_id, self.clock(), **fields), qos=0, retain=True)
+        self._publish_channel("telemetry", schema.telemetry_payload(self.box_id, self.clock(), **fields))
 
     def publish_event(self, kind: str, **fields: Any) -> int:
         """Queue an event (QoS 1, via the outbox); return its ``seq``."""
@@ -231,8 +228,7 @@ class BoxLink:
 
     def publish_report(self, report: dict) -> int:
         """Queue the night report (QoS 1, retained, via the outbox); return its ``seq``."""
-        return self._enqueue("report", schema.report_payload(self.box_id, self.clock(), report),
-                             PRIORITY_EVENT, retain=True)
+        return self._enqueue("report", schema.report_payload(self.box_id, self.clock(), report), PRIORITY_EVENT)
 
     def publish_discovery(self) -> None:
         """Publish Home Assistant discovery configs (retained) now and after every reconnect."""
@@ -268,18 +264,20 @@ class BoxLink:
                 "outbox_depth": self.outbox_depth, "config_version": self.config_version}
 
     # ---- internals: sending -------------------------------------------------------------------
-    def _publish_direct(self, topic: str, payload: dict, *, qos: int, retain: bool = False,
-                        properties: Properties | None = None) -> bool:
+    def _publish_channel(self, channel: str, payload: dict) -> bool:
+        """Publish now with the channel's QoS/retain from ``schema.CHANNELS``; dropped while offline."""
+        qos, retain = schema.CHANNELS[channel]
         client = self._client
         if client is None or not self._connected.is_set():
             self.stats["dropped_offline"] += 1
             return False
-        info = client.publish(topic, schema.encode(payload), qos=qos, retain=retain, properties=properties)
+        info = client.publish(schema.topic(self.box_id, channel), schema.encode(payload), qos=qos, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _enqueue(self, channel: str, payload: dict, priority: int, *, retain: bool = False) -> int:
+    def _enqueue(self, channel: str, payload: dict, priority: int) -> int:
+        qos, retain = schema.CHANNELS[channel]
         seq = self.outbox.put(schema.topic(self.box_id, channel), payload, channel=channel,
-                              priority=priority, retain=retain)
+                              priority=priority, qos=qos, retain=retain)
         self._pump()
         return seq
 
@@ -329,7 +327,7 @@ class BoxLink:
                       keyfile=None if self.tls.key_file is None else str(self.tls.key_file),
                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         c.will_set(schema.topic(self.box_id, "status"), schema.encode(self._status_payload("offline")),
-                   qos=1, retain=True)
+                   *schema.CHANNELS["status"])
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -409,7 +407,7 @@ class BoxLink:
         self.stats["connects"] += 1
         client.subscribe([(f"{self.prefix}/cmd/+", 1), (schema.topic(self.box_id, "config"), 1)])
         client.publish(schema.topic(self.box_id, "status"),
-                       schema.encode(self._status_payload(**self._status)), qos=1, retain=True)
+                       schema.encode(self._status_payload(**self._status)), *schema.CHANNELS["status"])
         if self._discovery:
             self._send_discovery(client)
         self._connected.set()
