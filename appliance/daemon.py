@@ -57,6 +57,9 @@ NO_DATA_FAULT_S = 2.0
 """Wall-clock seconds without a single frame before the pipeline itself declares a fault (the driver's own
 DRDY-stall detection, at 4 sample periods, normally fires long before)."""
 
+LOOP_END_EPOCHS = 10
+"""A detected loop counts as over after this many epochs (5 min) with P(loop) below the threshold."""
+
 SIM_OUTPUTS_FILE = "sim-outputs.json"
 """In simulation, the light and sound levels are mirrored here, playing the part of the GPIO lines that keep
 their level when a process dies; ``bedtime outputs-off --simulate`` and the next start reset it."""
@@ -201,6 +204,7 @@ class Daemon:
         self.counters: dict[str, int] = {"frames": 0, "frames_lost": 0, "frames_corrupt": 0, "drdy_stalls": 0,
                                          "chip_reinits": 0, "no_data_faults": 0, "epochs_bad_signal": 0}
         self._in_loop = False
+        self._below_thr = 0
         self._lead_off_channels: frozenset[int] = frozenset()
         self._fault_active: str | None = None
         self._events_lock = threading.Lock()
@@ -208,6 +212,8 @@ class Daemon:
         self.recorder: EdfPlusRecorder | None = None
         self.alerts_sent: list[dict] = []
         self.output_trace: list[tuple[float, float, float]] = []
+        self._acq_event_at: dict[str, float] = {}
+        self.epoch_wall_s: list[float] = []  # time.monotonic() when each epoch's last sample had been processed
         self._last_levels = (0.0, 0.0)
 
     # ---- public ----------------------------------------------------------------------------------
@@ -261,6 +267,7 @@ class Daemon:
         finally:
             self._notify("STOPPING=1")
             self.outputs.all_off()
+            self._ring_at_end = self.hw.ring.counters  # before stopping: a stopping producer is not the night's
             try:
                 self.hw.stop()
             finally:
@@ -357,6 +364,7 @@ class Daemon:
         epoch_raw = np.empty((self.samples_per_epoch, self.n_channels), dtype=np.float32)
         epoch_fill = 0
         epoch_lost = 0
+        missed_seen = 0
         epoch_loff = 0
         model_buf: list[np.ndarray] = [np.empty(0)]
         last_index = -1
@@ -427,11 +435,13 @@ class Daemon:
                     if len(ym) < need:  # the resampler lags by a few samples at the very start
                         ym = np.concatenate([np.zeros(need - len(ym)), ym])
                     model_buf = [ym[need:]]
+                    missed = self.hw.missed_frames()  # DRDY edges the driver never saw: frames that never arrived
+                    epoch_lost += missed - missed_seen
+                    missed_seen = missed
                     self._epoch_done(epoch_raw, ym[:need], end_s=self._signal_s(), frames_lost=epoch_lost,
                                      loff_bits=epoch_loff)
                     epoch_fill = epoch_lost = epoch_loff = 0
             sig_s = self._signal_s()
-            self.outputs.sync_mirror()
             if sig_s >= next_telemetry_s:
                 cpu_mark = self._telemetry(sig_s, cpu_mark)
                 next_telemetry_s += self.cfg.telemetry.interval_s
@@ -454,11 +464,15 @@ class Daemon:
         self._check_breather(now)
 
     def _trace_outputs(self, t: float) -> None:
-        """Keep every change of the light/sound level with its signal time (the report and tests read it)."""
+        """Keep every change of the light/sound level with its signal time (the report and tests read it), and
+        mirror it to the simulated-GPIO file. Outside a session with both outputs off there is nothing to read."""
+        if self._last_levels == (0.0, 0.0) and self._breather_state() not in ("cue", "light"):
+            return
         lv = self.outputs.levels()
         if lv != self._last_levels:
             self.output_trace.append((t, lv[0], lv[1]))
             self._last_levels = lv
+            self.outputs.sync_mirror()
 
     def _drain_hardware_events(self) -> None:
         """Faults the acquisition layer reported (from its thread, through a bounded queue)."""
@@ -475,9 +489,14 @@ class Daemon:
             elif kind == "reinit_failed":
                 self._fault(f"chip re-initialisation failed: {reason}", t, kind=kind)
             else:  # missed_drdy, corrupt, ring_full, stuck_channel, railed, lead_off: reported; the epoch's
-                # quality verdict keeps the breather away from the signal they spoil
-                self.counters[f"acq_{kind}"] = self.counters.get(f"acq_{kind}", 0) + 1
-                self._event(f"acquisition_{kind}", t, reason=reason)
+                # quality verdict keeps the breather away from the signal they spoil. At most one event per kind
+                # per epoch (a loaded host can miss hundreds of edges a minute); the counts go in telemetry.
+                key = f"acq_{kind}"
+                self.counters[key] = self.counters.get(key, 0) + 1
+                last = self._acq_event_at.get(kind)
+                if last is None or t - last >= EPOCH_S:
+                    self._acq_event_at[kind] = t
+                    self._event(f"acquisition_{kind}", t, reason=reason, count_so_far=self.counters[key])
 
     def _epoch_done(self, raw: np.ndarray, model_epoch: np.ndarray, *, end_s: float, frames_lost: int,
                     loff_bits: int) -> None:
@@ -485,6 +504,7 @@ class Daemon:
 
         ch = self.cfg.acquisition.staging_channel
         index = len(self.epochs)
+        self.epoch_wall_s.append(time.monotonic())
         x = raw[:, ch].astype(np.float64)
         # LOFF_STATP/N bit n-1 = channel n; any electrode of the staging channel off spoils its epoch
         off_channels = frozenset(i for i in range(self.n_channels) if loff_bits >> i & 1)
@@ -505,14 +525,19 @@ class Daemon:
         if not quality.ok:
             self.counters["epochs_bad_signal"] += 1
         self.epochs.append(epoch)
-        # loop state with a little hysteresis, so one borderline epoch does not flap the event
+        # One loop episode per detection: it ends only after P(loop) has stayed below the threshold for
+        # LOOP_END_EPOCHS epochs, so a borderline P(loop) does not report one loop as several.
         thr = self._p_loop_threshold
-        if p_loop >= thr and not self._in_loop and quality.ok:
-            self._in_loop = True
-            self._event("loop_detected", end_s, epoch_index=index, p_loop=round(p_loop, 4))
-        elif p_loop < 0.8 * thr and self._in_loop:
-            self._in_loop = False
-            self._event("loop_ended", end_s, epoch_index=index, p_loop=round(p_loop, 4))
+        if p_loop >= thr and quality.ok:
+            self._below_thr = 0
+            if not self._in_loop:
+                self._in_loop = True
+                self._event("loop_detected", end_s, epoch_index=index, p_loop=round(p_loop, 4))
+        elif self._in_loop:
+            self._below_thr += 1
+            if self._below_thr >= LOOP_END_EPOCHS:
+                self._in_loop = False
+                self._event("loop_ended", end_s, epoch_index=index, p_loop=round(p_loop, 4))
         self.breather.on_epoch(epoch)
         self._check_breather(end_s, index)
         stage = epoch.stage
@@ -566,10 +591,11 @@ class Daemon:
         title = "Nightmare loop: please check"
         message = (f"{self.cfg.box.name}: a nightmare loop did not settle after a gentle breather "
                    f"({t / 3600:.1f} h into the night). Sound and light are off now.")
-        self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k != "kind"})
+        wall = time.monotonic()
         if self.link is not None:
             self.link.publish_alert(title=title, message=message, severity="warning", **fields)
-        self.alerts_sent.append({"time_s": t, "title": title, "message": message, **fields})
+        self.alerts_sent.append({"time_s": t, "wall_s": wall, "title": title, "message": message, **fields})
+        self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k != "kind"})
 
     # ---- events, faults, telemetry ---------------------------------------------------------------
     def _event(self, kind: str, time_s: float, **fields: Any) -> None:
@@ -634,7 +660,7 @@ class Daemon:
         flags: Counter = Counter()
         for e in self.epochs:
             flags.update(e.quality.flags)
-        c = self.hw.ring.counters
+        c = getattr(self, "_ring_at_end", None) or self.hw.ring.counters
         night = NightRecord(hypnogram=hyp, live_hypnogram=live, events=list(self.events),
                             quality_ok=np.array([e.quality.ok for e in self.epochs]), quality_flags=flags,
                             counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
@@ -853,6 +879,11 @@ class HardwareEdge:
 
     def stop(self) -> None:
         self.acquisition.stop()
+
+    def missed_frames(self) -> int:
+        """Frames the driver knows it missed (DRDY edge gaps), cumulative."""
+        c = getattr(self.acquisition, "counters", None)
+        return int(c.get("missed_drdy", 0)) if isinstance(c, dict) else 0
 
     def poll_events(self) -> list[dict]:
         poll = getattr(self.acquisition, "poll_events", None)

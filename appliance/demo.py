@@ -34,10 +34,11 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 W, N1, N2, R = int(Stage.W), int(Stage.N1), int(Stage.N2), int(Stage.REM)
 
 LOOP_PATTERN: tuple[int, ...] = tuple(
-    [R] * 6 + [W] * 2 + [R] * 5 + [W] * 2 + [R] * 18 + [W] * 3 + [N1] * 2 + [N2] * 4)
+    [R] * 6 + [W] * 2 + [R] * 14 + [W] * 2 + [R] * 20 + [W] * 3 + [N1] * 2 + [N2] * 4)
 """The scripted nightmare loop (30-s epochs): REM broken twice by distressed wake, each time returning to REM
-within minutes (two returns within 30 min: a loop by docs/loops.md), then a long REM stretch in which the loop
-is still under way when a breather session ends (so the parent is alerted), then waking and settling."""
+(two returns 8 min apart: a loop by docs/loops.md), then waking and settling. The REM stretches after each return
+are longer than a breather session (cue 60 s + light 120 s by default), so wherever the loop model becomes sure,
+a session runs its course with the loop still under way, and the parent is alerted."""
 
 DEMO_NIGHT = "SC4001E0"
 """Real Sleep-EDF night the demo uses when ../shared is present."""

@@ -161,7 +161,7 @@ def test_broker_down_for_part_of_the_night_loses_no_alert(tmp_path, mqtt_pki):
     daemon = Daemon(cfg, hardware=hw, parts=parts, progress=progress)
     try:
         daemon.run()
-        assert "up_at" in seen, f"the night never got to the alert ({used})"
+        assert "up_at" in seen, f"the night never got to the alert ({used}): {[(e['kind'], e.get('epoch_index')) for e in daemon.events]}"
         assert seen["alert_while"][0] is False and seen["alert_while"][1] >= 1  # alert raised while offline
         assert link.wait_delivered(30), f"outbox still holds {link.outbox_depth}"
         alerts = phone.wait_for("alert", len(daemon.alerts_sent), timeout_s=20)
