@@ -80,16 +80,19 @@ class PostgresCluster:
         return f"postgresql+psycopg://{self.USER}@127.0.0.1:{self.port}/{dbname}"
 
     def new_database(self) -> str:
-        """Create an empty database; return its SQLAlchemy URL."""
+        """A fresh, empty namespace for one test; return its SQLAlchemy URL.
+
+        Each test gets its own *schema* in one database (selected through ``search_path``) rather than its
+        own database: a new database copies the whole template (~8 MB) to disk, a schema costs nothing.
+        """
         import psycopg
         from psycopg import sql
 
         name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(host="127.0.0.1", port=self.port, user=self.USER, dbname="postgres",
                              autocommit=True) as conn:
-            # FILE_COPY: with fsync off it is several times faster than the default WAL_LOG for tiny databases.
-            conn.execute(sql.SQL("CREATE DATABASE {} STRATEGY FILE_COPY").format(sql.Identifier(name)))
-        return self.url(name)
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        return f"{self.url()}?options=-csearch_path%3D{name}"
 
     def stop(self) -> None:
         try:

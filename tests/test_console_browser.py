@@ -49,7 +49,8 @@ class Stack:
         self.folder = folder
         self.broker = MosquittoBroker(folder / "mosquitto", pki).start()
         self.settings = console_settings(f"sqlite:///{folder}/fleet.db", folder, mqtt_host=self.broker.host,
-                                         mqtt_port=self.broker.port, command_timeout_s=15.0)
+                                         mqtt_port=self.broker.port, command_timeout_s=15.0,
+                                         rollout_health_timeout_s=15.0)
         self.settings.extra["sse_poll_s"] = 0.5
         self.app = create_app(self.settings)
         self.db = self.app.state.db

@@ -43,3 +43,5 @@ def test_two_instances_share_ingest_and_database(tmp_path, broker, postgres):
         for client in (ca, cb):
             page = client.get("/alerts").text
             assert all(f"Loop {i}<" in page for i in range(20))
+    for app in apps:
+        app.state.db.close()

@@ -381,9 +381,13 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         if pushes:
             text = json.dumps(pushes[0]["body"], indent=2, sort_keys=True)
         else:
-            from appliance.config import validate_config
+            from appliance.config import ConfigError, validate_config
 
-            text = json.dumps(validate_config({"box": {"id": box_id}}).to_dict(), indent=2, sort_keys=True)
+            try:
+                defaults = validate_config({"box": {"id": box_id}})
+            except ConfigError:  # an MQTT box id the config schema does not allow (e.g. with '.')
+                defaults = validate_config({})
+            text = json.dumps(defaults.to_dict(), indent=2, sort_keys=True)
         return render(request, "config.html", user, box=box, text=text, version="", errors=None, pushes=pushes,
                       can_sign=signing_key is not None, last_event=db.last_live_event_id())
 
@@ -471,7 +475,8 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         canary_ids = [b.strip() for b in canary.replace("\n", ",").split(",") if b.strip()]
         rest_ids = [b.strip() for b in rest.replace("\n", ",").split(",") if b.strip()]
         if rest.strip() == "*":
-            rest_ids = [b["box_id"] for b in db.list_boxes() if b["box_id"] not in canary_ids]
+            # "*": every other box that is online now; an offline box would only time out and stop it.
+            rest_ids = [b["box_id"] for b in db.list_boxes() if b["box_id"] not in canary_ids and b["online"]]
         bad = [b for b in canary_ids + rest_ids if not BOX_ID_RE.match(b) or db.get_box(b) is None]
         if bad:
             return again(f"unknown box id(s): {', '.join(bad[:10])}")
@@ -501,7 +506,7 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                                  created_by=user.username, public_key_pem=public_pem)
         except (SignatureError, ValueError) as e:
             return again(f"refused: {e}")
-        runner = RolloutRunner(_NotifyingDB(db, notifier), channel, timeout_s=settings.command_timeout_s,
+        runner = RolloutRunner(_NotifyingDB(db, notifier), channel, timeout_s=settings.rollout_health_timeout_s,
                                batch_size=settings.rollout_batch_size, actor=f"rollout:{user.username}")
         workers.submit(_run_logged, runner, rid)
         notifier.notify()

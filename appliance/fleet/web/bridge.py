@@ -43,10 +43,15 @@ class IngestBridge:
         self.telemetry_flush_s = telemetry_flush_s
         self._telemetry: dict[str, dict] = {}
         self._telemetry_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one writer at a time, so an older batch never lands last
         self._last_flush = time.monotonic()
 
     def flush(self) -> int:
         """Write the coalesced telemetry now; return how many boxes were written."""
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._telemetry_lock:
             rows, self._telemetry = list(self._telemetry.values()), {}
             self._last_flush = time.monotonic()

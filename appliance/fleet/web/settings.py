@@ -39,6 +39,9 @@ class ConsoleSettings:
         The matching public key; uploads whose manifest does not verify against it are refused early.
     command_timeout_s : float
         How long to wait for a box's reply to a command (config push, update), seconds.
+    rollout_health_timeout_s : float
+        How long a rollout waits for one box's answer, which includes its health check (the daemon watches
+        the stager produce epochs after a model update), seconds.
     rollout_batch_size : int
         After the canaries, boxes are updated in batches of this size; a failure stops the rollout.
     """
@@ -59,6 +62,7 @@ class ConsoleSettings:
     signing_key_file: Path | None = None
     public_key_file: Path | None = None
     command_timeout_s: float = 30.0
+    rollout_health_timeout_s: float = 180.0
     rollout_batch_size: int = 10
     extra: dict = field(default_factory=dict)
 
