@@ -266,11 +266,16 @@ class Acquisition:
         self._corrupt_run = 0
         self._last_edge_ns = None
         self.tracker.reset()
-        while True:                       # edges queued before the reset belong to the old stream
+        lost = 0
+        while True:                       # edges queued before the reset: frames of the old stream never read
             try:
                 self._edges.get_nowait()
+                lost += 1
             except queue.Empty:
                 break
+        if lost:
+            self.counters.missed_drdy += lost
+            self._fault("missed_drdy", f"{lost} frame(s) not read (DRDY edges pending at re-init)")
 
     def _guard(self, target) -> None:
         try:
@@ -368,6 +373,8 @@ class Acquisition:
                 ahead_s = (chip.clock_ns() - sim_start) / 1e9 / self.speed - (time.monotonic() - real_start)
                 if ahead_s > 0:
                     self._stop.wait(ahead_s)
+            if self._stop.is_set():
+                break             # do not read a burst there may be no room for
             data = spi.read_frames(self.burst_frames)
             edges = spi.last_edges_ns
             now = chip.clock_ns()

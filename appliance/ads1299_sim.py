@@ -52,6 +52,7 @@ FORCED = {
     ads.REG_MISC2: (0xFF, 0),
     ads.REG_CONFIG4: (0b1111_0101, 0),
 }
+AS_FAST_AS_POSSIBLE = 1e6     # speeds from here up (and inf) run on the burst clock only
 NOISE_TABLE_FRAMES = 2**17  # ~8.7 min at 250 SPS
 BLOCK_FRAMES = 128   # frames rendered ahead for the DRDY thread (numpy per block, not per frame)
 FAULT_KINDS = ("bitflip", "drop_drdy", "stuck", "electrode_off", "rail", "stall")
@@ -258,9 +259,12 @@ class SimulatedADS1299:
     source : signal source, optional
         What the electrodes see (uV, input-referred). Default: 10 Hz, 20 uV sines.
     drdy_pin : gpiozero mock pin or None
-        Driven low when a frame is ready (a ``MockFactory`` pin). None: no DRDY thread; use the burst path.
+        Driven low when a frame is ready (a ``MockFactory`` pin). None: conversions still run in
+        (accelerated) real time, but the host can only poll or use the burst path.
     speed : float
-        Simulated seconds per real second (1 = real time).
+        Simulated seconds per real second (1 = real time). ``float("inf")`` (or anything >= 1e6): no
+        real-time clock at all; simulated time advances only with SPI traffic and bursts (whole-night
+        replay), and no conversion happens before the first burst.
     faults : list of Fault
     clock_ppm : float
         Chip oscillator error: +100 means the chip runs 100 ppm fast (shorter periods).
@@ -304,9 +308,10 @@ class SimulatedADS1299:
         self._thread: threading.Thread | None = None
         if self.drdy_pin is not None:
             self.drdy_pin.drive_high()
-        if np.isinf(self.speed):
+        if self.speed >= AS_FAST_AS_POSSIBLE:
             # as fast as possible: no real-time clock at all, time moves with SPI traffic and bursts;
-            # start as if power came up long ago (past tPOR)
+            # start as if power came up long ago (past tPOR). No DRDY thread: it could not keep such a
+            # pace and would only convert frames nobody reads.
             self._burst_clock_ns = int(ads.T_POR_S * 1e9) + 1
         else:
             self._thread = threading.Thread(target=self._drdy_loop, name="ads1299-sim-drdy", daemon=True)
@@ -848,7 +853,7 @@ def simulated_board(*, variant_channels: int = 8, source=None, speed: float = 1.
                           faults=faults, clock_ppm=clock_ppm, electrode_impedance_ohm=electrode_impedance_ohm,
                           seed=seed)
     spi.open(0, 0)
-    scale = 0.0 if np.isinf(speed) else 1.0 / speed
+    scale = 0.0 if speed >= AS_FAST_AS_POSSIBLE else 1.0 / speed
 
     def sleep(seconds: float) -> None:
         if seconds * scale > 0:
