@@ -195,3 +195,23 @@ def test_real_model_passes_default_health_check_and_broken_one_rolls_back_to_it(
     assert r2.state == "rolled_back" and r2.running_version == "s-real"
     assert um.current_path("model").read_bytes() == real
     assert um.health_check("model").ok
+
+
+@pytest.mark.parametrize("attack", ["unsigned", "tampered", "config_signature_on_model"])
+def test_bad_model_refused_previous_model_kept(tmp_path, clinic, attack):
+    key, pub = clinic
+    um = UpdateManager(tmp_path / "state", pub,
+                       health_check=lambda kind, path: HealthReport(True, {"model_loads": True, "self_test": True}))
+    first = b"model one" * 100
+    assert um.apply("model", first, signed(key, first, "model", "m1")).ok
+    second = b"model two" * 100
+    manifest: dict | str = signed(key, second, "model", "m2")
+    if attack == "unsigned":
+        manifest = {}
+    elif attack == "tampered":
+        second = second[:-1] + b"X"
+    else:
+        manifest = signed(key, second, "config", "m2")
+    r = um.apply("model", second, manifest)
+    assert r.state == "refused" and r.running_version == "m1" and um.current_path("model").read_bytes() == first
+    assert not any(p.name.startswith("m2") for p in (um.root / "model" / "versions").iterdir())  # nothing written
