@@ -23,7 +23,8 @@ On-disk layout (``<state_dir>/updates/<kind>/``)::
     previous -> versions/...                 the one before, kept for roll back
 
 The ``update`` command (``bedtime/v1/<box>/cmd/update``) is registered in :data:`appliance.commands.COMMANDS`
-when this module is imported; :func:`handle_update_command` is its handler.
+when this module is imported; :func:`handle_update_command` is its handler and :func:`attach_to_link` wires
+both it and the audit trail into a :class:`~appliance.mqtt.BoxLink`.
 """
 from __future__ import annotations
 
@@ -386,6 +387,34 @@ def handle_update_command(manager: UpdateManager, args: dict) -> dict:
     except (KeyError, ValueError) as e:
         return manager._refuse(str(args.get("kind", "")), "", f"bad update arguments: {e}").to_dict()
     return manager.apply(kind, payload, manifest).to_dict()
+
+
+def attach_to_link(manager: UpdateManager, link: Any) -> None:
+    """Wire updates into a box's :class:`appliance.mqtt.BoxLink` (what the daemon calls once at start):
+    ``cmd/update`` applies through ``manager``, and every audit entry also goes to the clinic as an
+    ``update_audit`` event (QoS 1, through the outbox)."""
+    previous = manager.on_audit
+
+    def report(entry: dict) -> None:
+        if previous is not None:
+            previous(entry)
+        # "kind" is the event's own field in the MQTT schema; the update's kind travels as update_kind.
+        link.publish_event("update_audit", **{("update_kind" if k == "kind" else k): v
+                                              for k, v in entry.items() if k != "time_utc"})
+
+    def on_update(args: dict) -> dict:
+        result = handle_update_command(manager, args)
+        if result["kind"] == "config" and result["state"] in ("applied", "rolled_back"):
+            # The retained status carries the running config version; refresh it (as BoxLink does after a
+            # retained-topic config) so the fleet view does not fall back to the old one.
+            link.config_version = result["running_version"] or None
+            status = getattr(link, "_status", None)
+            if isinstance(status, dict) and status.get("state"):
+                link.publish_status(**status)
+        return result
+
+    manager.on_audit = report
+    link.on_command("update", on_update)
 
 
 def _register_command() -> None:

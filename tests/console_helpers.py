@@ -103,33 +103,21 @@ __all__ = ["add_staff", "make_keys", "csrf_of", "login", "InProcessBoxes", "wait
 
 class SimBox:
     """A simulated box on a real broker: the real :class:`appliance.mqtt.BoxLink` and a real
-    :class:`UpdateManager` answering ``cmd/update`` (the wiring the daemon does on a real box)."""
+    :class:`UpdateManager`, wired with :func:`appliance.updates.attach_to_link` as the daemon does."""
 
     def __init__(self, box_id: str, broker, folder: Path, public_pem: bytes, *, health_check=None,
                  firmware: str = "1.4.2", models: dict | None = None) -> None:
         from appliance.mqtt import BoxLink
-        from appliance.updates import handle_update_command
+        from appliance.updates import attach_to_link
 
         folder.mkdir(parents=True, exist_ok=True)
         self.box_id = box_id
-        self.updates = UpdateManager(folder / "state", public_pem, on_audit=self._report_audit,
+        self.updates = UpdateManager(folder / "state", public_pem,
                                      **({"health_check": health_check} if health_check else {}))
         self.link = BoxLink(box_id=box_id, host=broker.host, port=broker.port, outbox_path=folder / "outbox.db",
                             firmware_version=firmware, model_versions=models or {"stager": "s-2026.10"},
                             reconnect_min_s=0.1, reconnect_max_s=1.0)
-        self.link.on_command("update", self._on_update)
-        self._handle = handle_update_command
-
-    def _on_update(self, args: dict) -> dict:
-        result = self._handle(self.updates, args)
-        if result["state"] == "applied" and result["kind"] == "config":
-            self.link.config_version = result["running_version"]
-        return result
-
-    def _report_audit(self, entry: dict) -> None:
-        # The box's update audit trail also goes to the clinic, as QoS 1 events through the outbox.
-        fields = {("update_kind" if k == "kind" else k): v for k, v in entry.items() if k != "time_utc"}
-        self.link.publish_event("update_audit", **fields)
+        attach_to_link(self.updates, self.link)
 
     def start(self) -> "SimBox":
         self.link.start()

@@ -179,6 +179,8 @@ def test_push_config_and_box_acknowledges(stack):
     state = page.locator("#pushes tr.push").first.locator(".push-state")
     sync_api.expect(state).to_have_text("acknowledged", timeout=20_000)
     assert stack.boxes["ward-3"].updates.current_version("config") == "clinic-2026-11-23"
+    # the box's retained status now carries the new version too, and the fleet view shows it
+    wait_for(lambda: stack.db.get_box("ward-3")["config_version"] == "clinic-2026-11-23", 10)
     stack.shot("console-config")
     # an invalid one is refused on the page, with the box schema's message, and never sent
     cfg["telemetry"]["interval_s"] = -1
