@@ -135,9 +135,11 @@ class Acquisition:
         Its ``n_channels`` must match the chip's.
     on_fault : callable, optional
         ``on_fault(kind, detail)``; called from the acquisition thread (keep it short).
-    mode : {"auto", "drdy", "burst"}
+    mode : {"auto", "drdy", "poll", "burst"}
         "auto": burst when the SPI object offers ``read_frames`` (simulator) and either runs faster than
-        ``burst_min_speed`` or has no DRDY pin; else the DRDY path.
+        ``burst_min_speed`` or has no DRDY pin; else the DRDY path. "poll": sample the DRDY level instead
+        of waiting for edges (where edge interrupts are unreliable). The DRDY and poll paths set the DRDY
+        device's ``when_activated``.
     stall_periods : float
         No DRDY for this many data periods is a stall (re-init).
     corrupt_run_limit : int
@@ -161,8 +163,8 @@ class Acquisition:
                  health_every_frames: int | None = None) -> None:
         if ring.n_channels != chip.n_channels:
             raise ValueError(f"ring has {ring.n_channels} channels, chip {chip.n_channels}")
-        if mode not in ("auto", "drdy", "burst"):
-            raise ValueError("mode must be 'auto', 'drdy' or 'burst'")
+        if mode not in ("auto", "drdy", "poll", "burst"):
+            raise ValueError("mode must be 'auto', 'drdy', 'poll' or 'burst'")
         self.chip = chip
         self.ring = ring
         self.on_fault = on_fault
@@ -180,6 +182,8 @@ class Acquisition:
             mode = "burst" if has_burst and (speed >= burst_min_speed or chip.drdy is None) else "drdy"
         if mode == "burst" and not has_burst:
             raise ValueError("burst mode needs an SPI object with read_frames() (the simulator)")
+        if mode in ("drdy", "poll") and chip.drdy is None:
+            raise ValueError(f"{mode} mode needs the chip's DRDY input (gpiozero DigitalInputDevice)")
         self.mode = mode
         self.counters = AcquisitionCounters()
         self.tracker = DriftTracker(1e9 / chip.sample_rate_sps)
@@ -212,7 +216,7 @@ class Acquisition:
         self._stop.clear()
         if self.mode == "drdy" and self.chip.drdy is not None:
             self.chip.drdy.when_activated = self._on_drdy
-        target = self._run_burst if self.mode == "burst" else self._run_drdy
+        target = {"burst": self._run_burst, "drdy": self._run_drdy, "poll": self._run_poll}[self.mode]
         self._thread = threading.Thread(target=self._guard, args=(target,), name="acquisition", daemon=True)
         self._thread.start()
         logger.info("acquisition started (%s path, %d SPS x %d ch)", self.mode, self.chip.sample_rate_sps,
@@ -322,6 +326,27 @@ class Acquisition:
             if drdy is not None and not drdy.is_active:
                 continue
             self._read_one()
+
+    def _run_poll(self) -> None:
+        """Polling fallback where edge interrupts are unreliable: sample the DRDY level every eighth of a
+        period and read when it is low. Costs more CPU than the edge path; same checks."""
+        period_ns = self.tracker.nominal_period_ns
+        nap_s = period_ns / 8 / 1e9 / self.speed
+        drdy, chip = self.chip.drdy, self.chip
+        started_ns = last_ns = chip.clock_ns()
+        while not self._stop.is_set():
+            if drdy.is_active:
+                self._read_one()
+                last_ns = chip.clock_ns()
+                continue
+            since = chip.clock_ns() - last_ns
+            if since > self.stall_periods * period_ns + (0.25e9 if last_ns == started_ns else 0):
+                self.counters.stalls += 1
+                self._fault("stall", f"DRDY not low for {since / 1e6:.1f} ms (> {self.stall_periods:g} periods)")
+                self._reinit("DRDY stall")
+                started_ns = last_ns = chip.clock_ns()
+                continue
+            time.sleep(nap_s)
 
     def _read_one(self) -> None:
         edge_ns = self.chip.drdy_edge_ns()
