@@ -324,7 +324,7 @@ class SimulatedADS1299:
             return self._burst_clock_ns
         raw = int((time.monotonic_ns() - self._t0_real_ns) * self.speed)
         due = self._next_conv_ns
-        if due is not None and self.running and not self.stalled:
+        if due is not None and self.running and not self.stalled and not self.standby:
             # While the DRDY thread is starved of CPU, simulated time waits for it (see _drdy_loop):
             # the chip is never late, so the host must not see a stall that is only the simulator's.
             return min(raw, int(due + self.period_ns / 2))
@@ -347,6 +347,7 @@ class SimulatedADS1299:
         self.rdatac = True                 # the chip powers up in RDATAC [ref 6]
         self.running = False
         self.stalled = False
+        self.standby = False
         self._busy_until_ns = 0
         self._next_conv_ns: float | None = None
         self._latest: bytes | None = None  # output register: the newest conversion
@@ -362,6 +363,7 @@ class SimulatedADS1299:
         self.rdatac = True
         self.running = False
         self.stalled = False
+        self.standby = False
         self._next_conv_ns = None
         self._unread = False
         self._block = None
@@ -438,8 +440,13 @@ class SimulatedADS1299:
             elif op == ads.STOP:
                 self.running = False
                 self._next_conv_ns = None
-            elif op in (ads.WAKEUP, ads.STANDBY):
-                pass
+            elif op == ads.STANDBY:
+                self.standby = True                # low power: no conversions until WAKEUP
+            elif op == ads.WAKEUP:
+                if self.standby and self.running:
+                    self.standby = False
+                    self._start_conversions()
+                self.standby = False
             elif op == ads.RDATA:
                 frame = self._clock_out_frame(self.frame_bytes)
                 k = min(len(frame), len(tx) - i - 1)
@@ -632,7 +639,7 @@ class SimulatedADS1299:
                     return
                 if self._burst_clock_ns is not None:
                     return                                  # burst path took over the clock
-                if not self.running or self.stalled or self._next_conv_ns is None:
+                if not self.running or self.stalled or self.standby or self._next_conv_ns is None:
                     self._wake.wait(0.01)
                     continue
                 due = self._next_conv_ns
@@ -695,7 +702,7 @@ class SimulatedADS1299:
                 self._burst_clock_ns = int((time.monotonic_ns() - self._t0_real_ns) * self.speed)
                 self._wake.notify_all()
             period = self.period_ns
-            if not (self.running and self.rdatac) or self.stalled or self._next_conv_ns is None:
+            if not (self.running and self.rdatac) or self.stalled or self.standby or self._next_conv_ns is None:
                 self._burst_clock_ns += int(n * period)
                 return b"", np.zeros(0, np.int64)
             if self._next_conv_ns < self._burst_clock_ns:

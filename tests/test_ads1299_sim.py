@@ -280,3 +280,17 @@ def test_fault_validation():
         Fault("stuck", -1)
     with pytest.raises(ValueError):
         SimulatedADS1299(variant_channels=5)
+
+
+def test_standby_stops_conversions_until_wakeup():
+    spi = powered_spi()
+    spi.xfer2([ads.START, ads.RDATAC])
+    assert len(spi.read_frames(10)) == 270
+    spi.xfer2([ads.STANDBY])                                   # ignored in RDATAC
+    assert len(spi.read_frames(10)) == 270
+    spi.xfer2([ads.SDATAC])
+    spi.xfer2([ads.STANDBY, ads.RDATAC])
+    assert spi.read_frames(10) == b""
+    spi.xfer2([ads.SDATAC])
+    spi.xfer2([ads.WAKEUP, ads.RDATAC])
+    assert len(spi.read_frames(10)) == 270
