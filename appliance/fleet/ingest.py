@@ -40,6 +40,7 @@ from paho.mqtt.properties import Properties
 
 from appliance import mqtt_schema as schema
 from appliance.commands import COMMANDS, CommandSpec
+from appliance.mqtt import set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ class FleetIngest:
         if reason_code.is_failure:
             log.error("broker refused the fleet console: %s", reason_code)
             return
+        set_tcp_nodelay(client)
         self._connected.set()
         client.subscribe(self._subscriptions())
 
