@@ -142,7 +142,7 @@ def test_drdy_pin_toggles_at_the_data_rate(mock_pins):
     elapsed_s = (spi.clock_ns() - t_start) / 1e9
     n = len(lows)
     assert elapsed_s > 1.0
-    assert n == pytest.approx(elapsed_s * 250 - 4, abs=3)      # 250 SPS, minus ~4 periods of settling
+    assert n == pytest.approx(elapsed_s * 250 - 4, abs=8)      # 250 SPS, minus ~4 periods of settling
     # nobody read them: all but the newest were overwritten, and the chip said nothing (no overrun flag)
     assert spi.chip.truth.overwritten >= n - 1
     spi.chip.close()
