@@ -123,7 +123,8 @@ class StreamingPreprocessor:
             raise ValueError(f"process() takes one channel, a 1-D array; got shape {x.shape}")
         if x.size == 0:
             return np.empty(0)
-        x = np.where(np.isfinite(x), x, 0.0)
+        if not np.isfinite(x).all():
+            x = np.where(np.isfinite(x), x, 0.0)
         y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
         out = self._resample(y)
         return np.clip(out, -self.clip_uv, self.clip_uv, out=out)

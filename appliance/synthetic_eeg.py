@@ -53,6 +53,8 @@ class SubjectTraits:
         Extra gain of slow waves (deep-sleep amplitude falls with age).
     background_exponent : float
         Exponent b of the 1/f^b background power spectrum.
+    alpha_strength : float
+        Gain of the waking alpha rhythm (some people have hardly any).
     """
 
     amplitude_scale: float
@@ -61,6 +63,7 @@ class SubjectTraits:
     theta_hz: float
     delta_scale: float
     background_exponent: float
+    alpha_strength: float = 1.0
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "SubjectTraits":
@@ -69,8 +72,9 @@ class SubjectTraits:
             alpha_hz=float(rng.uniform(8.5, 11.5)),
             spindle_hz=float(rng.uniform(11.5, 14.5)),
             theta_hz=float(rng.uniform(4.5, 6.5)),
-            delta_scale=float(np.exp(rng.normal(0.0, 0.2))),
+            delta_scale=float(np.exp(rng.normal(-0.1, 0.3))),
             background_exponent=float(rng.uniform(1.6, 2.2)),
+            alpha_strength=float(np.exp(rng.normal(0.0, 0.5))),
         )
 
 
@@ -276,6 +280,20 @@ class SyntheticSleepEEG:
             stage = Stage.W
         cortex, eyes, emg, movement = self._sources(rng, Stage(stage), bool(self.distressed[e]))
         n, fs = self.samples_per_epoch, self.fs_hz
+        # Scorers label an epoch by its majority: near a stage change, part of the epoch already (or still)
+        # looks like the neighbouring stage. Draw that part from the neighbour's sources.
+        neighbours = [(side, int(self.hypnogram[i])) for side, i in (("before", e - 1), ("after", e + 1))
+                      if 0 <= i < len(self.hypnogram) and self.hypnogram[i] not in (stage, Stage.UNSCORED)]
+        if neighbours and rng.random() < 0.5:
+            side, other = neighbours[int(rng.integers(len(neighbours)))]
+            frac = rng.uniform(0.15, 0.45)
+            o_cortex, o_eyes, o_emg, o_move = self._sources(rng, Stage(other), False)
+            ramp = np.clip((np.arange(n) / fs - (1 - frac) * self.epoch_s) / 2.0 + 0.5, 0.0, 1.0)
+            w = ramp if side == "after" else ramp[::-1]
+            cortex = (1 - w) * cortex + w * o_cortex
+            eyes = (1 - w) * eyes + w * o_eyes
+            emg = (1 - w) * emg + w * o_emg
+            movement = (1 - w) * movement + w * o_move
         t = (e * n + np.arange(n)) / fs  # absolute time keeps the mains hum phase-continuous
         hum = 2.0 * np.sin(2 * np.pi * self.mains_hz * t) if self.artefacts and self.mains_hz < fs / 2 else 0.0
         out = np.empty((n, len(channels)))
@@ -310,22 +328,33 @@ class SyntheticSleepEEG:
         movement = np.zeros(n)
 
         if stage == Stage.W:
-            x += 14.0 * j() * _slow_envelope(rng, n, fs) * _spectral_noise(rng, n, fs, _band(tr.alpha_hz, 0.7))
-            _add_events(eyes, rng, fs, 3.0, lambda r: self._blink(r))
+            # Alpha is an eyes-closed rhythm; with eyes open wake is low-amplitude, mixed and beta-rich.
+            eyes_open = rng.random() < 0.35
+            alpha_uv = 14.0 * tr.alpha_strength * (0.15 if eyes_open else 1.0)
+            x += alpha_uv * j() * _slow_envelope(rng, n, fs) * _spectral_noise(rng, n, fs, _band(tr.alpha_hz, 0.7))
+            if eyes_open:
+                beta_uv *= 1.5
+                _add_events(eyes, rng, fs, 4.0, lambda r: self._rapid_eye_movement(r))  # saccades
+            _add_events(eyes, rng, fs, 6.0 if eyes_open else 3.0, lambda r: self._blink(r))
         elif stage == Stage.N1:
             x += 10.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.0))
-            x += 4.0 * j() * _slow_envelope(rng, n, fs) * _spectral_noise(rng, n, fs, _band(tr.alpha_hz, 0.7))
+            # Drowsy alpha fades out over N1 (less than half the epoch by definition).
+            x += rng.uniform(0.0, 8.0) * tr.alpha_strength * _slow_envelope(rng, n, fs) * _spectral_noise(
+                rng, n, fs, _band(tr.alpha_hz, 0.7))
             _add_events(x, rng, fs, 2.0, lambda r: self._vertex_wave(r))
             eyes += 40.0 * _spectral_noise(rng, n, fs, _box(0.1, 0.5))  # slow rolling eye movements
         elif stage == Stage.N2:
             x += 7.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
-            x += 8.0 * j() * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
+            x += 6.0 * j() * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
+            x += self._slow_waves(rng, rng.uniform(0.0, 0.2))  # N2 may hold slow waves, < 20 % of the epoch
             _add_events(x, rng, fs, 2.2, lambda r: self._spindle(r))
             _add_events(x, rng, fs, 0.9, lambda r: self._k_complex(r))
         elif stage == Stage.N3:
-            x += 45.0 * j() * tr.delta_scale * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
+            # AASM N3 / R&K S3+S4: slow waves over 20 % (S3) to more than 50 % (S4) of the epoch.
+            x += self._slow_waves(rng, rng.uniform(0.2, 1.0))
+            x += 8.0 * j() * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
             x += 5.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
-            _add_events(x, rng, fs, 0.4, lambda r: self._spindle(r))
+            _add_events(x, rng, fs, 0.6, lambda r: self._spindle(r))
         elif stage == Stage.REM:
             x += 5.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
             x += 2.5 * j() * _spectral_noise(rng, n, fs, _band(tr.alpha_hz - 1.0, 0.8))
@@ -351,6 +380,17 @@ class SyntheticSleepEEG:
     # ---- transient waveforms (shapes after R&K 1968 / AASM 2007 descriptions) ------------------------
     def _t(self, duration_s: float) -> np.ndarray:
         return np.arange(int(duration_s * self.fs_hz)) / self.fs_hz
+
+    def _slow_waves(self, rng: np.random.Generator, fraction: float) -> np.ndarray:
+        """0.5-2 Hz waves of > 75 uV peak to peak, present over about ``fraction`` of the epoch."""
+        n, fs = self.samples_per_epoch, self.fs_hz
+        if fraction <= 0.0:
+            return np.zeros(n)
+        env = _slow_envelope(rng, n, fs, rate_hz=0.15)
+        threshold = np.quantile(env, 1.0 - fraction)
+        mask = np.clip((env - threshold) / 0.05 + 0.5, 0.0, 1.0)
+        amp_uv = 38.0 * self.traits.delta_scale * float(np.exp(rng.normal(0.0, 0.2)))
+        return amp_uv * mask * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
 
     def _spindle(self, rng: np.random.Generator) -> np.ndarray:
         t = self._t(rng.uniform(0.5, 1.8))

@@ -21,11 +21,17 @@ def _rel_power(x: np.ndarray, lo: float, hi: float) -> float:
 
 @pytest.fixture(scope="module")
 def blocks():
-    """8 epochs of each stage, artefact-free, first channel; one array per stage (epochs, samples)."""
-    hyp = np.repeat([W, N1, N2, N3, REM], 8)
+    """10 epochs of each stage, artefact-free, first channel; one array per stage (epochs, samples).
+
+    The first and last epoch of each block may carry part of the neighbouring stage (transition
+    epochs), so only the 8 inner ones are returned.
+    """
+    hyp = np.repeat([W, N1, N2, N3, REM], 10)
     gen = SyntheticSleepEEG(hyp, seed=11, artefacts=False, distressed_arousals=False, n_channels=1)
     x = gen.render_epochs()[:, :, 0]
-    return {s: x[hyp == s] for s in (W, N1, N2, N3, REM)}, gen
+    inner = np.ones(len(hyp), dtype=bool)
+    inner[::10] = inner[9::10] = False
+    return {s: x[(hyp == s) & inner] for s in (W, N1, N2, N3, REM)}, gen
 
 
 def test_streaming_read_equals_bulk_render_and_pads_with_zeros_at_the_end():

@@ -276,6 +276,20 @@ def report_markdown(ev: dict) -> str:
     return "\n".join(lines)
 
 
+def _history_markdown(history: list[dict]) -> str:
+    if not history:
+        return "None: this is the first evaluated model."
+    lines = ["| model sha256 | evaluated | DREAMS majority 5-class acc / kappa (ours) | (YASA) | synthetic acc | note |",
+             "|---|---|---|---|---|---|"]
+    for h in history:
+        o, y = h.get("dreams_ours_majority_5class", {}), h.get("dreams_yasa_majority_5class", {})
+        lines.append(f"| `{str(h.get('model_sha256'))[:12]}` | {h.get('evaluated_utc')} | "
+                     f"{o.get('accuracy', float('nan')):.3f} / {o.get('kappa', float('nan')):.3f} | "
+                     f"{y.get('accuracy', float('nan')):.3f} / {y.get('kappa', float('nan')):.3f} | "
+                     f"{h.get('synthetic_causal_accuracy') or float('nan'):.3f} | {h.get('note', '')} |")
+    return "\n".join(lines)
+
+
 def write_model_card_md(card: dict) -> str:
     """MODEL_CARD.md from model_card.json (the JSON is the source of truth)."""
     tr = card.get("training", {})
@@ -341,6 +355,10 @@ numbers say the pipeline works, not that it stages real people well.
 {report_markdown(ev)}
 ![confusion matrices](confusion_dreams.png)
 ![synthetic confusion](confusion_synthetic.png)
+
+## Earlier models
+
+{_history_markdown(card.get('evaluation_history', []))}
 
 ## Limits, honestly
 

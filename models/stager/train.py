@@ -153,13 +153,26 @@ def transition_matrix(nights: list[Night]) -> tuple[np.ndarray, np.ndarray]:
     return counts / counts.sum(axis=1, keepdims=True), prior / prior.sum()
 
 
+def evaluation_summary(card: dict) -> dict:
+    """The headline numbers of a card's evaluation, to keep once the model is replaced."""
+    ev = card.get("evaluation", {})
+    out = {"model_sha256": card.get("sha256"), "evaluated_utc": ev.get("run_utc"),
+           "synthetic_causal_accuracy": ev.get("synthetic", {}).get("causal", {}).get("accuracy")}
+    for who in ("ours", "yasa"):
+        for subset in ("majority_5class", "majority_4class", "unanimous_5class", "unanimous_4class"):
+            s = ev.get("dreams", {}).get(who, {}).get(subset)
+            if s:
+                out[f"dreams_{who}_{subset}"] = {k: round(s[k], 3) for k in ("accuracy", "kappa", "macro_f1")}
+    return out
+
+
 def build_model(n_inputs: int, *, seed: int = 0):
     """A small MLP over the flattened causal window: 10x18 features -> 64 -> 32 -> 5."""
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
     inp = tf.keras.Input(shape=(n_inputs,), name="features")
-    x = tf.keras.layers.GaussianNoise(0.15)(inp)  # features of real EEG are noisier than synthetic ones
+    x = tf.keras.layers.GaussianNoise(0.25)(inp)  # features of real EEG are noisier than synthetic ones
     x = tf.keras.layers.Dense(64, activation="relu")(x)
     x = tf.keras.layers.Dropout(0.3)(x)
     x = tf.keras.layers.Dense(32, activation="relu")(x)
@@ -284,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     card_path = args.out.with_name("model_card.json")
     old = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    # Keep the record of earlier models' evaluations: a later model's real-EEG numbers are only
+    # meaningful beside what came before (and whether anyone looked at them before retraining).
+    card["evaluation_history"] = old.get("evaluation_history", [])
     if "evaluation" in old and old.get("sha256") == card["sha256"]:
         card["evaluation"] = old["evaluation"]
+    elif "evaluation" in old:
+        card["evaluation_history"].append(evaluation_summary(old))
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     logger.info("wrote %s (%d bytes, sha256 %s) and %s", args.out, len(blob), card["sha256"][:12], card_path)
     print(f"model: {args.out} {len(blob)} bytes; run `python -m models.stager.evaluate` for the metrics")
