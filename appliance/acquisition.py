@@ -301,7 +301,7 @@ class Acquisition:
         started_ns = chip.clock_ns()
         while not self._stop.is_set():
             try:
-                edge_ns = get(timeout=timeout_s)
+                get(timeout=timeout_s)    # the edge only wakes us; _read_one takes the edge time
             except queue.Empty:
                 if not self._edges.empty() or self._stop.is_set():
                     continue          # an edge arrived while we were being woken: not a stall
