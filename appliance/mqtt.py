@@ -431,7 +431,7 @@ class BoxLink:
         if dropped:
             self.outbox.put(schema.topic(self.box_id, "event"),
                             schema.event_payload(self.box_id, self.clock(), kind="outbox_overflow",
-                                                 dropped_total=dropped), channel="event")
+                                                 dropped_total=dropped), channel="event", over_bound=True)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [rc for rc in reason_codes if rc.is_failure]

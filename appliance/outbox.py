@@ -12,7 +12,7 @@ Disk policy (bounded): at most ``max_rows`` rows and ``max_bytes`` of payload. W
 exceed either bound, the oldest rows of the *lowest priority* go first (events, priority 0, before
 alerts, priority 1); an alert is only dropped when the outbox holds nothing but alerts. Every drop is
 logged and counted (``dropped``), and the box reports the count in an ``outbox_overflow`` event once
-it is back online. The defaults (10,000 rows, 8 MB) hold weeks of nights offline.
+it is back online (that one notice may exceed the bound by a row rather than evict an alert). The defaults (10,000 rows, 8 MB) hold weeks of nights offline.
 """
 from __future__ import annotations
 
@@ -92,11 +92,12 @@ class Outbox:
 
     # ---- writing --------------------------------------------------------------------------------
     def put(self, topic: str, payload: dict, *, channel: str, priority: int = PRIORITY_EVENT,
-            qos: int = 1, retain: bool = False) -> int:
+            qos: int = 1, retain: bool = False, over_bound: bool = False) -> int:
         """Store a message; return the ``seq`` it was given on its channel.
 
         ``payload`` gets ``outbox_id`` and ``seq`` added (strictly increasing per channel, never reused
-        while this database exists).
+        while this database exists). ``over_bound=True`` stores it without making room (only for the
+        ``outbox_overflow`` notice: announcing a drop must not itself drop an alert).
         """
         with self._lock:
             cur = self._db.cursor()
@@ -106,7 +107,8 @@ class Outbox:
                             (channel,))
                 seq = cur.execute("SELECT value FROM counters WHERE name=?", (channel,)).fetchone()[0]
                 data = schema.encode({**payload, "outbox_id": self.outbox_id, "seq": seq})
-                self._make_room(cur, len(data), priority)
+                if not over_bound:
+                    self._make_room(cur, len(data), priority)
                 cur.execute("INSERT INTO outbox (topic, payload, qos, retain, priority) VALUES (?,?,?,?,?)",
                             (topic, data, qos, int(retain), priority))
                 cur.execute("COMMIT")

@@ -257,3 +257,25 @@ def test_config_is_validated_applied_acknowledged_and_a_bad_one_changes_nothing(
     finally:
         link.stop()
         ingest.stop()
+
+
+def test_a_full_outbox_keeps_the_newest_alerts_and_says_what_it_dropped(broker, tmp_path):
+    """Disk policy end to end: offline too long for the outbox, events go first, then the oldest alerts;
+    the drop is announced once the box is back."""
+    rec = Recorder(broker.host, broker.port, ["bedtime/v1/box-a/alert", "bedtime/v1/box-a/event"], persistent=True)
+    broker.stop()
+    link = make_box(tmp_path, "box-a", broker.host, broker.port, outbox_max_rows=5)
+    link.start()
+    try:
+        link.publish_event("breather_started")
+        for i in range(7):
+            alert(link, i)
+        assert link.outbox_depth == 5 and link.outbox.dropped == 3
+        broker.start()  # the recorder's persistent session survives: it gets everything
+        assert link.wait_delivered(10)
+        assert rec.wait_for(lambda r: len(r.of("/alert")) == 5 and r.of("/event"))
+    finally:
+        link.stop()
+    assert [p["n"] for p in rec.of("/alert")] == [2, 3, 4, 5, 6]  # the newest five, in order
+    assert [(e["kind"], e["dropped_total"]) for e in rec.of("/event")] == [("outbox_overflow", 3)]
+    rec.close()
