@@ -291,8 +291,9 @@ class Acquisition:
 
     # ---- DRDY path -----------------------------------------------------------------------------
     def _on_drdy(self) -> None:
-        # runs in the thread that saw the edge: take the edge time now
-        self._edges.put(self.chip.drdy_edge_ns())
+        # Runs in the thread that saw the edge; only wakes the reader. The edge time is read from the pin
+        # (gpiozero keeps the edge's tick) just before the frame is clocked out.
+        self._edges.put(True)
 
     def _run_drdy(self) -> None:
         period_ns = self.tracker.nominal_period_ns
