@@ -262,3 +262,32 @@ class Stager:
         if p.ndim != 2 or p.shape[1] != len(STAGE_NAMES):
             raise ValueError(f"probs must have shape (n_epochs, {len(STAGE_NAMES)}), got {p.shape}")
         return forward_backward(p, self._transition, self._prior)
+
+
+def smooth_hypnogram(probs: np.ndarray, *, model_path: str | Path | None = None) -> np.ndarray:
+    """The morning report's hypnogram: look-ahead smoothed stages of a night's causal probabilities.
+
+    A convenience for code that has the stored probabilities but no :class:`Stager` (the report): it
+    reads only the model card (transition matrix and prior), not the model.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray, shape (n_epochs, 5)
+        Causal stage probabilities (W, N1, N2, N3, REM) as the live stager produced them.
+    model_path : str or Path, optional
+        The model whose card to use (default :data:`DEFAULT_MODEL_PATH`).
+
+    Returns
+    -------
+    numpy.ndarray of int8, shape (n_epochs,): one :class:`~appliance.hypnogram.Stage` per epoch.
+    """
+    from appliance.tflite import load_model_card
+
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(STAGE_NAMES):
+        raise ValueError(f"probs must have shape (n_epochs, {len(STAGE_NAMES)}), got {p.shape}")
+    path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
+    card = load_model_card(path.with_name("model_card.json"))
+    post = forward_backward(p, np.asarray(card["transition_matrix"], dtype=np.float64),
+                            np.asarray(card["class_prior"], dtype=np.float64))
+    return post.argmax(axis=1).astype(np.int8)

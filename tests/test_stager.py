@@ -121,3 +121,12 @@ def test_training_pipeline_smoke(tmp_path, shared):
     assert not set(card["training"]["subjects"]["train"]) & set(card["training"]["subjects"]["val"])
     probs = Stager(out).stage_night(SyntheticSleepEEG(HYP[:8], seed=1, n_channels=1).render_channel(0), fs_hz=250.0)
     assert probs.shape == (8, 5)
+
+
+def test_smooth_hypnogram_gives_the_report_int8_stages_from_the_card(stager, night):
+    from appliance.stager import smooth_hypnogram
+
+    probs = stager.stage_night(night, fs_hz=250.0)
+    hyp = smooth_hypnogram(probs)
+    assert hyp.dtype == np.int8 and hyp.shape == (len(HYP),)
+    np.testing.assert_array_equal(hyp, stager.smooth_night(probs).argmax(1))

@@ -316,7 +316,7 @@ offline pass (`Stager.smooth_night`, HMM forward-backward) adds look-ahead for t
 
 ## Training data: SYNTHETIC only (this file)
 
-The committed model was trained **only on synthetic EEG** ({', '.join(tr.get('data', []))}): one night of
+The committed model was trained **only on synthetic EEG** (sources: {', '.join(tr.get('data', []))}): one night of
 `appliance.synthetic_eeg.SyntheticSleepEEG` per real expert hypnogram in `../shared/data/hypnograms`
 (Sleep-EDF SC and YASA; {tr.get('synthetic_renders_per_training_night')} renders per training night with different
 subject traits), trimmed to 30 min of wake around the sleep period. No real EEG was available for
@@ -412,7 +412,10 @@ def verdict(ev: dict) -> str:
         head = ("On the real DREAMS epochs the causal stager LOSES to YASA. Why: it has never seen real EEG "
                 "(trained on synthetic nights only), while YASA's classifier was trained on thousands of real "
                 "nights; and YASA sees 7.5 min of future context while ours sees none.")
-    return head + " " + "; ".join(parts) + "."
+    conf = np.asarray(o["confusion"])
+    off = [(conf[i, j], STAGE_NAMES[i], STAGE_NAMES[j]) for i in range(5) for j in range(5) if i != j and conf[i, j]]
+    worst = ", ".join(f"expert {a} read as {b}: {n}" for n, a, b in sorted(off, reverse=True)[:4])
+    return head + " " + "; ".join(parts) + f". Largest confusions of ours (majority, 5 classes): {worst}."
 
 
 def main(argv: list[str] | None = None) -> int:
