@@ -34,11 +34,17 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 W, N1, N2, R = int(Stage.W), int(Stage.N1), int(Stage.N2), int(Stage.REM)
 
 LOOP_PATTERN: tuple[int, ...] = tuple(
-    [R] * 6 + [W] * 2 + [R] * 14 + [W] * 2 + [R] * 20 + [W] * 3 + [N1] * 2 + [N2] * 4)
+    [R] * 6 + [W] * 2 + [R] * 1 + [W] * 2 + [R] * 20 + [W] * 3 + [N1] * 2 + [N2] * 4)
 """The scripted nightmare loop (30-s epochs): REM broken twice by distressed wake, each time returning to REM
-(two returns 8 min apart: a loop by docs/loops.md), then waking and settling. The REM stretches after each return
-are longer than a breather session (cue 60 s + light 120 s by default), so wherever the loop model becomes sure,
-a session runs its course with the loop still under way, and the parent is alerted."""
+(two returns 1.5 min apart: a loop by docs/loops.md), then 10 min of REM with the loop under way, then waking and
+settling. Why this shape: a breather session (cue 60 s + light 120 s by default) stops at once when the sleeper
+wakes, and one that ends with the loop no longer detected counts as having helped. With a single REM epoch
+between the two arousals and :data:`DEMO_BREATHER` asking for two loop epochs in a row, a session can start only
+after the second return; it runs its course in the long REM stretch with the loop still detected and so ends in
+an alert to the parent, which is what the demo shows."""
+
+DEMO_BREATHER = {"confirm_epochs": 2}
+"""Breather settings of the demo (inside the safety envelope): confirm a loop over two epochs (1 min)."""
 
 DEMO_NIGHT = "SC4001E0"
 """Real Sleep-EDF night the demo uses when ../shared is present."""
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         phone = PhoneSubscriber("127.0.0.1", broker.port, box_id)
         cfg = validate_config({"box": {"id": box_id, "name": "Demo bedroom", "state_dir": str(out / "state")},
-                               "mqtt": {"host": "127.0.0.1", "port": broker.port},
+                               "mqtt": {"host": "127.0.0.1", "port": broker.port}, "breather": DEMO_BREATHER,
                                "recording": {"dir": str(out / "nights")}})
         hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=args.seed),
                            speed=args.speed)

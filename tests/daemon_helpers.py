@@ -147,8 +147,11 @@ class Subscriber:
 def box_config(tmp: Path, *, port: int | None, box_id: str = "box-a", **sections) -> "object":
     from appliance.config import validate_config
 
+    from appliance.demo import DEMO_BREATHER
+
     doc = {"box": {"id": box_id, "state_dir": str(tmp / "state")}, "recording": {"dir": str(tmp / "nights")},
-           "mqtt": {"host": "127.0.0.1", "port": port} if port else {"enabled": False}}
+           "mqtt": {"host": "127.0.0.1", "port": port} if port else {"enabled": False},
+           "breather": dict(DEMO_BREATHER)}
     for k, v in sections.items():
         doc.setdefault(k, {}).update(v)
     return validate_config(doc)

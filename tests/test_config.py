@@ -84,3 +84,11 @@ def test_merge_pushed_config():
     with pytest.raises(ConfigError) as ei:
         merge_config(base, {"breather": {"cue_volume": 2}})
     assert ei.value.key == "breather.cue_volume"
+
+
+def test_example_breather_values_are_the_safety_defaults():
+    """The example shows the breather's defaults; if appliance/safety.py changes one, the example must follow."""
+    from appliance.safety import BreatherConfig
+
+    example = tomllib.loads(EXAMPLE.read_text())["breather"]
+    assert example == BreatherConfig().to_dict()

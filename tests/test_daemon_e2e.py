@@ -37,7 +37,7 @@ def night(tmp_path_factory, mqtt_pki):
     phone = Subscriber("127.0.0.1", broker.port, [f"bedtime/v1/{cfg.box.id}/alert", f"bedtime/v1/{cfg.box.id}/report"],
                        client_id="phone-e2e")
     parts, models_used = pipeline_parts(hyp)
-    hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=3), speed=float("inf"))
+    hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=7), speed=float("inf"))
     daemon = Daemon(cfg, hardware=hw, parts=parts)
     try:
         result = daemon.run()

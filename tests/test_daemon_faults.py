@@ -30,7 +30,7 @@ def _write_config(tmp: Path) -> Path:
     cfg = tmp / "bedtime.toml"
     cfg.write_text(f'[box]\nid = "box-a"\nstate_dir = "{tmp / "state"}"\n'
                    f'[recording]\ndir = "{tmp / "nights"}"\nflush_interval_s = 0.5\n'
-                   f'[mqtt]\nenabled = false\n')
+                   f'[mqtt]\nenabled = false\n[breather]\nconfirm_epochs = 2\n')
     return cfg
 
 
