@@ -149,13 +149,16 @@ class FrameRing:
             If ``len(data)`` is not a whole number of frames (nothing is pushed then).
         """
         if type(data) is bytes:
-            n = self._push_bytes(self._ring, data, len(data), timestamp_ns, period_ns)
+            nbytes = len(data)
+            n = self._push_bytes(self._ring, data, nbytes, timestamp_ns, period_ns)
         else:
-            n = self._push(self._ring, self._from_buffer(data), len(data), timestamp_ns, period_ns)
+            buf = self._from_buffer(data)     # bytearray, memoryview, numpy uint8 (any shape)
+            nbytes = ffi.sizeof(buf)
+            n = self._push(self._ring, buf, nbytes, timestamp_ns, period_ns)
         if n < 0:
             if n == lib.BT_ERR_LENGTH:
                 raise ValueError(
-                    f"{len(data)} bytes is not a whole number of {self.frame_bytes}-byte frames; nothing pushed"
+                    f"{nbytes} bytes is not a whole number of {self.frame_bytes}-byte frames; nothing pushed"
                 )
             raise ValueError(f"push_raw failed with code {n}")
         return n

@@ -141,3 +141,12 @@ def test_threaded_producer_consumer_loses_nothing():
     assert np.array_equal(got, np.arange(n_total))
     c = ring.counters
     assert (c.pushed, c.popped, c.dropped, c.corrupt) == (n_total, n_total, 0, 0)
+
+
+def test_push_accepts_any_byte_buffer():
+    ring = FrameRing(16, 8)
+    raw = b"".join(frame([i]) for i in range(3))
+    assert ring.push_raw(bytearray(raw), 0) == 3
+    assert ring.push_raw(memoryview(raw), 0) == 3
+    assert ring.push_raw(np.frombuffer(raw, np.uint8).reshape(3, 27), 0) == 3   # 2-D: counted in bytes
+    assert ring.pop(16).counts[:, 0].tolist() == [0, 1, 2] * 3
