@@ -269,10 +269,13 @@ class BoxLink:
 
     # ---- internals: payloads ------------------------------------------------------------------
     def _status_payload(self, state: str, **fields: Any) -> dict:
-        return schema.status_payload(
-            self.box_id, self.clock(), state=state, firmware_version=self.firmware_version,
-            model_versions=self.model_versions, config_version=self.config_version,
-            outbox_depth=len(self.outbox) if state != "offline" else None, **fields)
+        extra = {"config_version": self.config_version,
+                 "outbox_depth": len(self.outbox) if state != "offline" else None}
+        extra.update(fields)  # the daemon's own fields win over the link's defaults
+        for reserved in ("firmware_version", "model_versions", "schema", "box_id", "time_utc", "online"):
+            extra.pop(reserved, None)
+        return schema.status_payload(self.box_id, self.clock(), state=state, firmware_version=self.firmware_version,
+                                     model_versions=self.model_versions, **extra)
 
     def _ping(self, args: dict) -> dict:
         return {"firmware_version": self.firmware_version, "model_versions": self.model_versions,
