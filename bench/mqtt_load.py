@@ -22,6 +22,7 @@ import queue
 import random
 import resource
 import selectors
+import shutil
 import tempfile
 import threading
 import time
@@ -234,6 +235,7 @@ def run_load(load: Load, *, broker=None) -> dict:
         ingest.stop()
         if own_broker:
             broker.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
     acked = {tuple(a) for r in results for a in r["acked_alerts"]}
     lat = np.array(latencies_ms) if latencies_ms else np.array([np.nan])
     return {
