@@ -15,6 +15,19 @@ def shared():
     return root
 
 
+@pytest.fixture
+def mock_pins():
+    """gpiozero's mock pin factory with PWM-capable pins, installed for one test and torn down after."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    old = Device.pin_factory
+    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
+    yield Device.pin_factory
+    Device.pin_factory.reset()
+    Device.pin_factory = old
+
+
 @pytest.fixture(scope="session")
 def mqtt_pki(tmp_path_factory):
     """A test CA, server and client certificates for the mosquitto TLS listeners (made once)."""

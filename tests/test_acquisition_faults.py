@@ -5,21 +5,10 @@ import time
 
 import numpy as np
 import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.acquisition import Acquisition, DriftTracker
 from appliance.ads1299_sim import Fault, NoiseSource, simulated_board
 from appliance.ring import FrameRing
-
-
-@pytest.fixture
-def mock_pins():
-    old = Device.pin_factory
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = old
 
 
 def run(board, n_conversions: int, *, ring_capacity: int = 4096, consume: bool = True, timeout_s: float = 30.0,

@@ -7,8 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.acquisition import Acquisition
 from appliance.ads1299_sim import Fault, NoiseSource, SineSource, simulated_board
@@ -150,15 +148,6 @@ def test_ten_minutes_burst_path_under_load_loses_nothing_and_sees_every_fault():
         assert kind in reported
     assert acq.tracker.drift_ppm == pytest.approx(-150.0, abs=10.0)
     board.close()
-
-
-@pytest.fixture
-def mock_pins():
-    old = Device.pin_factory
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = old
 
 
 def test_drdy_path_under_load_accounts_for_every_frame(mock_pins):

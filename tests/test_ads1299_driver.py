@@ -13,15 +13,6 @@ from appliance.ads1299 import ADS1299, ADS1299Error
 from appliance.ads1299_sim import Fault, SimulatedSpiDev, simulated_board
 
 
-@pytest.fixture
-def mock_pins():
-    old = Device.pin_factory
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = old
-
-
 class SpyingSpi(SimulatedSpiDev):
     """Records every chip-select window and the time it happened."""
 

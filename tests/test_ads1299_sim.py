@@ -5,21 +5,10 @@ import time
 
 import numpy as np
 import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance import ads1299 as ads
 from appliance.ads1299_sim import (EdfSource, Fault, NoiseSource, SimulatedADS1299, SimulatedSpiDev, SineSource,
                                    simulated_board)
-
-
-@pytest.fixture
-def mock_pins():
-    old = Device.pin_factory
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = old
 
 
 def powered_spi(**kw) -> SimulatedSpiDev:
