@@ -522,14 +522,18 @@ class BoxLink:
             self.publish_event("config_rejected", config_version=version if isinstance(version, str) else None,
                                config_sha256=digest, error=f"{type(e).__name__}: {e}")
             return
-        if self._config_handler is not None:
-            try:
-                self._config_handler(validated)
-            except Exception as e:
-                log.exception("config handler failed")
-                self.publish_event("config_rejected", config_version=version, config_sha256=digest,
-                                   error=f"handler failed: {type(e).__name__}: {e}")
-                return
+        if self._config_handler is None:
+            # Valid, but nothing on this box would apply it: say so rather than claim it was applied.
+            self.publish_event("config_rejected", config_version=version, config_sha256=digest,
+                               error="this box applies no pushed configuration (no config handler)")
+            return
+        try:
+            self._config_handler(validated)
+        except Exception as e:
+            log.exception("config handler failed")
+            self.publish_event("config_rejected", config_version=version, config_sha256=digest,
+                               error=f"handler failed: {type(e).__name__}: {e}")
+            return
         self.config_version = version
         self.publish_event("config_applied", config_version=version, config_sha256=digest)
         self.publish_status(**self._status)

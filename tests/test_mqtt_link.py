@@ -251,6 +251,13 @@ def test_config_is_validated_applied_acknowledged_and_a_bad_one_changes_nothing(
         rejected = [e for e in events if e["kind"] == "config_rejected"]
         assert rejected[0]["config_version"] == "v2-unsafe" and "cue_volume" in rejected[0]["error"]
         assert len(applied) == 1 and link.config_version == "v1"
+        # A box with no config handler says so instead of claiming it applied anything.
+        link._config_handler = None
+        ingest.push_config("box-a", good, config_version="v4")
+        assert wait_until(lambda: any(e.get("config_version") == "v4" for e in events), 5)
+        (v4,) = [e for e in events if e.get("config_version") == "v4"]
+        assert v4["kind"] == "config_rejected" and "no config handler" in v4["error"]
+        assert link.config_version == "v1"
         # The validator on the console side refuses the unsafe config before it is ever published.
         with pytest.raises(Exception, match="cue_volume"):
             ingest.push_config("box-a", unsafe, config_version="v3", validator=validate_config)
