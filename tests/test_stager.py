@@ -110,12 +110,12 @@ def test_smooth_night_checks_its_input(stager):
 
 @pytest.mark.slow
 def test_training_pipeline_smoke(tmp_path, shared):
-    """Train on two synthetic nights (one subject) for one epoch and load the export with the box's runtime."""
+    """Train on three synthetic nights (two subjects) for one epoch and load the export with the box's runtime."""
     pytest.importorskip("tensorflow")
     from models.stager import train
 
     out = tmp_path / "stager.tflite"
-    assert train.main(["--max-nights", "2", "--renders", "1", "--epochs", "1", "--out", str(out)]) == 0
+    assert train.main(["--max-nights", "3", "--renders", "1", "--epochs", "1", "--out", str(out)]) == 0
     card = json.loads((tmp_path / "model_card.json").read_text())
     assert card["sha256"] == file_sha256(out)
     assert not set(card["training"]["subjects"]["train"]) & set(card["training"]["subjects"]["val"])
