@@ -911,15 +911,18 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
         from appliance.acquisition import Acquisition
         from appliance.ads1299 import ADS1299
 
-        import spidev
-        from gpiozero import DigitalInputDevice
+        def bring_up() -> tuple[Any, Any]:
+            import spidev
+            from gpiozero import DigitalInputDevice
 
-        spi = spidev.SpiDev()
-        spi.open(a.spi_bus, a.spi_device)
-        drdy = DigitalInputDevice(a.drdy_pin, pull_up=True)  # DRDY is active low
-        chip = ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
-                       max_speed_hz=a.spi_max_speed_hz)
-        acq = _AcquisitionAdapter(Acquisition(chip, ring, mode="drdy"), spi=spi)
+            spi = spidev.SpiDev()
+            spi.open(a.spi_bus, a.spi_device)
+            drdy = DigitalInputDevice(a.drdy_pin, pull_up=True)  # DRDY is active low
+            chip = ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
+                           max_speed_hz=a.spi_max_speed_hz)
+            return Acquisition(chip, ring, mode="drdy"), spi
+
+        acq = _AcquisitionAdapter(bring_up)
         return HardwareEdge(ring=ring, acquisition=acq, pin_factory=None, sample_rate_sps=a.sample_rate_sps,
                             n_channels=a.channels, gain=a.gain, simulated=False)
     if source is None:
@@ -956,47 +959,57 @@ def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source
     faults = [Fault(kinds.get(f.kind, f.kind), at_frame=int(f.start_s * fs), n_frames=max(1, int(f.duration_s * fs)),
                     channel=f.channel) for f in source.faults]
     realtime = speed < 20
-    drdy_dev = drdy_pin = None
-    if realtime:
-        from gpiozero import DigitalInputDevice
+    sim_speed = speed if np.isfinite(speed) else 1e9  # 1e9: as fast as possible; back-pressure paces the replay
 
-        drdy_pin = pin_factory.pin(a.drdy_pin)
-    spi = SimulatedSpiDev(variant_channels=a.channels, source=signal_source, drdy_pin=drdy_pin,
-                          speed=speed if np.isfinite(speed) else 1e9, faults=faults, seed=source.seed)
-    # (1e9: "as fast as possible"; the burst path with back-pressure then paces the replay)
-    spi.open(a.spi_bus, a.spi_device)
-    if realtime:
-        drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
-    sim_speed = speed if np.isfinite(speed) else 1e9
-    # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
-    chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=fs, gains=a.gain, max_speed_hz=a.spi_max_speed_hz,
-                   wait_power_on=True, sleep=lambda s: time.sleep(s / sim_speed))
-    return _AcquisitionAdapter(Acquisition(chip, ring, mode="drdy" if realtime else "burst",
-                                           backpressure=not np.isfinite(speed), burst_frames=2500),
-                               total_frames=int(signal_source.n_samples), spi=spi)
+    def bring_up() -> tuple[Any, Any]:
+        # Built when the daemon is ready to read: a real (and a faithful simulated) chip converts from START
+        # on whether or not anyone reads, so bringing it up earlier would lose the start of the night.
+        drdy_dev = drdy_pin = None
+        if realtime:
+            from gpiozero import DigitalInputDevice
+
+            drdy_pin = pin_factory.pin(a.drdy_pin)
+        spi = SimulatedSpiDev(variant_channels=a.channels, source=signal_source, drdy_pin=drdy_pin, speed=sim_speed,
+                              faults=faults, seed=source.seed)
+        spi.open(a.spi_bus, a.spi_device)
+        if realtime:
+            drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
+        # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
+        chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=fs, gains=a.gain, max_speed_hz=a.spi_max_speed_hz,
+                       wait_power_on=True, sleep=lambda s: time.sleep(s / sim_speed))
+        acq = Acquisition(chip, ring, mode="drdy" if realtime else "burst", backpressure=not np.isfinite(speed),
+                          burst_frames=2500)
+        return acq, spi
+
+    return _AcquisitionAdapter(bring_up, total_frames=int(signal_source.n_samples))
 
 
 class _AcquisitionAdapter:
     """What the daemon needs from :class:`appliance.acquisition.Acquisition`: start/stop, its faults as events
     (a bounded queue: the acquisition thread never waits on the pipeline), and the end of a replay."""
 
-    def __init__(self, acq: Any, *, total_frames: int | None = None, spi: Any = None) -> None:
+    def __init__(self, bring_up: Callable[[], tuple[Any, Any]], *, total_frames: int | None = None) -> None:
         import collections
 
-        self.acq = acq
+        self._bring_up = bring_up
+        self.acq: Any = None
+        self.spi: Any = None
         self.total_frames = total_frames
-        self.spi = spi
         self._events: collections.deque = collections.deque(maxlen=1000)
-        acq.on_fault = lambda kind, detail: self._events.append({"kind": kind, "reason": detail})
 
     @property
     def counters(self) -> dict:
-        return self.acq.counters.as_dict()
+        return self.acq.counters.as_dict() if self.acq is not None else {}
 
     def start(self) -> None:
+        """Bring the chip up and start reading it at once."""
+        self.acq, self.spi = self._bring_up()
+        self.acq.on_fault = lambda kind, detail: self._events.append({"kind": kind, "reason": detail})
         self.acq.start()
 
     def stop(self) -> None:
+        if self.acq is None:
+            return
         self.acq.stop()
         if self.spi is not None:
             self.spi.close()
@@ -1010,6 +1023,6 @@ class _AcquisitionAdapter:
 
     def frames_accounted(self, frames_seen: int) -> bool:
         """True when a replay has delivered (or provably lost) every frame of its source."""
-        if self.total_frames is None:
+        if self.total_frames is None or self.acq is None:
             return False
         return frames_seen + self.acq.counters.missed_drdy >= self.total_frames
