@@ -480,10 +480,10 @@ class Daemon:
             kind = ev.get("kind", "fault")
             reason = ev.get("reason", "")
             t = self._signal_s()
-            if kind in ("stall", "drdy_stall"):
+            if kind == "stall":
                 self.counters["drdy_stalls"] += 1
                 self._fault(f"DRDY stall: {reason}", t, kind="drdy_stall")
-            elif kind in ("reinit", "chip_reinit"):
+            elif kind == "reinit":
                 self.counters["chip_reinits"] += 1
                 self._event("chip_reinit", t, reason=reason)
             elif kind == "reinit_failed":
@@ -709,10 +709,12 @@ def _systemd_notifier() -> Callable[[str], None]:
 # ---- the hardware edge ---------------------------------------------------------------------------------
 @dataclass
 class ScriptedFault:
-    """A fault injected into a simulated night (tests and the demo).
+    """A fault injected into a simulated night (tests and the demo), in signal time.
 
-    kind : ``"drdy_stall"`` (the chip stops signalling data), ``"electrode_off"`` (lead-off flags set and
-    the channel rails) ; ``start_s``/``duration_s`` in signal seconds; ``channel`` 0-based.
+    Passed to the chip simulator as an :class:`appliance.ads1299_sim.Fault`: ``"drdy_stall"`` (conversions stop
+    until the driver re-initialises the chip), ``"electrode_off"`` (the lead-off comparator flags ``channel``'s
+    electrode and its input goes to the rail), or any of that class's other kinds (``bitflip``, ``drop_drdy``,
+    ``stuck``, ``rail``). ``start_s``/``duration_s`` in seconds of signal; ``channel`` 0-based.
     """
 
     kind: str
@@ -757,97 +759,6 @@ class _ChannelAdapter:
         return np.asarray(self.source.read(n))[:, self._map]
 
 
-class StandInReplay:
-    """STAND-IN for the acquisition layer's simulated chip + driver, used only while
-    ``appliance.acquisition`` is not available: it encodes the source's microvolts into genuine 27-byte
-    ADS1299 RDATAC frames (status ``1100`` + LOFF bits, 24-bit big-endian counts) and pushes them into the
-    real C ring, paced at ``speed`` x real time, with scripted faults. It does not exercise SPI, DRDY or the
-    driver's own fault detection; the stall it reports is what the driver would report.
-    """
-
-    def __init__(self, source: Any, ring: Any, *, fs_hz: int, gain: int, n_channels: int, speed: float,
-                 faults: list[ScriptedFault], burst_frames: int = 250) -> None:
-        self.source, self.ring = source, ring
-        self.fs_hz, self.n_channels, self.speed = fs_hz, n_channels, float(speed)
-        self.counts_per_uv = 1.0 / counts_to_uv(gain)
-        self.faults = list(faults)
-        self.burst = burst_frames
-        self.total_frames = int(source.n_samples)
-        self.finished = False
-        self._events: list[dict] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bedtime-acq-standin", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    def poll_events(self) -> list[dict]:
-        with self._lock:
-            ev, self._events = self._events, []
-        return ev
-
-    def _encode(self, uv: np.ndarray, loff: int) -> bytes:
-        counts = np.clip(np.rint(uv * self.counts_per_uv), -(2**23), 2**23 - 1).astype(np.int32)
-        n = len(counts)
-        frame = np.empty((n, 3 + 3 * self.n_channels), dtype=np.uint8)
-        status = 0xC00000 | ((loff & 0xFF) << 12)
-        frame[:, 0], frame[:, 1], frame[:, 2] = status >> 16 & 0xFF, status >> 8 & 0xFF, status & 0xFF
-        u = counts.astype(np.uint32) & 0xFFFFFF
-        frame[:, 3::3] = (u >> 16).astype(np.uint8)
-        frame[:, 4::3] = (u >> 8 & 0xFF).astype(np.uint8)
-        frame[:, 5::3] = (u & 0xFF).astype(np.uint8)
-        return frame.tobytes()
-
-    def _run(self) -> None:
-        pos = 0
-        period_s = 1.0 / self.fs_hz
-        t0 = time.monotonic()
-        stalled_until: float | None = None
-        while pos < self.total_frames and not self._stop.is_set():
-            sig_s = pos / self.fs_hz
-            stall = next((f for f in self.faults if f.kind == "drdy_stall" and f.start_s <= sig_s < f.start_s + f.duration_s), None)
-            if stall is not None:
-                # the chip stops: no frames for the stall's duration (in wall time, scaled by speed); then the
-                # driver re-initialises it and the lost stretch is skipped
-                with self._lock:
-                    self._events.append({"kind": "drdy_stall", "reason": "no DRDY for > 4 periods"})
-                wall = stall.duration_s / self.speed
-                if self._stop.wait(min(wall, 5.0)):
-                    break
-                skip = int((stall.start_s + stall.duration_s) * self.fs_hz) - pos
-                self.source.read(skip)
-                pos += skip
-                t0 -= 0  # the timeline resumes; pacing below catches up
-                with self._lock:
-                    self._events.append({"kind": "chip_reinit", "reason": "after DRDY stall"})
-                self.faults.remove(stall)
-                continue
-            n = min(self.burst, self.total_frames - pos)
-            uv = self.source.read(n)
-            loff = 0
-            for f in self.faults:
-                if f.kind == "electrode_off" and f.start_s <= sig_s < f.start_s + f.duration_s:
-                    loff |= 1 << f.channel
-                    uv[:, f.channel] = 187_000.0  # a floating input drifts to the rail
-            data = self._encode(uv, loff)
-            # back-pressure: a simulated chip can wait for the pipeline, a real one cannot
-            while len(self.ring) > self.ring.capacity - 2 * n and not self._stop.is_set():
-                time.sleep(0.002)
-            self.ring.push_raw(data, time.monotonic_ns(), int(period_s * 1e9))
-            pos += n
-            if np.isfinite(self.speed):
-                ahead = (pos / self.fs_hz) / self.speed - (time.monotonic() - t0)
-                if ahead > 0:
-                    self._stop.wait(ahead)
-        self.finished = True
-
-
 @dataclass
 class HardwareEdge:
     """Everything the daemon touches that is hardware: the chip's frame ring and acquisition, the pins."""
@@ -869,10 +780,7 @@ class HardwareEdge:
 
     def finished(self, frames_seen: int) -> bool:
         """True when a replay has delivered its last frame (never for a real chip)."""
-        done = getattr(self.acquisition, "frames_accounted", None)
-        if done is not None:
-            return bool(done(frames_seen))
-        return bool(getattr(self.acquisition, "finished", False))
+        return bool(self.acquisition.frames_accounted(frames_seen))
 
     def start(self) -> None:
         self.acquisition.start()
@@ -945,15 +853,11 @@ def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source
     ``speed=inf`` it waits for ring space (back-pressure) instead of dropping, so the replay runs exactly as
     fast as the pipeline.
     """
+    from appliance.acquisition import Acquisition
+    from appliance.ads1299 import ADS1299
+    from appliance.ads1299_sim import Fault, SimulatedSpiDev
+
     a = cfg.acquisition
-    try:
-        from appliance.acquisition import Acquisition
-        from appliance.ads1299 import ADS1299
-        from appliance.ads1299_sim import Fault, SimulatedSpiDev
-    except ImportError:
-        logger.warning("simulation: appliance.acquisition is not available; using the daemon's StandInReplay")
-        return StandInReplay(signal_source, ring, fs_hz=a.sample_rate_sps, gain=a.gain, n_channels=a.channels,
-                             speed=speed, faults=source.faults, burst_frames=2500 if speed > 10 else 25)
     fs = a.sample_rate_sps
     kinds = {"drdy_stall": "stall", "electrode_off": "electrode_off"}
     faults = [Fault(kinds.get(f.kind, f.kind), at_frame=int(f.start_s * fs), n_frames=max(1, int(f.duration_s * fs)),
