@@ -645,6 +645,10 @@ class Daemon:
         return wall, cpu
 
     # ---- the morning report ----------------------------------------------------------------------
+    def _render_png(self) -> Path | None:
+        """The hypnogram PNG, drawn in a child process so matplotlib never sits in the night-long process."""
+        return _render_png_child(self.night_dir)
+
     def _write_report(self) -> tuple[dict | None, Path | None, Path | None]:
         if not self.epochs:
             return None, None, None
@@ -666,10 +670,11 @@ class Daemon:
                             counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
                             start=self.start, box_id=self.cfg.box.id)
         try:
-            rep, js, png = write_report(night, self.night_dir)
+            rep, js, _ = write_report(night, self.night_dir, png=False)
         except Exception as e:
             logger.error("could not write the report: %s", e)
             return None, None, None
+        png = self._render_png()
         if self.link is not None:
             try:
                 self.link.publish_report({k: v for k, v in rep.items() if k != "hypnogram"}
@@ -677,6 +682,22 @@ class Daemon:
             except Exception as e:
                 logger.error("could not queue the report: %s", e)
         return rep, js, png
+
+
+def _render_png_child(night_dir: Path) -> Path | None:
+    import subprocess
+    import sys
+
+    try:
+        subprocess.run([sys.executable, "-m", "appliance.report", "png", str(night_dir)], check=True,
+                       capture_output=True, text=True, timeout=300)
+    except (subprocess.SubprocessError, OSError) as e:
+        err = getattr(e, "stderr", "") or ""
+        logger.error("could not draw the hypnogram: %s %s", e, err[-500:])
+        return None
+    from appliance.report import HYPNOGRAM_PNG
+
+    return night_dir / HYPNOGRAM_PNG
 
 
 def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:

@@ -225,16 +225,40 @@ def plot_hypnogram(night: NightRecord, path: str | Path) -> Path:
     return p
 
 
-def write_report(night: NightRecord, night_dir: str | Path) -> tuple[dict, Path, Path]:
-    """Write ``report.json`` and ``hypnogram.png`` into the night's directory; returns (report, json, png)."""
+def write_report(night: NightRecord, night_dir: str | Path, *, png: bool = True) -> tuple[dict, Path, Path | None]:
+    """Write ``report.json`` (and ``hypnogram.png`` unless ``png=False``) into the night's directory.
+
+    Returns (report, json path, png path or None).
+    """
     d = Path(night_dir)
     rep = build_report(night)
-    png = plot_hypnogram(night, d / HYPNOGRAM_PNG)
+    png_path = plot_hypnogram(night, d / HYPNOGRAM_PNG) if png else None
     js = d / REPORT_JSON
     tmp = js.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rep, indent=1))
     tmp.replace(js)
-    return rep, js, png
+    return rep, js, png_path
+
+
+def render_png(night_dir: str | Path) -> Path:
+    """Draw ``hypnogram.png`` from a night's ``report.json`` (its hypnogram), events and per-epoch quality.
+
+    The daemon runs this in a short-lived child process (``python -m appliance.report png DIR``): matplotlib
+    costs ~25 MB of resident memory, which the all-night process need not carry.
+    """
+    d = Path(night_dir)
+    rep = json.loads((d / REPORT_JSON).read_text())
+    events: list[dict] = []
+    if (d / EVENTS_JSONL).is_file():
+        events = [json.loads(ln) for ln in (d / EVENTS_JSONL).read_text().splitlines() if _complete_json(ln)]
+    ok = None
+    if (d / EPOCHS_JSONL).is_file():
+        rows = [json.loads(ln) for ln in (d / EPOCHS_JSONL).read_text().splitlines() if _complete_json(ln)]
+        ok = np.array([r.get("ok", True) for r in rows], dtype=bool)
+    hyp = np.array(rep["hypnogram"], dtype=np.int8)
+    if ok is not None and len(ok) != len(hyp):
+        ok = None
+    return plot_hypnogram(NightRecord(hypnogram=hyp, events=events, quality_ok=ok), d / HYPNOGRAM_PNG)
 
 
 def load_night(night_dir: str | Path) -> NightRecord:
@@ -327,3 +351,12 @@ def format_report(rep: dict) -> str:
     if q.get("epochs_ok_pct") is not None:
         lines.append(f"  signal ok          {q['epochs_ok_pct']:.1f} % of epochs; flags {q['flags_epochs']}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "png":
+        print("usage: python -m appliance.report png NIGHT_DIR", file=sys.stderr)
+        sys.exit(2)
+    print(render_png(sys.argv[2]))
