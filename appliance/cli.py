@@ -96,10 +96,31 @@ def builtin_hypnogram():
     return np.array(night[:960], dtype=np.int8)
 
 
+def _with_pushed_config(cfg: BoxConfig) -> BoxConfig:
+    """Merge the config the clinic last pushed over MQTT (kept in the state directory) over the file's."""
+    from appliance.config import merge_config
+    from appliance.daemon import PUSHED_CONFIG
+
+    path = Path(cfg.box.state_dir) / PUSHED_CONFIG
+    if not path.is_file():
+        return cfg
+    try:
+        pushed = json.loads(path.read_text())
+        # the box's identity, broker and state directory stay those of the file on the box
+        for local in ("box", "mqtt"):
+            pushed.pop(local, None)
+        merged = merge_config(cfg, pushed)
+    except (ValueError, ConfigError) as e:
+        logger.error("ignoring the clinic's pushed config %s: %s", path, e)
+        return cfg
+    logger.info("applied the clinic's pushed config from %s", path)
+    return merged
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Daemon, SimulationSource, open_hardware
 
-    cfg = _load(args.config)
+    cfg = _with_pushed_config(_load(args.config))
     source = None
     if args.simulate:
         if args.edf is not None:
@@ -120,7 +141,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  EDF+:   {result.edf_path}")
     if result.report_json:
         print(f"  report: {result.report_json}\n  PNG:    {result.report_png}")
-    return 0
+    # EX_TEMPFAIL: the clinic asked for a restart; systemd's Restart=on-failure brings the daemon back
+    return 75 if daemon.restart_requested else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

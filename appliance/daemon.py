@@ -60,6 +60,14 @@ DRDY-stall detection, at 4 sample periods, normally fires long before)."""
 LOOP_END_EPOCHS = 10
 """A detected loop counts as over after this many epochs (5 min) with P(loop) below the threshold."""
 
+LOOP_PERSIST_EPOCHS = 4
+"""Loop epochs (2 min) after a breather session that ended without an alert (the sleeper woke, or P(loop) dipped
+at its end) after which the parent is alerted that the loop went on."""
+
+PUSHED_CONFIG = "clinic-config.json"
+"""The last config the clinic pushed over MQTT (validated), in the state directory; merged over the TOML file at
+the next start."""
+
 SIM_OUTPUTS_FILE = "sim-outputs.json"
 """In simulation, the light and sound levels are mirrored here, playing the part of the GPIO lines that keep
 their level when a process dies; ``bedtime outputs-off --simulate`` and the next start reset it."""
@@ -205,6 +213,11 @@ class Daemon:
                                          "chip_reinits": 0, "no_data_faults": 0, "epochs_bad_signal": 0}
         self._in_loop = False
         self._below_thr = 0
+        self._alerted_this_loop = False
+        self._loop_start_index = 0
+        self._persist_epochs = 0
+        self.breather_enabled = True
+        self.restart_requested = False
         self._lead_off_channels: frozenset[int] = frozenset()
         self._fault_active: str | None = None
         self._events_lock = threading.Lock()
@@ -313,6 +326,7 @@ class Daemon:
             self.link = make_link(cfg, model_versions={"stager": getattr(self.stager, "sha256", "?")[:12],
                                                        "loops": getattr(self.loop_detector, "sha256", "?")[:12]})
             self._own_link = True
+            self._register_link_handlers()
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
@@ -532,14 +546,25 @@ class Daemon:
             self._below_thr = 0
             if not self._in_loop:
                 self._in_loop = True
+                self._alerted_this_loop = False
+                self._loop_start_index = index
+                self._persist_epochs = 0
                 self._event("loop_detected", end_s, epoch_index=index, p_loop=round(p_loop, 4))
         elif self._in_loop:
             self._below_thr += 1
             if self._below_thr >= LOOP_END_EPOCHS:
                 self._in_loop = False
                 self._event("loop_ended", end_s, epoch_index=index, p_loop=round(p_loop, 4))
-        self.breather.on_epoch(epoch)
-        self._check_breather(end_s, index)
+        if self.breather_enabled:
+            self.breather.on_epoch(epoch)
+            self._check_breather(end_s, index)
+            self._alert_if_loop_outlasts_breather(index, p_loop, thr)
+        elif self._in_loop and not self._alerted_this_loop:
+            # the clinic switched the breather off: the parent hears about the loop directly
+            self._alerted_this_loop = True
+            self._alert("loop_detected_breather_off", "Nightmare loop: please check",
+                        f"{self.cfg.box.name}: a nightmare loop is under way ({end_s / 3600:.1f} h into the night). "
+                        "The breather is switched off on this box.", epoch_index=index, p_loop=round(p_loop, 4))
         stage = epoch.stage
         self._epochs_file.write(json.dumps({
             "index": index, "end_time_s": end_s, "stage": int(stage), "probs": [round(float(p), 5) for p in probs],
@@ -581,21 +606,102 @@ class Daemon:
                         duration_s=rep.get("duration_s"), max_light=rep.get("max_light"),
                         max_volume=rep.get("max_volume"), **fields)
 
+    def _alert_if_loop_outlasts_breather(self, index: int, p_loop: float, thr: float) -> None:
+        """The breather alerts when its session ends with the loop still under way; but a session that ends
+        because the sleeper woke, or with P(loop) dipping at its last epoch, is followed by the refractory gap
+        (40 min by default) in which it cannot act again. If the same loop goes on after such a session for
+        LOOP_PERSIST_EPOCHS more loop epochs, the breather did not help: tell the parent (once per loop)."""
+        if not self._in_loop or self._alerted_this_loop:
+            return
+        reports = getattr(self.breather, "session_reports", None) or []
+        if not reports or self._breather_state() in ("cue", "light"):
+            return
+        last = reports[-1]
+        if last.get("outcome") not in ("woke", "completed") or (last.get("start_epoch") or -1) < self._loop_start_index:
+            return
+        if p_loop >= thr and index > (last.get("end_epoch") or index):
+            self._persist_epochs += 1
+        if self._persist_epochs >= LOOP_PERSIST_EPOCHS:
+            self._alerted_this_loop = True
+            t = self._signal_s()
+            self.audit_append("alert", reason="loop_persists_after_session", session=last.get("session"),
+                              epoch=index, p_loop=round(p_loop, 4))
+            self._alert("loop_persists_after_breather", "Nightmare loop: please check",
+                        f"{self.cfg.box.name}: a nightmare loop went on after a gentle breather "
+                        f"({t / 3600:.1f} h into the night). Sound and light are off.",
+                        p_loop=round(p_loop, 4), session=last.get("session"), epoch_index=index)
+
+    def audit_append(self, event: str, **data: Any) -> None:
+        """Add a record to the hash-chained audit log the breather writes (alerts are decisions too)."""
+        audit = getattr(self, "audit", None)
+        if audit is not None:
+            try:
+                audit.append(event, **data)
+            except Exception as e:  # the alert must still go out
+                logger.error("could not audit %s: %s", event, e)
+
     def _on_escalate(self, payload: dict | None = None, *args: Any) -> None:
         """The breather ended a session with the loop still going: tell the parent (QoS 1 via the outbox)."""
         t = self._signal_s()
         payload = dict(payload or {})
-        fields = {"kind": "loop_not_resolved", "night_time_s": round(t, 1),
-                  "p_loop": float(payload.get("p_loop", 0.0)), "session": payload.get("session"),
-                  "epoch_index": payload.get("epoch")}
-        title = "Nightmare loop: please check"
-        message = (f"{self.cfg.box.name}: a nightmare loop did not settle after a gentle breather "
-                   f"({t / 3600:.1f} h into the night). Sound and light are off now.")
+        self._alerted_this_loop = True
+        self._alert("loop_not_resolved", "Nightmare loop: please check",
+                    f"{self.cfg.box.name}: a nightmare loop did not settle after a gentle breather "
+                    f"({t / 3600:.1f} h into the night). Sound and light are off now.",
+                    p_loop=float(payload.get("p_loop", 0.0)), session=payload.get("session"),
+                    epoch_index=payload.get("epoch"))
+
+    def _alert(self, kind: str, title: str, message: str, **fields: Any) -> None:
+        t = self._signal_s()
+        fields = {"kind": kind, "night_time_s": round(t, 1), **fields}
         wall = time.monotonic()
         if self.link is not None:
             self.link.publish_alert(title=title, message=message, severity="warning", **fields)
         self.alerts_sent.append({"time_s": t, "wall_s": wall, "title": title, "message": message, **fields})
-        self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k != "kind"})
+        self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k not in ("kind", "night_time_s")},
+                    alert_kind=kind)
+
+    # ---- commands and config from the clinic ----------------------------------------------------
+    def _register_link_handlers(self) -> None:
+        link = self.link
+        link.on_config(self._on_pushed_config)
+        link.on_command("report", self._cmd_report)
+        link.on_command("set_breather", self._cmd_set_breather)
+        link.on_command("restart", self._cmd_restart)
+
+    def _on_pushed_config(self, validated: BoxConfig) -> None:
+        """A config the clinic pushed (already validated): kept in the state directory, applied at the next
+        start. Never mid-night: a session must not change its limits while it runs."""
+        path = Path(self.cfg.box.state_dir) / PUSHED_CONFIG
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(validated.to_dict(), indent=1))
+        tmp.replace(path)
+        self._event("config_stored", self._signal_s(), applies="next start")
+
+    def _cmd_report(self, args: dict) -> dict:
+        from appliance.recorder import list_nights
+        from appliance.report import build_report, load_night
+
+        night = args.get("night", "latest")
+        nights = [n for n in list_nights(self.cfg.recording_dir) if n != self.night_dir]
+        if night != "latest":
+            nights = [n for n in nights if n.name.startswith(night.replace("-", ""))]
+        if not nights:
+            raise ValueError(f"no finished night {night!r} on this box")
+        return build_report(load_night(nights[-1]))
+
+    def _cmd_set_breather(self, args: dict) -> dict:
+        self.breather_enabled = bool(args["enabled"])
+        if not self.breather_enabled:
+            self.breather.stop("disabled by the clinic")
+        self._event("breather_enabled" if self.breather_enabled else "breather_disabled", self._signal_s())
+        return {"enabled": self.breather_enabled}
+
+    def _cmd_restart(self, args: dict) -> dict:
+        self.restart_requested = True
+        self._event("restart_requested", self._signal_s(), reason=args.get("reason", ""))
+        self.stop()
+        return {"restarting": True}
 
     # ---- events, faults, telemetry ---------------------------------------------------------------
     def _event(self, kind: str, time_s: float, **fields: Any) -> None:

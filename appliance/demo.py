@@ -34,14 +34,17 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 W, N1, N2, R = int(Stage.W), int(Stage.N1), int(Stage.N2), int(Stage.REM)
 
 LOOP_PATTERN: tuple[int, ...] = tuple(
-    [R] * 6 + [W] * 2 + [R] * 1 + [W] * 2 + [R] * 20 + [W] * 3 + [N1] * 2 + [N2] * 4)
-"""The scripted nightmare loop (30-s epochs): REM broken twice by distressed wake, each time returning to REM
-(two returns 1.5 min apart: a loop by docs/loops.md), then 10 min of REM with the loop under way, then waking and
-settling. Why this shape: a breather session (cue 60 s + light 120 s by default) stops at once when the sleeper
-wakes, and one that ends with the loop no longer detected counts as having helped. With a single REM epoch
-between the two arousals and :data:`DEMO_BREATHER` asking for two loop epochs in a row, a session can start only
-after the second return; it runs its course in the long REM stretch with the loop still detected and so ends in
-an alert to the parent, which is what the demo shows."""
+    [R] * 6 + [W] * 2 + [R] * 5 + [W] * 2 + [R] * 5 + [W] * 2 + [R] * 20 + [W] * 3 + [N1] * 2 + [N2] * 4)
+"""The scripted nightmare loop (30-s epochs): REM broken three times by distressed wake, each time returning to
+REM within minutes (three returns in 10 min: a loop by docs/loops.md), then 10 min of REM with the loop under
+way, then waking and settling.
+
+Why this shape: a breather session (cue 60 s + light 120 s by default) stops at once when the sleeper wakes, and
+one that ends with the loop no longer detected counts as having helped. The loop model shipped in models/loops
+(checked on seeds 1-8) becomes sure of the loop after the third return, so its session runs its course in the long
+REM stretch with the loop still detected and ends in an alert to the parent, which is what the demo shows. A
+retrained model that fires after the second return would see its session stopped by the third arousal instead:
+tests/test_daemon_e2e.py then tells."""
 
 DEMO_BREATHER = {"confirm_epochs": 2}
 """Breather settings of the demo (inside the safety envelope): confirm a loop over two epochs (1 min)."""

@@ -1,11 +1,5 @@
-"""Helpers for the daemon's end-to-end and fault tests.
-
-The daemon is always the real one. Only when a trained model file is missing from the checkout (the model
-layers may not have exported theirs yet) do these tests stage with a clearly-named TEST-ONLY stand-in:
-:class:`OracleStagerStandIn` (reads the scripted hypnogram instead of the EEG) and
-:class:`RuleLoopDetectorStandIn` (the loop definition of appliance/loops.py applied to the stages seen so far).
-Every test says which it used (``models_used``), so a run with stand-ins is never mistaken for the real thing.
-"""
+"""Helpers for the daemon's end-to-end and fault tests: the real pipeline parts, a short night with the scripted
+nightmare loop, an MQTT subscriber on the real broker, and a box configuration in a temporary directory."""
 from __future__ import annotations
 
 import json
@@ -16,71 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from appliance.hypnogram import Stage
-from appliance.loops import loop_active
 
 
-class OracleStagerStandIn:
-    """TEST-ONLY stand-in for appliance.stager.Stager: returns the scripted stage with probability 0.9."""
+def pipeline_parts(hypnogram: np.ndarray | None = None, **extra):
+    """The real stager and loop model (from models/), plus any parts given; returns (PipelineParts, description).
 
-    sha256 = "test-only-oracle-stager"
-
-    def __init__(self, hypnogram: np.ndarray) -> None:
-        self.hyp = np.asarray(hypnogram)
-        self.i = -1
-
-    def stage_epoch(self, x: np.ndarray) -> np.ndarray:
-        self.i += 1
-        s = int(self.hyp[min(self.i, len(self.hyp) - 1)])
-        p = np.full(5, 0.025)
-        p[max(s, 0)] = 0.9
-        return p / p.sum()
-
-    def smooth_night(self, probs: np.ndarray) -> np.ndarray:
-        return np.asarray(probs)
-
-
-class RuleLoopDetectorStandIn:
-    """TEST-ONLY stand-in for appliance.loop_model.LoopDetector: the loop rule over the stages seen so far."""
-
-    sha256 = "test-only-rule-loops"
-
-    def __init__(self) -> None:
-        self.stages: list[int] = []
-
-    def update(self, epoch) -> float:
-        self.stages.append(int(epoch.stage))
-        return 0.95 if loop_active(np.array(self.stages))[-1] else 0.05
-
-
-def stager_model_present() -> bool:
-    from appliance.stager import DEFAULT_MODEL_PATH
-
-    return DEFAULT_MODEL_PATH.is_file() and DEFAULT_MODEL_PATH.with_name("model_card.json").is_file()
-
-
-def loop_model_present() -> bool:
-    from appliance.loop_model import DEFAULT_MODEL_PATH
-
-    return DEFAULT_MODEL_PATH.is_file()
-
-
-def pipeline_parts(hypnogram: np.ndarray, **extra):
-    """Real models when their files exist, else the TEST-ONLY stand-ins; returns (PipelineParts, description)."""
+    (Until the models landed, these tests ran on test-only stand-ins; they are gone: a missing model file is now a
+    failure with the model layer's own clear error.)
+    """
     from appliance.daemon import PipelineParts
+    from appliance.loop_model import LoopDetector
+    from appliance.stager import Stager
 
-    parts = PipelineParts(**extra)
-    used = []
-    if stager_model_present():
-        used.append("real stager")
-    else:
-        parts.stager = OracleStagerStandIn(hypnogram)
-        used.append("TEST-ONLY oracle stager stand-in")
-    if loop_model_present():
-        used.append("real loop model")
-    else:
-        parts.loop_detector = RuleLoopDetectorStandIn()
-        used.append("TEST-ONLY rule loop-detector stand-in")
-    return parts, ", ".join(used)
+    return PipelineParts(stager=Stager(), loop_detector=LoopDetector(), **extra), "real stager, real loop model"
 
 
 def short_night_with_loop(*, before_epochs: int = 24, after_epochs: int = 20) -> tuple[np.ndarray, slice]:

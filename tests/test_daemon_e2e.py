@@ -97,7 +97,7 @@ def test_alert_reached_a_subscriber_on_the_real_broker(night):
     assert len(alerts) == len(night["daemon"].alerts_sent)
     a = alerts[0]
     assert a["box_id"] == night["cfg"].box.id and a["severity"] == "warning"
-    assert a["title"] and a["message"] and a["kind"] == "loop_not_resolved"
+    assert a["title"] and a["message"] and a["kind"] in ("loop_not_resolved", "loop_persists_after_breather")
     loop = night["loop"]
     assert loop.start <= a["epoch_index"] < loop.stop
 
@@ -133,12 +133,10 @@ def test_report_statistics_match_the_hypnogram(night):
     # the report rebuilt from disk (as `bedtime report NIGHT` does) says the same
     again = load_night(r.night_dir)
     assert np.array_equal(again.live_hypnogram, [int(e.stage) for e in night["daemon"].epochs])
-    if "oracle" in night["models_used"]:
-        assert np.array_equal(hyp, night["hyp"])  # stand-in staging: exact
-    else:
-        agreement = float(np.mean(hyp == night["hyp"]))
-        print(f"[e2e] smoothed hypnogram agrees with the scripted one on {100 * agreement:.1f}% of epochs")
-        assert agreement > 0.5
+    # the stager is a model: its night agrees with the scripted one, not exactly
+    agreement = float(np.mean(hyp == night["hyp"]))
+    print(f"[e2e] smoothed hypnogram agrees with the scripted one on {100 * agreement:.1f}% of epochs")
+    assert agreement > 0.6
     # and it went out on MQTT
     assert night["reports"] and night["reports"][0]["report"]["statistics"] == rep["statistics"]
 
