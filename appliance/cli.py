@@ -82,18 +82,19 @@ def _load(path: Path | None) -> BoxConfig:
 
 
 def builtin_hypnogram():
-    """A plausible 8-h hypnogram (five cycles) for when ../shared is absent."""
+    """A plausible 8-h hypnogram (960 epochs, five cycles, N3 early and REM late) for when ../shared is absent."""
     import numpy as np
 
     from appliance.hypnogram import Stage
 
     W, N1, N2, N3, R = Stage.W, Stage.N1, Stage.N2, Stage.N3, Stage.REM
     night: list[int] = [W] * 30 + [N1] * 6
-    cycles = [(50, 40, 10), (60, 25, 20), (80, 10, 30), (80, 0, 40), (70, 0, 45)]
+    cycles = [(90, 50, 15), (100, 35, 25), (110, 15, 35), (120, 5, 45), (130, 0, 50)]  # (N2, N3, REM) epochs
     for n2, n3, rem in cycles:
         night += [N2] * (n2 // 2) + [N3] * n3 + [N2] * (n2 - n2 // 2) + [R] * rem + [W] * 2 + [N1] * 2
+    night += [N2] * (950 - len(night))
     night += [W] * 10
-    return np.array(night[:960], dtype=np.int8)
+    return np.array(night, dtype=np.int8)
 
 
 def _with_pushed_config(cfg: BoxConfig) -> BoxConfig:
