@@ -673,6 +673,7 @@ class Daemon:
         """A config the clinic pushed (already validated): kept in the state directory, applied at the next
         start. Never mid-night: a session must not change its limits while it runs."""
         path = Path(self.cfg.box.state_dir) / PUSHED_CONFIG
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(validated.to_dict(), indent=1))
         tmp.replace(path)

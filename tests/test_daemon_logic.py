@@ -1,0 +1,105 @@
+"""The daemon's own decisions, driven by scripted stage and loop outputs (the models are tested elsewhere;
+the whole chain with the real models is tests/test_daemon_e2e.py): alerts when a loop outlasts a breather
+session, alerts when the clinic switched the breather off, and a pushed config kept for the next start."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from appliance.audit import verify
+from appliance.config import validate_config
+from appliance.daemon import PUSHED_CONFIG, Daemon, PipelineParts, SimulationSource, open_hardware
+from tests.daemon_helpers import box_config
+
+W, R, N2 = 0, 4, 2
+
+
+class ScriptedStager:
+    """Returns the scripted stage for each epoch with probability 0.9 (ignores the EEG)."""
+
+    sha256 = "scripted"
+
+    def __init__(self, stages):
+        self.stages, self.i = list(stages), -1
+
+    def stage_epoch(self, x):
+        self.i += 1
+        p = np.full(5, 0.025)
+        p[self.stages[min(self.i, len(self.stages) - 1)]] = 0.9
+        return p / p.sum()
+
+    def smooth_night(self, probs):
+        return np.asarray(probs)
+
+
+class ScriptedLoops:
+    sha256 = "scripted"
+
+    def __init__(self, p):
+        self.p = list(p)
+
+    def update(self, epoch):
+        return self.p[min(epoch.index, len(self.p) - 1)]
+
+
+def _run(tmp_path, stages, p_loop, *, breather_enabled=True):
+    cfg = box_config(tmp_path, port=None)
+    hyp = np.full(len(stages), N2, dtype=np.int8)  # the EEG is irrelevant here: the stager is scripted
+    hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp), speed=float("inf"))
+    d = Daemon(cfg, hardware=hw, parts=PipelineParts(stager=ScriptedStager(stages), loop_detector=ScriptedLoops(p_loop)))
+    d.breather_enabled = breather_enabled
+    return d, d.run(), cfg
+
+
+def test_a_loop_outlasting_a_woken_session_alerts_the_parent_once(tmp_path):
+    # loop detected in REM, session starts, the sleeper wakes (session ends 'woke'), the loop goes on
+    stages = [N2] * 10 + [R] * 4 + [W] * 2 + [R] * 12 + [N2] * 4
+    p = [0.0] * 11 + [0.9] * 21
+    d, r, cfg = _run(tmp_path, stages, p)
+    ended = [e for e in r.events if e["kind"] == "breather_ended"]
+    assert ended and ended[0]["outcome"] == "woke"
+    assert [a["kind"] for a in d.alerts_sent] == ["loop_persists_after_breather"]
+    # session from epoch 12 (two loop epochs to confirm), ended 'woke' at epoch 14; loop epochs 15..18 follow
+    assert ended[0]["epoch_index"] == 14
+    assert d.alerts_sent[0]["epoch_index"] == 18
+    audit = (tmp_path / "state" / "audit.log").read_text()
+    assert '"alert"' in audit and verify(tmp_path / "state" / "audit.log").ok
+
+
+def test_no_alert_when_the_loop_ends_with_the_session(tmp_path):
+    stages = [N2] * 10 + [R] * 4 + [W] * 2 + [N2] * 16
+    p = [0.0] * 11 + [0.9] * 4 + [0.0] * 17
+    d, r, _ = _run(tmp_path, stages, p)
+    assert d.alerts_sent == []
+
+
+def test_breather_switched_off_by_the_clinic_alerts_directly_and_never_stimulates(tmp_path):
+    stages = [N2] * 10 + [R] * 12 + [N2] * 4
+    p = [0.0] * 11 + [0.9] * 15
+    d, r, _ = _run(tmp_path, stages, p, breather_enabled=False)
+    assert [a["kind"] for a in d.alerts_sent] == ["loop_detected_breather_off"]
+    assert d.output_trace == [] and "breather_started" not in [e["kind"] for e in r.events]
+
+
+def test_a_pushed_config_is_kept_for_the_next_start(tmp_path):
+    from appliance.cli import _with_pushed_config
+
+    cfg = box_config(tmp_path, port=None)
+    d = Daemon.__new__(Daemon)  # only the handler's own state is needed
+    d.cfg, d.events, d.link, d.recorder = cfg, [], None, None
+    import threading
+
+    d._events_lock = threading.Lock()
+    d.counters = {"frames": 0}
+    d.fs_hz = 250
+    d._events_file = open(tmp_path / "events.jsonl", "w")
+    pushed = validate_config({"box": {"id": "someone-else"}, "telemetry": {"interval_s": 5},
+                              "breather": {"cue_s": 30.0}})
+    d._on_pushed_config(pushed)
+    d._events_file.close()
+    stored = json.loads((tmp_path / "state" / PUSHED_CONFIG).read_text())
+    assert stored["telemetry"]["interval_s"] == 5
+    merged = _with_pushed_config(cfg)
+    assert merged.telemetry.interval_s == 5 and merged.breather["cue_s"] == 30.0
+    assert merged.box.id == cfg.box.id  # the box's identity stays the file's
