@@ -37,9 +37,12 @@ class ConfigError(ValueError):
         Dotted path of the offending key, e.g. ``"mqtt.port"`` (empty for the whole document).
     """
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, *, source: str | Path | None = None) -> None:
         self.key = key
-        super().__init__(f"{key}: {message}" if key else message)
+        self.message = message
+        self.source = source
+        text = f"{key}: {message}" if key else message
+        super().__init__(f"{source}: {text}" if source else text)
 
 
 def _opt(default: Any = dataclasses.MISSING, *, doc: str, min: float | None = None, max: float | None = None,
@@ -302,15 +305,15 @@ def load_config(path: str | Path) -> BoxConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError("", f"{p}: cannot read: {e.strerror or e}") from None
+        raise ConfigError("", f"cannot read: {e.strerror or e}", source=p) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError("", f"{p}: TOML syntax error: {e}") from None
+        raise ConfigError("", f"TOML syntax error: {e}", source=p) from None
     try:
         return validate_config(doc)
     except ConfigError as e:
-        raise ConfigError(e.key, f"{p}: {e.args[0].split(': ', 1)[-1]}") from None
+        raise ConfigError(e.key, e.message, source=p) from None
 
 
 def merge_config(base: BoxConfig, update: dict) -> BoxConfig:
