@@ -135,15 +135,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("bedtime run: --edf/--synthetic/--hypnogram need --simulate", file=sys.stderr)
         return 2
     hw = open_hardware(cfg, simulate=args.simulate, source=source, speed=args.speed)
-    daemon = Daemon(cfg, hardware=hw, max_signal_s=args.hours * 3600 if args.hours else None)
+    hours = args.hours if args.hours else cfg.recording.max_night_hours
+    daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600)
     result = daemon.run()
     print(f"night recorded in {result.night_dir}")
     if result.edf_path:
         print(f"  EDF+:   {result.edf_path}")
     if result.report_json:
         print(f"  report: {result.report_json}\n  PNG:    {result.report_png}")
-    # EX_TEMPFAIL: the clinic asked for a restart; systemd's Restart=on-failure brings the daemon back
-    return 75 if daemon.restart_requested else 0
+    # EX_TEMPFAIL: the clinic asked for a restart, or a box's night reached recording.max_night_hours;
+    # systemd's Restart=on-failure starts the daemon again, and with it the next night
+    return 75 if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours) else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -129,6 +129,8 @@ class RecordingSection:
     flush_interval_s: float = _opt(2.0, doc="Longest stretch of signal a power cut may lose", min=0.5, max=30.0)
     physical_range_uv: float = _opt(3276.8, doc="EDF physical range +/- in microvolts (16-bit: range/32768 per count)",
                                     min=100.0, max=187_500.0)
+    max_night_hours: float = _opt(14.0, doc="A night longer than this is closed (report sent) and a new one begun",
+                                  min=1.0, max=48.0)
     retention_nights: int = _opt(30, doc="Keep at most this many nights", min=1, max=3650)
     retention_max_mb: float = _opt(8000.0, doc="...and at most this much disk; oldest nights go first", min=10.0,
                                    max=1e7)

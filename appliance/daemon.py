@@ -218,6 +218,7 @@ class Daemon:
         self._persist_epochs = 0
         self.breather_enabled = True
         self.restart_requested = False
+        self.ended_by_limit = False
         self._lead_off_channels: frozenset[int] = frozenset()
         self._fault_active: str | None = None
         self._events_lock = threading.Lock()
@@ -460,6 +461,7 @@ class Daemon:
                 cpu_mark = self._telemetry(sig_s, cpu_mark)
                 next_telemetry_s += self.cfg.telemetry.interval_s
             if self.max_signal_s is not None and sig_s >= self.max_signal_s:
+                self.ended_by_limit = True
                 break
         if total_s and self.progress:
             self.progress(self._signal_s(), total_s)
