@@ -138,9 +138,11 @@ def test_viewer_cannot_do_operator_actions(console):
     r = console.post("/rollouts", data={"kind": "config", "canary": "b1", "version": "v1", "csrf_token": token},
                      files={"payload": ("c.json", config_json().encode())})
     assert r.status_code == 403
+    r = console.post("/boxes/b1/group", data={"group_name": "canary", "csrf_token": token})
+    assert r.status_code == 403 and console.app_ref.state.db.get_box("b1")["group_name"] == ""
     assert console.boxes.requests == []
     denied = [e for e in console.app_ref.state.db.audit_entries() if e["action"] == "denied"]
-    assert {e["target"] for e in denied} == {"config:b1", "rollout"}
+    assert {e["target"] for e in denied} == {"config:b1", "rollout", "group:b1"}
 
 
 def test_operator_pushes_signed_config(console):

@@ -79,9 +79,9 @@ class Stack:
         self.boxes[box_id] = box
         return box
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, *, full_page: bool = False) -> None:
         path = self.folder / f"{name}.png"
-        self.page.screenshot(path=str(path))
+        self.page.screenshot(path=str(path), full_page=full_page)
         if os.environ.get("BEDTIME_WRITE_SCREENSHOTS") == "1":
             shutil.copy(path, DOCS / f"{name}.png")
 
@@ -165,7 +165,11 @@ def test_box_page(stack):
     page.wait_for_selector("svg.hypnogram polyline")
     assert "loops detected 2" in page.inner_text("main")
     assert "impedance_kohm" in page.inner_text("main")
-    stack.shot("console-box")
+    page.fill("input[name=group_name]", "canary")
+    page.click("button:has-text('Set group')")
+    page.wait_for_selector("svg.hypnogram polyline")
+    assert page.input_value("input[name=group_name]") == "canary"
+    stack.shot("console-box", full_page=True)
 
 
 def test_push_config_and_box_acknowledges(stack):
@@ -198,7 +202,7 @@ def test_rollout_failing_canary_stops_it(stack, tmp_path):
     page.select_option("select[name=kind]", "model")
     page.set_input_files("input[name=payload]", str(broken))
     page.fill("input[name=version]", "s-2026.11")
-    page.fill("input[name=canary]", "ward-3")
+    assert page.input_value("input[name=canary]") == "ward-3"  # the box put in the canary group above
     page.fill("input[name=rest]", "ward-1, ward-2")
     page.click("button:has-text('Start rollout')")
     page.wait_for_url("**/rollouts/*")

@@ -125,6 +125,20 @@ def test_hostile_rollout_fields(console, hostile):
     assert len(db.list_boxes()) == 1
 
 
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_group_field(console, hostile):
+    db = console.app_ref.state.db
+    db.set_box_online("b1", True)
+    token = csrf_of(console.get("/boxes/b1").text)
+    r = console.post("/boxes/b1/group", data={"group_name": hostile, "csrf_token": token})
+    assert r.status_code == 400
+    assert_inert(r.text)
+    assert db.get_box("b1")["group_name"] == ""
+    r = console.post("/boxes/b1/group", data={"group_name": "canary", "csrf_token": token})
+    assert r.status_code == 200 and db.get_box("b1")["group_name"] == "canary"
+    assert 'name="canary" value="b1"' in console.get("/rollouts").text
+
+
 def test_hostile_values_from_boxes_are_escaped(console):
     b = console.app_ref.state.bridge
     b.on_status("b1", {"state": "online", "online": True, "firmware_version": XSS, "model_versions": {XSS: XSS},

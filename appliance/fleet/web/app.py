@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+GROUP_RE = re.compile(r"^[a-z0-9_-]{0,32}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
@@ -366,6 +367,20 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             nights.append({"night": r["night"], "report": rep, "svg": hypnogram_svg(rep.get("hypnogram"))})
         return render(request, "box.html", user, box=box, nights=nights, alerts=db.recent_alerts(limit=20, box_id=box_id),
                       pushes=db.config_pushes_for_box(box_id), last_event=db.last_live_event_id())
+
+    @app.post("/boxes/{box_id}/group")
+    def set_group(request: Request, box_id: str, group_name: Annotated[str, Form()] = "",
+                  csrf_token: Annotated[str, Form()] = ""):
+        user = _operator(request, f"group:{box_id}")
+        _csrf(request, csrf_token)
+        _box_or_404(box_id)
+        group_name = group_name.strip()
+        if not GROUP_RE.match(group_name):
+            raise HTTPException(status_code=400, detail="group: up to 32 of a-z 0-9 _ - (e.g. canary)")
+        db.upsert_box(box_id, group_name=group_name, live_event=True)
+        db.audit(user.username, "box.group", box_id, {"group": group_name})
+        notifier.notify()
+        return RedirectResponse(f"/boxes/{box_id}", status_code=303)
 
     @app.get("/fragments/boxes/{box_id}/pushes", response_class=HTMLResponse)
     def box_pushes(request: Request, box_id: str):
