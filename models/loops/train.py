@@ -5,16 +5,18 @@
 
 What it does
 ------------
-1. Reads the real hypnograms in ``../shared`` (39 Sleep-EDF nights + 2 YASA nights).
+1. Reads the real hypnograms in ``../shared`` (39 Sleep-EDF nights + 2 YASA nights), and observes each
+   through the box's own DSP and stager on synthetic EEG (:mod:`models.loops.chain`; cached, ~10 min
+   of CPU the first time; ``--no-chain`` skips it).
 2. Subject-wise k-fold cross-validation: for each fold, trains on the other subjects' nights
    (each night several times: with fresh simulated stager noise, and with extra REM interruptions cut
-   in by :func:`models.loops.simulate.insert_returns`), exports int8, and evaluates the int8 model on
-   the held-out nights *unmodified* (one simulated stager output per night) against the loop label of
-   ``appliance/loops.py`` applied to the true hypnogram.
+   in by :func:`models.loops.simulate.insert_returns`; plus its chain observations), exports int8, and
+   evaluates the int8 model on the held-out nights *unmodified* (one simulated stager output per night,
+   and the chain observation) against the loop label of ``appliance/loops.py`` on the true hypnogram.
 3. Trains the shipped model on all nights the same way, exports ``loop.tflite``, writes
    ``model_card.json`` (with the sha256 the runtime checks) and ``MODEL_CARD.md``.
 
-Budget: about 10 min on two shared CPU cores (run it under ``nice``).
+Budget: about 6 min of training on two shared CPU cores once the chain cache is warm (run it under ``nice``).
 """
 from __future__ import annotations
 
