@@ -19,6 +19,9 @@ Two entry points, as the daemon drives it:
 
 Outputs go *down* at once (stopping is always allowed); they go *up* only by ramps no faster than the
 config, which the config cannot set faster than the envelope. Every decision is written to the audit log.
+
+The state machine is written out by hand rather than with a state-machine library: it has six states,
+and safety-critical code should read top to bottom in one file without a framework's dispatch rules.
 """
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ shows in review and in the audit of a release. :class:`BreatherConfig` holds wha
 tune; it refuses any value outside the envelope with :class:`SafetyEnvelopeError` naming the field, and
 never clamps silently (a config that silently did something other than what was asked is worse than none).
 
+The checks are plain code rather than a validation library (pydantic and the like): a dozen range checks
+do not justify a runtime dependency on the box, and each error must name the field and the envelope.
+
 Units: light and sound levels are fractions (0..1) of the output's full PWM duty cycle; rates are
 fraction of full scale per second; times are seconds.
 
