@@ -64,6 +64,10 @@ LOOP_PERSIST_EPOCHS = 4
 """Loop epochs (2 min) after a breather session that ended without an alert (the sleeper woke, or P(loop) dipped
 at its end) after which the parent is alerted that the loop went on."""
 
+MAX_GAP_FILL_FRAMES = 250 * 600
+"""A stretch of lost frames up to this long (10 min at 250 SPS) is filled with a flat line so that the recording,
+the epochs and the breather's clock stay on the night's timeline; the filled epochs are flagged ``frames_lost``."""
+
 PUSHED_CONFIG = "clinic-config.json"
 """The last config the clinic pushed over MQTT (validated), in the state directory; merged over the TOML file at
 the next start."""
@@ -180,9 +184,9 @@ class Daemon:
     ----------
     config : BoxConfig
         Validated configuration.
-    hardware : appliance.hardware.HardwareEdge
+    hardware : HardwareEdge
         The chip, ring and acquisition thread, and the pin factory (real or simulated); see
-        :func:`appliance.hardware.open_hardware`.
+        :func:`open_hardware`.
     parts : PipelineParts, optional
         Downstream components to use instead of building them from the config (tests).
     progress : callable, optional
@@ -293,7 +297,10 @@ class Daemon:
                 report, rep_json, rep_png = self._write_report()
                 self._events_file.close()
                 if self.link is not None:
-                    self.link.publish_status("idle")
+                    try:
+                        self.link.publish_status("idle")
+                    except Exception as e:  # the night is recorded; a status that cannot go out waits for next time
+                        logger.error("could not publish the idle status: %s", e)
                     if self._own_link:
                         self.link.wait_delivered(timeout_s=3.0)
                         self.link.stop()
@@ -393,7 +400,7 @@ class Daemon:
             want = block
             total_frames = self.hw.total_frames
             if total_frames is not None:  # a replay: stop exactly at the end of the source
-                want = min(block, total_frames - self.counters["frames"] - self.counters["frames_lost"])
+                want = min(block, total_frames - self.counters["frames"])
                 if want <= 0:
                     break
             frames = ring.pop(want)
@@ -402,7 +409,7 @@ class Daemon:
                 self._notify("WATCHDOG=1")
                 last_watchdog = now
             if len(frames) == 0:
-                if self.hw.finished(self.counters["frames"] + self.counters["frames_lost"]):
+                if self.hw.finished(self.counters["frames"]):
                     break
                 if now - last_data > NO_DATA_FAULT_S and self._fault_active is None:
                     self.counters["no_data_faults"] += 1
@@ -421,15 +428,24 @@ class Daemon:
                 ready = True
             # frames the ring dropped still took an index: a gap is signal that never arrived
             idx = frames.index
-            gap = int(idx[0] - last_index - 1) if last_index >= 0 else 0
-            gaps = np.diff(idx) - 1
-            lost = gap + int(gaps.sum())
+            first = last_index + 1 if last_index >= 0 else int(idx[0])
+            lost = int(idx[-1]) - first + 1 - len(idx)
             last_index = int(idx[-1])
+            uv = frames.counts.astype(np.float32) * np.float32(self.uv_per_count)
+            loff_all = frames.loff_statp | frames.loff_statn
             if lost > 0:
                 self.counters["frames_lost"] += lost
                 epoch_lost += lost
-            uv = frames.counts.astype(np.float32) * np.float32(self.uv_per_count)
-            loff_all = frames.loff_statp | frames.loff_statn
+                if lost <= MAX_GAP_FILL_FRAMES:
+                    # keep the timeline: the lost stretch is recorded as a flat line and its epoch is flagged
+                    at = idx - first
+                    full = np.zeros((len(idx) + lost, self.n_channels), np.float32)
+                    full[at] = uv
+                    loff_full = np.zeros(len(full), loff_all.dtype)
+                    loff_full[at] = loff_all
+                    uv, loff_all = full, loff_full
+                    if self.recorder is not None:
+                        self.recorder.annotate(self._signal_s(), f"Frames lost: {lost} (flat fill)")
             if self.recorder is not None:
                 self.recorder.write(uv)
             n = len(uv)

@@ -126,7 +126,7 @@ class EdfPlusRecorder:
         self.clipped_samples = 0
         self._last_flush = time.monotonic()
         self._closed = False
-        self._file = open(self.path, "xb")  # noqa: SIM115 (kept open all night)
+        self._file = open(self.path, "x+b")  # noqa: SIM115 (kept open all night; read back once at close)
         self._file.write(self._header(patient=patient, equipment=equipment))
         self._file.flush()
 
@@ -225,6 +225,30 @@ class EdfPlusRecorder:
         self._file.write(b"".join(parts))
         self.records_written += n_rec
 
+    def _annotate_last_record(self) -> None:
+        """Put queued annotations into the free space of the last record's annotation signal (EDF+ lets an
+        annotation sit in any record), so closing does not lengthen the recording."""
+        data_bytes = 2 * self.samples_per_record * self.n_channels
+        rec_bytes = data_bytes + ANNOTATION_BYTES_PER_RECORD
+        where = 256 * (self.n_channels + 2) + (self.records_written - 1) * rec_bytes + data_bytes
+        self._file.flush()
+        self._file.seek(where)
+        area = self._file.read(ANNOTATION_BYTES_PER_RECORD)
+        used = len(area.rstrip(b"\x00")) + 1  # each TAL ends in 0x14 0x00; the rest is padding
+        extra = b""
+        while self._annotations:
+            on, dur, text = self._annotations[0]
+            raw = (_onset_text(on) + (f"\x15{_num_field(dur)}" if dur is not None else "") + "\x14" + text
+                   + "\x14\x00").encode("ascii")
+            if used + len(extra) + len(raw) > ANNOTATION_BYTES_PER_RECORD:
+                break
+            extra += raw
+            self._annotations.pop(0)
+        if extra:
+            self._file.seek(where + used)
+            self._file.write(extra)
+        self._file.seek(0, os.SEEK_END)
+
     def flush(self) -> None:
         """Push everything written so far to the disk (what a power cut cannot take away)."""
         if self._closed:
@@ -246,7 +270,9 @@ class EdfPlusRecorder:
             pad = np.zeros((self.samples_per_record - n, self.n_channels), dtype=np.float32)
             self._write_records(np.concatenate([self._pending, pad]))
             self._pending = self._pending[:0]
-        while self._annotations:  # annotations still queued get records of their own (flat zero signal)
+        if self._annotations and self.records_written:
+            self._annotate_last_record()
+        while self._annotations:  # what still does not fit gets records of its own (flat zero signal)
             self._write_records(np.zeros((self.samples_per_record, self.n_channels), dtype=np.float32))
         self._file.flush()
         self._file.seek(236)

@@ -103,3 +103,75 @@ def test_a_pushed_config_is_kept_for_the_next_start(tmp_path):
     merged = _with_pushed_config(cfg)
     assert merged.telemetry.interval_s == 5 and merged.breather["cue_s"] == 30.0
     assert merged.box.id == cfg.box.id  # the box's identity stays the file's
+
+
+class _GapAcquisition:
+    """A producer that overfills a small ring once (the ring drops 250 frames), then feeds the rest as the
+    consumer makes room: the daemon must see the index gap, count it, and keep the night's timeline."""
+
+    def __init__(self, ring, total: int, dropped: int) -> None:
+        self.ring, self.total, self.dropped = ring, total, dropped
+        self.counters: dict = {}
+        self._thread = None
+
+    def _frames(self, n: int, start: int) -> bytes:
+        t = (np.arange(start, start + n) / 250.0)
+        counts = (np.sin(2 * np.pi * 10 * t) * 20 / (4.5e6 / 24 / (2**23 - 1))).astype(np.int32) & 0xFFFFFF
+        f = np.zeros((n, 27), np.uint8)
+        f[:, 0] = 0xC0
+        for c in range(8):
+            f[:, 3 + 3 * c], f[:, 4 + 3 * c], f[:, 5 + 3 * c] = counts >> 16, (counts >> 8) & 0xFF, counts & 0xFF
+        return f.tobytes()
+
+    def start(self) -> None:
+        import threading
+        import time
+
+        def run():
+            cap = self.ring.capacity
+            self.ring.push_raw(self._frames(cap, 0), 0)
+            assert self.ring.push_raw(self._frames(self.dropped, cap), 0) == 0  # ring full: dropped, counted
+            sent = cap + self.dropped
+            while sent < self.total:
+                while self.ring.capacity - len(self.ring) < 500:
+                    time.sleep(0.001)
+                n = min(500, self.total - sent)
+                self.ring.push_raw(self._frames(n, sent), 0)
+                sent += n
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._thread.join(5)
+
+    def poll_events(self) -> list:
+        return []
+
+    def frames_accounted(self, frames_seen: int) -> bool:
+        return frames_seen >= self.total
+
+
+def test_frames_the_ring_dropped_are_counted_and_the_timeline_kept(tmp_path):
+    import edfio
+
+    from appliance.daemon import HardwareEdge, mock_pin_factory
+    from appliance.ring import FrameRing
+
+    cfg = box_config(tmp_path, port=None, acquisition={"ring_capacity_frames": 1024})
+    total = 4 * 7500
+    ring = FrameRing(1024, 8)
+    hw = HardwareEdge(ring=ring, acquisition=_GapAcquisition(ring, total, 250), pin_factory=mock_pin_factory(),
+                      sample_rate_sps=250, n_channels=8, gain=24, simulated=True, total_signal_s=total / 250,
+                      poll_interval_s=0.001)
+    stages = [N2] * 4
+    d = Daemon(cfg, hardware=hw, parts=PipelineParts(stager=ScriptedStager(stages), loop_detector=ScriptedLoops([0.0])))
+    r = d.run()
+    assert r.counters["frames_lost"] == 250 and r.counters["frames"] == total and r.epochs == 4
+    assert "frames_lost" in d.epochs[0].quality.flags and not d.epochs[0].quality.ok
+    assert d.epochs[2].quality.ok
+    edf = edfio.read_edf(r.edf_path)
+    assert edf.duration == total / 250  # the lost second is in the file, as a flat line, on the timeline
+    assert any(a.text.startswith("Frames lost: 250") and a.onset == 1024 / 250 for a in edf.annotations)
+    x = edf.signals[0].data
+    assert np.all(np.abs(x[1024:1274]) < 1e-6) and np.std(x[1274:2000]) > 5

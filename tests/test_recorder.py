@@ -109,3 +109,13 @@ def test_recover_nights_closes_interrupted_recordings(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError):
         EdfPlusRecorder("/nonexistent/x.edf", channel_labels=["a"], fs_hz=250, record_duration_s=0.001)
+
+
+def test_closing_puts_late_annotations_in_the_last_record(tmp_path):
+    p = tmp_path / "n.edf"
+    with EdfPlusRecorder(p, channel_labels=["a"], fs_hz=FS) as rec:
+        rec.write(_signal(10.0, ch=1))
+        rec.annotate(9.5, "night_ended")  # queued after the last record was written
+    edf = edfio.read_edf(p)
+    assert edf.num_data_records == 10  # not lengthened by the annotation
+    assert (9.5, "night_ended") in [(a.onset, a.text) for a in edf.annotations]
