@@ -122,6 +122,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Daemon, SimulationSource, open_hardware
 
     cfg = _with_pushed_config(_load(args.config))
+    if args.simulate and args.config is None and not DEFAULT_CONFIG_PATH.is_file():
+        # a laptop without a box config: keep the simulated nights in the user's own state directory
+        from appliance.config import merge_config
+
+        state = Path.home() / ".local" / "state" / "bedtime-sim"
+        cfg = merge_config(cfg, {"box": {"state_dir": str(state)}})
+        print(f"bedtime: no {DEFAULT_CONFIG_PATH}; simulated nights go to {state}")
     source = None
     if args.simulate:
         if args.edf is not None:
