@@ -917,7 +917,7 @@ class HardwareEdge:
     gain: int
     simulated: bool
     total_signal_s: float | None = None
-    poll_interval_s: float = 0.05
+    poll_interval_s: float = 0.2  # real time: the pipeline wakes 5 times a second (the breather ticks >= 1 Hz)
 
     @property
     def total_frames(self) -> int | None:
@@ -987,7 +987,7 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
     acq = _simulated_acquisition(cfg, ring, signal_source, source, speed, pins)
     return HardwareEdge(ring=ring, acquisition=acq, pin_factory=pins,
                         sample_rate_sps=a.sample_rate_sps, n_channels=a.channels, gain=a.gain, simulated=True,
-                        total_signal_s=total_s, poll_interval_s=0.002 if speed > 10 else 0.05)
+                        total_signal_s=total_s, poll_interval_s=0.002 if speed > 10 else 0.2)
 
 
 def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source: SimulationSource,
