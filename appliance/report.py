@@ -308,13 +308,11 @@ def _complete_json(line: str) -> bool:
 
 
 def _smooth(probs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """The stager's offline look-ahead smoothing over the whole night, when the staging layer provides it."""
+    """The stager's offline look-ahead smoothing over the whole night (what the daemon's own report uses)."""
     try:
-        from appliance.stager import smooth_night
-    except ImportError:
-        return fallback
-    try:
-        return np.asarray(smooth_night(probs), dtype=np.int8)
+        from appliance.stager import smooth_hypnogram
+
+        return np.asarray(smooth_hypnogram(probs), dtype=np.int8)
     except Exception as e:  # the morning report must still come out
         logger.warning("offline smoothing failed (%s); reporting the live stages", e)
         return fallback

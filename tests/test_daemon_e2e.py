@@ -133,6 +133,7 @@ def test_report_statistics_match_the_hypnogram(night):
     # the report rebuilt from disk (as `bedtime report NIGHT` does) says the same
     again = load_night(r.night_dir)
     assert np.array_equal(again.live_hypnogram, [int(e.stage) for e in night["daemon"].epochs])
+    assert np.array_equal(again.hypnogram, hyp)  # same look-ahead smoothing from the stored probabilities
     # the stager is a model: its night agrees with the scripted one, not exactly
     agreement = float(np.mean(hyp == night["hyp"]))
     print(f"[e2e] smoothed hypnogram agrees with the scripted one on {100 * agreement:.1f}% of epochs")
