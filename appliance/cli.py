@@ -191,7 +191,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_outputs_off(args: argparse.Namespace) -> int:
-    from appliance.daemon import SIM_OUTPUTS_FILE, _Outputs, mock_pin_factory, write_sim_outputs
+    from appliance.daemon import SIM_OUTPUTS_FILE, _Outputs, write_sim_outputs
 
     cfg = _load(args.config)
     if args.simulate:

@@ -43,7 +43,7 @@ from appliance import __version__
 from appliance.config import BoxConfig
 from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
-from appliance.hypnogram import EPOCH_S, STAGE_NAMES, Stage
+from appliance.hypnogram import EPOCH_S, STAGE_NAMES
 from appliance.recorder import (NIGHT_EDF, STAGE_ANNOTATION, EdfPlusRecorder, enforce_retention, night_id,
                                 recover_nights)
 from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightRecord, write_report

@@ -43,8 +43,6 @@ def _parts(hyp):
 def worker_replay(hours: float) -> dict:
     import resource
 
-    import numpy as np
-
     from appliance.cli import builtin_hypnogram
     from appliance.daemon import Daemon, SimulationSource, open_hardware
     from appliance.demo import PrivateBroker, scripted_night

@@ -29,7 +29,7 @@ def short_night_with_loop(*, before_epochs: int = 24, after_epochs: int = 20) ->
     """A short night: settle into N2, a REM period that turns into the scripted loop, then N2 again."""
     from appliance.demo import LOOP_PATTERN
 
-    W, N1, N2, R = int(Stage.W), int(Stage.N1), int(Stage.N2), int(Stage.REM)
+    W, N1, N2 = int(Stage.W), int(Stage.N1), int(Stage.N2)
     head = [W] * 4 + [N1] * 2 + [N2] * (before_epochs - 6)
     h = np.array(head + list(LOOP_PATTERN) + [N2] * after_epochs, dtype=np.int8)
     return h, slice(len(head), len(head) + len(LOOP_PATTERN))

@@ -79,13 +79,13 @@ def test_breather_ran_inside_its_envelope(night):
         dt = t1 - t0
         assert l1 - l0 <= cfg.light_ramp_per_s * max(dt, 0) + 1e-9, "light rose faster than its ramp"
         assert s1 - s0 <= cfg.volume_ramp_per_s * max(dt, 0) + 1e-9, "sound rose faster than its ramp"
-    # never stimulating on an epoch that was N3, or had bad signal
+    # never stimulating after an epoch that was N3, W, or had bad signal (the decision is taken on the last
+    # epoch completed before the output moved)
     epochs = d.epochs
     for t, lv, sv in trace:
         if lv > 0 or sv > 0:
-            e = epochs[min(int(t // 30), len(epochs) - 1)]
-            prev = epochs[max(int(t // 30) - 1, 0)]
-            assert prev.stage != Stage.N3 and prev.quality.ok
+            decided_on = epochs[max(int(t // 30) - 1, 0)]
+            assert decided_on.stage not in (Stage.N3, Stage.W) and decided_on.quality.ok
     assert trace[-1][1:] == (0.0, 0.0), "outputs not off at the end"
     ended = [e for e in night["result"].events if e["kind"] == "breather_ended"]
     assert ended and ended[0]["duration_s"] <= cfg.session_s + 1
