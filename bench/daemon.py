@@ -58,9 +58,27 @@ def worker_replay(hours: float) -> dict:
         parts, used = _parts(hyp)
         hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=1), speed=float("inf"))
         d = Daemon(cfg, hardware=hw, parts=parts)
+        acq_cpu = [0.0]
+        done = threading.Event()
+
+        def watch_acquisition() -> None:
+            # the acquisition thread runs the driver and, in a replay, the chip simulator's rendering
+            while not done.wait(0.2):
+                for t in threading.enumerate():
+                    if t.name == "acquisition":
+                        try:
+                            acq_cpu[0] = _thread_cpu_s(t.native_id)
+                        except OSError:
+                            pass
+
+        threading.Thread(target=watch_acquisition, daemon=True).start()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu0, wall0 = time.process_time(), time.monotonic()
         r = d.run()
-        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        done.set()
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        child_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+        cpu, wall = time.process_time() - cpu0 + child_cpu, time.monotonic() - wall0
         sub.wait_for("alert", max(1, len(d.alerts_sent)), timeout_s=10)
         time.sleep(0.5)
         loop_lat = alert_lat = None
@@ -74,6 +92,7 @@ def worker_replay(hours: float) -> dict:
         broker.stop()
     return {"epochs": r.epochs, "hours": r.epochs / 120, "cpu_s": cpu, "wall_s": wall,
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "models": used,
+            "acquisition_thread_cpu_s": acq_cpu[0], "report_child_cpu_s": child_cpu,
             "loop_event_latency_s": loop_lat, "alert_latency_s": alert_lat, "alerts": len(d.alerts_sent),
             "frames_lost": r.counters["frames_lost"], "dropped": int(hw.ring.counters.dropped),
             "realtime_factor": r.epochs * 30 / wall if wall else None}
@@ -149,8 +168,13 @@ def run(*, quick: bool = False) -> str:
         "",
         "| measure | value | goal |",
         "|---|---|---|",
-        f"| whole-night replay, {rep['hours']:.1f} h night ({rep['epochs']} epochs): CPU (all threads) | "
+        f"| whole-night replay, {rep['hours']:.1f} h night ({rep['epochs']} epochs): CPU (all threads + children) | "
         f"{rep['cpu_s']:.1f} s (= {cpu_per_8h:.1f} s per 8 h) | < 20 s per 8 h |",
+        f"| of which: acquisition thread (driver + the chip simulator rendering frames, absent on a box) | "
+        f"{rep['acquisition_thread_cpu_s']:.1f} s | |",
+        f"| of which: hypnogram PNG (child process) | {rep['report_child_cpu_s']:.1f} s | |",
+        f"| the box's own share (total minus the acquisition thread) | {rep['cpu_s'] - rep['acquisition_thread_cpu_s']:.1f} s"
+        f" | |",
         f"| same: wall time, real-time factor | {rep['wall_s']:.1f} s, {rep['realtime_factor']:.0f}x | > 1,400x (CPU) |",
         f"| peak resident memory (whole-night replay process) | {rep['maxrss_mb']:.0f} MB | < 150 MB |",
         f"| CPU share at real time, 250 SPS x 8 ch, over {rt['seconds']:.0f} s (whole process) | "
