@@ -45,7 +45,9 @@ cp -a "$SRC" "$PREFIX/src"
 rm -rf "$PREFIX/src/.venv"
 test -x "$PREFIX/venv/bin/python" || python3 -m venv --system-site-packages "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install -q --upgrade pip setuptools wheel
-"$PREFIX/venv/bin/pip" install -q "$PREFIX/src"
+# Editable on purpose: the sha256-checked models and their cards live in src/models/ (not inside the wheel),
+# and Stager/LoopDetector find them relative to the source tree.
+"$PREFIX/venv/bin/pip" install -q -e "$PREFIX/src"
 
 echo "== configuration"
 mkdir -p /etc/bedtime
