@@ -225,14 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cfg.acquisition.sample_rate_sps} SPS, broker {cfg.mqtt.host}:{cfg.mqtt.port})")
             return 0
         if args.command == "audit":
-            from appliance.audit import verify
+            from appliance.audit import main_verify
 
-            ok = True
-            for f in args.files:
-                rep = verify(f)
-                print(f"{f}: {rep}")
-                ok &= rep.ok
-            return 0 if ok else 1
+            return main_verify([str(f) for f in args.files])
         if args.command == "outputs-off":
             return _cmd_outputs_off(args)
     except ConfigError as e:

@@ -35,6 +35,7 @@ from appliance.hypnogram import Stage, real_hypnograms, subject_of
 from appliance.loop_model import FEATURE_NAMES, N_FEATURES, WINDOW_EPOCHS, padded_window
 from appliance.loops import DEFAULT_DEFINITION, loop_active
 from models.loops.replay import DETECTION_THRESHOLD, event_metrics, summarise
+from models.tflite_export import export_int8
 from models.loops.simulate import DEFAULT_NOISE, EVAL_SEED, insert_returns, simulate_eval_night, simulate_night
 
 logger = logging.getLogger("models.loops.train")
@@ -120,22 +121,6 @@ def fit(nights: dict[str, np.ndarray], *, seed: int, copies: int, max_inserts: i
     w = {0: 1.0, 1: float(np.sqrt((1 - pos) / max(pos, 1e-6)))}
     model.fit(x, y, batch_size=256, epochs=epochs, class_weight=w, verbose=2, shuffle=True)
     return model, x
-
-
-def export_int8(model, representative: np.ndarray, path: Path) -> bytes:
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    rep = representative[np.random.default_rng(0).choice(len(representative), size=min(500, len(representative)),
-                                                         replace=False)]
-    conv.representative_dataset = lambda: ([r[None].astype(np.float32)] for r in rep)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    blob = conv.convert()
-    path.write_bytes(blob)
-    return blob
 
 
 def predict_night(tflite_path: Path, features: np.ndarray) -> np.ndarray:
@@ -278,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                            max_inserts=args.max_inserts, epochs=args.epochs, filters=args.filters,
                            chain={n: chain_train[n] for n in train_n if n in chain_train})
             tmp = args.out / f".fold{f}.tflite"
-            export_int8(model, x, tmp)
+            export_int8(model, x, tmp, max_calibration=500)
             for n in held:
                 p = predict_night(tmp, eval_sims[n].features())
                 cv[n] = event_metrics(nights[n], p)
@@ -300,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     model, x = fit(nights, seed=args.seed, copies=args.copies, max_inserts=args.max_inserts, epochs=args.epochs,
                    filters=args.filters, chain=chain_train)
     path = args.out / "loop.tflite"
-    blob = export_int8(model, x, path)
+    blob = export_int8(model, x, path, max_calibration=500)
     sha = hashlib.sha256(blob).hexdigest()
     train_fit = summarise({n: event_metrics(nights[n], predict_night(path, eval_sims[n].features())) for n in names})
 

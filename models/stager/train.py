@@ -40,6 +40,7 @@ from appliance.dsp import preprocess
 from appliance.hypnogram import STAGE_NAMES, Stage, real_hypnograms, subject_of
 from appliance.stager import FEATURE_NAMES, N_FEATURES, context_windows, night_features
 from appliance.synthetic_eeg import SyntheticSleepEEG
+from models.tflite_export import export_int8
 
 logger = logging.getLogger(__name__)
 
@@ -181,26 +182,6 @@ def build_model(n_inputs: int, *, seed: int = 0):
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
-
-
-def export_int8(model, representative: np.ndarray, path: Path) -> bytes:
-    """Full-integer (int8 in, int8 out) TFLite export, calibrated on ``representative`` windows."""
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def rep():
-        for row in representative:
-            yield [row[None, :].astype(np.float32)]
-
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    blob = conv.convert()
-    path.write_bytes(blob)
-    return blob
 
 
 def main(argv: list[str] | None = None) -> int:
