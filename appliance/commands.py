@@ -100,12 +100,14 @@ NIGHT_RE = r"latest|\d{4}-\d{2}-\d{2}"
 
 #: Every command a box understands. A box answers ``unknown_command`` to anything else, and to a
 #: listed command for which the daemon registered no handler.
+#:
+#: There is deliberately no ``identify`` (blink the light so staff can find the box): the daemon runs only
+#: while a night is recorded, so a child may be in bed whenever it could answer; the breather alone drives
+#: the light (and forces it off outside a session), and no clinic command may light a bedroom.
 COMMANDS: dict[str, CommandSpec] = {s.name: s for s in [
     CommandSpec("ping", "Answer with firmware, model versions and outbox depth (handled by the link itself)."),
     CommandSpec("report", "Return a night report (the morning report JSON).",
                 {"night": Arg("str", pattern=NIGHT_RE)}),
-    CommandSpec("identify", "Blink the light gently so staff can find the box.",
-                {"duration_s": Arg("number", minimum=1, maximum=60)}),
     CommandSpec("set_breather", "Enable or disable the breather (the detector and alerts keep running).",
                 {"enabled": Arg("bool", required=True)}),
     CommandSpec("selftest", "Run the self-test and return its pass/fail table."),

@@ -144,6 +144,15 @@ class TelemetrySection:
 
 
 @dataclass(frozen=True)
+class UpdatesSection:
+    """Signed model and config updates from the clinic (``appliance.updates``)."""
+
+    public_key_file: str = _opt("", doc="The clinic's pinned Ed25519 public key (PEM); set = only signed updates "
+                                        "(cmd/update) change the box, unsigned retained configs are refused; "
+                                        "empty = signed updates disabled")
+
+
+@dataclass(frozen=True)
 class BoxConfig:
     """The whole validated configuration.
 
@@ -160,6 +169,7 @@ class BoxConfig:
     mqtt: MqttSection = field(default_factory=MqttSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
+    updates: UpdatesSection = field(default_factory=UpdatesSection)
 
     @property
     def recording_dir(self) -> Path:
@@ -293,6 +303,30 @@ def _check_cross_fields(cfg: BoxConfig) -> None:
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
         raise ConfigError("mqtt.tls_key" if cfg.mqtt.tls_cert else "mqtt.tls_cert",
                           "a client certificate needs both tls_cert and tls_key")
+    if cfg.updates.public_key_file:
+        read_public_key(cfg.updates.public_key_file)
+
+
+def read_public_key(path: str | Path) -> bytes:
+    """The PEM bytes of the pinned update key at ``path``, checked to be an Ed25519 public key.
+
+    Raises
+    ------
+    ConfigError
+        On ``updates.public_key_file`` when the file is missing, unreadable or not an Ed25519 public key.
+    """
+    key = "updates.public_key_file"
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(key, f"{path}: cannot read: {e.strerror or e}") from None
+    from appliance.fleet.signing import SignatureError, load_public_key
+
+    try:
+        load_public_key(pem)
+    except (SignatureError, ValueError, TypeError) as e:
+        raise ConfigError(key, f"{path}: not an Ed25519 public key in PEM form ({e})") from None
+    return pem
 
 
 def load_config(path: str | Path) -> BoxConfig:

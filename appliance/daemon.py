@@ -72,6 +72,13 @@ PUSHED_CONFIG = "clinic-config.json"
 """The last config the clinic pushed over MQTT (validated), in the state directory; merged over the TOML file at
 the next start."""
 
+STAGES_FLOWING_S = 2 * EPOCH_S + 15.0
+"""For an update's health check, the pipeline counts as staging when its last epoch came out within this many
+wall-clock seconds (two epochs and some slack), or, before the night's first epoch, when frames are arriving."""
+
+SIGNED_UPDATES_REQUIRED = "signed updates required: use the update command"
+"""Why a box with a pinned update key refuses a config on the unsigned retained ``config`` topic."""
+
 SIM_OUTPUTS_FILE = "sim-outputs.json"
 """In simulation, the light and sound levels are mirrored here, playing the part of the GPIO lines that keep
 their level when a process dies; ``bedtime outputs-off --simulate`` and the next start reset it."""
@@ -233,6 +240,8 @@ class Daemon:
         self._acq_event_at: dict[str, float] = {}
         self.epoch_wall_s: list[float] = []  # time.monotonic() when each epoch's last sample had been processed
         self._last_levels = (0.0, 0.0)
+        self._last_frames_wall: float | None = None  # time.monotonic() of the last frames popped from the ring
+        self.updates: Any = None  # appliance.updates.UpdateManager when a clinic key is pinned
 
     # ---- public ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -316,10 +325,9 @@ class Daemon:
     def _build_parts(self) -> None:
         cfg = self.cfg
         p = self.parts
+        self.updates = self._make_update_manager()
         if p.stager is None:
-            from appliance.stager import Stager
-
-            p.stager = Stager(cfg.staging.model_path or None)
+            p.stager = self._load_stager()
         if p.loop_detector is None:
             from appliance.loop_model import LoopDetector
 
@@ -335,6 +343,10 @@ class Daemon:
                                                        "loops": getattr(self.loop_detector, "sha256", "?")[:12]})
             self._own_link = True
             self._register_link_handlers()
+            if self.updates is not None:
+                from appliance.updates import attach_to_link
+
+                attach_to_link(self.updates, self.link)
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
@@ -344,6 +356,79 @@ class Daemon:
             self._p_loop_threshold = BreatherConfig.from_dict(cfg.breather).p_loop_threshold
         except ImportError:
             self._p_loop_threshold = 0.7
+
+    def _make_update_manager(self) -> Any:
+        """The signed-update manager when ``updates.public_key_file`` pins a clinic key, else None."""
+        if not self.cfg.updates.public_key_file:
+            return None
+        from appliance.config import read_public_key
+        from appliance.updates import UpdateManager
+
+        return UpdateManager(self.cfg.box.state_dir, read_public_key(self.cfg.updates.public_key_file),
+                             health_check=self._update_health_check, on_audit=self._on_update_audit)
+
+    def _load_stager(self) -> Any:
+        """The stage model: the one a signed update applied last, if any, else ``staging.model_path`` (or the
+        packaged one). An applied model that cannot be loaded (e.g. no model card beside it: the update format
+        carries only the .tflite) is said out loud and the configured model is used instead."""
+        from appliance.stager import Stager
+
+        applied = self.updates.current_path("model") if self.updates is not None else None
+        if applied is not None:
+            try:
+                stager = Stager(applied)
+                self._event("model_from_update", 0.0, version=self.updates.current_version("model"),
+                            path=str(applied))
+                return stager
+            except Exception as e:  # the night must still be staged: fall back, and tell the clinic why
+                logger.error("the updated stage model %s cannot be loaded: %s", applied, e)
+                self._event("model_update_unused", 0.0, version=self.updates.current_version("model"),
+                            reason=f"{type(e).__name__}: {e}")
+        return Stager(self.cfg.staging.model_path or None)
+
+    def _stages_flowing(self) -> tuple[bool, str]:
+        """Is the running pipeline still staging? (The daemon's part of an update's health check.)"""
+        now = time.monotonic()
+        if self._stop.is_set():
+            return False, "the pipeline is stopping"
+        if self._fault_active is not None:
+            return False, f"fault active: {self._fault_active}"
+        if self.epoch_wall_s:
+            age = now - self.epoch_wall_s[-1]
+            return age <= STAGES_FLOWING_S, f"last epoch staged {age:.0f} s ago"
+        if self._last_frames_wall is not None and now - self._last_frames_wall <= NO_DATA_FAULT_S:
+            return True, "frames arriving; first epoch not yet due"
+        return False, "no frames and no epoch yet"
+
+    def _update_health_check(self, kind: str, path: Path) -> Any:
+        """``appliance.updates.default_health_check`` (model loads and runs / config validates) plus
+        ``stages_flowing``. The new model or config takes effect at the next start (never mid-night), so
+        stages_flowing checks that installing it left tonight's pipeline staging."""
+        from appliance.updates import HealthReport, default_health_check
+
+        base = default_health_check(kind, path)
+        flowing, why = self._stages_flowing()
+        detail = "; ".join(x for x in (base.detail, "" if flowing else f"stages not flowing: {why}") if x)
+        return HealthReport(base.ok and flowing, {**base.checks, "stages_flowing": flowing}, detail)
+
+    def _on_update_audit(self, entry: dict) -> None:
+        """A config applied (or rolled back to) by a signed update becomes the config of the next start, through
+        the same state file a pushed config uses (``appliance.cli`` merges it over the TOML file)."""
+        if entry.get("kind") != "config" or entry.get("action") not in ("update.applied", "update.rolled_back"):
+            return
+        current = self.updates.current_path("config") if self.updates is not None else None
+        if current is not None:
+            self._store_pushed_config(json.loads(current.read_bytes()))
+
+    def _store_pushed_config(self, doc: dict) -> None:
+        # The pinned key, the box's identity and its broker come only from the box's own file: a pushed config
+        # must never unpin or replace the key that checks the next one.
+        doc = {k: v for k, v in doc.items() if k not in ("updates", "box", "mqtt")}
+        path = Path(self.cfg.box.state_dir) / PUSHED_CONFIG
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
 
     def _make_breather(self) -> Any:
         from appliance.audit import AuditError, AuditLog
@@ -416,7 +501,7 @@ class Daemon:
                     self._fault("no data from the chip", self._signal_s())
                 time.sleep(self.hw.poll_interval_s)
                 continue
-            last_data = now
+            last_data = self._last_frames_wall = now
             if self._fault_active is not None:
                 self._event("fault_cleared", self._signal_s(), reason=self._fault_active)
                 self._fault_active = None
@@ -686,15 +771,17 @@ class Daemon:
         link.on_command("report", self._cmd_report)
         link.on_command("set_breather", self._cmd_set_breather)
         link.on_command("restart", self._cmd_restart)
+        link.on_command("selftest", self._cmd_selftest)
 
     def _on_pushed_config(self, validated: BoxConfig) -> None:
         """A config the clinic pushed (already validated): kept in the state directory, applied at the next
-        start. Never mid-night: a session must not change its limits while it runs."""
-        path = Path(self.cfg.box.state_dir) / PUSHED_CONFIG
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(validated.to_dict(), indent=1))
-        tmp.replace(path)
+        start. Never mid-night: a session must not change its limits while it runs.
+
+        With a pinned clinic key this unsigned path is refused (the link reports ``config_rejected`` with this
+        reason): only ``cmd/update``, verified against the key, may change the box."""
+        if getattr(self, "updates", None) is not None:
+            raise PermissionError(SIGNED_UPDATES_REQUIRED)
+        self._store_pushed_config(validated.to_dict())
         self._event("config_stored", self._signal_s(), applies="next start")
 
     def _cmd_report(self, args: dict) -> dict:
@@ -715,6 +802,37 @@ class Daemon:
             self.breather.stop("disabled by the clinic")
         self._event("breather_enabled" if self.breather_enabled else "breather_disabled", self._signal_s())
         return {"enabled": self.breather_enabled}
+
+    def _cmd_selftest(self, args: dict) -> dict:
+        """The self-test that can run while a night is recorded. The chip checks (ID, test signal, noise,
+        lead-off, impedance) and driving the light and speaker would take the chip from acquisition and
+        stimulate a sleeper, so they are not run: the reply lists them under ``not_checked``
+        (``bedtime selftest`` runs them between nights)."""
+        from appliance.selftest import _broker_check
+
+        checked = []
+        light, sound = self.outputs.levels()
+        in_session = self._breather_state() in ("cue", "light")
+        checked.append({"name": "outputs_off", "passed": in_session or (light == 0.0 and sound == 0.0),
+                        "detail": f"light {light:.3f}, sound {sound:.3f}"
+                                  + (" (breather session running)" if in_session else " (no session: must be 0)")})
+        age = None if self._last_frames_wall is None else time.monotonic() - self._last_frames_wall
+        c = self.hw.ring.counters
+        checked.append({"name": "acquisition_running",
+                        "passed": age is not None and age <= NO_DATA_FAULT_S and self._fault_active is None,
+                        "detail": (f"last frames {age:.1f} s ago" if age is not None else "no frames yet")
+                                  + f"; {self.counters['frames']} frames, {int(c.dropped)} dropped, "
+                                    f"{self.counters['frames_lost']} lost"
+                                  + (f"; fault: {self._fault_active}" if self._fault_active else "")})
+        ok, detail = _broker_check(self.cfg, timeout_s=5.0)
+        checked.append({"name": "broker", "passed": ok, "detail": detail})
+        skipped = "a night is being recorded: the chip stays with acquisition and nothing stimulates the sleeper"
+        not_checked = {name: skipped for name in ("chip_id", "test_signal", "noise", "lead_off", "impedance",
+                                                  "light_drive", "sound_drive")}
+        passed = all(r["passed"] for r in checked)
+        self._event("selftest", self._signal_s(), passed=passed, checked=[r["name"] for r in checked])
+        return {"passed": passed, "scope": "partial (night in progress)", "checked": checked,
+                "not_checked": not_checked}
 
     def _cmd_restart(self, args: dict) -> dict:
         self.restart_requested = True

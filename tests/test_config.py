@@ -48,6 +48,8 @@ def test_defaults_round_trip():
     ({"box": {"id": "box/1"}}, "box.id"),
     ({"mqtt": {"tls_cert": "/c.pem"}}, "mqtt.tls_key"),
     ({"nonsense": {}}, "nonsense"),
+    ({"updates": {"public_key_file": "/no/such/clinic.pub"}}, "updates.public_key_file"),
+    ({"updates": {"public_key_file": 5}}, "updates.public_key_file"),
 ])
 def test_bad_values_name_their_key(doc, key):
     with pytest.raises(ConfigError) as ei:
@@ -92,3 +94,17 @@ def test_example_breather_values_are_the_safety_defaults():
 
     example = tomllib.loads(EXAMPLE.read_text())["breather"]
     assert example == BreatherConfig().to_dict()
+
+
+def test_pinned_update_key_must_be_an_ed25519_public_key(tmp_path):
+    from appliance.fleet import signing
+
+    priv, pub = tmp_path / "clinic.key", tmp_path / "clinic.pub"
+    signing.generate_keypair(priv, pub)
+    cfg = validate_config({"updates": {"public_key_file": str(pub)}})
+    assert cfg.updates.public_key_file == str(pub)
+    for bad in (priv, EXAMPLE):  # a private key, or not a key at all
+        with pytest.raises(ConfigError) as ei:
+            validate_config({"updates": {"public_key_file": str(bad)}})
+        assert ei.value.key == "updates.public_key_file" and "not an Ed25519 public key" in str(ei.value)
+    assert validate_config({}).updates.public_key_file == ""  # default: signed updates off
