@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 from scipy import signal
@@ -185,8 +186,91 @@ def _windows(x: np.ndarray, fs_hz: float, window_s: float = 1.0) -> np.ndarray:
     return x[:m * n].reshape(m, n) if m else x.reshape(1, -1)
 
 
-def _quality_highpass(fs_hz: float) -> np.ndarray:
-    return signal.butter(2, BANDPASS_HZ[0], btype="highpass", fs=fs_hz, output="sos")
+# ---- per-epoch building blocks -------------------------------------------------------------------
+# The per-epoch features run once per 30 s on the box and ~1,000 times per night offline. scipy's
+# generic routines (welch, detrend, sosfiltfilt) re-design their windows and filter initial states and
+# loop over Welch segments in Python on every call; these helpers compute exactly the same quantities
+# (equal to float rounding; tests/test_dsp.py and tests/test_stager.py keep a scipy reference) with the
+# fixed parts cached, at a fraction of the cost.
+
+@lru_cache(maxsize=16)
+def _hann_periodic(n: int) -> np.ndarray:
+    """``scipy.signal.get_window("hann", n)``: the periodic Hann window Welch uses."""
+    return signal.get_window("hann", n)
+
+
+def welch_psd(x: np.ndarray, *, fs_hz: float, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Welch power spectral density, vectorised over segments (and over leading axes).
+
+    Same result as ``scipy.signal.welch(x, fs=fs_hz, nperseg=nperseg, axis=-1)`` with its defaults
+    (periodic Hann window, 50 % overlap, per-segment mean removed, one-sided density in uV^2/Hz, mean
+    over segments), computed with one batched FFT instead of scipy's per-segment loop.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (..., n)
+        Signal(s) in microvolts, n >= nperseg.
+    fs_hz : float
+        Sampling rate (Hz).
+    nperseg : int
+        Segment length in samples.
+
+    Returns
+    -------
+    f_hz : numpy.ndarray, shape (nperseg // 2 + 1,)
+    psd : numpy.ndarray, shape (..., nperseg // 2 + 1), uV^2/Hz
+    """
+    x = np.asarray(x, dtype=np.float64)
+    win = _hann_periodic(int(nperseg))
+    step = nperseg - nperseg // 2
+    segs = np.lib.stride_tricks.sliding_window_view(x, nperseg, axis=-1)[..., ::step, :]
+    segs = segs - segs.mean(axis=-1, keepdims=True)
+    spec = np.fft.rfft(segs * win, axis=-1)
+    p = spec.real ** 2 + spec.imag ** 2
+    p *= 1.0 / (fs_hz * float((win * win).sum()))
+    if nperseg % 2:
+        p[..., 1:] *= 2.0
+    else:
+        p[..., 1:-1] *= 2.0
+    return np.fft.rfftfreq(nperseg, 1.0 / fs_hz), p.mean(axis=-2)
+
+
+def _detrend_linear(x: np.ndarray) -> np.ndarray:
+    """Remove the least-squares line from each row (last axis): ``scipy.signal.detrend(type="linear")``
+    in closed form, without a least-squares solver per call."""
+    n = x.shape[-1]
+    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    xm = x.mean(axis=-1, keepdims=True)
+    slope = (x @ t)[..., None] / float(t @ t) if n > 1 else np.zeros_like(xm)
+    return x - xm - slope * t
+
+
+@lru_cache(maxsize=16)
+def _filtfilt_design(kind: str, fs_hz: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Second-order sections, their steady-state initial conditions and the pad length, per filter."""
+    if kind == "quality_hp":
+        sos = signal.butter(2, BANDPASS_HZ[0], btype="highpass", fs=fs_hz, output="sos")
+    elif kind == "emg_hp":
+        sos = signal.butter(4, min(20.0, 0.8 * fs_hz / 2), btype="highpass", fs=fs_hz, output="sos")
+    else:
+        raise ValueError(kind)
+    ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    return sos, signal.sosfilt_zi(sos), 3 * ntaps
+
+
+def _sosfiltfilt(kind: str, fs_hz: float, x: np.ndarray) -> np.ndarray:
+    """``scipy.signal.sosfiltfilt(sos, x)`` (odd padding, default pad length) for a cached design.
+
+    Written out because scipy re-solves the filter's initial conditions on every call, which cost more
+    than the filtering itself at epoch length; the steps are scipy's own.
+    """
+    sos, zi, edge = _filtfilt_design(kind, float(fs_hz))
+    if len(x) <= edge:
+        return signal.sosfiltfilt(sos, x)  # scipy's own error for too-short input
+    ext = np.concatenate([2 * x[0] - x[edge:0:-1], x, 2 * x[-1] - x[-2:-(edge + 2):-1]])
+    y, _ = signal.sosfilt(sos, ext, zi=zi * ext[0])
+    y, _ = signal.sosfilt(sos, y[::-1], zi=zi * y[-1])
+    return y[::-1][edge:-edge]
 
 
 def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False, frames_lost: int = 0,
@@ -229,7 +313,7 @@ def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False
         flags.add("clipping")
     # Zero-phase high-pass at the band-pass corner removes the electrode offset and drift but keeps the
     # seconds-long swings of a movement, which per-window detrending would flatten.
-    hp = signal.sosfiltfilt(_quality_highpass(fs_hz), xf - np.median(xf)) if len(xf) > 3 * fs_hz else xf - xf.mean()
+    hp = _sosfiltfilt("quality_hp", fs_hz, xf - np.median(xf)) if len(xf) > 3 * fs_hz else xf - xf.mean()
     w = _windows(hp, fs_hz)
     wf = _windows(finite.astype(float), fs_hz)
     ptp = np.ptp(w, axis=1)
@@ -273,8 +357,8 @@ def arousal_features(x_uv_chip: np.ndarray, *, fs_hz: float) -> ArousalFeatures:
     x = np.where(np.isfinite(x), x, 0.0)
     if x.size < int(2 * fs_hz):
         return ArousalFeatures()
-    x = signal.detrend(x, type="linear")
-    f, p = signal.welch(x, fs=fs_hz, nperseg=int(2 * fs_hz))
+    x = _detrend_linear(x)
+    f, p = welch_psd(x, fs_hz=fs_hz, nperseg=int(2 * fs_hz))
     top = min(45.0, 0.9 * fs_hz / 2)
 
     def band(lo: float, hi: float) -> float:
@@ -284,8 +368,8 @@ def arousal_features(x_uv_chip: np.ndarray, *, fs_hz: float) -> ArousalFeatures:
     total45 = band(0.5, top)
     if total35 <= 0 or total45 <= 0:
         return ArousalFeatures()
-    hp = signal.sosfiltfilt(signal.butter(4, min(20.0, 0.8 * fs_hz / 2), btype="highpass", fs=fs_hz, output="sos"), x)
-    w_raw = signal.detrend(_windows(x, fs_hz), axis=1)
+    hp = _sosfiltfilt("emg_hp", fs_hz, x)
+    w_raw = _detrend_linear(_windows(x, fs_hz))
     w_hp = _windows(hp, fs_hz)
     moving = (np.ptp(w_raw, axis=1) > _MOVEMENT_PTP_UV) | (np.sqrt(np.mean(w_hp**2, axis=1)) > _MOVEMENT_EMG_RMS_UV)
     return ArousalFeatures(

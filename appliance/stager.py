@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from appliance.dsp import MODEL_FS_HZ, preprocess
+from appliance.dsp import MODEL_FS_HZ, preprocess, welch_psd
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,10 @@ N_FEATURES = len(FEATURE_NAMES)
 _SIGMA_SOS = signal.butter(4, [11.0, 16.0], btype="bandpass", fs=MODEL_FS_HZ, output="sos")
 _DELTA_SOS = signal.butter(4, 2.0, btype="lowpass", fs=MODEL_FS_HZ, output="sos")
 _SLOW_WAVE_PTP_UV = 75.0  # AASM: N3 slow waves are 0.5-2 Hz with > 75 uV peak to peak
+_WELCH_NPERSEG = 2 * MODEL_FS_HZ
+_F_HZ = np.fft.rfftfreq(_WELCH_NPERSEG, 1.0 / MODEL_FS_HZ)
+# Welch bins -> feature bands as one 0/1 matrix: one matrix product instead of 12 masked sums per epoch.
+_BAND_MATRIX = np.stack([((_F_HZ >= lo) & (_F_HZ < hi)).astype(np.float64) for lo, hi in FEATURE_BANDS_HZ], axis=1)
 
 
 def epoch_features(epoch_model_rate: np.ndarray) -> np.ndarray:
@@ -79,8 +83,8 @@ def _features(epochs: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=1, keepdims=True)
     n = len(x)
     eps = 1e-6
-    f, p = signal.welch(x, fs=MODEL_FS_HZ, nperseg=2 * MODEL_FS_HZ, axis=-1)
-    band_power = np.stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in FEATURE_BANDS_HZ], axis=1)
+    _, p = welch_psd(x, fs_hz=MODEL_FS_HZ, nperseg=_WELCH_NPERSEG)
+    band_power = p @ _BAND_MATRIX
     total = band_power.sum(axis=1) + eps
     logrel = np.log10(band_power / total[:, None] + eps)
     dx = np.diff(x, axis=1)

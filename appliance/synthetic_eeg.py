@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -78,26 +79,53 @@ class SubjectTraits:
         )
 
 
-def _spectral_noise(rng: np.random.Generator, n: int, fs_hz: float, amplitude_of_f) -> np.ndarray:
-    """Gaussian noise with the given amplitude spectrum, normalised to unit RMS.
+def _spectral_noise(rng: np.random.Generator, n: int, fs_hz: float, shape: tuple) -> np.ndarray:
+    """Gaussian noise with the amplitude spectrum ``shape`` (see :func:`_amplitude`), normalised to unit RMS.
 
     Shaping white noise in the frequency domain is the standard way to draw a stationary process with a
     chosen spectrum (one FFT per component; cheap at 30-s epochs).
     """
-    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
-    spec = (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))) * amplitude_of_f(f)
+    amp = _amplitude(shape, int(n), float(fs_hz))
+    spec = (rng.standard_normal(len(amp)) + 1j * rng.standard_normal(len(amp))) * amp
     spec[0] = 0.0
     x = np.fft.irfft(spec, n)
     rms = float(np.sqrt(np.mean(x**2)))
     return x / rms if rms > 0 else x
 
 
-def _band(centre_hz: float, width_hz: float):
-    return lambda f: np.exp(-0.5 * ((f - centre_hz) / width_hz) ** 2)
+@lru_cache(maxsize=256)
+def _amplitude(shape: tuple, n: int, fs_hz: float) -> np.ndarray:
+    """Amplitude spectrum on the ``rfft`` grid of ``n`` samples at ``fs_hz``, cached (read-only).
+
+    ``shape`` is ``("band", centre_hz, width_hz)`` (Gaussian bump), ``("box", lo_hz, hi_hz)`` (flat band,
+    ends included) or ``("pink", exponent)`` (1/f^(exponent/2) amplitude, flat below 0.5 Hz, no DC). The
+    same few spectra are drawn for every epoch of a subject; computing them once saves a third of an
+    epoch's drawing time.
+    """
+    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    kind = shape[0]
+    if kind == "band":
+        a = np.exp(-0.5 * ((f - shape[1]) / shape[2]) ** 2)
+    elif kind == "box":
+        a = ((f >= shape[1]) & (f <= shape[2])).astype(float)
+    elif kind == "pink":
+        a = np.where(f > 0, np.maximum(f, 0.5) ** (-shape[1] / 2), 0.0)
+    else:
+        raise ValueError(f"unknown spectral shape {shape!r}")
+    a.setflags(write=False)
+    return a
 
 
-def _box(lo_hz: float, hi_hz: float):
-    return lambda f: ((f >= lo_hz) & (f <= hi_hz)).astype(float)
+def _band(centre_hz: float, width_hz: float) -> tuple:
+    return ("band", float(centre_hz), float(width_hz))
+
+
+def _box(lo_hz: float, hi_hz: float) -> tuple:
+    return ("box", float(lo_hz), float(hi_hz))
+
+
+def _pink(exponent: float) -> tuple:
+    return ("pink", float(exponent))
 
 
 def _slow_envelope(rng: np.random.Generator, n: int, fs_hz: float, *, rate_hz: float = 0.1) -> np.ndarray:
@@ -186,6 +214,7 @@ class SyntheticSleepEEG:
         self._pos = 0
         self._cache_index = -1
         self._cache: np.ndarray | None = None
+        self._own_table: np.ndarray | None = None  # drawn on first use, see _own_background
 
     # ---- public API -----------------------------------------------------------------------------
     @property
@@ -296,17 +325,44 @@ class SyntheticSleepEEG:
             movement = (1 - w) * movement + w * o_move
         t = (e * n + np.arange(n)) / fs  # absolute time keeps the mains hum phase-continuous
         hum = 2.0 * np.sin(2 * np.pi * self.mains_hz * t) if self.artefacts and self.mains_hz < fs / 2 else 0.0
-        out = np.empty((n, len(channels)))
-        tr = self.traits
-        for k, c in enumerate(channels):
-            if c == 0:
-                own = 0.0
-            else:
-                own = 4.0 * tr.amplitude_scale * _spectral_noise(
-                    np.random.default_rng([self.seed, 2, e, c]), n, fs,
-                    lambda f: np.where(f > 0, np.maximum(f, 0.5) ** (-tr.background_exponent / 2), 0.0))
-            out[:, k] = self._mix[c] * cortex + own + self._eye_gain[c] * eyes + emg + movement + hum
+        chans = np.asarray(channels, dtype=int)
+        # Same operations in the same order for every channel as a per-channel sum, so channel 0 (the
+        # staging channel, whose statistics the models were trained and evaluated on) is unchanged.
+        out = cortex[:, None] * self._mix[None, chans]
+        out += self._own_background(e, chans)
+        out += eyes[:, None] * self._eye_gain[None, chans]
+        out += emg[:, None]
+        out += movement[:, None]
+        out += hum[:, None] if isinstance(hum, np.ndarray) else hum
         return out
+
+    def _own_background(self, e: int, chans: np.ndarray) -> np.ndarray:
+        """Each non-staging channel's own 1/f background for epoch ``e``, shape (n, len(chans)); zero for 0.
+
+        Drawing a fresh spectrally shaped noise per channel and epoch cost more than the whole staging
+        channel, for signals nothing downstream analyses. Instead each channel reads a random 30-s window
+        of a long unit-RMS 1/f noise drawn once per subject, from its own stripe of that table, so two
+        channels never share samples within an epoch. A channel may reuse stretches of its stripe (about
+        2.5 min at 8 channels) at random offsets over the night; its spectrum is the same 1/f^b.
+        """
+        n = self.samples_per_epoch
+        own = np.zeros((n, len(chans)))
+        others = chans != 0
+        if not others.any():
+            return own
+        n_other = self.n_channels - 1
+        if self._own_table is None:
+            size = 1 << int(np.ceil(np.log2(4 * n_other * n)))
+            self._own_table = _spectral_noise(np.random.default_rng([self.seed, 2]), size, self.fs_hz,
+                                              _pink(self.traits.background_exponent))
+        stripe = len(self._own_table) // n_other
+        starts = (np.arange(n_other) * stripe
+                  + np.random.default_rng([self.seed, 2, e]).integers(0, stripe - n + 1, size=n_other))
+        gain = 4.0 * self.traits.amplitude_scale
+        for k in np.flatnonzero(others):
+            s0 = starts[chans[k] - 1]
+            own[:, k] = gain * self._own_table[s0:s0 + n]
+        return own
 
     def _sources(self, rng: np.random.Generator, stage: Stage, distressed: bool):
         """Draw one epoch's cortical EEG, eye, muscle and movement components (microvolts)."""
@@ -317,7 +373,7 @@ class SyntheticSleepEEG:
         def j() -> float:
             return float(np.exp(rng.normal(0.0, 0.3)))
 
-        pink = _spectral_noise(rng, n, fs, lambda f: np.where(f > 0, np.maximum(f, 0.5) ** (-tr.background_exponent / 2), 0.0))
+        pink = _spectral_noise(rng, n, fs, _pink(tr.background_exponent))
         x = np.zeros(n)
         eyes = np.zeros(n)
         # Background RMS per stage (uV): deeper sleep is more synchronised, hence larger.

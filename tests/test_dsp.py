@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 from scipy import signal
 
 from appliance.dsp import (
-    ADS1299_RAIL_UV, CLIP_UV, MODEL_FS_HZ, StreamingPreprocessor, arousal_features, epoch_quality, preprocess,
+    ADS1299_RAIL_UV, CLIP_UV, MODEL_FS_HZ, StreamingPreprocessor, _sosfiltfilt, _windows, arousal_features,
+    epoch_quality, preprocess, welch_psd,
 )
+from appliance.epoch import ArousalFeatures
 
 RNG = np.random.default_rng(42)
 LONG = RNG.standard_normal(250 * 40) * 30.0  # 40 s of noise at 250 SPS
@@ -122,3 +124,74 @@ def test_arousal_features_see_alpha_muscle_and_movement():
     m = arousal_features(alpha + emg, fs_hz=fs)
     assert m.high_freq_rel > 0.5 and m.beta_rel > a.beta_rel and m.movement_fraction > 0.9
     assert arousal_features(np.zeros(10), fs_hz=fs).alpha_rel == 0.0
+
+
+# ---- the fast per-epoch features equal the scipy-based originals ------------------------------------------
+# The stage and loop models were trained on these exact features, so the optimised code in appliance/dsp.py
+# must reproduce what the original scipy calls computed. The originals are kept here, slow, as references.
+def _reference_arousal_features(x_uv_chip, *, fs_hz):
+    x = np.asarray(x_uv_chip, dtype=np.float64).ravel()
+    x = np.where(np.isfinite(x), x, 0.0)
+    if x.size < int(2 * fs_hz):
+        return ArousalFeatures()
+    x = signal.detrend(x, type="linear")
+    f, p = signal.welch(x, fs=fs_hz, nperseg=int(2 * fs_hz))
+    top = min(45.0, 0.9 * fs_hz / 2)
+
+    def band(lo, hi):
+        return float(p[(f >= lo) & (f < hi)].sum())
+
+    total35, total45 = band(0.5, min(35.0, top)), band(0.5, top)
+    if total35 <= 0 or total45 <= 0:
+        return ArousalFeatures()
+    hp = signal.sosfiltfilt(signal.butter(4, min(20.0, 0.8 * fs_hz / 2), btype="highpass", fs=fs_hz, output="sos"), x)
+    w_raw = signal.detrend(_windows(x, fs_hz), axis=1)
+    w_hp = _windows(hp, fs_hz)
+    moving = (np.ptp(w_raw, axis=1) > 250.0) | (np.sqrt(np.mean(w_hp**2, axis=1)) > 8.0)
+    return ArousalFeatures(alpha_rel=band(8.0, 12.0) / total35, beta_rel=band(16.0, 30.0) / total35,
+                           high_freq_rel=band(20.0, top) / total45, movement_fraction=float(moving.mean()))
+
+
+def _reference_quality_highpass(x, fs_hz):
+    sos = signal.butter(2, 0.3, btype="highpass", fs=fs_hz, output="sos")
+    return signal.sosfiltfilt(sos, x - np.median(x))
+
+
+def _feature_epochs():
+    """(signal, fs) pairs: synthetic epochs of every stage (artefacts, distressed arousals) and random ones."""
+    from appliance.synthetic_eeg import SyntheticSleepEEG
+
+    hyp = np.array([0, 1, 2, 3, 2, 4, 0, 0, 4, 0])
+    gen = SyntheticSleepEEG(hyp, seed=21, n_channels=2)
+    out = [(e[:, c], 250.0) for e in gen.render_epochs(channels=None) for c in (0, 1)]
+    rng = np.random.default_rng(5)
+    for fs in (250.0, 200.0, 256.0, 100.0, 500.0, 50.0):
+        n = int(30 * fs)
+        t = np.arange(n) / fs
+        out.append((rng.standard_normal(n) * 20 + 300 + 40 * t, fs))  # noise on an offset and drift
+        x = rng.standard_normal(n).cumsum() + 50 * np.sin(2 * np.pi * 11 * t)  # random walk + alpha
+        x[rng.integers(0, n, 20)] = np.nan
+        out.append((x, fs))
+    out.append((rng.standard_normal(7499) * 400, 250.0))  # not a whole number of windows
+    return out
+
+
+@pytest.mark.parametrize("k", range(len(_feature_epochs())))
+def test_fast_arousal_features_and_quality_equal_the_scipy_reference(k):
+    x, fs = _feature_epochs()[k]
+    got, ref = arousal_features(x, fs_hz=fs), _reference_arousal_features(x, fs_hz=fs)
+    for name in ("alpha_rel", "beta_rel", "high_freq_rel"):
+        assert np.isclose(getattr(got, name), getattr(ref, name), rtol=1e-9, atol=1e-12), name
+    assert got.movement_fraction == ref.movement_fraction
+    xf = np.where(np.isfinite(x), x, 0.0)
+    np.testing.assert_allclose(_sosfiltfilt("quality_hp", fs, xf - np.median(xf)), _reference_quality_highpass(xf, fs),
+                               rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("nperseg", [200, 500, 64, 101])
+def test_welch_psd_equals_scipy_welch(nperseg):
+    x = np.random.default_rng(nperseg).standard_normal((3, 3000)) * 10 + 5
+    f_ref, p_ref = signal.welch(x, fs=100.0, nperseg=nperseg, axis=-1)
+    f, p = welch_psd(x, fs_hz=100.0, nperseg=nperseg)
+    np.testing.assert_array_equal(f, f_ref)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-14)

@@ -130,3 +130,51 @@ def test_smooth_hypnogram_gives_the_report_int8_stages_from_the_card(stager, nig
     hyp = smooth_hypnogram(probs)
     assert hyp.dtype == np.int8 and hyp.shape == (len(HYP),)
     np.testing.assert_array_equal(hyp, stager.smooth_night(probs).argmax(1))
+
+
+# ---- the fast features equal the scipy-based original ------------------------------------------------------
+# The committed model was trained on these features; appliance.stager now computes the Welch spectrum with
+# appliance.dsp.welch_psd and sums bands with a matrix product. The original is kept here as the reference.
+def _reference_features(epochs):
+    from scipy import signal
+
+    from appliance.stager import _DELTA_SOS, _SIGMA_SOS, FEATURE_BANDS_HZ
+
+    x = np.where(np.isfinite(epochs), epochs, 0.0)
+    x = x - x.mean(axis=1, keepdims=True)
+    n, eps = len(x), 1e-6
+    f, p = signal.welch(x, fs=100, nperseg=200, axis=-1)
+    band_power = np.stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in FEATURE_BANDS_HZ], axis=1)
+    total = band_power.sum(axis=1) + eps
+    logrel = np.log10(band_power / total[:, None] + eps)
+    dx = np.diff(x, axis=1)
+    ddx = np.diff(dx, axis=1)
+    var0, var1, var2 = x.var(axis=1) + eps, dx.var(axis=1) + eps, ddx.var(axis=1) + eps
+    mobility = np.sqrt(var1 / var0)
+    complexity = np.sqrt(var2 / var1) / mobility
+    sigma = signal.sosfilt(_SIGMA_SOS, x, axis=-1).reshape(n, 15, -1)
+    sigma_rms = np.sqrt((sigma**2).mean(axis=2)) + eps
+    win_power = (x.reshape(n, 15, -1) ** 2).mean(axis=2) + eps
+    slow = signal.sosfilt(_DELTA_SOS, x, axis=-1).reshape(n, 30, -1)
+    slow_frac = np.mean(np.ptp(slow, axis=2) > 75.0, axis=1)
+    return np.column_stack([
+        logrel, np.log10(total), mobility, complexity,
+        np.log10(sigma_rms.max(axis=1) / np.median(sigma_rms, axis=1)), np.std(np.log10(win_power), axis=1), slow_frac,
+    ]).astype(np.float32)
+
+
+def test_fast_features_equal_the_scipy_reference(night):
+    from appliance.dsp import preprocess
+    from appliance.stager import night_features
+
+    y = preprocess(night, fs_hz=250.0)
+    synthetic = y[: len(y) // EPOCH_SAMPLES * EPOCH_SAMPLES].reshape(-1, EPOCH_SAMPLES)
+    rng = np.random.default_rng(8)
+    random = np.vstack([rng.standard_normal((3, EPOCH_SAMPLES)) * 30,
+                        rng.standard_normal((2, EPOCH_SAMPLES)).cumsum(axis=1), np.zeros((1, EPOCH_SAMPLES))])
+    random[1, ::97] = np.nan
+    for epochs in (synthetic, random):
+        ref = _reference_features(epochs)
+        np.testing.assert_allclose(night_features(epochs.ravel()), ref, rtol=1e-5, atol=1e-6)
+        for k in range(0, len(epochs), 7):
+            np.testing.assert_allclose(epoch_features(epochs[k]), ref[k], rtol=1e-5, atol=1e-6)

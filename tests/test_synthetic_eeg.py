@@ -126,3 +126,26 @@ def test_bad_hypnograms_are_refused_clearly():
         SyntheticSleepEEG(np.array([0, 0]), distressed_arousals=np.array([True]))
     # Unscored epochs are drawn (as wake) rather than refused: real hypnograms have them.
     assert SyntheticSleepEEG(np.array([-1, 2]), n_channels=1).render_epochs().shape == (2, 7500, 1)
+
+
+def test_staging_channel_does_not_depend_on_how_many_channels_are_drawn():
+    """Channel 0 is what the models were trained and evaluated on; the other channels' cheaper own
+    backgrounds (windows of a per-subject 1/f table) must leave it untouched."""
+    hyp = np.array([W, N2, N3, REM, W])
+    one = SyntheticSleepEEG(hyp, seed=4, n_channels=1).render_channel(0)
+    eight = SyntheticSleepEEG(hyp, seed=4, n_channels=8)
+    np.testing.assert_array_equal(eight.render_channel(0), one)
+    np.testing.assert_array_equal(eight.read(eight.n_samples)[:, 0], one)
+
+
+def test_other_channels_own_backgrounds_are_independent_unit_rms_pink_noise():
+    gen = SyntheticSleepEEG(np.array([N2] * 6), seed=9)
+    gain = 4.0 * gen.traits.amplitude_scale
+    for e in range(6):
+        own = gen._own_background(e, np.arange(8)) / gain
+        assert not own[:, 0].any()
+        assert np.allclose(own[:, 1:].std(axis=0), 1.0, atol=0.35)
+        c = np.corrcoef(own[:, 1:].T)
+        assert np.all(np.abs(c[np.triu_indices(7, 1)]) < 0.5)  # no two channels share samples
+    f, p = signal.welch(gen._own_table, fs=FS, nperseg=1024)
+    assert p[(f > 1) & (f < 2)].mean() > 10 * p[(f > 10) & (f < 20)].mean()  # 1/f^b, b ~ 2
