@@ -76,8 +76,8 @@ def epoch_features(epoch_model_rate: np.ndarray) -> np.ndarray:
 def _features(epochs: np.ndarray) -> np.ndarray:
     """Features of a stack of epochs, shape (n, 3000) -> (n, N_FEATURES). Each row is independent.
 
-    The live path calls it with one epoch, :func:`night_features` with many (vectorised: about 10x
-    faster per epoch); both give the same numbers.
+    The live path calls it with one epoch, :func:`night_features` with blocks of many (vectorised:
+    several times faster per epoch); both give the same numbers.
     """
     x = np.where(np.isfinite(epochs), epochs, 0.0)
     x = x - x.mean(axis=1, keepdims=True)
@@ -110,7 +110,8 @@ def night_features(x_model_rate: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.empty((0, N_FEATURES), dtype=np.float32)
     epochs = np.asarray(x_model_rate, dtype=np.float64)[:n * EPOCH_SAMPLES].reshape(n, -1)
-    return np.concatenate([_features(epochs[i:i + 256]) for i in range(0, n, 256)])
+    # Blocks of 32 epochs keep each block's Welch segments (about 1.5 MB) in cache; 256 was slower.
+    return np.concatenate([_features(epochs[i:i + 32]) for i in range(0, n, 32)])
 
 
 def context_windows(features: np.ndarray, context_epochs: int) -> np.ndarray:
