@@ -27,6 +27,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak resident memory, MB.
+
+    Read from VmHWM: ``ru_maxrss`` survives fork+exec on Linux, so a subprocess started by a bench process
+    that had already loaded YASA would report the parent's peak, not its own.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _thread_cpu_s(native_id: int) -> float:
     """CPU seconds of one thread of this process, from /proc (utime + stime)."""
     fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
@@ -91,7 +108,7 @@ def worker_replay(hours: float) -> dict:
     finally:
         broker.stop()
     return {"epochs": r.epochs, "hours": r.epochs / 120, "cpu_s": cpu, "wall_s": wall,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "models": used,
+            "maxrss_mb": _peak_rss_mb(), "models": used,
             "acquisition_thread_cpu_s": acq_cpu[0], "report_child_cpu_s": child_cpu,
             "loop_event_latency_s": loop_lat, "alert_latency_s": alert_lat, "alerts": len(d.alerts_sent),
             "frames_lost": r.counters["frames_lost"], "dropped": int(hw.ring.counters.dropped),
