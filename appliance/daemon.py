@@ -369,8 +369,9 @@ class Daemon:
 
     def _load_stager(self) -> Any:
         """The stage model: the one a signed update applied last, if any, else ``staging.model_path`` (or the
-        packaged one). An applied model that cannot be loaded (e.g. no model card beside it: the update format
-        carries only the .tflite) is said out loud and the configured model is used instead."""
+        packaged one). The update wrote the model's signed card beside it and the health check loaded both, so
+        an applied model that still cannot be loaded here (e.g. a pre-card update, or a file damaged since) is
+        said out loud (``model_update_unused``) and the configured model is used instead."""
         from appliance.stager import Stager
 
         applied = self.updates.current_path("model") if self.updates is not None else None

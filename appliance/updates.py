@@ -6,10 +6,12 @@ The clinic signs every model file and config with its Ed25519 key (``bedtime-fle
 
 1. the detached manifest verifies against the pinned public key, names the same kind, and the payload's
    sha256 and size are the signed ones (else: *refused*, nothing on disk changes);
-2. the payload is well-formed for its kind (a config passes :func:`appliance.config.validate_config`);
+2. the payload is well-formed for its kind (a config passes :func:`appliance.config.validate_config`; a
+   model's manifest carries its signed ``model_card`` whose ``sha256`` is the payload's);
 3. it is written beside the current version and switched in with an atomic ``rename`` of a symlink, so a
    power cut leaves either the old or the new version in place, never half of one;
-4. the health check passes (model loads and its self-test runs; config validates; the daemon adds
+4. the health check passes (the model loads with its card through :class:`appliance.stager.Stager` and its
+   self-test runs; config validates; the daemon adds
    "stages flowing"). If it fails, the box switches back to the previous version by itself
    (*rolled_back*).
 
@@ -18,8 +20,12 @@ fsynced) and returned as an :class:`UpdateResult` that the daemon sends back to 
 
 On-disk layout (``<state_dir>/updates/<kind>/``)::
 
-    versions/<version>-<sha12>.tflite|.json   each applied payload, with its .sig.json beside it
-    current  -> versions/...                 the version in use (relative symlink)
+    versions/<version>-<sha12>.json           each applied config, with its .sig.json beside it
+    versions/<version>-<sha12>/<version>-<sha12>.tflite
+                                             each applied model in its own folder, with its .sig.json and
+                                             the signed card as model_card.json (where the stager looks),
+                                             so a roll back restores the matching card with the model
+    current  -> versions/...                 the version in use (relative symlink to the file)
     previous -> versions/...                 the one before, kept for roll back
 
 The ``update`` command (``bedtime/v1/<box>/cmd/update``) is registered in :data:`appliance.commands.COMMANDS`
@@ -35,6 +41,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,8 +103,9 @@ HealthCheck = Callable[[str, Path], HealthReport]
 
 
 def default_health_check(kind: str, path: Path) -> HealthReport:
-    """The checks the box can make on its own: a model loads in the TFLite runtime and runs on a zero
-    input with finite output (self-test); a config validates. The daemon wraps this and adds
+    """The checks the box can make on its own: a model loads as the stager will load it
+    (:class:`appliance.stager.Stager`: its ``model_card.json`` beside it fits the features, the sha256 matches,
+    the TFLite runtime loads it) and runs on a zero input with finite output (self-test); a config validates. The daemon wraps this and adds
     ``stages_flowing`` (it watches the next epochs come out of the stager)."""
     if kind == "config":
         from appliance.config import ConfigError, validate_config
@@ -111,21 +119,15 @@ def default_health_check(kind: str, path: Path) -> HealthReport:
     try:
         import numpy as np
 
-        from appliance.tflite import TFLiteModel
+        from appliance.stager import Stager
 
-        model = TFLiteModel(path, expected_sha256=_sha256_file(path))
+        model = Stager(path).model
         checks["model_loads"] = True
         y = model.predict(np.zeros(model.input_shape, dtype=np.float32))
         checks["self_test"] = bool(np.all(np.isfinite(y)))
     except Exception as e:  # any failure to load or run is a failed health check, never a crash
         return HealthReport(False, checks, f"model health check failed: {type(e).__name__}: {e}")
     return HealthReport(all(checks.values()), checks, "" if checks["self_test"] else "self-test output not finite")
-
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -242,16 +244,28 @@ class UpdateManager:
                 validate_config(json.loads(payload))
             except (ConfigError, ValueError) as e:
                 return self._refuse(kind, running, f"config invalid: {e}", version=version, sha256=sha)
+        card = manifest.get("model_card")
+        if kind == "model":
+            if not isinstance(card, dict):
+                return self._refuse(kind, running, "model manifest carries no model_card: sign the model with its "
+                                    "model_card.json (bedtime-fleet sign)", version=version, sha256=sha)
+            if card.get("sha256") != sha:
+                return self._refuse(kind, running, f"model card sha256 {card.get('sha256')!r} is not the model's "
+                                    f"sha256 {sha}: the card belongs to another model", version=version, sha256=sha)
         self._audit("update.verified", kind=kind, version=version, sha256=sha, key_id=manifest["key_id"])
 
         d = self._dir(kind)
         versions = d / "versions"
         versions.mkdir(parents=True, exist_ok=True)
-        target = versions / f"{version}-{sha[:12]}{KINDS[kind]}"
+        stem = f"{version}-{sha[:12]}"
+        target = versions / stem / f"{stem}.tflite" if kind == "model" else versions / f"{stem}{KINDS[kind]}"
         if self.current_path(kind) == target.resolve() and target.exists():
             self._audit("update.unchanged", kind=kind, version=version, sha256=sha)
             return UpdateResult(True, "applied", kind, version, sha, running_version=version,
                                 previous_version=self.previous_version(kind), reason="already running")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "model":  # the card first: a model file in place always has its card beside it
+            self._write_atomic(target.with_name("model_card.json"), json.dumps(card, indent=2).encode())
         self._write_atomic(target, bytes(payload))
         self._write_atomic(target.with_name(target.name + ".sig.json"), json.dumps(manifest).encode())
         old = self.current_path(kind)
@@ -347,6 +361,13 @@ class UpdateManager:
     def _prune(self, kind: str) -> None:
         versions = self._dir(kind) / "versions"
         keep = {p for p in (self.current_path(kind), self.previous_path(kind)) if p is not None}
+        if kind == "model":  # one folder per model version (model, manifest, card)
+            keep_dirs = {p.parent for p in keep}
+            old_dirs = sorted((d for d in versions.iterdir() if d.is_dir() and d.resolve() not in keep_dirs),
+                              key=lambda d: d.stat().st_mtime, reverse=True)
+            for d in old_dirs[self.keep_versions:]:
+                shutil.rmtree(d, ignore_errors=True)
+            return
         old = sorted((p for p in versions.glob(f"*{KINDS[kind]}")
                       if p.resolve() not in keep and not p.name.endswith(".sig.json")),
                      key=lambda p: p.stat().st_mtime, reverse=True)

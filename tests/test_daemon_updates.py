@@ -4,7 +4,6 @@ the unsigned retained config topic; without one the topic works as before. Also:
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 
 import numpy as np
@@ -172,17 +171,24 @@ def test_every_listed_command_is_served_and_selftest_leaves_the_chip_alone(runni
 
 
 def test_an_applied_model_is_the_stage_model_of_the_next_start(tmp_path, keys):
-    """The update carries only the .tflite; the stager needs its model card beside it. Without the card the
-    daemon says so (model_update_unused) and stages with the configured model; with it, the applied one loads."""
+    """The update carries the model card signed with the model; the box writes it beside the applied version, so
+    the next start stages with the applied model. Only an applied model that cannot load (here: its card removed
+    from disk afterwards) is reported as model_update_unused, with the configured model staging instead."""
+    import hashlib
+
     from appliance.stager import DEFAULT_MODEL_PATH
     from appliance.updates import UpdateManager
 
     key, pub = keys
     cfg = box_config(tmp_path, port=None, updates={"public_key_file": str(pub)})
     model = DEFAULT_MODEL_PATH.read_bytes()
+    card = json.loads(DEFAULT_MODEL_PATH.with_name("model_card.json").read_text())
     mgr = UpdateManager(cfg.box.state_dir, pub.read_bytes())
-    res = mgr.apply("model", model, signing.sign_bytes(model, key, kind="model", name="stager.tflite", version="s-9"))
+    res = mgr.apply("model", model, signing.sign_bytes(model, key, kind="model", name="stager.tflite", version="s-9",
+                                                       model_card=card))
     assert res.state == "applied", res
+    applied = mgr.current_path("model")
+    assert applied.parent != DEFAULT_MODEL_PATH.parent and json.loads(applied.with_name("model_card.json").read_text()) == card
 
     def load():
         hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=np.full(2, N2, np.int8)), speed=60.0)
@@ -195,10 +201,11 @@ def test_an_applied_model_is_the_stage_model_of_the_next_start(tmp_path, keys):
             d._events_file.close()
 
     stager, events = load()
+    assert stager.model_path == applied
+    assert stager.sha256 == hashlib.sha256(model).hexdigest() == res.sha256  # the applied model stages the night
+    assert [e["kind"] for e in events] == ["model_from_update"] and events[0]["version"] == "s-9"
+
+    applied.with_name("model_card.json").unlink()  # a genuinely unusable applied model
+    stager, events = load()
     assert stager.model_path == DEFAULT_MODEL_PATH
     assert [e["kind"] for e in events] == ["model_update_unused"] and "model card" in events[0]["reason"]
-
-    shutil.copy(DEFAULT_MODEL_PATH.with_name("model_card.json"), mgr.current_path("model").with_name("model_card.json"))
-    stager, events = load()
-    assert stager.model_path == mgr.current_path("model")
-    assert [e["kind"] for e in events] == ["model_from_update"] and events[0]["version"] == "s-9"

@@ -1,6 +1,7 @@
 """Canary-first rollouts over a real mosquitto: a failing canary stops the rollout and rolls itself back."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -59,7 +60,8 @@ def test_failing_canary_stops_rollout_and_rolls_back(fleet):
     canary, other = add("c1"), add("r1")
     before = canary.updates.current_version("model")
     broken = b"TFL3" + bytes(range(256)) * 8
-    manifest = signing.sign_bytes(broken, key, kind="model", name="stager.tflite", version="s-2026.11")
+    manifest = signing.sign_bytes(broken, key, kind="model", name="stager.tflite", version="s-2026.11",
+                                  model_card={"sha256": hashlib.sha256(broken).hexdigest()})
     rid = create_rollout(db, kind="model", payload=broken, manifest=manifest, canary=["c1"], rest=["r1"],
                          created_by="olivia", public_key_pem=pem)
     assert RolloutRunner(db, ingest, timeout_s=15).run(rid) == "stopped"

@@ -1,6 +1,7 @@
 """Ed25519 signing of models and configs: what verifies, and every way a forgery is refused."""
 from __future__ import annotations
 
+import argparse
 import json
 import stat
 
@@ -98,3 +99,44 @@ def test_cli_keys_and_sign(tmp_path, capsys):
     bad.write_text(json.dumps({"telemetry": {"interval_s": -5}}))  # the box would refuse it: so does sign
     assert cli.main(["sign", str(bad), "--version", "x", "--key", str(tmp_path / "fleet-signing.key")]) == 2
     assert not (tmp_path / "bad.json.sig.json").exists()
+
+
+def test_model_card_signed_with_the_model(tmp_path, keys):
+    """sign_file picks up model_card.json beside a model (or --card); the signature covers the card."""
+    import hashlib
+
+    key, pub, _ = keys
+    model = tmp_path / "stager.tflite"
+    model.write_bytes(b"TFL3 model bytes" * 10)
+    with pytest.raises(FileNotFoundError, match="model card"):
+        signing.sign_file(model, key, kind="model", version="s1")
+    card = {"sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "context_epochs": 5}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    m = json.loads(signing.sign_file(model, key, kind="model", version="s1").read_text())
+    assert m["model_card"] == card
+    assert signing.verify_manifest(model.read_bytes(), m, pub, kind="model")["model_card"] == card
+    m["model_card"]["context_epochs"] = 6  # changed after signing
+    with pytest.raises(SignatureError, match="does not verify"):
+        signing.verify_manifest(model.read_bytes(), m, pub, kind="model")
+    other = tmp_path / "other_card.json"
+    other.write_text(json.dumps(dict(card, sha256="0" * 64)))
+    with pytest.raises(ValueError, match="wrong card"):
+        signing.sign_file(model, key, kind="model", version="s1", card=other)
+
+
+def test_cli_sign_picks_up_the_card(tmp_path, keys, capsys):
+    import hashlib
+
+    from appliance.fleet.web import cli
+
+    key, pub, _ = keys
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"model")
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"sha256": hashlib.sha256(b"model").hexdigest()}))
+    ns = argparse.Namespace(file=model, kind=None, version="s2", key=tmp_path / "k.key", out=None, card=None)
+    assert cli.cmd_sign(ns) == 2 and "model card" in capsys.readouterr().err  # none beside it, none given
+    ns.card = card
+    assert cli.cmd_sign(ns) == 0
+    m = json.loads((tmp_path / "m.tflite.sig.json").read_text())
+    assert m["model_card"]["sha256"] == hashlib.sha256(b"model").hexdigest()

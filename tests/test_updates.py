@@ -1,6 +1,7 @@
 """The box side of signed updates: only what verifies is applied, atomically, health-checked, rolled back."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -21,8 +22,11 @@ def config_bytes(interval_s: float) -> bytes:
     return json.dumps({"telemetry": {"interval_s": interval_s}}).encode()
 
 
-def signed(key, payload: bytes, kind: str, version: str) -> dict:
-    return signing.sign_bytes(payload, key, kind=kind, name=f"x.{kind}", version=version)
+def signed(key, payload: bytes, kind: str, version: str, card: dict | None = None) -> dict:
+    """A manifest as `bedtime-fleet sign` makes it; a model gets a card naming its sha256 (or ``card``)."""
+    if kind == "model" and card is None:
+        card = {"sha256": hashlib.sha256(payload).hexdigest()}
+    return signing.sign_bytes(payload, key, kind=kind, name=f"x.{kind}", version=version, model_card=card)
 
 
 def test_signed_config_applied_and_audited(tmp_path, clinic):
@@ -175,11 +179,11 @@ def test_tampered_update_over_mqtt_refused_and_reported(tmp_path, clinic, broker
 def _packaged_model():
     from pathlib import Path
 
-    for p in ("models/stager/stager.tflite", "appliance/models/stager.tflite", "models/loops/loop.tflite"):
-        path = Path(__file__).resolve().parent.parent / p
-        if path.is_file():
-            return path
-    pytest.skip("no trained .tflite model in this checkout yet")
+    from appliance.stager import DEFAULT_MODEL_PATH
+
+    if DEFAULT_MODEL_PATH.is_file() and DEFAULT_MODEL_PATH.with_name("model_card.json").is_file():
+        return DEFAULT_MODEL_PATH
+    pytest.skip("no trained stage model with its card in this checkout yet")
 
 
 def test_real_model_passes_default_health_check_and_broken_one_rolls_back_to_it(tmp_path, clinic):
@@ -187,11 +191,13 @@ def test_real_model_passes_default_health_check_and_broken_one_rolls_back_to_it(
     broken model fails, and the box is back on the real one."""
     key, pub = clinic
     real = _packaged_model().read_bytes()
+    card = json.loads(_packaged_model().with_name("model_card.json").read_text())
     um = UpdateManager(tmp_path / "state", pub)
-    r = um.apply("model", real, signed(key, real, "model", "s-real"))
+    r = um.apply("model", real, signed(key, real, "model", "s-real", card))
     assert r.ok and r.health.checks == {"model_loads": True, "self_test": True}
+    assert json.loads(um.current_path("model").with_name("model_card.json").read_text()) == card
     broken = real[: len(real) // 2]  # truncated in transit, then signed by mistake
-    r2 = um.apply("model", broken, signed(key, broken, "model", "s-broken"))
+    r2 = um.apply("model", broken, signed(key, broken, "model", "s-broken", dict(card, sha256=hashlib.sha256(broken).hexdigest())))
     assert r2.state == "rolled_back" and r2.running_version == "s-real"
     assert um.current_path("model").read_bytes() == real
     assert um.health_check("model").ok
@@ -215,3 +221,68 @@ def test_bad_model_refused_previous_model_kept(tmp_path, clinic, attack):
     r = um.apply("model", second, manifest)
     assert r.state == "refused" and r.running_version == "m1" and um.current_path("model").read_bytes() == first
     assert not any(p.name.startswith("m2") for p in (um.root / "model" / "versions").iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("attack", ["no_card", "card_of_another_model", "tampered_card"])
+def test_model_without_its_own_signed_card_refused(tmp_path, clinic, attack):
+    """The stager needs the model's card: a model manifest without one, with another model's card, or with a
+    card changed after signing is refused, audited, and nothing is written."""
+    key, pub = clinic
+    um = UpdateManager(tmp_path / "state", pub,
+                       health_check=lambda kind, path: HealthReport(True, {"model_loads": True, "self_test": True}))
+    first = b"model one" * 100
+    assert um.apply("model", first, signed(key, first, "model", "m1")).ok
+    second = b"model two" * 100
+    manifest = signed(key, second, "model", "m2")
+    if attack == "no_card":
+        manifest = signing.sign_bytes(second, key, kind="model", name="x.model", version="m2")
+    elif attack == "card_of_another_model":
+        # signed by the clinic's key, but sign_bytes itself refuses a mismatched card, so forge the manifest
+        # the way a buggy signer would: card with another sha, signature over it
+        body = {k: v for k, v in manifest.items() if k != "signature"}
+        body["model_card"] = {"sha256": hashlib.sha256(first).hexdigest()}
+        import base64
+
+        manifest = dict(body, signature=base64.b64encode(key.sign(signing._canonical(body))).decode())
+    else:
+        manifest = dict(manifest, model_card=dict(manifest["model_card"], context_epochs=99))
+    r = um.apply("model", second, manifest)
+    assert r.state == "refused" and r.running_version == "m1" and um.current_path("model").read_bytes() == first
+    expected = {"no_card": "no model_card", "card_of_another_model": "belongs to another model",
+                "tampered_card": "signature does not verify"}[attack]
+    assert expected in r.reason
+    assert um.audit_entries()[-1]["action"] == "update.refused" and um.audit_entries()[-1]["reason"] == r.reason
+    assert not any(p.name.startswith("m2") for p in (um.root / "model" / "versions").iterdir())
+
+
+def test_sign_bytes_refuses_a_card_of_another_model(clinic):
+    key, _ = clinic
+    with pytest.raises(ValueError, match="wrong card"):
+        signing.sign_bytes(b"m", key, kind="model", name="m", version="1", model_card={"sha256": "0" * 64})
+
+
+def test_card_kept_with_its_version_and_restored_on_rollback(tmp_path, clinic):
+    key, pub = clinic
+    um = UpdateManager(tmp_path / "state", pub,
+                       health_check=lambda kind, path: HealthReport(True, {"model_loads": True, "self_test": True}))
+    a, b = b"model a" * 50, b"model b" * 50
+    assert um.apply("model", a, signed(key, a, "model", "ma")).ok
+    assert um.apply("model", b, signed(key, b, "model", "mb")).ok
+    card_of = lambda: json.loads(um.current_path("model").with_name("model_card.json").read_text())  # noqa: E731
+    assert card_of()["sha256"] == hashlib.sha256(b).hexdigest()
+    assert um.rollback("model").ok and um.current_version("model") == "ma"
+    assert card_of()["sha256"] == hashlib.sha256(a).hexdigest()
+
+
+def test_real_model_with_a_card_that_does_not_fit_rolls_back(tmp_path, clinic):
+    """Correctly signed, card names the right sha256, but its standardisation has the wrong feature count: the
+    default health check loads it as the stager would, fails, and nothing stays current."""
+    key, pub = clinic
+    real = _packaged_model().read_bytes()
+    card = json.loads(_packaged_model().with_name("model_card.json").read_text())
+    card["feature_mean"] = list(card["feature_mean"]) + [0.0]
+    card["feature_std"] = list(card["feature_std"]) + [1.0]
+    um = UpdateManager(tmp_path / "state", pub)
+    r = um.apply("model", real, signed(key, real, "model", "s-misfit", card))
+    assert r.state == "rolled_back" and r.health.checks["model_loads"] is False
+    assert "feature_mean" in r.reason and um.current_path("model") is None

@@ -49,7 +49,8 @@ def create_rollout(db: FleetDB, *, kind: str, payload: bytes, manifest: dict, ca
     SignatureError
         The manifest does not verify (only when ``public_key_pem`` is given).
     ValueError
-        No canary boxes, or a box in both groups.
+        No canary boxes, a box in both groups, or a model manifest without its signed model card (every box
+        would refuse it).
     """
     if not canary:
         raise ValueError("a rollout needs at least one canary box")
@@ -57,6 +58,9 @@ def create_rollout(db: FleetDB, *, kind: str, payload: bytes, manifest: dict, ca
         raise ValueError(f"boxes in both canary and rest: {sorted(set(canary) & set(rest))}")
     if public_key_pem is not None:
         verify_manifest(payload, manifest, public_key_pem, kind=kind)
+    if kind == "model" and not isinstance(manifest.get("model_card"), dict):
+        raise ValueError("the model's manifest carries no model_card: sign it with `bedtime-fleet sign` beside its "
+                         "model_card.json and upload that .sig.json")
     rid = db.add_rollout(kind=kind, name=str(manifest.get("name", "")), version=str(manifest.get("version", "")),
                          sha256=str(manifest.get("sha256", "")), manifest=manifest, payload=payload,
                          created_by=created_by, canary=canary, rest=rest)

@@ -5,9 +5,12 @@
 
     {"schema": "bedtime.signature/1", "kind": "model", "name": "stager.tflite", "version": "2026.11.2",
      "sha256": "<hex of the file>", "size_bytes": 41234, "signed_at": "2026-11-23T18:00:00Z",
-     "key_id": "<first 16 hex of sha256(raw public key)>", "signature": "<base64 Ed25519 signature>"}
+     "key_id": "<first 16 hex of sha256(raw public key)>", "signature": "<base64 Ed25519 signature>",
+     "model_card": {...}}
 
-The signature covers every other field of the manifest (canonical JSON: sorted keys, no spaces), so the
+A model's manifest also carries its ``model_card`` (the ``model_card.json`` object the box's stager needs:
+standardisation constants, context length, transition matrix, and the model's own ``sha256``), so an update
+delivers the model and its card together. The signature covers every other field of the manifest (canonical JSON: sorted keys, no spaces), so the
 kind and version are signed too: a signed config cannot be replayed as a model, nor an old version
 passed off as a new one. The crypto is ``cryptography``'s Ed25519; nothing here is hand-rolled.
 
@@ -98,7 +101,8 @@ def _canonical(manifest: dict) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, version: str) -> dict:
+def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, version: str,
+               model_card: dict | None = None) -> dict:
     """A signed manifest for ``payload``.
 
     Parameters
@@ -110,28 +114,66 @@ def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, 
         File name, for people reading the manifest.
     version : str
         The version the box will report once it runs this payload.
+    model_card : dict, optional
+        For a model: its ``model_card.json`` object, signed with it (the box refuses a model without one).
+        Its ``sha256`` must be the payload's.
+
+    Raises
+    ------
+    ValueError
+        On an unknown kind, a card given for a config, or a card whose ``sha256`` is not the payload's.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    sha256 = hashlib.sha256(payload).hexdigest()
+    if model_card is not None:
+        if kind != "model":
+            raise ValueError("only a model carries a model card")
+        if not isinstance(model_card, dict) or model_card.get("sha256") != sha256:
+            raise ValueError(f"the model card's sha256 ({model_card.get('sha256') if isinstance(model_card, dict) else None!r}) "
+                             f"is not the model's ({sha256}): wrong card for this model")
     manifest = {
         "schema": SCHEMA,
         "kind": kind,
         "name": name,
         "version": str(version),
-        "sha256": hashlib.sha256(payload).hexdigest(),
+        "sha256": sha256,
         "size_bytes": len(payload),
         "signed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "key_id": key_id(public_pem_of(key)),
     }
+    if model_card is not None:
+        manifest["model_card"] = model_card
     manifest["signature"] = base64.b64encode(key.sign(_canonical(manifest))).decode()
     return manifest
 
 
 def sign_file(path: str | Path, key: Ed25519PrivateKey, *, kind: str, version: str,
-              out: str | Path | None = None) -> Path:
-    """Sign a file; write and return the manifest path (default ``<file>.sig.json``)."""
+              out: str | Path | None = None, card: str | Path | None = None) -> Path:
+    """Sign a file; write and return the manifest path (default ``<file>.sig.json``).
+
+    A model is signed with its model card: ``card``, else the ``model_card.json`` beside the model.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a model with no card (the box would refuse it).
+    ValueError
+        When the card is not JSON or belongs to another model (its ``sha256`` differs).
+    """
     path = Path(path)
-    manifest = sign_bytes(path.read_bytes(), key, kind=kind, name=path.name, version=version)
+    model_card = None
+    if kind == "model":
+        card_path = Path(card) if card else path.with_name("model_card.json")
+        if not card_path.is_file():
+            raise FileNotFoundError(f"{card_path}: a model is signed with its model card (give --card FILE)")
+        try:
+            model_card = json.loads(card_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{card_path}: model card is not valid JSON: {e}") from None
+    elif card:
+        raise ValueError("only a model carries a model card")
+    manifest = sign_bytes(path.read_bytes(), key, kind=kind, name=path.name, version=version, model_card=model_card)
     out = Path(out) if out else path.with_name(path.name + ".sig.json")
     out.write_text(json.dumps(manifest, indent=2) + "\n")
     return out
@@ -152,6 +194,8 @@ def parse_manifest(data: str | bytes | dict) -> dict:
                        ("size_bytes", int), ("signature", str), ("key_id", str)):
         if not isinstance(data.get(field), typ):
             raise SignatureError(f"signature manifest field {field!r} missing or not a {typ.__name__}")
+    if "model_card" in data and not isinstance(data["model_card"], dict):
+        raise SignatureError("signature manifest field 'model_card' must be a JSON object")
     return data
 
 

@@ -2,8 +2,9 @@
 :data:`appliance.fleet.cli.SUBCOMMANDS`)::
 
     bedtime-fleet keys [--dir D]                         make the clinic's Ed25519 signing keypair
-    bedtime-fleet sign FILE --kind model|config --version V [--key K]
-                                                         write FILE.sig.json (detached signed manifest)
+    bedtime-fleet sign FILE --kind model|config --version V [--key K] [--card C]
+                                                         write FILE.sig.json (detached signed manifest;
+                                                         a model's model_card.json is signed with it)
     bedtime-fleet user add NAME --role viewer|operator   add a console account (password asked twice)
     bedtime-fleet serve [--db URL] [--listen 127.0.0.1:8080] [--signing-key K] ...
                                                          run the web console (ingest in a shared group)
@@ -66,6 +67,7 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", required=True, help="the version the box will report once it runs this")
     p.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"private key (default {DEFAULT_KEY})")
     p.add_argument("--out", type=Path, help="manifest path (default FILE.sig.json)")
+    p.add_argument("--card", type=Path, help="a model's model card (default: model_card.json beside FILE)")
 
 
 @subcommand("sign", help="sign a model or config file: writes a detached FILE.sig.json manifest",
@@ -82,7 +84,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
         except (ValueError, ConfigError) as e:
             print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
             return 2
-    out = sign_file(args.file, load_private_key(args.key), kind=kind, version=args.version, out=args.out)
+    try:
+        out = sign_file(args.file, load_private_key(args.key), kind=kind, version=args.version, out=args.out,
+                        card=args.card)
+    except (OSError, ValueError) as e:  # no card / wrong card: the box would refuse the update
+        print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
+        return 2
     print(out)
     return 0
 
