@@ -6,6 +6,7 @@ part). Set ``BEDTIME_WRITE_SCREENSHOTS=1`` to refresh the screenshots in docs/.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.broker,
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 pytest.importorskip("uvicorn")
 
+from appliance.fleet import signing  # noqa: E402
 from tests.console_helpers import PASSWORDS, SimBox, add_staff, console_settings, wait_for  # noqa: E402
 
 XSS_TITLE = '<img src=x onerror="window.pwned=1">Loop'
@@ -203,6 +205,18 @@ def test_rollout_failing_canary_stops_it(stack, tmp_path):
     page.set_input_files("input[name=payload]", str(broken))
     page.fill("input[name=version]", "s-2026.11")
     assert page.input_value("input[name=canary]") == "ward-3"  # the box put in the canary group above
+    page.fill("input[name=rest]", "ward-1, ward-2")
+    page.click("button:has-text('Start rollout')")
+    # signed here, a model has no model card with it: refused before any box sees it
+    assert "model_card" in page.inner_text(".error")
+    # signed with its card by `bedtime-fleet sign` (model_card.json beside it), uploaded with its .sig.json
+    (tmp_path / "model_card.json").write_text(json.dumps({"sha256": hashlib.sha256(broken.read_bytes()).hexdigest()}))
+    sig = signing.sign_file(broken, signing.load_private_key(stack.settings.signing_key_file), kind="model",
+                            version="s-2026.11")
+    page.select_option("select[name=kind]", "model")
+    page.set_input_files("input[name=payload]", str(broken))
+    page.set_input_files("input[name=manifest]", str(sig))
+    page.fill("input[name=canary]", "ward-3")
     page.fill("input[name=rest]", "ward-1, ward-2")
     page.click("button:has-text('Start rollout')")
     page.wait_for_url("**/rollouts/*")
