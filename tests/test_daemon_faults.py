@@ -74,11 +74,17 @@ def test_sigkill_mid_night_leaves_outputs_off_and_a_readable_edf(tmp_path):
                 except (ValueError, OSError):
                     state = {}
                 if state.get("light", 0) > 0 or state.get("sound", 0) > 0:
-                    on = state
-                    break
+                    # the tone comes in bursts, so the output seen on a moment ago may be off by now: freeze
+                    # the child, look again, and kill it only if an output is still on while it is frozen
+                    os.kill(child.pid, signal.SIGSTOP)
+                    state = read_sim_outputs(outputs)
+                    if state.get("light", 0) > 0 or state.get("sound", 0) > 0:
+                        on = state
+                        break
+                    os.kill(child.pid, signal.SIGCONT)
             time.sleep(0.005)
         assert on is not None, f"the breather never switched an output on:\n{(tmp_path / 'child.log').read_text()}"
-        os.kill(child.pid, signal.SIGKILL)  # mid-session: the process cannot clean up
+        os.kill(child.pid, signal.SIGKILL)  # mid-session, frozen with an output on: the process cannot clean up
         child.wait(10)
     finally:
         if child.poll() is None:
