@@ -114,6 +114,11 @@ TEST_SIGNAL_AMPLITUDE_V = V_REF / 2.4e3  # +-1 x (VREFP - VREFN)/2.4 mV = 1.875 
 LOFF_EXCITATION_A = 6e-9                 # 6 nA lead-off current used for impedance [ref 7]
 
 
+def uv_per_count_at_gain(gain: int | np.ndarray) -> float | np.ndarray:
+    """Input-referred microvolts per ADC count at PGA ``gain``: VREF / gain / (2^23 - 1) [DS], ref 5."""
+    return V_REF / np.asarray(gain, dtype=np.float64) / FULL_SCALE_CODE * 1e6
+
+
 class ADS1299Error(RuntimeError):
     """The chip did not answer as the datasheet says (wrong ID, a write that did not stick, no DRDY)."""
 
@@ -264,7 +269,7 @@ class ADS1299:
 
     def uv_per_count(self) -> np.ndarray:
         """Microvolts per count for each channel at its gain."""
-        return V_REF / self.gains.astype(np.float64) / FULL_SCALE_CODE * 1e6
+        return uv_per_count_at_gain(self.gains)
 
     def counts_to_uv(self, counts: np.ndarray) -> np.ndarray:
         """Convert counts, shape (n, n_channels), to input-referred microvolts (float64)."""

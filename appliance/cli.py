@@ -119,7 +119,8 @@ def _with_pushed_config(cfg: BoxConfig) -> BoxConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from appliance.daemon import Daemon, SimulationSource, open_hardware
+    from appliance.daemon import Daemon
+    from appliance.hardware import SimulationSource, open_hardware
 
     cfg = _with_pushed_config(_load(args.config))
     if args.simulate and args.config is None and not DEFAULT_CONFIG_PATH.is_file():
@@ -191,7 +192,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_outputs_off(args: argparse.Namespace) -> int:
-    from appliance.daemon import SIM_OUTPUTS_FILE, _Outputs, write_sim_outputs
+    from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, write_sim_outputs
 
     cfg = _load(args.config)
     if args.simulate:
@@ -200,7 +201,7 @@ def _cmd_outputs_off(args: argparse.Namespace) -> int:
         write_sim_outputs(path, light=0.0, sound=0.0)
         print(f"simulated outputs off ({path})")
         return 0
-    outs = _Outputs(cfg, None)  # constructing forces both off on the real pins
+    outs = BoxOutputs(cfg, None)  # constructing forces both off on the real pins
     outs.close()
     print("light and sound off")
     return 0

@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from appliance.config import validate_config
-    from appliance.daemon import Daemon, SimulationSource, open_hardware
+    from appliance.daemon import Daemon
+    from appliance.hardware import SimulationSource, open_hardware
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bedtime-demo-"))
     out.mkdir(parents=True, exist_ok=True)

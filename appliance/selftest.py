@@ -80,7 +80,7 @@ def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool =
     results: list[CheckResult] = []
     pin_factory = None
     if simulate:
-        from appliance.daemon import mock_pin_factory
+        from appliance.hardware import mock_pin_factory
 
         pin_factory = mock_pin_factory()
 

@@ -61,7 +61,8 @@ def worker_replay(hours: float) -> dict:
     import resource
 
     from appliance.cli import builtin_hypnogram
-    from appliance.daemon import Daemon, SimulationSource, open_hardware
+    from appliance.daemon import Daemon
+    from appliance.hardware import SimulationSource, open_hardware
     from appliance.demo import PrivateBroker, scripted_night
     from tests.daemon_helpers import Subscriber, box_config
 
@@ -118,7 +119,8 @@ def worker_replay(hours: float) -> dict:
 def worker_realtime(seconds: float) -> dict:
     import numpy as np
 
-    from appliance.daemon import Daemon, SimulationSource, open_hardware
+    from appliance.daemon import Daemon
+    from appliance.hardware import SimulationSource, open_hardware
     from tests.daemon_helpers import box_config
 
     hyp = np.full(int(seconds // 30) + 4, 2, dtype=np.int8)

@@ -15,7 +15,8 @@ import pytest
 
 from appliance import safety
 from appliance.audit import verify as audit_verify
-from appliance.daemon import Daemon, SimulationSource, open_hardware
+from appliance.daemon import Daemon
+from appliance.hardware import SimulationSource, open_hardware
 from appliance.demo import scripted_night
 from appliance.hypnogram import Stage
 from appliance.recorder import ANNOTATION_STAGE

@@ -18,7 +18,8 @@ import edfio
 import numpy as np
 import pytest
 
-from appliance.daemon import SIM_OUTPUTS_FILE, Daemon, ScriptedFault, SimulationSource, open_hardware, read_sim_outputs
+from appliance.daemon import Daemon
+from appliance.hardware import SIM_OUTPUTS_FILE, ScriptedFault, SimulationSource, open_hardware, read_sim_outputs
 from appliance.recorder import ANNOTATION_STAGE, NIGHT_EDF, list_nights
 from tests.daemon_helpers import Subscriber, box_config, pipeline_parts, short_night_with_loop
 
@@ -116,7 +117,7 @@ def test_sigkill_mid_night_leaves_outputs_off_and_a_readable_edf(tmp_path):
     assert '"cue_started"' in (tmp_path / "state" / "audit.log").read_text()
 
     # the next start: outputs forced off again (whatever the file said), the cut recording closed properly
-    from appliance.daemon import write_sim_outputs
+    from appliance.hardware import write_sim_outputs
 
     write_sim_outputs(outputs, light=0.2, sound=0.1)
     from appliance.config import load_config

@@ -9,7 +9,8 @@ import numpy as np
 
 from appliance.audit import verify
 from appliance.config import validate_config
-from appliance.daemon import PUSHED_CONFIG, Daemon, PipelineParts, SimulationSource, open_hardware
+from appliance.daemon import PUSHED_CONFIG, Daemon, PipelineParts
+from appliance.hardware import SimulationSource, open_hardware
 from tests.daemon_helpers import box_config
 
 W, R, N2 = 0, 4, 2
@@ -155,7 +156,7 @@ class _GapAcquisition:
 def test_frames_the_ring_dropped_are_counted_and_the_timeline_kept(tmp_path):
     import edfio
 
-    from appliance.daemon import HardwareEdge, mock_pin_factory
+    from appliance.hardware import HardwareEdge, mock_pin_factory
     from appliance.ring import FrameRing
 
     cfg = box_config(tmp_path, port=None, acquisition={"ring_capacity_frames": 1024})

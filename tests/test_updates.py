@@ -177,8 +177,6 @@ def test_tampered_update_over_mqtt_refused_and_reported(tmp_path, clinic, broker
 
 
 def _packaged_model():
-    from pathlib import Path
-
     from appliance.stager import DEFAULT_MODEL_PATH
 
     if DEFAULT_MODEL_PATH.is_file() and DEFAULT_MODEL_PATH.with_name("model_card.json").is_file():
