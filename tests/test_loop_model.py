@@ -100,3 +100,19 @@ def test_missing_epochs_are_filled_as_unknown(detector, caplog):
     p = detector.update(clean_epoch(5, R))
     assert 0.0 <= p <= 1.0 and "missing" in caplog.text
     assert len(detector._history) == 6
+
+
+@pytest.mark.slow
+def test_training_pipeline_smoke(tmp_path, shared):
+    """Train on the real hypnograms for one epoch (no cross-validation, simulated inputs only) and load the
+    export with the box's runtime. Needs the ``train`` extra (TensorFlow), so CI skips it."""
+    pytest.importorskip("tensorflow")
+    from models.loops import train
+
+    assert train.main(["--folds", "0", "--no-chain", "--copies", "1", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    model = tmp_path / "loop.tflite"
+    card = load_model_card(tmp_path / "model_card.json")
+    assert card["sha256"] == file_sha256(model)
+    det = LoopDetector(model)
+    p = [det.update(clean_epoch(i, Stage.N2)) for i in range(3)]
+    assert all(0.0 <= v <= 1.0 for v in p)
