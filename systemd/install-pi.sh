@@ -45,9 +45,8 @@ cp -a "$SRC" "$PREFIX/src"
 rm -rf "$PREFIX/src/.venv"
 test -x "$PREFIX/venv/bin/python" || python3 -m venv --system-site-packages "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install -q --upgrade pip setuptools wheel
-# Editable on purpose: the sha256-checked models and their cards live in src/models/ (not inside the wheel),
-# and Stager/LoopDetector find them relative to the source tree.
-"$PREFIX/venv/bin/pip" install -q -e "$PREFIX/src"
+# A regular install: the wheel carries the sha256-checked models and their cards (models/, beside appliance/).
+"$PREFIX/venv/bin/pip" install -q "$PREFIX/src"
 
 echo "== configuration"
 mkdir -p /etc/bedtime
