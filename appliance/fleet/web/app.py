@@ -39,7 +39,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
@@ -597,7 +597,15 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
 
     @app.get("/healthz")
     def healthz():
-        return {"ok": True}
+        # Liveness for a load balancer or systemd: 503 when the MQTT ingest's thread is dead, because then
+        # no alert reaches this console however well the web side answers.
+        body: dict[str, Any] = {"ok": True}
+        if ingest is not None and hasattr(ingest, "health"):
+            body["ingest"] = ingest.health()
+            if not body["ingest"]["thread_alive"]:
+                body["ok"] = False
+                return JSONResponse(body, status_code=503)
+        return body
 
     return app
 
