@@ -7,6 +7,7 @@ Subcommands::
     bedtime-fleet push-config FILE --box ID... validate a TOML/JSON config and set it on boxes
     bedtime-fleet report --box ID [--night N]  request a night report and save it as JSON
     bedtime-fleet ping --box ID                check a box answers commands
+    bedtime-fleet family-acl --family N=BOX,.. broker ACL blocks of family (Home Assistant) accounts
 
 Broker options (``--host``, ``--port``, ``--username``, ``--password-file``, ``--ca``...) come before the
 subcommand and also read ``BEDTIME_MQTT_*`` environment variables.
@@ -53,7 +54,7 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {}
 
 #: Modules imported before parsing so they can register subcommands (only if installed/present).
-PLUGIN_MODULES: tuple[str, ...] = ("appliance.fleet.web.cli",)
+PLUGIN_MODULES: tuple[str, ...] = ("appliance.fleet.web.cli", "appliance.fleet.broker_acl")
 
 
 def subcommand(name: str, *, help: str,
