@@ -151,6 +151,7 @@ class Daemon:
         self._loop_start_index = 0
         self._persist_epochs = 0
         self.breather_enabled = True
+        self._box_state = "online"  # the status last published (recording during a night)
         self.restart_requested = False
         self.ended_by_limit = False
         self._lead_off_channels: frozenset[int] = frozenset()
@@ -208,8 +209,7 @@ class Daemon:
             self._install_signal_handlers()
             self.hw.start()
             self._event("night_started", 0.0, box_name=cfg.box.name, simulated=bool(self.hw.simulated))
-            if self.link is not None:
-                self.link.publish_status("recording")
+            self._publish_status("recording")
             self._pipeline_loop()
         except BaseException as e:
             self._fault(f"daemon error: {type(e).__name__}: {e}", self._signal_s())
@@ -230,7 +230,7 @@ class Daemon:
                 self._events_file.close()
                 if self.link is not None:
                     try:
-                        self.link.publish_status("idle")
+                        self._publish_status("idle", breather_state="off")
                     except Exception as e:  # the night is recorded; a status that cannot go out waits for next time
                         logger.error("could not publish the idle status: %s", e)
                     if self._own_link:
@@ -270,6 +270,10 @@ class Daemon:
                 from appliance.updates import attach_to_link
 
                 attach_to_link(self.updates, self.link)
+        if self.link is not None:
+            # Home Assistant discovery: sent on every (re)connect, so a family's Home Assistant shows the box.
+            self.link.publish_discovery()
+        if self._own_link:
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
@@ -613,6 +617,16 @@ class Daemon:
         st = getattr(self.breather, "state", None)
         return str(getattr(st, "value", st)).lower() if st is not None else "?"
 
+    def _publish_status(self, state: str, *, breather_state: str | None = None) -> None:
+        """The retained status, with the breather's state (``disabled`` when the clinic turned it off), which
+        Home Assistant shows as the box's "Breather" sensor (appliance/homeassistant.py)."""
+        self._box_state = state
+        if self.link is None:
+            return
+        if breather_state is None:
+            breather_state = self._breather_state() if self.breather_enabled else "disabled"
+        self.link.publish_status(state, breather_state=breather_state)
+
     def _check_breather(self, t: float, index: int | None = None) -> None:
         """Turn the breather's state changes into events (for MQTT, the EDF+ annotations and the report)."""
         after = self._breather_state()
@@ -620,6 +634,10 @@ class Daemon:
         if after == before:
             return
         self._breather_last_state = after
+        try:
+            self._publish_status(self._box_state)
+        except Exception as e:  # reporting must never take the night down
+            logger.error("could not publish the breather state: %s", e)
         session_states = ("cue", "light")
         fields: dict[str, Any] = {} if index is None else {"epoch_index": index}
         if after == "cue" and before not in session_states:
@@ -725,6 +743,7 @@ class Daemon:
         if not self.breather_enabled:
             self.breather.stop("disabled by the clinic")
         self._event("breather_enabled" if self.breather_enabled else "breather_disabled", self._signal_s())
+        self._publish_status(self._box_state)
         return {"enabled": self.breather_enabled}
 
     def _cmd_selftest(self, args: dict) -> dict:

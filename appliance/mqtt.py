@@ -8,7 +8,11 @@ What a box says and hears (the topic schema is in :mod:`appliance.mqtt_schema` a
   next epoch supersedes).
 - ``event``, ``alert`` and ``report`` (QoS 1): written to the SQLite :class:`~appliance.outbox.Outbox`
   first, then published oldest first and deleted on PUBACK, so nothing is lost while the network or
-  broker is down, and everything arrives in order once it is back.
+  broker is down, and everything arrives in order once it is back. Each alert is preceded by its
+  plain-text copy on ``alert/text`` (made from the outbox row when it is sent) for phone apps that show
+  raw payloads.
+- Home Assistant discovery (retained, :mod:`appliance.homeassistant`): after :meth:`BoxLink.publish_discovery`,
+  sent on every connect, before the outbox is pumped.
 - ``cmd/<name>``: validated by :mod:`appliance.commands`; replies go to the MQTT v5 response topic with
   the request's correlation data.
 - ``config`` (retained, set by the clinic): validated with the daemon's ``config_validator``; refused
@@ -48,7 +52,7 @@ from appliance import commands as cmds
 from appliance import homeassistant
 from appliance import mqtt_schema as schema
 from appliance.epoch import Epoch
-from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox
+from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -319,12 +323,31 @@ class BoxLink:
             room = INFLIGHT_WINDOW - len(self._inflight)
             if room <= 0:
                 return
+            alert_topic = schema.topic(self.box_id, "alert")
             for row in self.outbox.peek(after_row_id=self._last_sent_row, limit=room):
+                if row.topic == alert_topic:
+                    self._publish_alert_text(client, row)
                 info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break  # connection going down; the next session re-sends from the outbox
                 self._inflight[info.mid] = row.row_id
                 self._last_sent_row = row.row_id
+
+    def _publish_alert_text(self, client: paho.Client, row: OutboxRow) -> None:
+        """Publish an outbox alert's plain-text copy, just *before* the alert itself.
+
+        Why no outbox row of its own: it would double the rows (and halve the alerts) the outbox's bounds
+        hold. Why before: the broker handles one connection's packets in order, so once the alert's PUBACK
+        arrives (and its row is deleted) the copy has reached the broker too; if the connection dies first,
+        both are sent again from the outbox. At least once, like the alert.
+        """
+        try:
+            alert = schema.decode(row.payload)
+            text = schema.alert_text(alert["title"], alert["message"])
+        except (schema.SchemaError, KeyError, TypeError) as e:  # rows are written by publish_alert: never here
+            log.error("outbox alert row %d has no title/message for its text copy: %s", row.row_id, e)
+            return
+        client.publish(schema.alert_text_topic(self.box_id), text, qos=row.qos, retain=False)
 
     def _send_discovery(self, client: paho.Client | None) -> None:
         if client is None:
