@@ -19,7 +19,14 @@ import logging
 import sys
 from pathlib import Path
 
-from appliance.config import DEFAULT_CONFIG_PATH, BoxConfig, ConfigError, load_config, validate_config
+from appliance.config import (
+    DEFAULT_CONFIG_PATH,
+    EXAMPLE_BOX_ID,
+    BoxConfig,
+    ConfigError,
+    load_config,
+    validate_config,
+)
 
 logger = logging.getLogger("bedtime")
 
@@ -123,6 +130,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.hardware import SimulationSource, open_hardware
 
     cfg = _with_pushed_config(_load(args.config))
+    if not args.simulate and cfg.box.id == EXAMPLE_BOX_ID:
+        # a box left with the example's id would share its MQTT topics with every other such box
+        where = args.config or DEFAULT_CONFIG_PATH
+        raise ConfigError("box.id", f"{EXAMPLE_BOX_ID!r} is the example's id; set [box] id in {where} to a name "
+                                    f"unique to this box (install-pi.sh writes box-<machine id>)")
+    # the systemd unit runs `bedtime run --config ...` on real and simulated boxes alike: [hardware] chooses
+    simulate = args.simulate or cfg.hardware.simulate
+    speed = args.speed if args.simulate else cfg.hardware.sim_speed
+    seed = args.seed if args.simulate else cfg.hardware.sim_seed
     if args.simulate and args.config is None and not DEFAULT_CONFIG_PATH.is_file():
         # a laptop without a box config: keep the simulated nights in the user's own state directory
         from appliance.config import merge_config
@@ -131,18 +147,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = merge_config(cfg, {"box": {"state_dir": str(state)}})
         print(f"bedtime: no {DEFAULT_CONFIG_PATH}; simulated nights go to {state}")
     source = None
-    if args.simulate:
+    if simulate:
         if args.edf is not None:
-            source = SimulationSource(edf_path=args.edf, seed=args.seed)
+            source = SimulationSource(edf_path=args.edf, seed=seed)
         else:
             from appliance.hypnogram import read_hypnogram
 
             hyp = read_hypnogram(args.hypnogram) if args.hypnogram else builtin_hypnogram()
-            source = SimulationSource(hypnogram=hyp, seed=args.seed)
+            source = SimulationSource(hypnogram=hyp, seed=seed)
     elif args.edf or args.synthetic or args.hypnogram:
         print("bedtime run: --edf/--synthetic/--hypnogram need --simulate", file=sys.stderr)
         return 2
-    hw = open_hardware(cfg, simulate=args.simulate, source=source, speed=args.speed)
+    if cfg.hardware.simulate and not args.simulate:
+        logger.warning("[hardware] simulate = true: running on the chip simulator and mock pins, not the hardware")
+    hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
     hours = args.hours if args.hours else cfg.recording.max_night_hours
     daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600)
     result = daemon.run()
@@ -182,7 +200,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.publish:
         from appliance.daemon import make_link
 
-        link = make_link(cfg, model_versions={})
+        link = make_link(cfg, model_versions={}, simulated=cfg.hardware.simulate)
         link.start()
         link.publish_report(rep)
         ok = link.wait_delivered(timeout_s=10)
@@ -195,7 +213,7 @@ def _cmd_outputs_off(args: argparse.Namespace) -> int:
     from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, write_sim_outputs
 
     cfg = _load(args.config)
-    if args.simulate:
+    if args.simulate or cfg.hardware.simulate:
         path = Path(cfg.box.state_dir) / SIM_OUTPUTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         write_sim_outputs(path, light=0.0, sound=0.0)
@@ -217,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "selftest":
             from appliance.selftest import main_selftest
 
-            return main_selftest(_load(args.config), simulate=args.simulate, check_broker=not args.no_broker)
+            cfg = _load(args.config)
+            return main_selftest(cfg, simulate=args.simulate or cfg.hardware.simulate,
+                                 check_broker=not args.no_broker)
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "config":

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = Path("/etc/bedtime/bedtime.toml")
 """Where the daemon looks for its configuration on the box."""
 
+EXAMPLE_BOX_ID = "box-0001"
+"""The documented example's (and the default) box id. ``bedtime run`` on a box refuses it: two boxes with one id
+share one set of MQTT topics. install-pi.sh writes ``box-<first 12 hex digits of /etc/machine-id>`` instead."""
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or outside its allowed range.
@@ -58,7 +62,7 @@ def _opt(default: Any = dataclasses.MISSING, *, doc: str, min: float | None = No
 class BoxSection:
     """Who the box is and where it keeps its state."""
 
-    id: str = _opt("box-0001", doc="Box id; the MQTT topics are bedtime/v1/<id>/...")
+    id: str = _opt(EXAMPLE_BOX_ID, doc="Box id; the MQTT topics are bedtime/v1/<id>/...")
     state_dir: str = _opt("/var/lib/bedtime", doc="Writable state directory (systemd StateDirectory)")
     name: str = _opt("Bedroom", doc="Human name shown on the parent's phone")
 
@@ -102,6 +106,17 @@ class OutputsSection:
     light_pin: int = _opt(12, doc="PWM pin of the warm light", min=0, max=27)
     sound_pin: int = _opt(13, doc="PWM pin of the speaker", min=0, max=27)
     button_pin: int = _opt(16, doc="Pin of the 'I'm OK / stop' button (to ground, pull-up)", min=0, max=27)
+
+
+@dataclass(frozen=True)
+class HardwareSection:
+    """Real chip and pins, or the simulator: chosen here so the systemd unit never has to be edited."""
+
+    simulate: bool = _opt(False, doc="Run on the chip simulator and mock pins instead of the hardware (test rigs, "
+                                     "emulated boxes); shown as simulated=true in the status and every report")
+    sim_speed: float = _opt(1.0, doc="Simulation only: replay speed (signal seconds per wall second)",
+                            min=0.1, max=1000.0)
+    sim_seed: int = _opt(0, doc="Simulation only: synthetic subject seed", min=0, max=2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,7 @@ class BoxConfig:
     loops: LoopsSection = field(default_factory=LoopsSection)
     breather: dict = field(default_factory=dict)
     outputs: OutputsSection = field(default_factory=OutputsSection)
+    hardware: HardwareSection = field(default_factory=HardwareSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)

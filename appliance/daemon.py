@@ -263,7 +263,8 @@ class Daemon:
         self.link = p.link
         if self.link is None and cfg.mqtt.enabled:
             self.link = make_link(cfg, model_versions={"stager": getattr(self.stager, "sha256", "?")[:12],
-                                                       "loops": getattr(self.loop_detector, "sha256", "?")[:12]})
+                                                       "loops": getattr(self.loop_detector, "sha256", "?")[:12]},
+                                   simulated=bool(self.hw.simulated))
             self._own_link = True
             self._register_link_handlers()
             if self.updates is not None:
@@ -886,8 +887,11 @@ def _render_png_child(night_dir: Path) -> Path | None:
     return night_dir / HYPNOGRAM_PNG
 
 
-def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:
-    """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with our validator."""
+def make_link(cfg: BoxConfig, *, model_versions: dict, simulated: bool = False) -> Any:
+    """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with our validator.
+
+    ``simulated`` (the chip simulator instead of the hardware) is carried by every retained status, the last will
+    included."""
     from appliance.config import validate_config
     from appliance.mqtt import BoxLink, TLSSettings
 
@@ -900,7 +904,7 @@ def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:
     return BoxLink(box_id=cfg.box.id, host=m.host, port=m.port, outbox_path=Path(cfg.box.state_dir) / "outbox.sqlite",
                    tls=tls, username=m.username or None, password=password, firmware_version=__version__,
                    model_versions=model_versions, keepalive_s=m.keepalive_s, config_validator=validate_config,
-                   outbox_max_bytes=int(m.outbox_max_mb * 1024 * 1024))
+                   outbox_max_bytes=int(m.outbox_max_mb * 1024 * 1024), status_fields={"simulated": simulated})
 
 
 def _systemd_notifier() -> Callable[[str], None]:

@@ -130,8 +130,12 @@ class BoxLink:
                  config_validator: Callable[[dict], object] | None = None,
                  clock: Callable[[], datetime] = schema.utc_now,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 60.0,
-                 outbox_max_rows: int = 10_000, outbox_max_bytes: int = 8 * 1024 * 1024) -> None:
+                 outbox_max_rows: int = 10_000, outbox_max_bytes: int = 8 * 1024 * 1024,
+                 status_fields: dict | None = None) -> None:
         self.box_id = schema.check_box_id(box_id)
+        # carried by every status, the last will included (e.g. simulated=True: a simulated box never passes
+        # for a real one, even when it has dropped off)
+        self.status_fields = dict(status_fields or {})
         self.host, self.port = host, int(port)
         self.tls, self.username, self.password = tls, username, password
         self.firmware_version = firmware_version
@@ -274,7 +278,7 @@ class BoxLink:
     # ---- internals: payloads ------------------------------------------------------------------
     def _status_payload(self, state: str, **fields: Any) -> dict:
         extra = {"config_version": self.config_version,
-                 "outbox_depth": len(self.outbox) if state != "offline" else None}
+                 "outbox_depth": len(self.outbox) if state != "offline" else None, **self.status_fields}
         extra.update(fields)  # the daemon's own fields win over the link's defaults
         for reserved in ("firmware_version", "model_versions", "schema", "box_id", "time_utc", "online"):
             extra.pop(reserved, None)
