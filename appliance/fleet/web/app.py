@@ -412,7 +412,8 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         user = _operator(request, f"config:{box_id}")
         _csrf(request, csrf_token)
         box = _box_or_404(box_id)
-        from appliance.config import ConfigError, validate_config
+        from appliance.config import ConfigError
+        from appliance.fleet.configcheck import validate_offline
 
         def again(error: str, status: int = 400):
             return render(request, "config.html", user, status_code=status, box=box, text=config_json, version=version,
@@ -426,9 +427,12 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
         try:
             doc = json.loads(config_json)
-            validate_config(doc)
+            # Never the plain validator here: it would read files the config names on *this* host.
+            validate_offline(doc)
         except json.JSONDecodeError as e:
             return again(f"not valid JSON: {e}")
+        except RecursionError:
+            return again("not valid JSON: nested too deeply")
         except ConfigError as e:
             return again(f"refused by the box's schema: {e}")
         if signing_key is None:

@@ -77,11 +77,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
-        from appliance.config import ConfigError, validate_config
+        from appliance.config import ConfigError
+        from appliance.fleet.configcheck import validate_offline
 
         try:
-            validate_config(json.loads(args.file.read_text()))
-        except (ValueError, ConfigError) as e:
+            validate_offline(json.loads(args.file.read_text()))
+        except (ValueError, ConfigError, RecursionError) as e:
             print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
             return 2
     try:
