@@ -183,9 +183,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 # ---- push-config --------------------------------------------------------------------------------
 
 def _box_validator() -> Callable[[dict], object]:
-    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse."""
-    from appliance.config import validate_config
-    return validate_config
+    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse;
+    run offline (:mod:`appliance.fleet.configcheck`): paths in the config name the box's files, not ours."""
+    from appliance.fleet.configcheck import validate_offline
+    return validate_offline
 
 
 def load_config_file(path: Path) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
 import os
 import sys
@@ -77,11 +78,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
-        from appliance.config import ConfigError, validate_config
+        from appliance.config import ConfigError
+        from appliance.fleet.configcheck import validate_offline
 
         try:
-            validate_config(json.loads(args.file.read_text()))
-        except (ValueError, ConfigError) as e:
+            validate_offline(json.loads(args.file.read_text()))
+        except (ValueError, ConfigError, RecursionError) as e:
             print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
             return 2
     try:
@@ -143,6 +145,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-key", type=Path, help="clinic public key: refuse uploads that do not verify")
     p.add_argument("--share-group", default="bedtime-console", help="MQTT shared-subscription group")
     p.add_argument("--no-mqtt", action="store_true", help="serve the database only (no broker connection)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR[/BITS]",
+                   help="a reverse proxy whose X-Forwarded-For is believed (repeatable; default: none, the client "
+                        "address is the TCP peer)")
     p.add_argument("--plain-http", action="store_true",
                    help="session cookie without Secure (only behind no proxy, on loopback, for trying it out)")
 
@@ -154,17 +159,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from appliance.fleet.web import ConsoleSettings, create_app
 
     host, _, port = args.listen.rpartition(":")
+    for proxy in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            print(f"bedtime-fleet serve: --trusted-proxy {proxy!r}: not an IP address or network", file=sys.stderr)
+            return 2
     password = Path(args.password_file).read_text().strip() if args.password_file else None
     settings = ConsoleSettings(
         database_url=args.db, secret_key_file=args.secret_file, https_only=not args.plain_http,
         mqtt_host=None if args.no_mqtt else args.host, mqtt_port=args.port, mqtt_username=args.username,
         mqtt_password=password, mqtt_tls_ca=args.ca, share_group=args.share_group,
-        signing_key_file=args.signing_key, public_key_file=args.public_key)
+        signing_key_file=args.signing_key, public_key_file=args.public_key,
+        trusted_proxies=tuple(args.trusted_proxy))
     _open_db(args.db).close()  # creates the folder and migrates before the app starts
     app = create_app(settings)
-    uvicorn.run(app, host=host or "127.0.0.1", port=int(port), proxy_headers=True, log_level="info",
-                timeout_graceful_shutdown=3)
+    uvicorn.run(app, **uvicorn_options(host=host or "127.0.0.1", port=int(port)))
     return 0
+
+
+def uvicorn_options(*, host: str, port: int) -> dict:
+    """How ``serve`` runs uvicorn (the tests run the console the same way).
+
+    uvicorn's own ``X-Forwarded-For`` handling is off (by default it believes any client on 127.0.0.1, so
+    behind nothing, or on a host shared with others, anyone could name any address and lock it out): the
+    app decides from ``settings.trusted_proxies``, and ``request.client`` is always the TCP peer.
+    """
+    return {"host": host, "port": port, "proxy_headers": False, "log_level": "info", "timeout_graceful_shutdown": 3}
 
 
 # ---- rollout --------------------------------------------------------------------------------------
