@@ -93,9 +93,9 @@ def body(args=None, **extra) -> bytes:
 
 
 def test_commands_validate_names_payloads_and_arguments():
-    assert commands.parse_command("ping", body()) == {}
-    assert commands.parse_command("set_breather", body({"enabled": False})) == {"enabled": False}
-    assert commands.parse_command("report", body({"night": "2026-11-22"})) == {"night": "2026-11-22"}
+    assert commands.parse_command("ping", body(), now=T0) == {}
+    assert commands.parse_command("set_breather", body({"enabled": False}), now=T0) == {"enabled": False}
+    assert commands.parse_command("report", body({"night": "2026-11-22"}), now=T0) == {"night": "2026-11-22"}
     assert commands.parse_command("ping", b"") == {}
     cases = [
         ("format_disk", body(), "unknown_command"),
@@ -111,7 +111,7 @@ def test_commands_validate_names_payloads_and_arguments():
     ]
     for name, b, code in cases:
         with pytest.raises(commands.CommandError) as ei:
-            commands.parse_command(name, b)
+            commands.parse_command(name, b, now=T0)
         assert ei.value.code == code, (name, b)
 
 
@@ -214,7 +214,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
                  max_leaves=10).map(lambda o: json.dumps({"args": o}).encode())))
 def test_any_command_input_is_either_valid_or_a_command_error(name, body):
     try:
-        args = commands.parse_command(name, body)
+        args = commands.parse_command(name, body, now=T0)
     except commands.CommandError as e:
         assert e.code in ("unknown_command", "bad_payload", "bad_args")
     else:

@@ -38,7 +38,7 @@ def test_config_rollout_completes_canary_then_rest(fleet):
     key, pem, add, db, ingest = fleet
     boxes = [add(b) for b in ("c1", "r1", "r2", "r3")]
     payload = json.dumps({"telemetry": {"interval_s": 45.0}}).encode()
-    manifest = signing.sign_bytes(payload, key, kind="config", name="clinic.json", version="cfg-7")
+    manifest = signing.sign_bytes(payload, key, boxes=["c1", "r1", "r2", "r3"], kind="config", name="clinic.json", version="cfg-7")
     rid = create_rollout(db, kind="config", payload=payload, manifest=manifest, canary=["c1"],
                          rest=["r1", "r2", "r3"], created_by="olivia", public_key_pem=pem)
     state = RolloutRunner(db, ingest, timeout_s=15, batch_size=2).run(rid)
@@ -60,7 +60,7 @@ def test_failing_canary_stops_rollout_and_rolls_back(fleet):
     canary, other = add("c1"), add("r1")
     before = canary.updates.current_version("model")
     broken = b"TFL3" + bytes(range(256)) * 8
-    manifest = signing.sign_bytes(broken, key, kind="model", name="stager.tflite", version="s-2026.11",
+    manifest = signing.sign_bytes(broken, key, boxes=["c1", "r1", "r2", "r3"], kind="model", name="stager.tflite", version="s-2026.11",
                                   model_card={"sha256": hashlib.sha256(broken).hexdigest()})
     rid = create_rollout(db, kind="model", payload=broken, manifest=manifest, canary=["c1"], rest=["r1"],
                          created_by="olivia", public_key_pem=pem)
@@ -82,7 +82,7 @@ def test_unanswered_canary_stops_rollout(fleet):
     key, pem, add, db, ingest = fleet
     add("r1")
     payload = json.dumps({"telemetry": {"interval_s": 20.0}}).encode()
-    manifest = signing.sign_bytes(payload, key, kind="config", name="c.json", version="c2")
+    manifest = signing.sign_bytes(payload, key, boxes=["c1", "r1", "r2", "r3"], kind="config", name="c.json", version="c2")
     db.upsert_box("c-offline")
     rid = create_rollout(db, kind="config", payload=payload, manifest=manifest, canary=["c-offline"],
                          rest=["r1"], created_by="olivia")
@@ -95,7 +95,7 @@ def test_console_refuses_wrongly_signed_upload(fleet, tmp_path):
     key, pem, add, db, ingest = fleet
     signing.generate_keypair(tmp_path / "m.key", tmp_path / "m.pub")
     payload = b"model"
-    manifest = signing.sign_bytes(payload, signing.load_private_key(tmp_path / "m.key"), kind="model", name="m",
+    manifest = signing.sign_bytes(payload, signing.load_private_key(tmp_path / "m.key"), boxes=["c1", "r1", "r2", "r3"], kind="model", name="m",
                                   version="1")
     with pytest.raises(signing.SignatureError):
         create_rollout(db, kind="model", payload=payload, manifest=manifest, canary=["c1"], rest=[],
