@@ -10,6 +10,7 @@ from appliance.fleet import signing
 from appliance.fleet.db import FleetDB
 from appliance.fleet.ingest import FleetIngest
 from appliance.fleet.rollout import RolloutRunner, create_rollout
+from appliance.updates import encode_update_args
 from tests.console_helpers import SimBox, make_keys
 
 pytestmark = pytest.mark.broker
@@ -101,3 +102,39 @@ def test_console_refuses_wrongly_signed_upload(fleet, tmp_path):
         create_rollout(db, kind="model", payload=payload, manifest=manifest, canary=["c1"], rest=[],
                        created_by="olivia", public_key_pem=pem)
     assert db.list_rollouts() == []
+
+
+def test_the_shipped_model_signed_by_the_cli_rolls_out_canary_then_group(fleet, tmp_path):
+    """Issue 11, Medium #8: the real stage model, signed by `bedtime-fleet sign` with its card (a manifest of over
+    8,000 characters, which the update command used to refuse as bad_args at the canary), rolled out from the
+    console's rollout runner on SQLite over a real mosquitto to boxes in the group it was signed for: canary
+    first, then the group; every box loads and self-tests it and reports it running. A box outside the group
+    refuses the same manifest."""
+    from appliance.fleet import cli
+    from appliance.stager import DEFAULT_MODEL_PATH, Stager
+
+    key, pem, add, db, ingest = fleet
+    key_file = tmp_path / "clinic.key"
+    assert key_file.exists()
+    sig = tmp_path / "stager.tflite.sig.json"
+    assert cli.main(["sign", str(DEFAULT_MODEL_PATH), "--version", "s-2026.12", "--key", str(key_file),
+                     "--out", str(sig), "--group", "clinic-north"]) == 0
+    manifest = json.loads(sig.read_text())
+    assert len(json.dumps(manifest)) > 8_000 and manifest["groups"] == ["clinic-north"]
+    boxes = {b: add(b, groups=("clinic-north",) + (("canary",) if b == "c1" else ())) for b in ("c1", "r1", "r2")}
+    outsider = add("x1", groups=("clinic-south",))
+    payload = DEFAULT_MODEL_PATH.read_bytes()
+    rid = create_rollout(db, kind="model", payload=payload, manifest=manifest, canary=["c1"], rest=["r1", "r2"],
+                         created_by="olivia", public_key_pem=pem)
+    assert RolloutRunner(db, ingest, timeout_s=60, batch_size=1).run(rid) == "completed"
+    ro = db.get_rollout(rid)
+    assert {t["box_id"]: t["state"] for t in ro["targets"]} == {"c1": "healthy", "r1": "healthy", "r2": "healthy"}
+    assert all("running s-2026.12" in t["detail"] and "model_loads ok" in t["detail"] for t in ro["targets"])
+    actions = [e["action"] for e in reversed(db.audit_entries())]
+    assert actions.index("rollout.canary_healthy") < actions.index("rollout.batch_started")
+    for b in boxes.values():
+        assert b.updates.current_version("model") == "s-2026.12"
+        assert Stager(b.updates.current_path("model")).sha256 == manifest["sha256"]  # the box's stager loads it
+    reply = ingest.request("x1", "update", encode_update_args("model", payload, manifest), timeout_s=30)
+    assert reply["result"]["state"] == "refused" and "signed for other boxes" in reply["result"]["reason"]
+    assert outsider.updates.current_version("model") == ""

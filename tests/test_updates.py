@@ -284,3 +284,80 @@ def test_real_model_with_a_card_that_does_not_fit_rolls_back(tmp_path, clinic):
     r = um.apply("model", real, signed(key, real, "model", "s-misfit", card))
     assert r.state == "rolled_back" and r.health.checks["model_loads"] is False
     assert "feature_mean" in r.reason and um.current_path("model") is None
+
+
+# ---- issue 11, Medium #7: a signed update is bound to its boxes, a serial and a lifetime -----------------
+
+def test_an_older_signed_config_cannot_be_replayed(tmp_path, clinic):
+    """Replaying an older signed config rolled a box back; the highest accepted serial now survives a restart."""
+    key, pub = clinic
+    old_payload, new_payload = config_bytes(30.0), config_bytes(45.0)
+    old = signed(key, old_payload, "config", "c1")
+    new = signed(key, new_payload, "config", "c2")
+    assert new["serial"] > old["serial"]
+    um = UpdateManager(tmp_path / "state", pub, box_id="box-a")
+    assert um.apply("config", new_payload, new).state == "applied"
+    um = UpdateManager(tmp_path / "state", pub, box_id="box-a")  # the box restarted
+    r = um.apply("config", old_payload, old)
+    assert r.state == "refused" and "replay" in r.reason and um.current_version("config") == "c2"
+    assert um.apply("config", new_payload, new).ok  # the same update again (a retried rollout) is fine
+    same_serial = signing.sign_bytes(config_bytes(50.0), key, boxes=["box-a"], kind="config", name="c", version="c3",
+                                     serial=new["serial"])
+    r = um.apply("config", config_bytes(50.0), same_serial)
+    assert r.state == "refused" and "already used" in r.reason
+
+
+def test_an_update_signed_for_another_box_or_group_is_refused(tmp_path, clinic):
+    key, pub = clinic
+    payload = config_bytes(30.0)
+    um = UpdateManager(tmp_path / "state", pub, box_id="box-a", box_groups=["ward-2"])
+    for boxes, groups in ((["box-b"], []), ([], ["ward-1"]), (["box-b", "box-c"], ["canary"])):
+        m = signing.sign_bytes(payload, key, kind="config", name="c", version="c1", boxes=boxes, groups=groups)
+        r = um.apply("config", payload, m)
+        assert r.state == "refused" and "signed for other boxes" in r.reason, (boxes, groups)
+    m = signing.sign_bytes(payload, key, kind="config", name="c", version="c1", boxes=["box-a", "box-b"]) 
+    m["boxes"] = ["box-a"] + m["boxes"]  # editing the audience breaks the signature
+    assert "does not verify" in um.apply("config", payload, m).reason
+    for boxes, groups in ((["box-a"], []), ([], ["ward-2"])):
+        m = signing.sign_bytes(payload, key, kind="config", name="c", version="c1", boxes=boxes, groups=groups)
+        assert um.apply("config", payload, m).state == "applied"
+    with pytest.raises(ValueError, match="name the boxes or groups"):
+        signing.sign_bytes(payload, key, kind="config", name="c", version="c1")
+
+
+def test_expired_future_and_immortal_manifests_are_refused(tmp_path, clinic):
+    import datetime as dt
+
+    key, pub = clinic
+    now = dt.datetime(2026, 12, 2, 9, 0, tzinfo=dt.timezone.utc)
+    um = UpdateManager(tmp_path / "state", pub, box_id="box-a", clock=lambda: now)
+    payload = config_bytes(30.0)
+
+    def at(signed_at, lifetime_s=3600):
+        return signing.sign_bytes(payload, key, boxes=["box-a"], kind="config", name="c", version="c1",
+                                  lifetime_s=lifetime_s, now=signed_at)
+
+    r = um.apply("config", payload, at(now - dt.timedelta(hours=2)))
+    assert r.state == "refused" and "expired" in r.reason
+    r = um.apply("config", payload, at(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)))
+    assert r.state == "refused" and "expired" in r.reason
+    r = um.apply("config", payload, at(now + dt.timedelta(hours=1)))
+    assert r.state == "refused" and "in the future" in r.reason
+    with pytest.raises(ValueError, match="lifetime"):
+        at(now, lifetime_s=10 * 365 * 86400)
+    assert um.current_version("config") == ""
+    assert um.apply("config", payload, at(now - dt.timedelta(minutes=1))).state == "applied"
+
+
+def test_a_version_1_manifest_is_refused(tmp_path, clinic):
+    """Manifests signed before the binding existed carry no box, serial or expiry: refused, with what to do."""
+    key, pub = clinic
+    payload = config_bytes(30.0)
+    m = signing.sign_bytes(payload, key, boxes=["box-a"], kind="config", name="c", version="c1")
+    m = {k: v for k, v in m.items() if k not in ("boxes", "groups", "serial", "expires_at", "signature")}
+    m["schema"] = "bedtime.signature/1"
+    import base64
+
+    m["signature"] = base64.b64encode(key.sign(signing._canonical(m))).decode()
+    r = UpdateManager(tmp_path / "state", pub, box_id="box-a").apply("config", payload, m)
+    assert r.state == "refused" and "sign it again" in r.reason
