@@ -104,48 +104,30 @@ def builtin_hypnogram():
     return np.array(night, dtype=np.int8)
 
 
-def _with_pushed_config(cfg: BoxConfig) -> BoxConfig:
-    """Merge the config the clinic last pushed over MQTT (kept in the state directory) over the file's."""
-    from appliance.config import merge_config
-    from appliance.daemon import PUSHED_CONFIG
-
-    path = Path(cfg.box.state_dir) / PUSHED_CONFIG
-    if not path.is_file():
-        return cfg
-    try:
-        pushed = json.loads(path.read_text())
-        # the box's identity, broker and state directory stay those of the file on the box
-        for local in ("box", "mqtt"):
-            pushed.pop(local, None)
-        merged = merge_config(cfg, pushed)
-    except (ValueError, ConfigError) as e:
-        logger.error("ignoring the clinic's pushed config %s: %s", path, e)
-        return cfg
-    logger.info("applied the clinic's pushed config from %s", path)
-    return merged
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Daemon
     from appliance.hardware import SimulationSource, open_hardware
+    from appliance.pushed_config import PushedConfigStore
 
-    cfg = _with_pushed_config(_load(args.config))
-    if not args.simulate and cfg.box.id == EXAMPLE_BOX_ID:
+    file_cfg = _load(args.config)
+    if not args.simulate and file_cfg.box.id == EXAMPLE_BOX_ID:
         # a box left with the example's id would share its MQTT topics with every other such box
         where = args.config or DEFAULT_CONFIG_PATH
         raise ConfigError("box.id", f"{EXAMPLE_BOX_ID!r} is the example's id; set [box] id in {where} to a name "
                                     f"unique to this box (install-pi.sh writes box-<machine id>)")
-    # the systemd unit runs `bedtime run --config ...` on real and simulated boxes alike: [hardware] chooses
-    simulate = args.simulate or cfg.hardware.simulate
-    speed = args.speed if args.simulate else cfg.hardware.sim_speed
-    seed = args.seed if args.simulate else cfg.hardware.sim_seed
     if args.simulate and args.config is None and not DEFAULT_CONFIG_PATH.is_file():
         # a laptop without a box config: keep the simulated nights in the user's own state directory
         from appliance.config import merge_config
 
         state = Path.home() / ".local" / "state" / "bedtime-sim"
-        cfg = merge_config(cfg, {"box": {"state_dir": str(state)}})
+        file_cfg = merge_config(file_cfg, {"box": {"state_dir": str(state)}})
         print(f"bedtime: no {DEFAULT_CONFIG_PATH}; simulated nights go to {state}")
+    # the systemd unit runs `bedtime run --config ...` on real and simulated boxes alike: [hardware] chooses
+    simulate = args.simulate or file_cfg.hardware.simulate
+    speed = args.speed if args.simulate else file_cfg.hardware.sim_speed
+    seed = args.seed if args.simulate else file_cfg.hardware.sim_seed
+    if file_cfg.hardware.simulate and not args.simulate:
+        logger.warning("[hardware] simulate = true: running on the chip simulator and mock pins, not the hardware")
     source = None
     if simulate:
         if args.edf is not None:
@@ -158,12 +140,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.edf or args.synthetic or args.hypnogram:
         print("bedtime run: --edf/--synthetic/--hypnogram need --simulate", file=sys.stderr)
         return 2
-    if cfg.hardware.simulate and not args.simulate:
-        logger.warning("[hardware] simulate = true: running on the chip simulator and mock pins, not the hardware")
-    hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
-    hours = args.hours if args.hours else cfg.recording.max_night_hours
-    daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600)
-    result = daemon.run()
+    # The clinic's pushed config (if any) over the box's own file: tried once, kept as the last known good one
+    # once the daemon runs with it; a start that fails with it falls back by itself (appliance.pushed_config).
+    store = PushedConfigStore(file_cfg.box.state_dir)
+    failed_here: list[dict] = []
+    while True:
+        choice = store.choose(file_cfg)
+        for r in failed_here:
+            r["fallback"] = choice.source
+        cfg = choice.config
+        if choice.source != "box_file":
+            logger.info("starting with the clinic's pushed config (%s, %s)", choice.source, choice.sha256[:12])
+        daemon = None
+        try:
+            hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
+            hours = args.hours if args.hours else cfg.recording.max_night_hours
+            daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600, file_config=file_cfg,
+                            on_running=lambda choice=choice: store.started(choice),
+                            start_reports=failed_here + choice.rejected)
+            result = daemon.run()
+        except Exception as e:
+            if choice.source == "box_file" or (daemon is not None and daemon.running):
+                raise  # the box's own file, or a failure once running: not the pushed config's doing
+            reason = f"the daemon did not start with it: {type(e).__name__}: {e}"[:400]
+            logger.error("pushed config (%s) %s; falling back", choice.sha256[:12], reason)
+            store.failed(choice, reason)
+            failed_here.append({"config_version": choice.version or None, "config_sha256": choice.sha256,
+                                "error": reason})
+            continue
+        if not daemon.running:
+            store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config
+        break
     print(f"night recorded in {result.night_dir}")
     if result.edf_path:
         print(f"  EDF+:   {result.edf_path}")

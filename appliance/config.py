@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,16 @@ EXAMPLE_BOX_ID = "box-0001"
 share one set of MQTT topics. install-pi.sh writes ``box-<first 12 hex digits of /etc/machine-id>`` instead."""
 
 
+MAX_ERROR_CHARS = 400
+"""Longest error message about a configuration (it may go back over MQTT and into logs)."""
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or outside its allowed range.
 
@@ -42,6 +54,8 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, key: str, message: str, *, source: str | Path | None = None) -> None:
+        # Bounded: the message echoes values, and a value may come from a hostile peer (a 10 MB string).
+        key, message = _clip(key, 120), _clip(message, MAX_ERROR_CHARS)
         self.key = key
         self.message = message
         self.source = source
@@ -65,6 +79,8 @@ class BoxSection:
     id: str = _opt(EXAMPLE_BOX_ID, doc="Box id; the MQTT topics are bedtime/v1/<id>/...")
     state_dir: str = _opt("/var/lib/bedtime", doc="Writable state directory (systemd StateDirectory)")
     name: str = _opt("Bedroom", doc="Human name shown on the parent's phone")
+    groups: list = _opt(doc="Rollout groups of this box (e.g. canary, clinic-north): a signed update is applied "
+                            "only when it names this box or one of its groups", factory=list)
 
 
 @dataclass(frozen=True)
@@ -202,33 +218,41 @@ _SECTIONS = {f.name: f for f in dataclasses.fields(BoxConfig)}
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list}
 
 
+def _r(value: Any) -> str:
+    """A short repr for an error message (a hostile value may be megabytes or nested thousands deep)."""
+    try:
+        return _clip(repr(value), 80)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply>"
+
+
 def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     typ = _TYPES.get(f.type, f.type) if isinstance(f.type, str) else f.type
     meta = f.metadata
     if typ is bool:
         if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
+            raise ConfigError(key, f"expected true or false, got {_r(value)}")
     elif typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
+            raise ConfigError(key, f"expected an integer, got {_r(value)}")
     elif typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
+            raise ConfigError(key, f"expected a number, got {_r(value)}")
         value = float(value)
         if value != value:
             raise ConfigError(key, "NaN is not a value")
     elif typ is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
+            raise ConfigError(key, f"expected a string, got {_r(value)}")
     elif typ is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+            raise ConfigError(key, f"expected a list of strings, got {_r(value)}")
     if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ConfigError(key, f"{value!r} is not one of {list(meta['choices'])}")
+        raise ConfigError(key, f"{_r(value)} is not one of {list(meta['choices'])}")
     if meta.get("min") is not None and value < meta["min"]:
-        raise ConfigError(key, f"{value!r} is below the minimum {meta['min']}")
+        raise ConfigError(key, f"{_r(value)} is below the minimum {meta['min']}")
     if meta.get("max") is not None and value > meta["max"]:
-        raise ConfigError(key, f"{value!r} is above the maximum {meta['max']}")
+        raise ConfigError(key, f"{_r(value)} is above the maximum {meta['max']}")
     return value
 
 
@@ -316,26 +340,53 @@ def _check_cross_fields(cfg: BoxConfig) -> None:
         seen[pin] = key
     if not cfg.box.id or not all(c.isalnum() or c in "-_" for c in cfg.box.id):
         raise ConfigError("box.id", f"{cfg.box.id!r}: use letters, digits, '-' and '_' only (it is an MQTT topic level)")
+    for g in cfg.box.groups:
+        if not g or len(g) > 64 or not all(c.isalnum() or c in "-_." for c in g):
+            raise ConfigError("box.groups", f"{_r(g)}: a group is 1-64 letters, digits, '-', '_' or '.'")
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
         raise ConfigError("mqtt.tls_key" if cfg.mqtt.tls_cert else "mqtt.tls_cert",
                           "a client certificate needs both tls_cert and tls_key")
+
+
+def check_local_files(cfg: BoxConfig) -> None:
+    """The checks of a configuration that read files it names (the pinned update key).
+
+    Only for the box's own file (:func:`load_config`, ``bedtime config check``): a configuration received over
+    MQTT is never checked this way, because its file-naming keys are never used (:data:`LOCAL_ONLY_KEYS`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key whose file is missing, not a regular file, too large or of the wrong kind.
+    """
     if cfg.updates.public_key_file:
         read_public_key(cfg.updates.public_key_file)
+
+
+MAX_KEY_FILE_BYTES = 16 * 1024
+"""Largest public key file read (an Ed25519 PEM is 113 bytes): a path to /dev/zero or a huge file is refused,
+not read."""
 
 
 def read_public_key(path: str | Path) -> bytes:
     """The PEM bytes of the pinned update key at ``path``, checked to be an Ed25519 public key.
 
+    Only a regular file of at most :data:`MAX_KEY_FILE_BYTES` is read (opened without blocking, so a FIFO or
+    a device is refused rather than waited on or read without end).
+
     Raises
     ------
     ConfigError
-        On ``updates.public_key_file`` when the file is missing, unreadable or not an Ed25519 public key.
+        On ``updates.public_key_file`` when the file is missing, unreadable, not a regular file, too large or
+        not an Ed25519 public key.
     """
     key = "updates.public_key_file"
     try:
-        pem = Path(path).read_bytes()
+        pem = read_small_regular_file(path, max_bytes=MAX_KEY_FILE_BYTES)
     except OSError as e:
-        raise ConfigError(key, f"{path}: cannot read: {e.strerror or e}") from None
+        raise ConfigError(key, f"{_clip(str(path))}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(key, f"{_clip(str(path))}: {e}") from None
     from appliance.fleet.signing import SignatureError, load_public_key
 
     try:
@@ -343,6 +394,31 @@ def read_public_key(path: str | Path) -> bytes:
     except (SignatureError, ValueError, TypeError) as e:
         raise ConfigError(key, f"{path}: not an Ed25519 public key in PEM form ({e})") from None
     return pem
+
+
+def read_small_regular_file(path: str | Path, *, max_bytes: int) -> bytes:
+    """Read a whole regular file of at most ``max_bytes`` bytes.
+
+    Raises
+    ------
+    OSError
+        When it cannot be opened.
+    ValueError
+        When it is not a regular file (a device, FIFO, directory) or is larger than ``max_bytes``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"larger than {max_bytes} bytes")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return data
 
 
 def load_config(path: str | Path) -> BoxConfig:
@@ -363,9 +439,60 @@ def load_config(path: str | Path) -> BoxConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"TOML syntax error: {e}", source=p) from None
     try:
-        return validate_config(doc)
+        cfg = validate_config(doc)
+        check_local_files(cfg)
+        return cfg
     except ConfigError as e:
         raise ConfigError(e.key, e.message, source=p) from None
+
+
+LOCAL_ONLY_KEYS: dict[str, frozenset[str] | None] = {
+    "box": frozenset({"id", "state_dir", "groups"}),
+    "mqtt": None,
+    "updates": None,
+    "outputs": None,
+    "acquisition": frozenset({"spi_bus", "spi_device", "spi_max_speed_hz", "drdy_pin"}),
+    "staging": frozenset({"model_path"}),
+    "loops": frozenset({"model_path"}),
+    "recording": frozenset({"dir"}),
+}
+"""Keys only the box's own file sets (``None``: the whole section). A configuration the clinic pushes over MQTT
+never sets them: they name files the box would read or write (keys, passwords, certificates, models, the
+recording folder), say who the box is and where its broker is, or wire its GPIO pins. A pushed value for one
+is ignored (and reported as ignored), never validated, opened or used."""
+
+
+def split_pushed_config(doc: Any) -> tuple[Any, list[str]]:
+    """Split a pushed configuration into what a push may set and the local-only keys it tried to set.
+
+    Parameters
+    ----------
+    doc : Any
+        The configuration as received (anything JSON can carry).
+
+    Returns
+    -------
+    pushable : Any
+        ``doc`` without the keys of :data:`LOCAL_ONLY_KEYS` (a non-dict is returned as it is, for
+        :func:`validate_config` to refuse).
+    ignored : list of str
+        Dotted keys that were dropped (``"mqtt.*"`` for a whole section), at most 32 of them.
+    """
+    if not isinstance(doc, dict):
+        return doc, []
+    out: dict[str, Any] = {}
+    ignored: list[str] = []
+    for name, section in doc.items():
+        if name in LOCAL_ONLY_KEYS and LOCAL_ONLY_KEYS[name] is None:
+            ignored.append(f"{name}.*")
+            continue
+        local = LOCAL_ONLY_KEYS.get(name) or frozenset()
+        if isinstance(section, dict) and local:
+            out[name] = {k: v for k, v in section.items() if k not in local}
+            ignored += [f"{name}.{k}" for k in section if k in local]
+        else:
+            out[name] = section
+    return out, [_clip(k, 80) for k in ignored[:32]]
 
 
 def merge_config(base: BoxConfig, update: dict) -> BoxConfig:

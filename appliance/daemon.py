@@ -46,6 +46,7 @@ from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES
+from appliance.pushed_config import PUSHED_CONFIG, PushedConfigStore  # PUSHED_CONFIG: re-exported for the tests
 from appliance.recorder import (NIGHT_EDF, STAGE_ANNOTATION, EdfPlusRecorder, enforce_retention, night_id,
                                 recover_nights)
 from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightRecord, write_report
@@ -67,9 +68,6 @@ MAX_GAP_FILL_FRAMES = 250 * 600
 """A stretch of lost frames up to this long (10 min at 250 SPS) is filled with a flat line so that the recording,
 the epochs and the breather's clock stay on the night's timeline; the filled epochs are flagged ``frames_lost``."""
 
-PUSHED_CONFIG = "clinic-config.json"
-"""The last config the clinic pushed over MQTT (validated), in the state directory; merged over the TOML file at
-the next start."""
 
 STAGES_FLOWING_S = 2 * EPOCH_S + 15.0
 """For an update's health check, the pipeline counts as staging when its last epoch came out within this many
@@ -125,12 +123,27 @@ class Daemon:
         ``notify(text)`` for systemd notifications (default: sdnotify when under systemd).
     max_signal_s : float, optional
         Stop after this much signal (default: run until stopped or the replay ends).
+    file_config : BoxConfig, optional
+        The box's own file, without the clinic's pushed configuration (default ``config``): a new push is
+        merged over this one and pre-flighted (:mod:`appliance.pushed_config`).
+    on_running : callable, optional
+        Called once when the daemon is running (first frames in, READY=1): the start with this configuration
+        worked, so it becomes the last known good one.
+    start_reports : list of dict, optional
+        ``config_rejected`` reports from choosing this start's configuration, published once the link is up.
     """
 
     def __init__(self, config: BoxConfig, *, hardware: HardwareEdge, parts: PipelineParts | None = None,
                  progress: Callable[[float, float], None] | None = None,
-                 notify: Callable[[str], None] | None = None, max_signal_s: float | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, max_signal_s: float | None = None,
+                 file_config: BoxConfig | None = None, on_running: Callable[[], None] | None = None,
+                 start_reports: list[dict] | None = None) -> None:
         self.cfg = config
+        self.file_cfg = file_config or config
+        self.pushed_store = PushedConfigStore(self.file_cfg.box.state_dir)
+        self._on_running = on_running
+        self._start_reports = list(start_reports or [])
+        self.running = False
         self.hw = hardware
         self.parts = parts or PipelineParts()
         self.progress = progress
@@ -209,6 +222,8 @@ class Daemon:
             self._install_signal_handlers()
             self.hw.start()
             self._event("night_started", 0.0, box_name=cfg.box.name, simulated=bool(self.hw.simulated))
+            for r in self._start_reports:  # a pushed config this start could not use, and what it fell back to
+                self._event("config_rejected", 0.0, **r)
             self._publish_status("recording")
             self._pipeline_loop()
         except BaseException as e:
@@ -293,7 +308,9 @@ class Daemon:
         from appliance.updates import UpdateManager
 
         return UpdateManager(self.cfg.box.state_dir, read_public_key(self.cfg.updates.public_key_file),
-                             health_check=self._update_health_check, on_audit=self._on_update_audit)
+                             health_check=self._update_health_check, on_audit=self._on_update_audit,
+                             check_config=self._check_signed_config, box_id=self.cfg.box.id,
+                             box_groups=self.cfg.box.groups)
 
     def _load_stager(self) -> Any:
         """The stage model: the one a signed update applied last, if any, else ``staging.model_path`` (or the
@@ -340,6 +357,13 @@ class Daemon:
         detail = "; ".join(x for x in (base.detail, "" if flowing else f"stages not flowing: {why}") if x)
         return HealthReport(base.ok and flowing, {**base.checks, "stages_flowing": flowing}, detail)
 
+    def _check_signed_config(self, doc: Any) -> list[str]:
+        """A signed config's pre-flight (run by the update manager after the signature verified, before it is
+        installed): local-only keys dropped, merged over the box's file, and the daemon could start with it.
+        Returns the ignored local-only keys; raises ConfigError when the daemon could not start with it."""
+        _pushable, _merged, ignored = self.pushed_store.check(doc, base=self.file_cfg)
+        return ignored
+
     def _on_update_audit(self, entry: dict) -> None:
         """A config applied (or rolled back to) by a signed update becomes the config of the next start, through
         the same state file a pushed config uses (``appliance.cli`` merges it over the TOML file)."""
@@ -347,17 +371,18 @@ class Daemon:
             return
         current = self.updates.current_path("config") if self.updates is not None else None
         if current is not None:
-            self._store_pushed_config(json.loads(current.read_bytes()))
+            self._store_pushed_config(json.loads(current.read_bytes()), version=self.updates.current_version("config"),
+                                      source="update")
 
-    def _store_pushed_config(self, doc: dict) -> None:
-        # The pinned key, the box's identity and its broker come only from the box's own file: a pushed config
-        # must never unpin or replace the key that checks the next one.
-        doc = {k: v for k, v in doc.items() if k not in ("updates", "box", "mqtt")}
-        path = Path(self.cfg.box.state_dir) / PUSHED_CONFIG
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
+    def _store_pushed_config(self, doc: dict, *, version: str = "", source: str = "") -> list[str]:
+        """Keep a pushed config for the next start. The pinned key, the box's identity, its broker and every key
+        that names a file come only from the box's own file (appliance.config.LOCAL_ONLY_KEYS): a pushed config
+        never unpins or replaces the key that checks the next one, nor points the box at a file."""
+        from appliance.config import split_pushed_config
+
+        pushable, ignored = split_pushed_config(doc)
+        self.pushed_store.store(pushable, version=version, source=source)
+        return ignored
 
     def _make_breather(self) -> Any:
         from appliance.audit import AuditError, AuditLog
@@ -439,7 +464,12 @@ class Daemon:
                     clear()  # stimulation may resume only after the breather's own minimum gap
             if not ready:
                 self._notify("READY=1")
-                ready = True
+                ready = self.running = True
+                if self._on_running is not None:
+                    try:
+                        self._on_running()
+                    except Exception as e:  # bookkeeping of the config must never stop the night
+                        logger.error("could not record the running configuration: %s", e)
             # frames the ring dropped still took an index: a gap is signal that never arrived
             idx = frames.index
             first = last_index + 1 if last_index >= 0 else int(idx[0])
@@ -710,22 +740,37 @@ class Daemon:
     # ---- commands and config from the clinic ----------------------------------------------------
     def _register_link_handlers(self) -> None:
         link = self.link
+        # Authorisation first, then validation and pre-flight: nothing in a config the box will refuse anyway is
+        # looked at, and no config received over MQTT makes the box open a file it names.
+        link.config_validator = self._validate_pushed_config
         link.on_config(self._on_pushed_config)
         link.on_command("report", self._cmd_report)
         link.on_command("set_breather", self._cmd_set_breather)
         link.on_command("restart", self._cmd_restart)
         link.on_command("selftest", self._cmd_selftest)
 
-    def _on_pushed_config(self, validated: BoxConfig) -> None:
-        """A config the clinic pushed (already validated): kept in the state directory, applied at the next
-        start. Never mid-night: a session must not change its limits while it runs.
+    def _validate_pushed_config(self, doc: Any) -> tuple[dict, list[str]]:
+        """The link's validator for the unsigned retained ``config`` topic.
 
-        With a pinned clinic key this unsigned path is refused (the link reports ``config_rejected`` with this
-        reason): only ``cmd/update``, verified against the key, may change the box."""
-        if getattr(self, "updates", None) is not None:
+        With a pinned clinic key this path is refused before anything in the config is looked at (the link
+        reports ``config_rejected`` with this reason): only ``cmd/update``, verified against the key, may change
+        the box. Otherwise local-only keys are dropped, the rest merged over the box's own file and pre-flighted
+        (:meth:`appliance.pushed_config.PushedConfigStore.check`)."""
+        if getattr(self, "updates", None) is not None or self.cfg.updates.public_key_file:
             raise PermissionError(SIGNED_UPDATES_REQUIRED)
-        self._store_pushed_config(validated.to_dict())
-        self._event("config_stored", self._signal_s(), applies="next start")
+        pushable, _merged, ignored = self.pushed_store.check(doc, base=self.file_cfg)
+        return pushable, ignored
+
+    def _on_pushed_config(self, validated: tuple[dict, list[str]]) -> None:
+        """A config the clinic pushed (already authorised, validated and pre-flighted): kept in the state
+        directory, applied at the next start. Never mid-night: a session must not change its limits while it
+        runs."""
+        if getattr(self, "updates", None) is not None or self.cfg.updates.public_key_file:
+            raise PermissionError(SIGNED_UPDATES_REQUIRED)
+        pushable, ignored = validated
+        self.pushed_store.store(pushable, version=str(getattr(self.link, "incoming_config_version", "") or "")[:64],
+                                source="retained")
+        self._event("config_stored", self._signal_s(), applies="next start", ignored_local_keys=ignored)
 
     def _cmd_report(self, args: dict) -> dict:
         from appliance.recorder import list_nights

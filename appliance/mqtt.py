@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: QoS 1 messages in flight at once (paho's and mosquitto's default window).
 INFLIGHT_WINDOW = 20
+MAX_CONFIG_BYTES = 256 * 1024
+"""Largest retained config message the box parses (a full configuration is ~3 kB)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class BoxLink:
         self._commands: dict[str, Callable[[dict], dict]] = {"ping": self._ping}
         self._config_handler: Callable[[object], object] | None = None
         self._last_config_digest: str | None = None
+        self.incoming_config_version: str | None = None
         self.config_version: str | None = None
         self._status: dict[str, Any] = {"state": "online"}
         self._discovery = False
@@ -488,11 +491,11 @@ class BoxLink:
             if topic == schema.topic(self.box_id, "config"):
                 self._handle_config(payload)
             elif topic.startswith(f"{self.prefix}/cmd/"):
-                self._handle_command(topic.rsplit("/", 1)[1], payload, props)
+                self._handle_command(topic.rsplit("/", 1)[1], payload, props, retained=retained)
         except Exception:  # a handler bug must never kill the command thread
             log.exception("error handling %s", topic)
 
-    def _handle_command(self, name: str, payload: bytes, props: Properties | None) -> None:
+    def _handle_command(self, name: str, payload: bytes, props: Properties | None, *, retained: bool = False) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         if not (isinstance(response_topic, str) and response_topic.startswith(f"{self.prefix}/reply/")):
@@ -500,7 +503,11 @@ class BoxLink:
             # silently dropped by the broker, so answer on the default reply topic instead.
             response_topic = f"{self.prefix}/reply/{name if re.fullmatch(r'[a-z][a-z0-9_]{0,31}', name) else 'invalid'}"
         try:
-            args = cmds.parse_command(name, payload)
+            if retained:
+                # A command kept by the broker would run again at every connect (a retained restart: a restart
+                # loop); commands are one-off, so a retained one is refused.
+                raise cmds.CommandError("bad_payload", "retained command refused: commands are never retained")
+            args = cmds.parse_command(name, payload, now=self.clock())
             handler = self._commands.get(name)
             if handler is None:
                 raise cmds.CommandError("unknown_command", f"command {name!r} is not supported by this box")
@@ -532,6 +539,12 @@ class BoxLink:
         if not payload:
             return  # the retained config was cleared; keep running with what we have
         digest = hashlib.sha256(payload).hexdigest()
+        if len(payload) > MAX_CONFIG_BYTES:
+            if digest != self._last_config_digest:
+                self._last_config_digest = digest
+                self.publish_event("config_rejected", config_version=None, config_sha256=digest,
+                                   error=f"config message of {len(payload)} bytes; at most {MAX_CONFIG_BYTES}")
+            return
         if digest == self._last_config_digest:
             return  # the same retained config, redelivered on reconnect
         self._last_config_digest = digest
@@ -545,21 +558,23 @@ class BoxLink:
             config = env["config"]
             validated = self.config_validator(config) if self.config_validator is not None else config
         except Exception as e:
-            log.warning("config %s refused: %s", version, e)
-            self.publish_event("config_rejected", config_version=version if isinstance(version, str) else None,
-                               config_sha256=digest, error=f"{type(e).__name__}: {e}")
+            error = cmds.clip(f"{type(e).__name__}: {e}", 400)
+            version = version[:64] if isinstance(version, str) else None
+            log.warning("config %s refused: %s", version, error)
+            self.publish_event("config_rejected", config_version=version, config_sha256=digest, error=error)
             return
         if self._config_handler is None:
             # Valid, but nothing on this box would apply it: say so rather than claim it was applied.
             self.publish_event("config_rejected", config_version=version, config_sha256=digest,
                                error="this box applies no pushed configuration (no config handler)")
             return
+        self.incoming_config_version = version  # for the handler: the version of the config it is given
         try:
             self._config_handler(validated)
         except Exception as e:
             log.exception("config handler failed")
             self.publish_event("config_rejected", config_version=version, config_sha256=digest,
-                               error=f"handler failed: {type(e).__name__}: {e}")
+                               error=cmds.clip(f"handler failed: {type(e).__name__}: {e}", 400))
             return
         self.config_version = version
         self.publish_event("config_applied", config_version=version, config_sha256=digest)

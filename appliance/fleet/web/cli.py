@@ -69,12 +69,20 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"private key (default {DEFAULT_KEY})")
     p.add_argument("--out", type=Path, help="manifest path (default FILE.sig.json)")
     p.add_argument("--card", type=Path, help="a model's model card (default: model_card.json beside FILE)")
+    p.add_argument("--box", action="append", default=[], metavar="ID",
+                   help="a box this update is for (repeat; at least one --box or --group)")
+    p.add_argument("--group", action="append", default=[], metavar="NAME",
+                   help="a group of boxes (their box.groups) this update is for (repeat)")
+    p.add_argument("--serial", type=int, help="serial, above every earlier update of this kind (default: "
+                                              "microseconds since 1970 now)")
+    p.add_argument("--expires-in-days", type=float,
+                   help="days until boxes refuse it (default 14, at most 366)")
 
 
 @subcommand("sign", help="sign a model or config file: writes a detached FILE.sig.json manifest",
             add_arguments=_sign_args)
 def cmd_sign(args: argparse.Namespace) -> int:
-    from appliance.fleet.signing import load_private_key, sign_file
+    from appliance.fleet.signing import DEFAULT_LIFETIME_S, load_private_key, sign_file
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
@@ -86,9 +94,14 @@ def cmd_sign(args: argparse.Namespace) -> int:
         except (ValueError, ConfigError, RecursionError) as e:
             print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
             return 2
+    if not args.box and not args.group:
+        print(f"bedtime-fleet sign: {args.file}: name the boxes (--box ID) or groups (--group NAME) it is for",
+              file=sys.stderr)
+        return 2
     try:
         out = sign_file(args.file, load_private_key(args.key), kind=kind, version=args.version, out=args.out,
-                        card=args.card)
+                        card=args.card, boxes=args.box, groups=args.group, serial=args.serial,
+                        lifetime_s=DEFAULT_LIFETIME_S if args.expires_in_days is None else args.expires_in_days * 86400)
     except (OSError, ValueError) as e:  # no card / wrong card: the box would refuse the update
         print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
         return 2
