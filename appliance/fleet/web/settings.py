@@ -6,6 +6,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.fleet.db import default_database_url
+
 
 @dataclass
 class ConsoleSettings:
@@ -46,7 +48,7 @@ class ConsoleSettings:
         After the canaries, boxes are updated in batches of this size; a failure stops the rollout.
     """
 
-    database_url: str = "sqlite:///var/fleet.db"
+    database_url: str = field(default_factory=default_database_url)
     secret_key: str | None = None
     secret_key_file: Path | None = None
     https_only: bool = True
