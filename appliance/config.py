@@ -44,6 +44,22 @@ def _clip(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+SIM_STATE_DIRNAME = "bedtime-sim"
+"""Name of the state folder of a machine without a box configuration (a laptop trying the simulator)."""
+
+
+def simulation_state_dir() -> Path:
+    """Where nights and state go when there is no configuration file at all (no ``--config``, no
+    :data:`DEFAULT_CONFIG_PATH`): ``$XDG_STATE_HOME/bedtime-sim``, by default ``~/.local/state/bedtime-sim``.
+
+    Every command that reads or writes state (``run --simulate``, ``report``, ``outputs-off --simulate``) uses
+    this same folder then, so a simulated night is found by the report that follows it. A box always has its
+    configuration file, whose ``box.state_dir`` defaults to ``/var/lib/bedtime``.
+    """
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / SIM_STATE_DIRNAME
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or outside its allowed range.
 
@@ -117,10 +133,15 @@ class LoopsSection:
 
 @dataclass(frozen=True)
 class OutputsSection:
-    """Bedside light, speaker and the 'I'm OK' button (BCM pin numbers)."""
+    """Bedside light, speaker and the 'I'm OK' button (BCM pin numbers): the one place their defaults live.
 
-    light_pin: int = _opt(12, doc="PWM pin of the warm light", min=0, max=27)
-    sound_pin: int = _opt(13, doc="PWM pin of the speaker", min=0, max=27)
+    Light and speaker each get a hardware PWM channel of their own: GPIO12 is PWM0 and GPIO13 is PWM1
+    (``dtoverlay=pwm-2chan,pin=12,func=4,pin2=13,func2=4``). GPIO18, the other PWM0 pin, is left free because it
+    is also the PCM/I2S clock an audio DAC would need; none of the three is an SPI0 pin or the DRDY line.
+    """
+
+    light_pin: int = _opt(12, doc="PWM pin of the warm light (GPIO12 = hardware PWM0)", min=0, max=27)
+    sound_pin: int = _opt(13, doc="PWM pin of the speaker (GPIO13 = hardware PWM1)", min=0, max=27)
     button_pin: int = _opt(16, doc="Pin of the 'I'm OK / stop' button (to ground, pull-up)", min=0, max=27)
 
 
@@ -431,9 +452,15 @@ def load_config(path: str | Path) -> BoxConfig:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as e:
         raise ConfigError("", f"cannot read: {e.strerror or e}", source=p) from None
+    try:
+        # utf-8-sig: an editor's byte-order mark is not a TOML statement, so it is dropped, not refused
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"not a TOML text file: byte 0x{data[e.start]:02x} at offset {e.start} is not "
+                              f"UTF-8", source=p) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -493,6 +520,81 @@ def split_pushed_config(doc: Any) -> tuple[Any, list[str]]:
         else:
             out[name] = section
     return out, [_clip(k, 80) for k in ignored[:32]]
+
+
+def check_on_this_machine(cfg: BoxConfig) -> list[ConfigError]:
+    """What :func:`validate_config` cannot see: the files and folders the configuration names, here.
+
+    Kept apart from :func:`validate_config` because the clinic's console validates configurations for boxes
+    it is not running on; ``bedtime config check`` and ``bedtime run`` call this on the box itself.
+
+    Returns
+    -------
+    list of ConfigError
+        One per missing or unreadable file (``mqtt.password_file``, ``mqtt.tls_ca/cert/key``,
+        ``staging.model_path``, ``loops.model_path``) and per state folder that cannot be written or created
+        (``box.state_dir``, ``recording.dir``); empty when all is well.
+    """
+    errors: list[ConfigError] = []
+    files = {"mqtt.password_file": cfg.mqtt.password_file, "mqtt.tls_ca": cfg.mqtt.tls_ca,
+             "mqtt.tls_cert": cfg.mqtt.tls_cert, "mqtt.tls_key": cfg.mqtt.tls_key,
+             "staging.model_path": cfg.staging.model_path, "loops.model_path": cfg.loops.model_path}
+    for key, value in files.items():
+        if not value:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            errors.append(ConfigError(key, f"{path}: {'is not a file' if path.exists() else 'no such file'}"))
+        elif not os.access(path, os.R_OK):
+            errors.append(ConfigError(key, f"{path}: not readable by this user"))
+    folders = {"box.state_dir": cfg.box.state_dir, "recording.dir": cfg.recording.dir}
+    for key, value in folders.items():
+        if value:
+            problem = _unwritable_folder(Path(value))
+            if problem:
+                errors.append(ConfigError(key, problem))
+    return errors
+
+
+def _unwritable_folder(path: Path) -> str | None:
+    """Why ``path`` cannot be used as a writable folder (it, or the nearest existing parent that would hold
+    it, is not a writable directory), or None."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{path}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "not writable" if existing == path else f"cannot be created ({existing} is not writable)"
+        return f"{path}: {what} by this user"
+    return None
+
+
+def permission_warnings(config_path: str | Path, cfg: BoxConfig) -> list[str]:
+    """Loose permissions on the configuration and its secrets, one sentence each (warnings, not errors).
+
+    The configuration file must not be writable by group or others (it decides what the breather may do);
+    the MQTT password file and the TLS client key must not be writable by group or others nor readable by
+    others.
+    """
+    out: list[str] = []
+    checks = [(Path(config_path), stat.S_IWGRP | stat.S_IWOTH, "configuration")]
+    for key, value in (("mqtt.password_file", cfg.mqtt.password_file), ("mqtt.tls_key", cfg.mqtt.tls_key)):
+        if value:
+            checks.append((Path(value), stat.S_IWGRP | stat.S_IWOTH | stat.S_IROTH, key))
+    for path, bad_bits, what in checks:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue  # a missing file is check_on_this_machine's error
+        if mode & bad_bits:
+            loose = [name for bit, name in ((stat.S_IWGRP, "group-writable"), (stat.S_IWOTH, "world-writable"),
+                                            (stat.S_IROTH, "world-readable")) if mode & bad_bits & bit]
+            out.append(f"{path} ({what}) is {' and '.join(loose)} (mode {stat.S_IMODE(mode):04o}); "
+                       f"chmod {'600' if what != 'configuration' else '644'} it")
+    return out
 
 
 def merge_config(base: BoxConfig, update: dict) -> BoxConfig:
