@@ -192,8 +192,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.simulate and (args.edf or args.synthetic or args.hypnogram):
         raise UsageError("--edf/--synthetic/--hypnogram need --simulate")
     file_cfg = _load(args.config)
-    if not args.simulate and file_cfg.box.id == EXAMPLE_BOX_ID:
-        # a box left with the example's id would share its MQTT topics with every other such box
+    if not args.simulate and not _no_config_file(args.config) and file_cfg.box.id == EXAMPLE_BOX_ID:
+        # a box left with the example's id would share its MQTT topics with every other such box (without any
+        # configuration file this is not a box yet: opening the hardware says what is missing)
         where = args.config or DEFAULT_CONFIG_PATH
         raise ConfigError("box.id", f"{EXAMPLE_BOX_ID!r} is the example's id; set [box] id in {where} to a name "
                                     f"unique to this box (install-pi.sh writes box-<machine id>)")
