@@ -25,7 +25,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,6 +38,7 @@ REPORT_JSON = "report.json"
 HYPNOGRAM_PNG = "hypnogram.png"
 EPOCHS_JSONL = "epochs.jsonl"
 EVENTS_JSONL = "events.jsonl"
+STAGE_VALUES = frozenset(int(s) for s in Stage)
 
 
 def sleep_statistics(hypnogram: np.ndarray, *, epoch_s: float = EPOCH_S) -> dict[str, Any]:
@@ -115,6 +116,10 @@ class NightRecord:
         Acquisition counters (frames dropped, corrupt, DRDY stalls...).
     start : datetime.datetime or None
         UTC start of the recording.
+    box_id : str
+        The box that recorded the night (its MQTT id).
+    box_name : str
+        The box's human name (``box.name``, e.g. the bedroom), for the parent's report.
     """
 
     hypnogram: np.ndarray
@@ -125,6 +130,7 @@ class NightRecord:
     counters: dict = field(default_factory=dict)
     start: dt.datetime | None = None
     box_id: str = ""
+    box_name: str = ""
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -132,29 +138,41 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 
 def summarise_interventions(events: list[dict]) -> dict[str, Any]:
-    """Loops, breather sessions and alerts from the night's event list."""
+    """Loops, breather sessions and alerts from the night's event list.
+
+    Each breather session lists the steps it really went through, from its events: ``cue`` (the session starts
+    with the sound cue: ``breather_started``), ``light`` (``breather_light``) when the light came on, and
+    ``ended``; a session that ended during the cue reads ``cue -> ended``. Times are seconds since lights out:
+    ``start_s`` (cue), ``light_s`` (when the light started, if it did) and ``end_s``.
+    """
     kinds = Counter(e.get("kind", "?") for e in events)
     sessions = []
     current: dict | None = None
     for e in sorted(events, key=lambda e: e.get("time_s", 0.0)):
         k = e.get("kind", "")
-        if k == "breather_started":
+        if not k.startswith("breather_"):
+            continue
+        step = "cue" if k == "breather_started" else k[len("breather_"):]
+        if k == "breather_started" or current is None:
+            # a step without its start (e.g. events cut by a crash) still opens a session of its own
             current = {"start_s": e["time_s"], "steps": [], "outcome": None}
             sessions.append(current)
-        elif k.startswith("breather_") and current is not None:
-            current["steps"].append(k[len("breather_"):])
-            if k == "breather_ended":
-                current["outcome"] = e.get("outcome") or e.get("reason") or "ended"
-                current["end_s"] = e["time_s"]
-                for key in ("reason", "max_light", "max_volume", "duration_s"):
-                    if key in e:
-                        current[key] = e[key]
-                current = None
+        current["steps"].append(step)
+        if k == "breather_light":
+            current["light_s"] = e["time_s"]
+        if k == "breather_ended":
+            current["outcome"] = e.get("outcome") or e.get("reason") or "ended"
+            current["end_s"] = e["time_s"]
+            for key in ("reason", "max_light", "max_volume", "duration_s"):
+                if key in e:
+                    current[key] = e[key]
+            current = None
     return {
         "loops_detected": kinds.get("loop_detected", 0),
         "loop_times_s": [e["time_s"] for e in events if e.get("kind") == "loop_detected"],
         "breather_sessions": sessions,
         "alerts": kinds.get("alert", 0),
+        "alert_times_s": [e["time_s"] for e in events if e.get("kind") == "alert"],
         "faults": [{"time_s": e.get("time_s"), "reason": e.get("reason", "")} for e in events
                    if e.get("kind") == "fault"],
     }
@@ -172,6 +190,7 @@ def build_report(night: NightRecord) -> dict[str, Any]:
     rep = {
         "schema": REPORT_SCHEMA,
         "box_id": night.box_id,
+        "box_name": night.box_name,
         "night_start": _iso(night.start),
         "generated": _iso(dt.datetime.now(dt.timezone.utc)),
         "statistics": stats,
@@ -240,6 +259,124 @@ def write_report(night: NightRecord, night_dir: str | Path, *, png: bool = True)
     return rep, js, png_path
 
 
+class NightError(ValueError):
+    """A folder the report cannot be built from: no night in it, no recording, or a damaged sidecar file.
+
+    The message is one line that names the file and the problem (``bedtime report`` prints it as is).
+    """
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+def _check_epoch_row(row: dict) -> str | None:
+    """What is wrong with one ``epochs.jsonl`` row, or None (the fields the report reads, with their types)."""
+    stage = row.get("stage")
+    if isinstance(stage, bool) or not isinstance(stage, int) or stage not in STAGE_VALUES:
+        return f"'stage' must be one of {sorted(STAGE_VALUES)}, got {stage!r:.40}"
+    if "ok" in row and not isinstance(row["ok"], bool):
+        return f"'ok' must be true or false, got {row['ok']!r:.40}"
+    flags = row.get("flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        return f"'flags' must be a list of strings, got {flags!r:.40}"
+    probs = row.get("probs")
+    if probs is not None and (not isinstance(probs, list) or len(probs) != len(STAGE_NAMES)
+                              or not all(_is_number(v) for v in probs)):
+        return f"'probs' must be {len(STAGE_NAMES)} numbers, got {probs!r:.40}"
+    return None
+
+
+def _check_event(row: dict) -> str | None:
+    """What is wrong with one ``events.jsonl`` row, or None."""
+    if not isinstance(row.get("kind"), str):
+        return f"'kind' must be a string, got {row.get('kind')!r:.40}"
+    if not _is_number(row.get("time_s")) or row["time_s"] < 0:
+        return f"'time_s' must be a number of seconds >= 0, got {row.get('time_s')!r:.40}"
+    return None
+
+
+def _read_jsonl(path: Path, check: Callable[[dict], str | None]) -> list[dict]:
+    """The rows of a JSON-lines sidecar, each checked by ``check``.
+
+    A crash or power cut can tear the last line (or leave NUL padding after it); such a line is skipped. Any
+    other unreadable line is damage, not a crash: rather than report a night shifted in time, say so.
+
+    Raises
+    ------
+    NightError
+        Naming the file, the line and the problem.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise NightError(f"{path}: cannot read ({e.strerror or e})") from None
+    lines = raw.rstrip(b"\x00 \t\r\n").split(b"\n")
+    rows: list[dict] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        last = n == len(lines)
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            if last and line.lstrip().startswith(b"{") and b"\x00" not in line:
+                logger.warning("%s: line %d is cut short (an interrupted write); skipped", path, n)
+                break
+            what = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not valid JSON"
+            raise NightError(f"{path}: line {n} is {what}; the file is damaged") from None
+        problem = "must be a JSON object" if not isinstance(row, dict) else check(row)
+        if problem:
+            raise NightError(f"{path}: line {n}: {problem}; the file is damaged")
+        rows.append(row)
+    return rows
+
+
+def read_saved_report(night_dir: str | Path) -> dict | None:
+    """The ``report.json`` the daemon wrote for a night, or None when there is none.
+
+    Raises
+    ------
+    NightError
+        When the file exists but is not a report (damaged): the caller must not overwrite it silently.
+    """
+    js = Path(night_dir) / REPORT_JSON
+    if not js.is_file():
+        return None
+    try:
+        rep = json.loads(js.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise NightError(f"{js}: not a readable report (damaged); move it away to rebuild it from the night's "
+                         "recording") from None
+    hyp = rep.get("hypnogram") if isinstance(rep, dict) else None
+    ok = (isinstance(rep, dict) and isinstance(rep.get("statistics"), dict)
+          and isinstance(rep.get("interventions"), dict) and isinstance(rep.get("signal_quality"), dict)
+          and isinstance(hyp, list)
+          and all(isinstance(s, int) and not isinstance(s, bool) and s in STAGE_VALUES for s in hyp))
+    if not ok:
+        raise NightError(f"{js}: not a bedtime report (fields missing or of the wrong type); move it away to "
+                         "rebuild it from the night's recording")
+    return rep
+
+
+def _parse_iso(text: object) -> dt.datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _night_identity(events: list[dict], saved: dict | None) -> tuple[str, str]:
+    """(box id, box name) of the box that recorded the night: from its saved report, else its start event."""
+    started = next((e for e in events if e.get("kind") == "night_started"), {})
+    box_id = (saved or {}).get("box_id") or started.get("box_id") or ""
+    box_name = (saved or {}).get("box_name") or started.get("box_name") or ""
+    return (box_id if isinstance(box_id, str) else "", box_name if isinstance(box_name, str) else "")
+
+
 def render_png(night_dir: str | Path) -> Path:
     """Draw ``hypnogram.png`` from a night's ``report.json`` (its hypnogram), events and per-epoch quality.
 
@@ -247,64 +384,127 @@ def render_png(night_dir: str | Path) -> Path:
     costs ~25 MB of resident memory, which the all-night process need not carry.
     """
     d = Path(night_dir)
-    rep = json.loads((d / REPORT_JSON).read_text())
-    events: list[dict] = []
-    if (d / EVENTS_JSONL).is_file():
-        events = [json.loads(ln) for ln in (d / EVENTS_JSONL).read_text().splitlines() if _complete_json(ln)]
+    rep = read_saved_report(d)
+    if rep is None:
+        raise NightError(f"{d}: no {REPORT_JSON} to draw")
+    return plot_hypnogram(_record_from_report(d, rep), d / HYPNOGRAM_PNG)
+
+
+def _record_from_report(d: Path, rep: dict) -> NightRecord:
+    """The night as its saved report tells it, with the per-epoch signal quality and events from the sidecars."""
+    events = _read_jsonl(d / EVENTS_JSONL, _check_event) if (d / EVENTS_JSONL).is_file() else []
     ok = None
     if (d / EPOCHS_JSONL).is_file():
-        rows = [json.loads(ln) for ln in (d / EPOCHS_JSONL).read_text().splitlines() if _complete_json(ln)]
+        rows = _read_jsonl(d / EPOCHS_JSONL, _check_epoch_row)
         ok = np.array([r.get("ok", True) for r in rows], dtype=bool)
     hyp = np.array(rep["hypnogram"], dtype=np.int8)
     if ok is not None and len(ok) != len(hyp):
         ok = None
-    return plot_hypnogram(NightRecord(hypnogram=hyp, events=events, quality_ok=ok), d / HYPNOGRAM_PNG)
+    box_id, box_name = _night_identity(events, rep)
+    return NightRecord(hypnogram=hyp, events=events, quality_ok=ok, start=_parse_iso(rep.get("night_start")),
+                       box_id=box_id, box_name=box_name)
 
 
-def load_night(night_dir: str | Path) -> NightRecord:
+def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None = None) -> NightRecord:
     """Rebuild a night from its directory: ``epochs.jsonl``/``events.jsonl`` when present, else the EDF+ annotations.
 
-    This is how ``bedtime report NIGHT`` works after the fact, including for a night cut short by a crash.
+    This is how ``bedtime report NIGHT`` works after the fact, including for a night cut short by a crash. What
+    the daemon itself recorded about the night (its box id and name, the acquisition counters of its saved
+    report) is kept, never replaced by whoever runs the report. ``progress`` is told before the slow step
+    (smoothing the night), which comes after every file has been read and checked.
+
+    Raises
+    ------
+    NightError
+        The folder holds no recording (e.g. a start that failed) or a damaged sidecar file.
     """
     d = Path(night_dir)
-    start = None
-    try:
-        start = dt.datetime.strptime(d.name, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
-    except ValueError:
-        pass
-    events: list[dict] = []
-    if (d / EVENTS_JSONL).is_file():
-        events = [json.loads(ln) for ln in (d / EVENTS_JSONL).read_text().splitlines() if _complete_json(ln)]
-    if (d / EPOCHS_JSONL).is_file():
-        rows = [json.loads(ln) for ln in (d / EPOCHS_JSONL).read_text().splitlines() if _complete_json(ln)]
+    if not d.is_dir():
+        raise NightError(f"{d}: no such night folder")
+    saved = read_saved_report(d)
+    start = _parse_iso((saved or {}).get("night_start"))
+    if start is None:
+        try:
+            start = dt.datetime.strptime(d.name, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            pass
+    events = _read_jsonl(d / EVENTS_JSONL, _check_event) if (d / EVENTS_JSONL).is_file() else []
+    box_id, box_name = _night_identity(events, saved)
+    counters = {k: v for k, v in ((saved or {}).get("signal_quality") or {}).items()
+                if isinstance(v, int) and not isinstance(v, bool)}
+    rows = _read_jsonl(d / EPOCHS_JSONL, _check_epoch_row) if (d / EPOCHS_JSONL).is_file() else []
+    common = {"events": events, "start": start, "counters": counters, "box_id": box_id, "box_name": box_name}
+    if rows:
         live = np.array([r["stage"] for r in rows], dtype=np.int8)
         probs = [r.get("probs") for r in rows]
         hyp = live
-        if rows and all(p is not None for p in probs):
+        if all(p is not None for p in probs):
+            if progress is not None:
+                progress(f"smoothing the stages of {d.name}")
             hyp = _smooth(np.array(probs, dtype=float), live)
         flags: Counter = Counter()
         for r in rows:
             flags.update(r.get("flags", []))
-        return NightRecord(hypnogram=hyp, live_hypnogram=live, events=events, start=start,
-                           quality_ok=np.array([r.get("ok", True) for r in rows], dtype=bool), quality_flags=flags)
+        return NightRecord(hypnogram=hyp, live_hypnogram=live, quality_flags=flags,
+                           quality_ok=np.array([r.get("ok", True) for r in rows], dtype=bool), **common)
     from appliance.recorder import ANNOTATION_STAGE, NIGHT_EDF, read_annotations
 
-    anns = read_annotations(d / NIGHT_EDF)
-    stages = sorted((on, ANNOTATION_STAGE[t]) for on, _, t in anns if t in ANNOTATION_STAGE)
-    hyp = np.array([s for _, s in stages], dtype=np.int8)
-    return NightRecord(hypnogram=hyp, live_hypnogram=hyp, events=events, start=start)
-
-
-def _complete_json(line: str) -> bool:
-    # a crash can cut the last line; a partial line is skipped, not fatal
-    line = line.strip()
-    if not line:
-        return False
+    edf = d / NIGHT_EDF
+    if not edf.is_file():
+        raise NightError(f"{d}: no recording in this folder (no scored epoch in {EPOCHS_JSONL}, no {NIGHT_EDF}): "
+                         "not a night, or a start that failed")
     try:
-        json.loads(line)
-        return True
-    except json.JSONDecodeError:
-        return False
+        anns = read_annotations(edf)
+    except Exception as e:  # edfio raises a variety of errors on a damaged header
+        raise NightError(f"{edf}: not a readable EDF+ file ({type(e).__name__}: {str(e)[:80]})") from None
+    stages = sorted((on, ANNOTATION_STAGE[t]) for on, _, t in anns if t in ANNOTATION_STAGE)
+    if not stages:
+        raise NightError(f"{d}: the recording ended before its first 30-s epoch was scored; nothing to report")
+    if not box_id:
+        box_id = next((t.rsplit(" box ", 1)[1] for _, _, t in anns
+                       if t.startswith("Recording start") and " box " in t), "")
+        common["box_id"] = box_id
+    hyp = np.array([s for _, s in stages], dtype=np.int8)
+    return NightRecord(hypnogram=hyp, live_hypnogram=hyp, **common)
+
+
+def report_night(night_dir: str | Path, *, progress: Callable[[str], None] | None = None) -> tuple[dict, Path, Path, bool]:
+    """The morning report of a recorded night, rebuilt only when the daemon did not leave one.
+
+    The daemon's own ``report.json`` is the record of the night (its box, its acquisition counters, its
+    smoothing); it is returned as written, never rewritten. A night without one (the daemon was killed) gets it
+    rebuilt from ``epochs.jsonl``/``events.jsonl`` or the EDF+ annotations. ``hypnogram.png`` is drawn when
+    missing.
+
+    Parameters
+    ----------
+    night_dir : path-like
+        The night's folder.
+    progress : callable, optional
+        Called with a short message before each slow step (smoothing the night, drawing the PNG).
+
+    Returns
+    -------
+    (report, JSON path, PNG path, rebuilt)
+        ``rebuilt`` is True when ``report.json`` was (re)written by this call.
+
+    Raises
+    ------
+    NightError
+        No recording in the folder, or a damaged file; nothing is written then.
+    """
+    d = Path(night_dir)
+    say = progress or (lambda msg: None)
+    rep = read_saved_report(d)
+    rebuilt = rep is None
+    if rep is None:
+        night = load_night(d, progress=say)
+        rep, js, _ = write_report(night, d, png=False)
+    png = d / HYPNOGRAM_PNG
+    if not png.is_file():
+        say("drawing the hypnogram")
+        plot_hypnogram(_record_from_report(d, rep), png)
+    return rep, d / REPORT_JSON, png, rebuilt
 
 
 def _smooth(probs: np.ndarray, fallback: np.ndarray) -> np.ndarray:

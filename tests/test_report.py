@@ -81,7 +81,9 @@ def test_report_files_and_reload(tmp_path):
     iv = back["interventions"]
     assert iv["loops_detected"] == 1 and iv["alerts"] == 1
     assert iv["breather_sessions"][0]["outcome"] == "woke"
-    assert iv["breather_sessions"][0]["steps"] == ["light", "ended"]
+    # the session went through the sound cue (breather_started), then the light: what the demo prints too
+    assert iv["breather_sessions"][0]["steps"] == ["cue", "light", "ended"]
+    assert iv["breather_sessions"][0]["light_s"] == 1530.0 and iv["alert_times_s"] == [1700.0]
     # reload from the jsonl sidecars the daemon writes
     (tmp_path / "epochs.jsonl").write_text("".join(json.dumps({"stage": int(s), "ok": True}) + "\n" for s in h)
                                            + '{"stage": 2, "o')  # torn last line (crash) is skipped
