@@ -796,8 +796,9 @@ class Daemon:
             self.recorder.annotate(time_s, f"{kind} {detail}".strip()[:200])
         if self.link is not None and kind not in ("alert",):
             try:
+                # the envelope carries the box id already
                 self.link.publish_event(kind, night_time_s=round(float(time_s), 1),
-                                        **{k: v for k, v in fields.items() if k != "kind"})
+                                        **{k: v for k, v in fields.items() if k not in ("kind", "box_id")})
             except Exception as e:  # reporting must never take the night down
                 logger.error("could not queue event %s: %s", kind, e)
         logger.info("event %s at %.1f s %s", kind, time_s, fields)
@@ -855,7 +856,7 @@ class Daemon:
         night = NightRecord(hypnogram=hyp, live_hypnogram=live, events=list(self.events),
                             quality_ok=np.array([e.quality.ok for e in self.epochs]), quality_flags=flags,
                             counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
-                            start=self.start, box_id=self.cfg.box.id)
+                            start=self.start, box_id=self.cfg.box.id, box_name=self.cfg.box.name)
         try:
             rep, js, _ = write_report(night, self.night_dir, png=False)
         except Exception as e:
