@@ -257,23 +257,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from appliance.recorder import list_nights
-    from appliance.report import format_report, load_night, write_report
+    from appliance.recorder import NIGHT_EDF, list_nights
+    from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightError, format_report, report_night
 
     cfg = _load(args.config)
+
+    def progress(msg: str) -> None:  # the slow steps (smoothing, drawing) say what they are doing
+        print(f"bedtime report: {msg}...", file=sys.stderr, flush=True)
+
+    # One named night: any problem with it is bad input (exit 2). Otherwise the latest night that has a
+    # recording: nights without one (a failed start) or with damaged files are skipped with a note.
+    explicit = None
+    candidates: list[Path] = []
     if args.night and Path(args.night).is_dir():
-        night_dir = Path(args.night)
+        given = Path(args.night)
+        inside = list_nights(given)
+        if inside and not any((given / f).exists() for f in (EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF)):
+            candidates = inside  # the folder of nights itself: report its latest
+        else:
+            explicit = given
+    elif args.night:
+        named = [n for n in list_nights(cfg.recording_dir) if n.name == args.night]
+        if not named:
+            print(f"bedtime report: no night {args.night!r} (not a folder, and not a night under "
+                  f"{cfg.recording_dir})", file=sys.stderr)
+            return 2
+        explicit = named[0]
     else:
-        nights = list_nights(cfg.recording_dir)
-        if args.night:
-            nights = [n for n in nights if n.name == args.night]
-        if not nights:
-            print(f"bedtime report: no night {args.night or ''} under {cfg.recording_dir}", file=sys.stderr)
-            return 1
-        night_dir = nights[-1]
-    night = load_night(night_dir)
-    night.box_id = cfg.box.id
-    rep, js, png = write_report(night, night_dir)
+        candidates = list_nights(cfg.recording_dir)
+    try:
+        if explicit is not None:
+            try:
+                rep, js, png, _ = report_night(explicit, progress=progress)
+            except NightError as e:
+                print(f"bedtime report: {e}", file=sys.stderr)
+                return 2
+        else:
+            for night_dir in reversed(candidates):
+                try:
+                    rep, js, png, _ = report_night(night_dir, progress=progress)
+                    break
+                except NightError as e:
+                    print(f"bedtime report: skipping {night_dir.name}: {e}", file=sys.stderr)
+            else:
+                where = Path(args.night) if args.night else cfg.recording_dir
+                print(f"bedtime report: no recorded night under {where}", file=sys.stderr)
+                return 1
+    except OSError as e:
+        print(f"bedtime report: cannot write the report: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(rep, indent=1))
     else:

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import threading
 import time
@@ -200,28 +201,21 @@ class Daemon:
         while self.night_dir.exists():  # two starts within a second (tests, restarts)
             start += dt.timedelta(seconds=1)
             self.night_dir = root / night_id(start)
-        self.night_dir.mkdir(parents=True)
         self.start = start
-        enforce_retention(root, max_nights=cfg.recording.retention_nights,
-                          max_bytes=cfg.recording.retention_max_mb * 1e6, keep=self.night_dir)
-
+        # The night's folder is made only once acquisition runs: a start that fails (no GPIO, no chip, a model
+        # that does not load) must not leave an empty night behind for the report and retention to trip on.
+        self._night_open = False
+        self.recorder = None
         mirror = state / SIM_OUTPUTS_FILE if self.hw.simulated else None
         self.outputs = BoxOutputs(cfg, self.hw.pin_factory, mirror=mirror)  # forced off at start
-        self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
-        self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
-        self.recorder: EdfPlusRecorder | None = None
-        if cfg.recording.enabled:
-            labels = cfg.acquisition.channel_labels or [f"EEG{i + 1}" for i in range(self.n_channels)]
-            self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels, fs_hz=self.fs_hz,
-                                            physical_range_uv=cfg.recording.physical_range_uv,
-                                            flush_interval_s=cfg.recording.flush_interval_s, start=start)
-            self.recorder.annotate(0.0, f"Recording start bedtime {__version__} box {cfg.box.id}")
         report = rep_json = rep_png = None
         try:
             self._build_parts()
             self._install_signal_handlers()
             self.hw.start()
-            self._event("night_started", 0.0, box_name=cfg.box.name, simulated=bool(self.hw.simulated))
+            self._open_night()
+            self._event("night_started", 0.0, box_id=cfg.box.id, box_name=cfg.box.name,
+                        simulated=bool(self.hw.simulated))
             for r in self._start_reports:  # a pushed config this start could not use, and what it fell back to
                 self._event("config_rejected", 0.0, **r)
             self._publish_status("recording")
@@ -237,12 +231,13 @@ class Daemon:
                 self.hw.stop()
             finally:
                 end_s = self._signal_s()
-                self._event("night_ended", end_s)
-                if self.recorder is not None:
-                    self.recorder.close()
-                self._epochs_file.close()
-                report, rep_json, rep_png = self._write_report()
-                self._events_file.close()
+                if self._night_open:
+                    self._event("night_ended", end_s)
+                    if self.recorder is not None:
+                        self.recorder.close()
+                    self._epochs_file.close()
+                    report, rep_json, rep_png = self._write_report()
+                    self._events_file.close()
                 if self.link is not None:
                     try:
                         self._publish_status("idle", breather_state="off")
@@ -260,6 +255,30 @@ class Daemon:
                            cpu_s=time.process_time() - t_cpu0, wall_s=time.monotonic() - t_wall0)
 
     # ---- construction ----------------------------------------------------------------------------
+    def _open_night(self) -> None:
+        """Make the night's folder, its sidecar files and its EDF+ (acquisition has started)."""
+        cfg = self.cfg
+        root = cfg.recording_dir
+        self.night_dir.mkdir(parents=True)
+        try:
+            self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
+            self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
+            if cfg.recording.enabled:
+                labels = cfg.acquisition.channel_labels or [f"EEG{i + 1}" for i in range(self.n_channels)]
+                self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels,
+                                                fs_hz=self.fs_hz, physical_range_uv=cfg.recording.physical_range_uv,
+                                                flush_interval_s=cfg.recording.flush_interval_s, start=self.start)
+                self.recorder.annotate(0.0, f"Recording start bedtime {__version__} box {cfg.box.id}")
+        except BaseException:
+            for f in (getattr(self, "_epochs_file", None), getattr(self, "_events_file", None)):
+                if f is not None:
+                    f.close()
+            shutil.rmtree(self.night_dir, ignore_errors=True)
+            raise
+        self._night_open = True
+        enforce_retention(root, max_nights=cfg.recording.retention_nights,
+                          max_bytes=cfg.recording.retention_max_mb * 1e6, keep=self.night_dir)
+
     def _build_parts(self) -> None:
         cfg = self.cfg
         p = self.parts
@@ -834,15 +853,17 @@ class Daemon:
         ev = {"time_s": round(float(time_s), 3), "kind": kind, **fields}
         with self._events_lock:
             self.events.append(ev)
-            if not self._events_file.closed:
-                self._events_file.write(json.dumps(ev) + "\n")
+            f = getattr(self, "_events_file", None)  # None until the night's folder exists
+            if f is not None and not f.closed:
+                f.write(json.dumps(ev) + "\n")
         if self.recorder is not None and not getattr(self.recorder, "_closed", True):
             detail = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("title",))
             self.recorder.annotate(time_s, f"{kind} {detail}".strip()[:200])
         if self.link is not None and kind not in ("alert",):
             try:
+                # the envelope carries the box id already
                 self.link.publish_event(kind, night_time_s=round(float(time_s), 1),
-                                        **{k: v for k, v in fields.items() if k != "kind"})
+                                        **{k: v for k, v in fields.items() if k not in ("kind", "box_id")})
             except Exception as e:  # reporting must never take the night down
                 logger.error("could not queue event %s: %s", kind, e)
         logger.info("event %s at %.1f s %s", kind, time_s, fields)
@@ -900,7 +921,7 @@ class Daemon:
         night = NightRecord(hypnogram=hyp, live_hypnogram=live, events=list(self.events),
                             quality_ok=np.array([e.quality.ok for e in self.epochs]), quality_flags=flags,
                             counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
-                            start=self.start, box_id=self.cfg.box.id)
+                            start=self.start, box_id=self.cfg.box.id, box_name=self.cfg.box.name)
         try:
             rep, js, _ = write_report(night, self.night_dir, png=False)
         except Exception as e:
