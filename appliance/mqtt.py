@@ -22,6 +22,13 @@ Threads: one link thread owns the network (connect, keepalive, reconnect with ba
 one command thread runs command/config handlers so a slow handler never starves the keepalive. The
 ``publish_*`` methods may be called from any thread.
 
+One writer per connection: paho's client is not safe for concurrent writes (each thread that publishes
+also writes the socket, and a multi-MB packet written half by one thread while another thread writes
+its own packet reaches the broker interleaved: "malformed packet", connection dropped). Every call into
+the paho client (publish, subscribe, read, write, keepalive) therefore holds ``BoxLink._net_lock``, and the
+link thread waits for the socket with its own ``select`` outside that lock, woken through a socket pair
+when another thread leaves bytes unsent.
+
 Why a fresh paho client per connection: paho keeps its own in-memory copy of unacknowledged QoS 1
 messages and re-sends it on reconnect; with the outbox also re-sending, messages would be duplicated
 and could be re-ordered. A new client per connection leaves the outbox the single source of truth.
@@ -34,6 +41,7 @@ import hashlib
 import logging
 import random
 import re
+import select
 import socket
 import ssl
 import threading
@@ -170,6 +178,12 @@ class BoxLink:
         self._last_sent_row = 0
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
         self.stats = collections.Counter()
+        # The one lock around every use of the paho client (see the module docstring), and the socket
+        # pair that wakes the link thread's select when a publisher left bytes for it to write.
+        self._net_lock = threading.RLock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,16 +199,20 @@ class BoxLink:
         client = self._client
         if client is not None and self._connected.is_set():
             try:
-                info = client.publish(schema.topic(self.box_id, "status"),
-                                      schema.encode(self._status_payload("offline")), *schema.CHANNELS["status"])
-                info.wait_for_publish(timeout=min(1.0, timeout_s))
+                qos, retain = schema.CHANNELS["status"]
+                info = self._send(client, schema.topic(self.box_id, "status"),
+                                  schema.encode(self._status_payload("offline")), qos=qos, retain=retain)
+                info.wait_for_publish(timeout=min(1.0, timeout_s))  # outside the lock: the link thread acks
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status on stop: %s", e)
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._worker.shutdown(wait=False, cancel_futures=True)
         self.outbox.close()
+        for s in (self._wake_r, self._wake_w):
+            s.close()
 
     @property
     def connected(self) -> bool:
@@ -300,8 +318,25 @@ class BoxLink:
         if client is None or not self._connected.is_set():
             self.stats["dropped_offline"] += 1
             return False
-        info = client.publish(schema.topic(self.box_id, channel), schema.encode(payload), qos=qos, retain=retain)
+        info = self._send(client, schema.topic(self.box_id, channel), schema.encode(payload), qos=qos, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _send(self, client: paho.Client, topic: str, payload: bytes, *, qos: int, retain: bool,
+              properties: Properties | None = None) -> paho.MQTTMessageInfo:
+        """Publish through the connection's single writer (any thread); wake the link thread if paho
+        could not write everything at once (a multi-MB reply), so it finishes the write."""
+        with self._net_lock:
+            info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            unsent = client.want_write()
+        if unsent:
+            self._wake()
+        return info
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"w")
+        except OSError:  # full (already awake) or closed (stopping)
+            pass
 
     def _enqueue(self, channel: str, payload: dict, priority: int) -> int:
         qos, retain = schema.CHANNELS[channel]
@@ -334,7 +369,7 @@ class BoxLink:
             for row in self.outbox.peek(after_row_id=self._last_sent_row, limit=room):
                 if row.topic == alert_topic:
                     self._publish_alert_text(client, row)
-                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                info = self._send(client, row.topic, row.payload, qos=row.qos, retain=row.retain)
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break  # connection going down; the next session re-sends from the outbox
                 self._inflight[info.mid] = row.row_id
@@ -354,13 +389,13 @@ class BoxLink:
         except (schema.SchemaError, KeyError, TypeError) as e:  # rows are written by publish_alert: never here
             log.error("outbox alert row %d has no title/message for its text copy: %s", row.row_id, e)
             return
-        client.publish(schema.alert_text_topic(self.box_id), text, qos=row.qos, retain=False)
+        self._send(client, schema.alert_text_topic(self.box_id), text, qos=row.qos, retain=False)
 
     def _send_discovery(self, client: paho.Client | None) -> None:
         if client is None:
             return
         for t, cfg in homeassistant.discovery_payloads(self.box_id, firmware_version=self.firmware_version).items():
-            client.publish(t, schema.encode(cfg), qos=1, retain=True)
+            self._send(client, t, schema.encode(cfg), qos=1, retain=True)
 
     # ---- internals: connection ----------------------------------------------------------------
     def _make_client(self) -> paho.Client:
@@ -428,7 +463,7 @@ class BoxLink:
         connack_deadline = time.monotonic() + max(2.0, 2 * self.keepalive_s)
         accepted = False
         while not self._stop.is_set() and not self._session_dead:
-            rc = client.loop(timeout=0.05)
+            rc = self._loop_once(client, timeout_s=0.05)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             if self._connected.is_set():
@@ -440,11 +475,45 @@ class BoxLink:
                 break
         if self._stop.is_set():
             try:
-                client.disconnect()
-                client.loop(timeout=0.1)
+                with self._net_lock:
+                    client.disconnect()
+                self._loop_once(client, timeout_s=0.1)
             except (OSError, ValueError):
                 pass
         return accepted
+
+    def _loop_once(self, client: paho.Client, *, timeout_s: float) -> MQTTErrorCode:
+        """One turn of the network loop (what paho's ``loop()`` does), waiting outside ``_net_lock``.
+
+        Waits up to ``timeout_s`` (s) for the socket to be readable (or writable, if bytes wait), or for
+        another thread to wake us; then reads, writes and runs keepalive under the lock.
+        """
+        sock = client.socket()
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        with self._net_lock:
+            want_write = client.want_write()
+        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS bytes already decrypted
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], [sock] if want_write else [], [],
+                                           0.0 if pending else timeout_s)
+        except (TypeError, ValueError, OSError):  # socket closed under us: the connection is gone
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if self._wake_r in readable:
+            try:
+                self._wake_r.recv(4096)
+            except OSError:
+                pass
+        with self._net_lock:
+            if sock in readable or pending:
+                rc = client.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
+                    return rc
+            if client.want_write():
+                rc = client.loop_write()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return rc
+            return client.loop_misc()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -455,8 +524,9 @@ class BoxLink:
         log.info("connected to %s:%d", self.host, self.port)
         self.stats["connects"] += 1
         client.subscribe([(f"{self.prefix}/cmd/+", 1), (schema.topic(self.box_id, "config"), 1)])
-        client.publish(schema.topic(self.box_id, "status"),
-                       schema.encode(self._status_payload(**self._status)), *schema.CHANNELS["status"])
+        qos, retain = schema.CHANNELS["status"]
+        self._send(client, schema.topic(self.box_id, "status"), schema.encode(self._status_payload(**self._status)),
+                   qos=qos, retain=retain)
         if self._discovery:
             self._send_discovery(client)
         self._connected.set()
@@ -533,7 +603,7 @@ class BoxLink:
                                                       error=f"result not JSON: {e}", code="handler_error"))
         client = self._client
         if client is not None and self._connected.is_set():
-            client.publish(response_topic, data, qos=1, properties=props_out)
+            self._send(client, response_topic, data, qos=1, retain=False, properties=props_out)
 
     def _handle_config(self, payload: bytes) -> None:
         if not payload:
