@@ -99,6 +99,23 @@ class BoxSection:
                             "only when it names this box or one of its groups", factory=list)
 
 
+DEFAULT_MONTAGE: tuple[str, ...] = ("Fpz-Cz", "Pz-Cz", "C3-Cz", "C4-Cz", "F3-Cz", "F4-Cz", "O1-Cz", "O2-Cz")
+"""Electrodes of channels 1..8 when ``acquisition.channel_labels`` is empty: each channel's positive input on
+the 10-20 site named first, against the common reference (SRB2) on Cz; channel 1 on Fpz gives Sleep-EDF's
+Fpz-Cz, the derivation the stager is evaluated on. Set ``channel_labels`` when the electrodes sit elsewhere."""
+
+
+def edf_channel_labels(acq: "AcquisitionSection", *, n_channels: int) -> list[str]:
+    """EDF+ signal labels (type and electrodes, e.g. ``"EEG Fpz-Cz"``) for the ``n_channels`` recorded channels.
+
+    The configured ``channel_labels`` when they match the channel count, else :data:`DEFAULT_MONTAGE`.
+    """
+    if acq.channel_labels and len(acq.channel_labels) == n_channels:
+        return [str(label) for label in acq.channel_labels]
+    return [f"EEG {m}" for m in DEFAULT_MONTAGE[:n_channels]] + [f"EEG{i + 1}" for i in
+                                                                  range(len(DEFAULT_MONTAGE), n_channels)]
+
+
 @dataclass(frozen=True)
 class AcquisitionSection:
     """The ADS1299 front end and its SPI/GPIO wiring."""
@@ -114,7 +131,8 @@ class AcquisitionSection:
     drdy_pin: int = _opt(25, doc="BCM pin wired to DRDY (active low)", min=0, max=27)
     ring_capacity_frames: int = _opt(16384, doc="C ring buffer capacity in frames (bounded; overflow is counted)",
                                      min=1024, max=1 << 22)
-    channel_labels: list = _opt(doc="EDF+ labels per channel (empty: EEG1..EEGn)", factory=list)
+    channel_labels: list = _opt(doc="EDF+ labels per channel (empty: the default montage, EEG Fpz-Cz, EEG Pz-Cz...)",
+                                factory=list)
 
 
 @dataclass(frozen=True)
@@ -352,6 +370,11 @@ def _check_cross_fields(cfg: BoxConfig) -> None:
     if a.channel_labels and len(a.channel_labels) != a.channels:
         raise ConfigError("acquisition.channel_labels",
                           f"{len(a.channel_labels)} labels for {a.channels} channels")
+    for i, label in enumerate(a.channel_labels):
+        # an EDF+ signal label is at most 16 printable ASCII characters; the recorder could not start otherwise
+        if not isinstance(label, str) or not label.isascii() or not label.isprintable() or not 0 < len(label) <= 16:
+            raise ConfigError(f"acquisition.channel_labels[{i}]",
+                              f"an EDF+ label is 1 to 16 printable ASCII characters, got {label!r:.40}")
     pins = {"acquisition.drdy_pin": a.drdy_pin, "outputs.light_pin": cfg.outputs.light_pin,
             "outputs.sound_pin": cfg.outputs.sound_pin, "outputs.button_pin": cfg.outputs.button_pin}
     seen: dict[int, str] = {}

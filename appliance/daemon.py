@@ -42,7 +42,7 @@ import numpy as np
 
 from appliance import __version__
 from appliance.ads1299 import uv_per_count_at_gain
-from appliance.config import BoxConfig
+from appliance.config import BoxConfig, edf_channel_labels
 from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
@@ -264,7 +264,7 @@ class Daemon:
             self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
             self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
             if cfg.recording.enabled:
-                labels = cfg.acquisition.channel_labels or [f"EEG{i + 1}" for i in range(self.n_channels)]
+                labels = edf_channel_labels(cfg.acquisition, n_channels=self.n_channels)
                 self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels,
                                                 fs_hz=self.fs_hz, physical_range_uv=cfg.recording.physical_range_uv,
                                                 flush_interval_s=cfg.recording.flush_interval_s, start=self.start)

@@ -226,3 +226,14 @@ def test_a_failed_start_leaves_no_empty_night_folder(tmp_path):
         Daemon(cfg, hardware=hw).run()  # the stage model does not load: the start fails
     assert list_nights(cfg.recording_dir) == []
     assert not cfg.recording_dir.exists() or not any(cfg.recording_dir.iterdir())
+
+
+def test_the_daemon_edf_names_its_electrodes_and_says_its_utc_offset(daemon_night):
+    import edfio
+
+    from appliance.config import DEFAULT_MONTAGE
+
+    edf = edfio.read_edf(daemon_night / "night.edf")
+    labels = [s.label for s in edf.signals]
+    assert labels[0] == "EEG Fpz-Cz" and labels == [f"EEG {m}" for m in DEFAULT_MONTAGE[:len(labels)]]
+    assert any(a.onset == 0 and a.text.startswith("Local time UTC") for a in edf.annotations)
