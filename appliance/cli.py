@@ -2,7 +2,7 @@
 
 Commands::
 
-    bedtime run [--simulate] [--edf FILE | --synthetic] [--speed X] [--config FILE]
+    bedtime run [--simulate] [--edf FILE [--channels A,B] | --synthetic] [--speed X] [--config FILE]
     bedtime selftest [--simulate] [--config FILE]
     bedtime report [NIGHT] [--config FILE] [--json]
     bedtime config check FILE
@@ -72,6 +72,38 @@ def _seed(text: str) -> int:
     return v
 
 
+def _channel_list(text: str) -> list[str | int]:
+    """``--channels C3-A1,O1-A1`` or ``--channels 6,0``: labels or indices, comma-separated."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty signal name in {text!r}")
+    return [int(t) if t.isdigit() else t for t in items]
+
+
+def _check_edf(path: Path, channels: list[str | int] | None) -> str | None:
+    """Why ``--edf PATH [--channels ...]`` cannot be replayed (one line), or None when it can.
+
+    Reads only the header, so a bad file or channel choice is refused before the box starts.
+    """
+    import edfio
+
+    from appliance.ads1299_sim import select_edf_signals
+
+    if not path.is_file():
+        return f"{path}: no such file"
+    try:
+        edf = edfio.read_edf(path, lazy_load_data=True)
+        signals = list(edf.signals)
+    except Exception as e:  # edfio raises several kinds on a malformed header  # noqa: BLE001
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"{path}: not a readable EDF file ({why})"
+    try:
+        select_edf_signals(signals, channels=channels, source=str(path))
+    except ValueError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (tests check the systemd unit's command lines against it)."""
     ap = OneLineParser(prog="bedtime", description="bedtime bedside sleep appliance")
@@ -88,9 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(run)
     run.add_argument("--simulate", action="store_true", help="chip simulator and mock GPIO instead of hardware")
     src = run.add_mutually_exclusive_group()
-    src.add_argument("--edf", type=Path, help="simulate: replay this EDF/EDF+ file through the chip simulator")
+    src.add_argument("--edf", type=Path, help="simulate: replay this EDF/EDF+ file (e.g. a whole PSG) through the "
+                     "chip simulator; its EEG signals are taken by unit and label, the others skipped")
     src.add_argument("--synthetic", action="store_true",
                      help="simulate: synthetic sleep EEG over a real (../shared) or built-in hypnogram (default)")
+    run.add_argument("--channels", type=_channel_list, default=None, metavar="A,B,...",
+                     help="simulate --edf: the signals to replay, by label or 0-based index, in chip-channel order "
+                          "(default: the file's EEG signals, central first)")
     run.add_argument("--hypnogram", type=Path, help="simulate: hypnogram file the synthetic EEG follows")
     run.add_argument("--speed", type=_speed, default=1.0,
                      help="simulate: replay speed, > 0 (600 = 8 h in 48 s; inf = as fast as it runs)")
@@ -168,7 +204,10 @@ def _simulation_source(args: argparse.Namespace, *, seed: int) -> object:
     if args.edf is not None:
         if not args.edf.is_file():
             raise UsageError(f"--edf {args.edf}: {'not a file' if args.edf.exists() else 'no such file'}")
-        return SimulationSource(edf_path=args.edf, seed=seed)
+        problem = _check_edf(args.edf, args.channels)
+        if problem:
+            raise UsageError(f"--edf {problem}")
+        return SimulationSource(edf_path=args.edf, edf_channels=args.channels, seed=seed)
     if args.hypnogram is None:
         return SimulationSource(hypnogram=builtin_hypnogram(), seed=seed)
     from appliance.hypnogram import read_hypnogram
@@ -189,8 +228,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.hardware import open_hardware
     from appliance.pushed_config import PushedConfigStore
 
-    if not args.simulate and (args.edf or args.synthetic or args.hypnogram):
-        raise UsageError("--edf/--synthetic/--hypnogram need --simulate")
+    if not args.simulate and (args.edf or args.synthetic or args.hypnogram or args.channels):
+        raise UsageError("--edf/--channels/--synthetic/--hypnogram need --simulate")
+    if args.channels and args.edf is None:
+        raise UsageError("--channels needs --edf")
     file_cfg = _load(args.config)
     if not args.simulate and not _no_config_file(args.config) and file_cfg.box.id == EXAMPLE_BOX_ID:
         # a box left with the example's id would share its MQTT topics with every other such box (without any
