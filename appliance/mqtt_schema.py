@@ -62,6 +62,12 @@ class SchemaError(ValueError):
 
 # ---- time -----------------------------------------------------------------------------------------
 
+def is_schema_version(v: Any) -> bool:
+    """Whether ``v`` is exactly the integer :data:`SCHEMA_VERSION` (``True`` and ``1.0`` compare equal to 1 in
+    Python, and are not it)."""
+    return type(v) is int and v == SCHEMA_VERSION
+
+
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)
@@ -202,10 +208,12 @@ def decode(data: bytes | str) -> dict:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise SchemaError(f"payload is not JSON: {e}") from e
+    except RecursionError:
+        raise SchemaError("payload nested too deeply") from None
     if not isinstance(obj, dict):
         raise SchemaError("payload must be a JSON object")
-    if obj.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(f"schema must be {SCHEMA_VERSION}, got {obj.get('schema')!r}")
+    if not is_schema_version(obj.get("schema")):
+        raise SchemaError(f"schema must be the integer {SCHEMA_VERSION}, got a {type(obj.get('schema')).__name__}")
     return obj
 
 
@@ -343,8 +351,8 @@ def validate(channel: str, payload: dict) -> dict:
     """Check a decoded box payload against the v1 schema for ``channel``; return it unchanged."""
     if channel not in _REQUIRED:
         raise SchemaError(f"no schema for channel {channel!r}")
-    if payload.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(f"schema must be {SCHEMA_VERSION}")
+    if not is_schema_version(payload.get("schema")):
+        raise SchemaError(f"schema must be the integer {SCHEMA_VERSION}")
     check_box_id(payload.get("box_id"))
     parse_iso_utc(payload.get("time_utc"))
     for name, typ in _REQUIRED[channel].items():

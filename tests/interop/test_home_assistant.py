@@ -32,8 +32,8 @@ import pytest
 from appliance import __version__
 from appliance import homeassistant as ha
 from appliance import mqtt_schema as schema
-from tests.broker import (ACL, USERS, MosquittoBroker, RawRecorder, _die_with_parent, free_port, make_box,
-                          mosquitto_available)
+from tests.broker import (DOCS_MOSQUITTO, FAMILIES, USERS, MosquittoBroker, RawRecorder, _die_with_parent,
+                          free_port, make_box, mosquitto_available)
 
 ROOT = Path(__file__).resolve().parents[2]
 HA_VENV = Path(os.environ.get("BEDTIME_HA_VENV", "build/ha-venv"))
@@ -42,19 +42,16 @@ HA_PYTHON = HA_VENV / "bin" / "python"
 HASS = HA_VENV / "bin" / "hass"
 WS_HELPER = Path(__file__).with_name("ha_ws.py")
 
+# The test broker's families (tests/broker.py): smith owns box-a, jones owns box-b. This family's Home
+# Assistant logs in with the account `bedtime-fleet family-acl` made for smith, which reads box-a only and
+# writes only Home Assistant's birth/will topic (docs/mqtt.md, "A family's Home Assistant").
 BOX, BOX_PW = "box-a", USERS["box-a"]
 OTHER_BOX, OTHER_PW = "box-b", USERS["box-b"]
-FAMILY, FAMILY_PW = "family-smith", "pw-family-smith"
-
-#: What a family's Home Assistant needs on the broker, and nothing more (docs/mqtt.md, "Home Assistant"):
-#: its box's topics and discovery configs, read-only; write only Home Assistant's own birth/will topic.
-FAMILY_ACL = f"""
-# a family's Home Assistant: one box, read-only; it writes only its own birth/last-will topic
-user {FAMILY}
-topic read bedtime/v1/{BOX}/#
-topic read homeassistant/+/{BOX}/#
-topic write {ha.HA_STATUS_TOPIC}
-"""
+FAMILY = "family-smith"
+FAMILY_PW = USERS[FAMILY]
+# The family's phone app needs an account of its own: the broker makes the client id the user name
+# (use_username_as_clientid), so a second login as family-smith would take over Home Assistant's connection.
+PHONE_FAMILY, PHONE_PW = "smith-phone", "pw-smith-phone"
 
 HA_START_S = 420.0  # hass on a loaded 2-core machine: 1-2 min is usual; bounded generously
 ENTITIES = {  # entity id -> (component, object id)
@@ -92,12 +89,16 @@ def until(fn: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.
 
 
 class FamilyBroker(MosquittoBroker):
-    """The test mosquitto with the project's ACL plus one family's Home Assistant account."""
+    """The test mosquitto (shipped ACL and listener options, the test families), plus one more family entry for
+    the smith family's phone app, made by the same generator as every family block."""
 
     def _write_files(self, extra_conf: str) -> None:
-        self.users = {**USERS, FAMILY: FAMILY_PW}
+        from appliance.fleet.broker_acl import family_acl, family_user
+
+        self.users = {**USERS, family_user(PHONE_FAMILY): PHONE_PW}
         super()._write_files(extra_conf)
-        self.acl_file.write_text(ACL + FAMILY_ACL)
+        self.acl_file.write_text(family_acl([*FAMILIES.items(), (PHONE_FAMILY, [BOX])],
+                                            base=(DOCS_MOSQUITTO / "acl.conf").read_text()))
 
 
 class HomeAssistant:
@@ -318,7 +319,7 @@ def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
 
     # A phone app on the family account, showing raw payloads.
     phone = RawRecorder(broker.host, broker.auth_port, [schema.alert_text_topic(BOX), schema.alert_text_topic(OTHER_BOX)],
-                 username=FAMILY, password=FAMILY_PW)
+                        username=f"family-{PHONE_FAMILY}", password=PHONE_PW)
     box = _start_box(world, tail_epochs=1200, speed=30)
 
     # 1. one device, its entities, units and classes (device and entity registries, websocket API)
