@@ -307,6 +307,9 @@ def _start_box(world: dict, *, tail_epochs: int, speed: float) -> subprocess.Pop
 def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
     hass, broker, tmp = world["hass"], world["broker"], world["tmp"]
     print(f"\n[interop] Home Assistant answered after {world['started_s']:.0f} s")
+    # Everything anyone publishes, heard on the test broker's open loopback listener: what did Home Assistant
+    # write? (Boxes write only under their own bedtime/v1/<box>/ and homeassistant/+/<box>/.)
+    wire = RawRecorder(broker.host, broker.port, ["#"])
     _add_mqtt_integration(hass, broker)
 
     # Another family's box on the same broker: this family's Home Assistant must never see it.
@@ -393,6 +396,15 @@ def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
     assert texts[0].split("\n", 1)[1].startswith("Kid's room: a nightmare loop")
     assert not [t for t, _, _ in phone.messages if OTHER_BOX in t]
     phone.close()
+
+    # Home Assistant wrote exactly one thing, with the family account: its birth message.
+    def from_a_box(topic: str) -> bool:
+        parts = topic.split("/")
+        return (parts[:2] == ["bedtime", "v1"] and parts[2:3] in ([BOX], [OTHER_BOX])) or \
+            (parts[0] == "homeassistant" and len(parts) > 3 and parts[2] in (BOX, OTHER_BOX))
+    ha_wrote = {(t, m) for t, m, _ in wire.messages if not from_a_box(t)}
+    assert ha_wrote == {("homeassistant/status", b"online")}, ha_wrote
+    wire.close()
 
     # 4. kill -9: the broker publishes the box's last will, every entity goes unavailable
     assert box.poll() is None, "the box's night ended before the test could pull its plug"
