@@ -120,7 +120,9 @@ def test_the_shipped_model_signed_by_the_cli_rolls_out_canary_then_group(fleet, 
     assert cli.main(["sign", str(DEFAULT_MODEL_PATH), "--version", "s-2026.12", "--key", str(key_file),
                      "--out", str(sig), "--group", "clinic-north"]) == 0
     manifest = json.loads(sig.read_text())
-    assert len(json.dumps(manifest)) > 8_000 and manifest["groups"] == ["clinic-north"]
+    # (the card's size changes with each model; the bound itself is tested at the 11,059 characters the issue
+    # measured in tests/test_mqtt_schema.py::test_update_command_takes_a_model_manifest_with_its_card)
+    assert manifest["groups"] == ["clinic-north"] and manifest["model_card"]["sha256"] == manifest["sha256"]
     boxes = {b: add(b, groups=("clinic-north",) + (("canary",) if b == "c1" else ())) for b in ("c1", "r1", "r2")}
     outsider = add("x1", groups=("clinic-south",))
     payload = DEFAULT_MODEL_PATH.read_bytes()
