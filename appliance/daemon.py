@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import threading
 import time
@@ -41,7 +42,7 @@ import numpy as np
 
 from appliance import __version__
 from appliance.ads1299 import uv_per_count_at_gain
-from appliance.config import BoxConfig
+from appliance.config import BoxConfig, edf_channel_labels
 from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
@@ -164,6 +165,7 @@ class Daemon:
         self._loop_start_index = 0
         self._persist_epochs = 0
         self.breather_enabled = True
+        self._box_state = "online"  # the status last published (recording during a night)
         self.restart_requested = False
         self.ended_by_limit = False
         self._lead_off_channels: frozenset[int] = frozenset()
@@ -199,32 +201,24 @@ class Daemon:
         while self.night_dir.exists():  # two starts within a second (tests, restarts)
             start += dt.timedelta(seconds=1)
             self.night_dir = root / night_id(start)
-        self.night_dir.mkdir(parents=True)
         self.start = start
-        enforce_retention(root, max_nights=cfg.recording.retention_nights,
-                          max_bytes=cfg.recording.retention_max_mb * 1e6, keep=self.night_dir)
-
+        # The night's folder is made only once acquisition runs: a start that fails (no GPIO, no chip, a model
+        # that does not load) must not leave an empty night behind for the report and retention to trip on.
+        self._night_open = False
+        self.recorder = None
         mirror = state / SIM_OUTPUTS_FILE if self.hw.simulated else None
         self.outputs = BoxOutputs(cfg, self.hw.pin_factory, mirror=mirror)  # forced off at start
-        self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
-        self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
-        self.recorder: EdfPlusRecorder | None = None
-        if cfg.recording.enabled:
-            labels = cfg.acquisition.channel_labels or [f"EEG{i + 1}" for i in range(self.n_channels)]
-            self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels, fs_hz=self.fs_hz,
-                                            physical_range_uv=cfg.recording.physical_range_uv,
-                                            flush_interval_s=cfg.recording.flush_interval_s, start=start)
-            self.recorder.annotate(0.0, f"Recording start bedtime {__version__} box {cfg.box.id}")
         report = rep_json = rep_png = None
         try:
             self._build_parts()
             self._install_signal_handlers()
             self.hw.start()
-            self._event("night_started", 0.0, box_name=cfg.box.name, simulated=bool(self.hw.simulated))
+            self._open_night()
+            self._event("night_started", 0.0, box_id=cfg.box.id, box_name=cfg.box.name,
+                        simulated=bool(self.hw.simulated))
             for r in self._start_reports:  # a pushed config this start could not use, and what it fell back to
                 self._event("config_rejected", 0.0, **r)
-            if self.link is not None:
-                self.link.publish_status("recording")
+            self._publish_status("recording")
             self._pipeline_loop()
         except BaseException as e:
             self._fault(f"daemon error: {type(e).__name__}: {e}", self._signal_s())
@@ -237,15 +231,16 @@ class Daemon:
                 self.hw.stop()
             finally:
                 end_s = self._signal_s()
-                self._event("night_ended", end_s)
-                if self.recorder is not None:
-                    self.recorder.close()
-                self._epochs_file.close()
-                report, rep_json, rep_png = self._write_report()
-                self._events_file.close()
+                if self._night_open:
+                    self._event("night_ended", end_s)
+                    if self.recorder is not None:
+                        self.recorder.close()
+                    self._epochs_file.close()
+                    report, rep_json, rep_png = self._write_report()
+                    self._events_file.close()
                 if self.link is not None:
                     try:
-                        self.link.publish_status("idle")
+                        self._publish_status("idle", breather_state="off")
                     except Exception as e:  # the night is recorded; a status that cannot go out waits for next time
                         logger.error("could not publish the idle status: %s", e)
                     if self._own_link:
@@ -260,6 +255,30 @@ class Daemon:
                            cpu_s=time.process_time() - t_cpu0, wall_s=time.monotonic() - t_wall0)
 
     # ---- construction ----------------------------------------------------------------------------
+    def _open_night(self) -> None:
+        """Make the night's folder, its sidecar files and its EDF+ (acquisition has started)."""
+        cfg = self.cfg
+        root = cfg.recording_dir
+        self.night_dir.mkdir(parents=True)
+        try:
+            self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
+            self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
+            if cfg.recording.enabled:
+                labels = edf_channel_labels(cfg.acquisition, n_channels=self.n_channels)
+                self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels,
+                                                fs_hz=self.fs_hz, physical_range_uv=cfg.recording.physical_range_uv,
+                                                flush_interval_s=cfg.recording.flush_interval_s, start=self.start)
+                self.recorder.annotate(0.0, f"Recording start bedtime {__version__} box {cfg.box.id}")
+        except BaseException:
+            for f in (getattr(self, "_epochs_file", None), getattr(self, "_events_file", None)):
+                if f is not None:
+                    f.close()
+            shutil.rmtree(self.night_dir, ignore_errors=True)
+            raise
+        self._night_open = True
+        enforce_retention(root, max_nights=cfg.recording.retention_nights,
+                          max_bytes=cfg.recording.retention_max_mb * 1e6, keep=self.night_dir)
+
     def _build_parts(self) -> None:
         cfg = self.cfg
         p = self.parts
@@ -278,13 +297,18 @@ class Daemon:
         self.link = p.link
         if self.link is None and cfg.mqtt.enabled:
             self.link = make_link(cfg, model_versions={"stager": getattr(self.stager, "sha256", "?")[:12],
-                                                       "loops": getattr(self.loop_detector, "sha256", "?")[:12]})
+                                                       "loops": getattr(self.loop_detector, "sha256", "?")[:12]},
+                                   simulated=bool(self.hw.simulated))
             self._own_link = True
             self._register_link_handlers()
             if self.updates is not None:
                 from appliance.updates import attach_to_link
 
                 attach_to_link(self.updates, self.link)
+        if self.link is not None:
+            # Home Assistant discovery: sent on every (re)connect, so a family's Home Assistant shows the box.
+            self.link.publish_discovery()
+        if self._own_link:
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
@@ -643,6 +667,16 @@ class Daemon:
         st = getattr(self.breather, "state", None)
         return str(getattr(st, "value", st)).lower() if st is not None else "?"
 
+    def _publish_status(self, state: str, *, breather_state: str | None = None) -> None:
+        """The retained status, with the breather's state (``disabled`` when the clinic turned it off), which
+        Home Assistant shows as the box's "Breather" sensor (appliance/homeassistant.py)."""
+        self._box_state = state
+        if self.link is None:
+            return
+        if breather_state is None:
+            breather_state = self._breather_state() if self.breather_enabled else "disabled"
+        self.link.publish_status(state, breather_state=breather_state)
+
     def _check_breather(self, t: float, index: int | None = None) -> None:
         """Turn the breather's state changes into events (for MQTT, the EDF+ annotations and the report)."""
         after = self._breather_state()
@@ -650,6 +684,10 @@ class Daemon:
         if after == before:
             return
         self._breather_last_state = after
+        try:
+            self._publish_status(self._box_state)
+        except Exception as e:  # reporting must never take the night down
+            logger.error("could not publish the breather state: %s", e)
         session_states = ("cue", "light")
         fields: dict[str, Any] = {} if index is None else {"epoch_index": index}
         if after == "cue" and before not in session_states:
@@ -770,6 +808,7 @@ class Daemon:
         if not self.breather_enabled:
             self.breather.stop("disabled by the clinic")
         self._event("breather_enabled" if self.breather_enabled else "breather_disabled", self._signal_s())
+        self._publish_status(self._box_state)
         return {"enabled": self.breather_enabled}
 
     def _cmd_selftest(self, args: dict) -> dict:
@@ -814,15 +853,17 @@ class Daemon:
         ev = {"time_s": round(float(time_s), 3), "kind": kind, **fields}
         with self._events_lock:
             self.events.append(ev)
-            if not self._events_file.closed:
-                self._events_file.write(json.dumps(ev) + "\n")
+            f = getattr(self, "_events_file", None)  # None until the night's folder exists
+            if f is not None and not f.closed:
+                f.write(json.dumps(ev) + "\n")
         if self.recorder is not None and not getattr(self.recorder, "_closed", True):
             detail = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("title",))
             self.recorder.annotate(time_s, f"{kind} {detail}".strip()[:200])
         if self.link is not None and kind not in ("alert",):
             try:
+                # the envelope carries the box id already
                 self.link.publish_event(kind, night_time_s=round(float(time_s), 1),
-                                        **{k: v for k, v in fields.items() if k != "kind"})
+                                        **{k: v for k, v in fields.items() if k not in ("kind", "box_id")})
             except Exception as e:  # reporting must never take the night down
                 logger.error("could not queue event %s: %s", kind, e)
         logger.info("event %s at %.1f s %s", kind, time_s, fields)
@@ -880,7 +921,7 @@ class Daemon:
         night = NightRecord(hypnogram=hyp, live_hypnogram=live, events=list(self.events),
                             quality_ok=np.array([e.quality.ok for e in self.epochs]), quality_flags=flags,
                             counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
-                            start=self.start, box_id=self.cfg.box.id)
+                            start=self.start, box_id=self.cfg.box.id, box_name=self.cfg.box.name)
         try:
             rep, js, _ = write_report(night, self.night_dir, png=False)
         except Exception as e:
@@ -912,8 +953,11 @@ def _render_png_child(night_dir: Path) -> Path | None:
     return night_dir / HYPNOGRAM_PNG
 
 
-def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:
-    """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with our validator."""
+def make_link(cfg: BoxConfig, *, model_versions: dict, simulated: bool = False) -> Any:
+    """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with our validator.
+
+    ``simulated`` (the chip simulator instead of the hardware) is carried by every retained status, the last will
+    included."""
     from appliance.config import validate_config
     from appliance.mqtt import BoxLink, TLSSettings
 
@@ -926,7 +970,7 @@ def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:
     return BoxLink(box_id=cfg.box.id, host=m.host, port=m.port, outbox_path=Path(cfg.box.state_dir) / "outbox.sqlite",
                    tls=tls, username=m.username or None, password=password, firmware_version=__version__,
                    model_versions=model_versions, keepalive_s=m.keepalive_s, config_validator=validate_config,
-                   outbox_max_bytes=int(m.outbox_max_mb * 1024 * 1024))
+                   outbox_max_bytes=int(m.outbox_max_mb * 1024 * 1024), status_fields={"simulated": simulated})
 
 
 def _systemd_notifier() -> Callable[[str], None]:

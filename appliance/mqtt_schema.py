@@ -52,6 +52,9 @@ CHANNELS: dict[str, tuple[int, bool]] = {
 
 STAGE_NAMES = ("W", "N1", "N2", "N3", "REM")
 
+#: The level under ``alert`` where the plain-text copy of each alert goes (:func:`alert_text_topic`).
+ALERT_TEXT_LEVEL = "text"
+
 
 class SchemaError(ValueError):
     """A payload or topic that does not follow the bedtime/v1 schema."""
@@ -127,6 +130,13 @@ def reply_topic(box_id: str, tag: str) -> str:
     if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", tag or ""):
         raise SchemaError(f"invalid reply tag {tag!r}")
     return f"{box_prefix(box_id)}/reply/{tag}"
+
+
+def alert_text_topic(box_id: str) -> str:
+    """``bedtime/v1/<box_id>/alert/text``: each alert again as plain text, for MQTT phone apps that show raw
+    payloads (:func:`alert_text`). Same QoS as ``alert``, never retained (an old alert must not pop up again
+    when an app reconnects)."""
+    return f"{topic(box_id, 'alert')}/{ALERT_TEXT_LEVEL}"
 
 
 def fleet_filter(channel: str) -> str:
@@ -269,6 +279,15 @@ def alert_payload(box_id: str, now: datetime, *, title: str, message: str, sever
     if not isinstance(message, str) or not 0 < len(message) <= 240:
         raise SchemaError("message must be 1-240 characters")
     return envelope(box_id, now, title=title, message=message, severity=severity, **fields)
+
+
+def alert_text(title: str, message: str) -> bytes:
+    """The plain-text copy of an alert: the title, a newline, the message (UTF-8, no JSON).
+
+    For phone apps that show a raw MQTT payload as a notification: the first line is the headline. A line
+    break inside the title would make the message look like a second headline, so it becomes a space.
+    """
+    return f"{' '.join(title.split())}\n{message}".encode()
 
 
 def telemetry_payload(box_id: str, now: datetime, **fields: Any) -> dict:

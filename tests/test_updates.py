@@ -146,6 +146,12 @@ def test_update_command_registered_and_handler(tmp_path, clinic):
 
 
 @pytest.mark.broker
+CONNECT_WAIT_S = 60.0
+"""Longest wait for an MQTT connection and its subscriptions in these tests (a loaded CI machine)."""
+REPLY_WAIT_S = 60.0
+"""Longest wait for a box's reply to an update command (it verifies, applies and health-checks first)."""
+
+
 def test_tampered_update_over_mqtt_refused_and_reported(tmp_path, clinic, broker):
     """Through a real broker: the box's reply says refused and why; the box keeps running the old config."""
     from appliance.fleet.ingest import FleetIngest
@@ -158,16 +164,19 @@ def test_tampered_update_over_mqtt_refused_and_reported(tmp_path, clinic, broker
     link.on_command("update", lambda args: handle_update_command(um, args))
     link.start()
     try:
-        assert link.wait_connected(5)
-        with FleetIngest(broker.host, broker.port, group=None) as ingest:
+        # Every wait is on a condition (connected, subscribed, reply arrived), so a generous bound costs nothing
+        # when the machine is idle and keeps the test honest when it is loaded (it once failed at 5 s).
+        assert link.wait_connected(CONNECT_WAIT_S), "the box did not connect to the broker"
+        with FleetIngest(broker.host, broker.port, group=None).start(wait_s=CONNECT_WAIT_S) as ingest:
             p = config_bytes(30.0)
             ok = ingest.request("box-u1", "update", encode_update_args("config", p, signed(key, p, "config", "c1")),
-                                timeout_s=10)
+                                timeout_s=REPLY_WAIT_S)
             assert ok["ok"] and ok["result"]["state"] == "applied"
             p2 = config_bytes(99.0)
             m2 = signed(key, p2, "config", "c2")
             evil = config_bytes(3599.0)  # payload swapped after signing
-            reply = ingest.request("box-u1", "update", encode_update_args("config", evil, m2), timeout_s=10)
+            reply = ingest.request("box-u1", "update", encode_update_args("config", evil, m2),
+                                   timeout_s=REPLY_WAIT_S)
             assert reply["ok"] and reply["result"]["state"] == "refused"
             assert "sha256" in reply["result"]["reason"]
             assert reply["result"]["running_version"] == "c1"
