@@ -284,7 +284,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Exception as e:
         if choice.source == "box_file" or (daemon is not None and daemon.running):
             raise  # the box's own file, or a failure once running: not the pushed config's doing
-        reason = f"the daemon did not start with it: {type(e).__name__}: {e}"[:400]
+        first = e  # the first failure, not one from cleaning up after it
+        while first.__context__ is not None and isinstance(first.__context__, Exception):
+            first = first.__context__
+        reason = f"the daemon did not start with it: {type(first).__name__}: {first}"[:400]
         store.failed(choice, reason)
         logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], reason)
         _start_again()
