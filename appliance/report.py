@@ -593,6 +593,8 @@ def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None 
         except ValueError:
             pass
     events = _read_jsonl(d / EVENTS_JSONL, _check_event) if (d / EVENTS_JSONL).is_file() else []
+    if start is None:  # a night folder that was renamed or copied: its start event still knows
+        start = next((_parse_iso(e.get("night_start")) for e in events if e.get("kind") == "night_started"), None)
     box_id, box_name = _night_identity(events, saved)
     counters = {k: v for k, v in ((saved or {}).get("signal_quality") or {}).items()
                 if isinstance(v, int) and not isinstance(v, bool)}

@@ -237,3 +237,32 @@ def test_the_daemon_edf_names_its_electrodes_and_says_its_utc_offset(daemon_nigh
     labels = [s.label for s in edf.signals]
     assert labels[0] == "EEG Fpz-Cz" and labels == [f"EEG {m}" for m in DEFAULT_MONTAGE[:len(labels)]]
     assert any(a.onset == 0 and a.text.startswith("Local time UTC") for a in edf.annotations)
+
+
+def test_the_clinics_report_command_returns_the_daemons_report(daemon_night, tmp_path):
+    """The MQTT ``report`` command a clinic sends: the saved report as written, past a failed start's folder."""
+    import shutil
+
+    cfg = box_config(tmp_path, port=None, box_id="other-box")
+    shutil.copytree(daemon_night, cfg.recording_dir / daemon_night.name)
+    (cfg.recording_dir / "20991231T220000Z").mkdir()  # an empty folder an older version left
+    hyp, _ = short_night_with_loop()
+    hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=3), speed=float("inf"))
+    daemon = Daemon(cfg, hardware=hw)
+    daemon.night_dir = cfg.recording_dir / "21000101T000000Z"  # the night being recorded (not reported)
+    rep = daemon._cmd_report({})
+    assert rep == json.loads((daemon_night / REPORT_JSON).read_text())
+    with pytest.raises(ValueError, match="no recording"):
+        daemon._cmd_report({"night": "2099-12-31"})
+
+
+@pytest.mark.parametrize("damage", [b"\x00\xff binary", b'{"schema": 1, "hypnogram": "W"}', b"[1, 2]"])
+def test_a_damaged_report_json_is_not_overwritten(daemon_night, tmp_path, damage):
+    import shutil
+
+    d = tmp_path / daemon_night.name
+    shutil.copytree(daemon_night, d)
+    (d / REPORT_JSON).write_bytes(damage)
+    rc, out, err = _run(["report", str(d), "--config", os.devnull])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and REPORT_JSON in err, err
+    assert (d / REPORT_JSON).read_bytes() == damage
