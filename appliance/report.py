@@ -634,7 +634,8 @@ def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None 
     return NightRecord(hypnogram=hyp, live_hypnogram=hyp, **common)
 
 
-def report_night(night_dir: str | Path, *, progress: Callable[[str], None] | None = None) -> tuple[dict, Path, Path, bool]:
+def report_night(night_dir: str | Path, *,
+                 progress: Callable[[str], None] | None = None) -> tuple[dict, Path, Path, bool]:
     """The morning report of a recorded night, rebuilt only when the daemon did not leave one.
 
     The daemon's own ``report.json`` is the record of the night (its box, its acquisition counters, its

@@ -176,11 +176,18 @@ def test_a_torn_last_line_is_still_reported(tmp_path):
     assert json.loads((d / REPORT_JSON).read_text())["statistics"]["n_epochs"] == 20
 
 
-@pytest.mark.parametrize("make", ["empty_night", "not_a_night", "missing"])
+@pytest.mark.parametrize("make", ["empty_night", "not_a_night", "missing", "garbage_edf", "empty_sidecars"])
 def test_a_folder_without_a_night_is_one_line_exit_2(tmp_path, make):
     d = tmp_path / "20261201T213000Z"
     if make == "empty_night":
         d.mkdir()
+    elif make == "garbage_edf":  # only an EDF+, and not one
+        d.mkdir()
+        (d / "night.edf").write_bytes(b"0       " + bytes(range(256)) * 3)
+    elif make == "empty_sidecars":  # the start got as far as opening its files
+        d.mkdir()
+        (d / EPOCHS_JSONL).write_bytes(b"")
+        (d / EVENTS_JSONL).write_bytes(b"")
     elif make == "not_a_night":
         d = tmp_path / "photos"
         d.mkdir()
