@@ -622,7 +622,8 @@ def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None 
     try:
         anns = read_annotations(edf)
     except Exception as e:  # edfio raises a variety of errors on a damaged header
-        raise NightError(f"{edf}: not a readable EDF+ file ({type(e).__name__}: {str(e)[:80]})") from None
+        detail = "".join(c if c.isascii() and c.isprintable() else "?" for c in str(e))[:80]  # one clean line
+        raise NightError(f"{edf}: not a readable EDF+ file ({type(e).__name__}: {detail})") from None
     stages = sorted((on, ANNOTATION_STAGE[t]) for on, _, t in anns if t in ANNOTATION_STAGE)
     if not stages:
         raise NightError(f"{d}: the recording ended before its first 30-s epoch was scored; nothing to report")
