@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 EXTRAS ?= test,fleet
 
-.PHONY: all venv demo test test-python test-native bench model evaluate system-deps install-pi clean
+.PHONY: all venv ha-venv demo test test-python test-native interop bench model evaluate system-deps install-pi clean
 
 all: test
 
@@ -49,6 +49,27 @@ test-python: venv
 # The C ring buffer and decoder under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-native:
 	$(MAKE) -C native test
+
+# ---- interoperability -------------------------------------------------------------------------
+# A real Home Assistant Core in its own venv (it pins its own paho-mqtt and ~150 packages), cached in
+# build/ (ignored): rebuilt only when its requirement or constraint file changes. 2024.3.x is the last
+# line that runs on Python 3.11.
+HA_VENV  ?= build/ha-venv
+HA_STAMP := $(HA_VENV)/.installed
+HA_REQS  := tests/interop/ha-requirements.txt
+HA_CONS  := tests/interop/ha-constraints.txt
+
+$(HA_STAMP): $(HA_REQS) $(HA_CONS)
+	test -x $(HA_VENV)/bin/python || $(PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(HA_VENV)/bin/python -m pip install -q -r $(HA_REQS) -c $(HA_CONS)
+	touch $@
+
+ha-venv: $(HA_STAMP)
+
+# The box against that Home Assistant over the test mosquitto (tests/interop, not part of `make test`).
+interop: system-deps venv ha-venv
+	BEDTIME_HA_VENV=$(HA_VENV) $(PY) -m pytest -q -p no:cacheprovider tests/interop
 
 # ---- measurement and models ---------------------------------------------------------------------
 bench: system-deps venv

@@ -192,6 +192,8 @@ def build_report(night: NightRecord) -> dict[str, Any]:
         "box_id": night.box_id,
         "box_name": night.box_name,
         "night_start": _iso(night.start),
+        # the chip simulator, not an ADS1299 (from the night_started event): a simulated night never passes for real
+        "simulated": any(bool(e.get("simulated")) for e in night.events if e.get("kind") == "night_started"),
         "generated": _iso(dt.datetime.now(dt.timezone.utc)),
         "statistics": stats,
         "interventions": summarise_interventions(night.events),

@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import logging
 import re
@@ -39,7 +40,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
@@ -51,6 +52,7 @@ from appliance.fleet.signing import SignatureError, load_private_key, parse_mani
 from appliance.fleet.web.bridge import IngestBridge
 from appliance.fleet.web.charts import hypnogram_svg
 from appliance.fleet.web.settings import ConsoleSettings
+from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,9 @@ HERE = Path(__file__).parent
 BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GROUP_RE = re.compile(r"^[a-z0-9_-]{0,32}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_PAYLOAD_BYTES  # what a box accepts; a larger upload could only be refused by every box
+CONFIG_PUSH_LIFETIME_S = 86400
+"""A config pushed from the editor is signed for one box and one day (it is sent at once)."""
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -196,16 +200,20 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     public_pem = Path(settings.public_key_file).read_bytes() if settings.public_key_file else None
 
     housekeeping_stop = threading.Event()
+    trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
 
     def housekeeping() -> None:
-        """Flush coalesced telemetry every second; drop change-feed rows older than a day every 10 min."""
-        last_prune = 0.0
+        """Flush coalesced telemetry every second; every 10 min drop change-feed rows older than a day and
+        login attempts older than ``settings.login_attempts_keep_s``."""
+        last_prune = float("-inf")
         while not housekeeping_stop.wait(bridge.telemetry_flush_s):
             try:
                 bridge.flush()
                 if time.monotonic() - last_prune > 600:
                     last_prune = time.monotonic()
                     db.prune_live_events(utcnow() - dt.timedelta(days=1))
+                    keep_s = max(settings.login_attempts_keep_s, settings.login_window_s)
+                    db.prune_login_attempts(utcnow() - dt.timedelta(seconds=keep_s))
             except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping
                 logger.exception("console housekeeping failed")
 
@@ -283,6 +291,28 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                      "csrf_rejected", request.url.path)
             raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
 
+    def _is_trusted_proxy(host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in trusted_proxies)
+
+    def _remote(request: Request) -> str:
+        """The client's address: the TCP peer, or, when the peer is a configured trusted proxy, the
+        nearest address in ``X-Forwarded-For`` that is not itself a trusted proxy."""
+        peer = request.client.host if request.client else "unknown"
+        if not _is_trusted_proxy(peer):
+            return peer
+        hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not _is_trusted_proxy(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return peer  # garbage from the client side of the proxy: fall back to the proxy
+        return peer
+
     def render(request: Request, name: str, user: auth.User | None, status_code: int = 200, **ctx: Any):
         ctx.update(user=user, csrf=auth.csrf_token(request.session), nav=name.split(".")[0])
         return templates.TemplateResponse(request, name, ctx, status_code=status_code)
@@ -317,7 +347,7 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     def login(request: Request, username: Annotated[str, Form()] = "",
               password: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = ""):
         _csrf(request, csrf_token)
-        remote = request.client.host if request.client else "unknown"
+        remote = _remote(request)
         username, password = username[:64], password[:1024]
         try:
             user = auth.authenticate(db, username, password, remote=remote, policy=policy)
@@ -412,7 +442,8 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         user = _operator(request, f"config:{box_id}")
         _csrf(request, csrf_token)
         box = _box_or_404(box_id)
-        from appliance.config import ConfigError, validate_config
+        from appliance.config import ConfigError
+        from appliance.fleet.configcheck import validate_offline
 
         def again(error: str, status: int = 400):
             return render(request, "config.html", user, status_code=status, box=box, text=config_json, version=version,
@@ -426,9 +457,12 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
         try:
             doc = json.loads(config_json)
-            validate_config(doc)
+            # Never the plain validator here: it would read files the config names on *this* host.
+            validate_offline(doc)
         except json.JSONDecodeError as e:
             return again(f"not valid JSON: {e}")
+        except RecursionError:
+            return again("not valid JSON: nested too deeply")
         except ConfigError as e:
             return again(f"refused by the box's schema: {e}")
         if signing_key is None:
@@ -436,7 +470,9 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         if channel is None:
             return again("not connected to the broker; nothing was sent", 503)
         payload = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-        manifest = sign_bytes(payload, signing_key, kind="config", name=f"{box_id}.json", version=version)
+        # bound to this box, with a short life: it is sent now, and a box refuses it anywhere else or later
+        manifest = sign_bytes(payload, signing_key, kind="config", name=f"{box_id}.json", version=version,
+                              boxes=[box_id], lifetime_s=CONFIG_PUSH_LIFETIME_S)
         push_id = db.add_config_push(box_id, version, doc, user.username)
         db.audit(user.username, "config.pushed", box_id, {"version": version, "sha256": manifest["sha256"],
                                                            "push_id": push_id})
@@ -504,14 +540,16 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             return again("file empty or too large")
         if manifest is not None and manifest.filename:
             try:
-                man = parse_manifest(manifest.file.read(64_000))
+                man = parse_manifest(manifest.file.read(MAX_MANIFEST_CHARS))
             except SignatureError as e:
                 return again(f"signature manifest: {e}")
         elif signing_key is not None:
             version = version.strip()
             if not VERSION_RE.match(version):
                 return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
-            man = sign_bytes(data, signing_key, kind=kind, name=Path(payload.filename).name[:128], version=version)
+            # bound to exactly the boxes of this rollout
+            man = sign_bytes(data, signing_key, kind=kind, name=Path(payload.filename).name[:128], version=version,
+                             boxes=canary_ids + rest_ids)
         else:
             return again("upload the .sig.json manifest from `bedtime-fleet sign` (this console holds no key)")
         if channel is None:
@@ -597,7 +635,15 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
 
     @app.get("/healthz")
     def healthz():
-        return {"ok": True}
+        # Liveness for a load balancer or systemd: 503 when the MQTT ingest's thread is dead, because then
+        # no alert reaches this console however well the web side answers.
+        body: dict[str, Any] = {"ok": True}
+        if ingest is not None and hasattr(ingest, "health"):
+            body["ingest"] = ingest.health()
+            if not body["ingest"]["thread_alive"]:
+                body["ok"] = False
+                return JSONResponse(body, status_code=503)
+        return body
 
     return app
 
