@@ -696,8 +696,19 @@ def format_report(rep: dict) -> str:
         v = s.get(key)
         return "n/a" if v is None else f"{v:.1f} min"
 
+    start = _parse_iso(rep.get("night_start"))
+    local = start.astimezone() if start is not None else None
+
+    def at(t_s: float) -> str:  # clock time (the box's zone) and hours since lights out
+        if local is None:
+            return f"{t_s / 3600:.2f} h"
+        return f"{local + dt.timedelta(seconds=float(t_s)):%H:%M} (+{t_s / 3600:.2f} h)"
+
+    when = f"{local:%a %-d %b %Y, lights out %H:%M %Z}" if local is not None else "(start unknown)"
+    who = f"{rep['box_name']} (box {rep.get('box_id') or '?'})" if rep.get("box_name") else \
+        f"box {rep.get('box_id') or '?'}"
     lines = [
-        f"Night {rep.get('night_start') or '?'}  box {rep.get('box_id') or '?'}",
+        f"Night of {when}  {who}",
         f"  time in bed        {m('time_in_bed_min')}",
         f"  total sleep time   {m('total_sleep_time_min')}",
         f"  sleep efficiency   {s['sleep_efficiency_pct']:.1f} %",
@@ -710,11 +721,13 @@ def format_report(rep: dict) -> str:
     iv = rep["interventions"]
     lines.append(f"  loops detected     {iv['loops_detected']}")
     for sess in iv["breather_sessions"]:
-        lines.append(f"  breather at {sess['start_s'] / 3600:.2f} h: {' -> '.join(sess['steps']) or 'started'}"
+        lines.append(f"  breather at {at(sess['start_s'])}: {' -> '.join(sess['steps']) or 'started'}"
                      f" (outcome: {sess['outcome']})")
-    lines.append(f"  alerts sent        {iv['alerts']}")
+    alert_times = iv.get("alert_times_s") or []
+    lines.append(f"  alerts sent        {iv['alerts']}" + (f", at {', '.join(at(t) for t in alert_times)}"
+                                                          if alert_times else ""))
     for f in iv["faults"]:
-        lines.append(f"  fault at {f['time_s']} s: {f['reason']}")
+        lines.append(f"  fault at {at(f['time_s'] or 0.0)}: {f['reason']}")
     q = rep["signal_quality"]
     if q.get("epochs_ok_pct") is not None:
         lines.append(f"  signal ok          {q['epochs_ok_pct']:.1f} % of epochs; flags {q['flags_epochs']}")
