@@ -740,4 +740,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "png":
         print("usage: python -m appliance.report png NIGHT_DIR", file=sys.stderr)
         sys.exit(2)
-    print(render_png(sys.argv[2]))
+    try:
+        print(render_png(sys.argv[2]))
+    except NightError as e:
+        print(f"appliance.report: {e}", file=sys.stderr)
+        sys.exit(2)
