@@ -522,8 +522,13 @@ class Daemon:
                 epoch_fill += take
                 pos += take
                 self.counters["frames"] += take
-                self._tick_breather()
-                if epoch_fill == self.samples_per_epoch:
+                if epoch_fill < self.samples_per_epoch:
+                    self._tick_breather()
+                else:
+                    # At an epoch boundary the breather first sees the epoch that just ended, then the clock
+                    # reaches the boundary: a session whose light is due at the same second as an epoch staged
+                    # W (or N3, or bad signal) ends instead of turning the light on for an instant.
+                    self._tick_breather(up_to_now=False)
                     need = int(EPOCH_S * MODEL_FS_HZ)
                     ym = np.concatenate(model_buf) if len(model_buf) > 1 else model_buf[0]
                     if len(ym) < need:  # the resampler lags by a few samples at the very start
@@ -535,6 +540,7 @@ class Daemon:
                     self._epoch_done(epoch_raw, ym[:need], end_s=self._signal_s(), frames_lost=epoch_lost,
                                      loff_bits=epoch_loff)
                     epoch_fill = epoch_lost = epoch_loff = 0
+                    self._tick_breather()
             sig_s = self._signal_s()
             if sig_s >= next_telemetry_s:
                 cpu_mark = self._telemetry(sig_s, cpu_mark)
@@ -545,18 +551,21 @@ class Daemon:
         if total_s and self.progress:
             self.progress(self._signal_s(), total_s)
 
-    def _tick_breather(self) -> None:
-        """Tick the breather at every whole second of signal passed since the last tick, then at now."""
+    def _tick_breather(self, *, up_to_now: bool = True) -> None:
+        """Tick the breather at every whole second of signal passed since the last tick, then at now
+        (``up_to_now=False``: only the whole seconds before now, so that an epoch ending now is seen first)."""
         now = self._signal_s()
         t = self._last_tick_s + 1.0
         while t < now:
             self.breather.tick(t)
             self._trace_outputs(t)
+            self._last_tick_s = t
             t += 1.0
-        self.breather.tick(now)
-        self._trace_outputs(now)
-        self._last_tick_s = now
-        self._check_breather(now)
+        if up_to_now:
+            self.breather.tick(now)
+            self._trace_outputs(now)
+            self._last_tick_s = now
+        self._check_breather(self._last_tick_s)
 
     def _trace_outputs(self, t: float) -> None:
         """Keep every change of the light/sound level with its signal time (the report and tests read it), and
