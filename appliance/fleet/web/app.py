@@ -79,7 +79,7 @@ class RequestTooLarge(HTTPException):
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body over a size limit, never reading more than the limit.
+    """ASGI middleware: refuse a request body over a size limit, reading at most one chunk past it.
 
     Nothing is read here: the app reads the body when (and if) it needs it, after its own checks. Then a
     declared ``Content-Length`` over the limit, or a body (chunked) that grows past it, raises
