@@ -2,7 +2,8 @@
 
 SQLAlchemy 2.x Core, so one code path serves the two supported engines:
 
-* SQLite (``sqlite:///var/fleet.db``), the embedded default for a clinic that runs one console;
+* SQLite (:func:`default_database_url`: ``/var/lib/bedtime-clinic/fleet.db``), the embedded default for a
+  clinic that runs one console;
 * PostgreSQL (``postgresql+psycopg://...``), for a clinic that outgrows one machine: several console
   instances share one database and split the MQTT ingest between them through shared subscriptions.
 
@@ -23,6 +24,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -331,6 +333,27 @@ def _upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) ->
     stmt = dialect_insert(table).values(**values)
     changes = {k: stmt.excluded[k] for k in values if k != key}
     conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changes))
+
+
+CLINIC_STATE_DIRNAME = "bedtime-clinic"
+"""Name of the console's state folder (its SQLite database and session key)."""
+
+
+def clinic_state_dir() -> Path:
+    """The console's state folder: ``/var/lib/bedtime-clinic`` for root (a clinic server), else
+    ``$XDG_STATE_HOME/bedtime-clinic`` (by default ``~/.local/state/bedtime-clinic``, a user trying it out).
+
+    Absolute either way, so the database does not depend on the folder the command was started from.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib") / CLINIC_STATE_DIRNAME
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / CLINIC_STATE_DIRNAME
+
+
+def default_database_url() -> str:
+    """``BEDTIME_CONSOLE_DB`` when set, else the SQLite file ``fleet.db`` in :func:`clinic_state_dir`."""
+    return os.environ.get("BEDTIME_CONSOLE_DB") or f"sqlite:///{clinic_state_dir() / 'fleet.db'}"
 
 
 class FleetDB:

@@ -205,6 +205,7 @@ class FleetIngest:
         self._pending: dict[bytes, Future] = {}
         self._connected = threading.Event()
         self._subscribed = threading.Event()
+        self._refused: str | None = None  # the broker's CONNACK reason when it refused us
         self._started = False
         self._thread: threading.Thread | None = None
         self._last_message: float | None = None  # time.monotonic() of the last message received
@@ -227,22 +228,53 @@ class FleetIngest:
         self._client.enable_logger(log)
 
     # ---- life cycle ---------------------------------------------------------------------------
-    def start(self, *, wait_s: float | None = 10.0) -> "FleetIngest":
-        """Connect (in paho's network thread) and, unless ``wait_s`` is None, wait until subscribed."""
+    def start(self, *, wait_s: float | None = 10.0, fail_fast: bool = False) -> "FleetIngest":
+        """Connect (in paho's network thread) and, unless ``wait_s`` is None, wait until subscribed.
+
+        Parameters
+        ----------
+        wait_s : float or None
+            Seconds to wait for the subscriptions; None returns at once (paho keeps trying in the background,
+            as a long-running console wants).
+        fail_fast : bool
+            Connect synchronously and give up at the first refusal (TCP or CONNACK) instead of waiting out
+            ``wait_s``: what a one-shot command line wants.
+
+        Raises
+        ------
+        ConnectionError
+            One line: the broker's address and why.
+        """
         if self._started:
             return self
         self._started = True
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
         props.MaximumPacketSize = self.max_packet_bytes
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s,
-                                   clean_start=not self.persistent, properties=props)
+        where = f"{self.host}:{self.port}"
+        if fail_fast:
+            try:
+                self._client.connect(self.host, self.port, keepalive=self.keepalive_s,
+                                     clean_start=not self.persistent, properties=props)
+            except (OSError, ssl.SSLError) as e:
+                raise ConnectionError(f"cannot reach the broker at {where}: "
+                                      f"{getattr(e, 'strerror', None) or e}") from None
+        else:
+            self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s,
+                                       clean_start=not self.persistent, properties=props)
         self._client.loop_start()
         # paho keeps its network thread private; hold on to it so health() can tell whether it still runs.
         self._thread = getattr(self._client, "_thread", None)
-        if wait_s is not None and not self._subscribed.wait(wait_s):
-            self.stop()
-            raise ConnectionError(f"could not connect and subscribe to {self.host}:{self.port} in {wait_s} s")
+        if wait_s is None:
+            return self
+        deadline = time.monotonic() + wait_s
+        while not self._subscribed.wait(0.05):
+            if fail_fast and self._refused is not None:
+                self.stop()
+                raise ConnectionError(f"the broker at {where} refused the connection: {self._refused}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ConnectionError(f"could not connect and subscribe to {where} in {wait_s} s")
         return self
 
     def stop(self) -> None:
@@ -346,6 +378,7 @@ class FleetIngest:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = str(reason_code)
             log.error("broker refused the fleet console: %s", reason_code)
             return
         set_tcp_nodelay(client)

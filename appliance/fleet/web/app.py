@@ -52,6 +52,7 @@ from appliance.fleet.signing import SignatureError, load_private_key, parse_mani
 from appliance.fleet.web.bridge import IngestBridge
 from appliance.fleet.web.charts import hypnogram_svg
 from appliance.fleet.web.settings import ConsoleSettings
+from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ HERE = Path(__file__).parent
 BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GROUP_RE = re.compile(r"^[a-z0-9_-]{0,32}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_PAYLOAD_BYTES  # what a box accepts; a larger upload could only be refused by every box
+CONFIG_PUSH_LIFETIME_S = 86400
+"""A config pushed from the editor is signed for one box and one day (it is sent at once)."""
 #: Largest request body for everything but a rollout upload, bytes (the config editor sends <= 200k chars).
 MAX_FORM_BYTES = 1024 * 1024
 #: Last-Event-ID / ``after``: a live_events row id (a 64-bit integer), plain ASCII digits only.
@@ -518,7 +521,9 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         if channel is None:
             return again("not connected to the broker; nothing was sent", 503)
         payload = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-        manifest = sign_bytes(payload, signing_key, kind="config", name=f"{box_id}.json", version=version)
+        # bound to this box, with a short life: it is sent now, and a box refuses it anywhere else or later
+        manifest = sign_bytes(payload, signing_key, kind="config", name=f"{box_id}.json", version=version,
+                              boxes=[box_id], lifetime_s=CONFIG_PUSH_LIFETIME_S)
         push_id = db.add_config_push(box_id, version, doc, user.username)
         db.audit(user.username, "config.pushed", box_id, {"version": version, "sha256": manifest["sha256"],
                                                            "push_id": push_id})
@@ -606,14 +611,16 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             return again("file empty or too large")
         if manifest is not None and manifest.filename:
             try:
-                man = parse_manifest(manifest.file.read(64_000))
+                man = parse_manifest(manifest.file.read(MAX_MANIFEST_CHARS))
             except SignatureError as e:
                 return again(f"signature manifest: {e}")
         elif signing_key is not None:
             version = version.strip()
             if not VERSION_RE.match(version):
                 return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
-            man = sign_bytes(data, signing_key, kind=kind, name=Path(payload.filename).name[:128], version=version)
+            # bound to exactly the boxes of this rollout
+            man = sign_bytes(data, signing_key, kind=kind, name=Path(payload.filename).name[:128], version=version,
+                             boxes=canary_ids + rest_ids)
         else:
             return again("upload the .sig.json manifest from `bedtime-fleet sign` (this console holds no key)")
         if channel is None:

@@ -6,6 +6,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.fleet.db import default_database_url
+
 
 @dataclass
 class ConsoleSettings:
@@ -55,7 +57,7 @@ class ConsoleSettings:
         Login attempts older than this are deleted (the rate limit needs only its window), seconds.
     """
 
-    database_url: str = "sqlite:///var/fleet.db"
+    database_url: str = field(default_factory=default_database_url)
     secret_key: str | None = None
     secret_key_file: Path | None = None
     https_only: bool = True
