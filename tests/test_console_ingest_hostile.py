@@ -296,3 +296,26 @@ def test_the_broker_never_sends_the_console_a_packet_over_its_limit(broker, tmp_
             c.disconnect()
             c.loop_stop()
         ingest.stop()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(payload=hostile_payloads)
+def test_a_hostile_reply_to_a_pending_command_fails_that_command_only(payload):
+    from concurrent.futures import Future
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    ingest = FleetIngest("127.0.0.1", 1, group=None)
+    corr = b"0123456789abcdef"
+    fut: Future = Future()
+    ingest._pending[corr] = fut  # what request() registers before it publishes the command
+    m = message(f"{schema.TOPIC_PREFIX}/box-b/reply/{ingest.reply_tag}", payload)
+    m.properties = Properties(PacketTypes.PUBLISH)
+    m.properties.CorrelationData = corr
+    ingest._client.on_message(ingest._client, None, m)  # must not raise
+    assert fut.done()
+    if fut.exception() is None:
+        assert isinstance(fut.result(), dict)  # a decodable v1 object: the caller checks the rest
+    else:
+        assert isinstance(fut.exception(), schema.SchemaError)
