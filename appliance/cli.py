@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -203,6 +204,15 @@ def builtin_hypnogram():
     return np.array(night, dtype=np.int8)
 
 
+def _start_again() -> None:
+    """Replace this process by a fresh start of the same command line (same PID, so systemd counts no restart):
+    a failed start's memory, threads and open devices all go with the old image."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, list(sys.orig_argv))
+
+
 def _simulation_source(args: argparse.Namespace, *, seed: int) -> object:
     """What the simulated chip plays, read and checked now so that a bad file is a one-line refusal."""
     from appliance.hardware import SimulationSource
@@ -258,41 +268,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The clinic's pushed config (if any) over the box's own file: tried once, kept as the last known good one
     # once the daemon runs with it; a start that fails with it falls back by itself (appliance.pushed_config).
     store = PushedConfigStore(file_cfg.box.state_dir)
-    failed_here: list[dict] = []
-    while True:
-        choice = store.choose(file_cfg)
-        for r in failed_here:
-            r["fallback"] = choice.source
-        cfg = choice.config
-        if choice.source != "box_file":
-            logger.info("starting with the clinic's pushed config (%s, %s)", choice.source, choice.sha256[:12])
-        daemon = None
+    choice = store.choose(file_cfg)
+    cfg = choice.config
+    if choice.source != "box_file":
+        logger.info("starting with the clinic's pushed config (%s, %s)", choice.source, choice.sha256[:12])
+    daemon = None
+    try:
         try:
-            try:
-                hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
-            except (OSError, ValueError) as e:
-                if args.edf is None:
-                    raise
-                raise UsageError(f"--edf {args.edf}: not a readable EDF/EDF+ recording ({one_line(e)})") from None
-            hours = args.hours if args.hours else cfg.recording.max_night_hours
-            daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600, file_config=file_cfg,
-                            on_running=lambda choice=choice: store.started(choice),
-                            start_reports=failed_here + choice.rejected)
-            result = daemon.run()
-        except UsageError:
-            raise  # the command line's fault, whatever the config
-        except Exception as e:
-            if choice.source == "box_file" or (daemon is not None and daemon.running):
-                raise  # the box's own file, or a failure once running: not the pushed config's doing
-            reason = f"the daemon did not start with it: {type(e).__name__}: {e}"[:400]
-            logger.error("pushed config (%s) %s; falling back", choice.sha256[:12], reason)
-            store.failed(choice, reason)
-            failed_here.append({"config_version": choice.version or None, "config_sha256": choice.sha256,
-                                "error": reason})
-            continue
-        if not daemon.running:
-            store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config
-        break
+            hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
+        except (OSError, ValueError) as e:
+            if args.edf is None:
+                raise
+            raise UsageError(f"--edf {args.edf}: not a readable EDF/EDF+ recording ({one_line(e)})") from None
+        hours = args.hours if args.hours else cfg.recording.max_night_hours
+        daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600, file_config=file_cfg,
+                        on_running=lambda: store.started(choice), start_reports=choice.rejected)
+        result = daemon.run()
+    except UsageError:
+        store.trying.unlink(missing_ok=True)
+        raise  # the command line's fault, whatever the config
+    except Exception as e:
+        if choice.source == "box_file" or (daemon is not None and daemon.running):
+            raise  # the box's own file, or a failure once running: not the pushed config's doing
+        first = e  # the first failure, not one from cleaning up after it
+        while first.__context__ is not None and isinstance(first.__context__, Exception):
+            first = first.__context__
+        reason = f"the daemon did not start with it: {type(first).__name__}: {first}"[:400]
+        store.failed(choice, reason)
+        logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], reason)
+        _start_again()
+    if not daemon.running:
+        store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config
     print(f"night recorded in {result.night_dir}")
     if result.edf_path:
         print(f"  EDF+:   {result.edf_path}")

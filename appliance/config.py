@@ -498,6 +498,7 @@ def load_config(path: str | Path) -> BoxConfig:
 
 LOCAL_ONLY_KEYS: dict[str, frozenset[str] | None] = {
     "box": frozenset({"id", "state_dir", "groups"}),
+    "hardware": None,
     "mqtt": None,
     "updates": None,
     "outputs": None,
@@ -508,7 +509,8 @@ LOCAL_ONLY_KEYS: dict[str, frozenset[str] | None] = {
 }
 """Keys only the box's own file sets (``None``: the whole section). A configuration the clinic pushes over MQTT
 never sets them: they name files the box would read or write (keys, passwords, certificates, models, the
-recording folder), say who the box is and where its broker is, or wire its GPIO pins. A pushed value for one
+recording folder), say who the box is and where its broker is, wire its GPIO pins, or choose real hardware over
+the simulator (a pushed ``hardware.simulate`` would leave a child unwatched). A pushed value for one
 is ignored (and reported as ignored), never validated, opened or used."""
 
 
