@@ -34,6 +34,10 @@ from appliance.config import (DEFAULT_CONFIG_PATH, EXAMPLE_BOX_ID, BoxConfig, Co
 
 logger = logging.getLogger("bedtime")
 
+EX_NEXT_NIGHT = 75
+"""EX_TEMPFAIL: the night ended (max_night_hours) or the clinic asked for a restart; the unit's
+RestartForceExitStatus=75 starts the daemon again, and with it the next night."""
+
 
 class UsageError(Exception):
     """Bad input on the command line, found before anything is written: ``main`` prints it in one line and
@@ -138,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(st)
     st.add_argument("--simulate", action="store_true", help="run against the chip simulator and mock GPIO")
     st.add_argument("--no-broker", action="store_true", help="skip the broker check")
+    st.add_argument("--speed", type=float, default=None,
+                    help="simulate: chip simulator speed, x real time (default 4; lower under emulation)")
 
     rp = sub.add_parser("report", help="show (and rebuild) the morning report of a night")
     with_config(rp)
@@ -300,7 +306,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  report: {result.report_json}\n  PNG:    {result.report_png}")
     # EX_TEMPFAIL: the clinic asked for a restart, or a box's night reached recording.max_night_hours;
     # systemd's Restart=on-failure starts the daemon again, and with it the next night
-    return 75 if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours) else 0
+    if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours):
+        # systemd logs a SuccessExitStatus= exit only at debug level: say it here, for the journal
+        logger.info("exiting with status %d (%s): systemd starts the next night", EX_NEXT_NIGHT,
+                    "restart requested" if daemon.restart_requested else "recording.max_night_hours reached")
+        return EX_NEXT_NIGHT
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -416,9 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "selftest":
             from appliance.selftest import main_selftest
 
+            from appliance.selftest import SIM_SELFTEST_SPEED
+
             cfg = _load(args.config)
+            speed = args.speed if args.speed is not None else SIM_SELFTEST_SPEED
+            if not (0.05 <= speed <= 100.0):
+                print(f"bedtime selftest: --speed {speed} is outside 0.05..100", file=sys.stderr)
+                return 2
             return main_selftest(cfg, simulate=args.simulate or cfg.hardware.simulate,
-                                 check_broker=not args.no_broker)
+                                 check_broker=not args.no_broker, sim_speed=speed)
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "config":

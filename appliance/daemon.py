@@ -215,7 +215,7 @@ class Daemon:
             self.hw.start()
             self._open_night()
             self._event("night_started", 0.0, box_id=cfg.box.id, box_name=cfg.box.name,
-                        simulated=bool(self.hw.simulated))
+                        night_start=self.start.strftime("%Y-%m-%dT%H:%M:%SZ"), simulated=bool(self.hw.simulated))
             for r in self._start_reports:  # a pushed config this start could not use, and what it fell back to
                 self._event("config_rejected", 0.0, **r)
             self._publish_status("recording")
@@ -793,15 +793,23 @@ class Daemon:
 
     def _cmd_report(self, args: dict) -> dict:
         from appliance.recorder import list_nights
-        from appliance.report import build_report, load_night
+        from appliance.report import NightError, build_report, load_night, read_saved_report
 
         night = args.get("night", "latest")
         nights = [n for n in list_nights(self.cfg.recording_dir) if n != self.night_dir]
         if night != "latest":
             nights = [n for n in nights if n.name.startswith(night.replace("-", ""))]
-        if not nights:
-            raise ValueError(f"no finished night {night!r} on this box")
-        return build_report(load_night(nights[-1]))
+        for d in reversed(nights):
+            # the report the daemon wrote that morning is the record; a night without one is rebuilt, and a
+            # folder without a recording (a failed start of an older version) is passed over for "latest"
+            try:
+                saved = read_saved_report(d)
+                return saved if saved is not None else build_report(load_night(d))
+            except NightError as e:
+                if night != "latest":
+                    raise ValueError(str(e)) from None
+                logger.warning("report command: skipping %s: %s", d.name, e)
+        raise ValueError(f"no finished night {night!r} with a recording on this box")
 
     def _cmd_set_breather(self, args: dict) -> dict:
         self.breather_enabled = bool(args["enabled"])

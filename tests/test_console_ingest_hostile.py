@@ -272,3 +272,26 @@ def test_a_box_cannot_put_itself_in_a_rollout_group(tmp_path):
     bridge.on_status("box-b", _valid("status", "box-b") | {"group": "canary"})
     assert db.get_box("box-b")["group_name"] == "ward3"
     db.close()
+
+
+@pytest.mark.broker
+def test_the_broker_never_sends_the_console_a_packet_over_its_limit(broker, tmp_path):
+    """MQTT v5 Maximum Packet Size: an oversized message is dropped by the broker, never read here."""
+    alerts = []
+    ingest = FleetIngest(broker.host, broker.auth_port, username="fleet", password=broker.users["fleet"],
+                         group=None, max_packet_bytes=512 * 1024,
+                         on_alert=lambda b, p: alerts.append((b, p["seq"]))).start()
+    hostile, box_a = _client(broker, "box-b"), _client(broker, "box-a")
+    try:
+        big = json.dumps(_valid("alert", "box-b", 1) | {"pad": "x" * (2 * 1024 * 1024)}).encode()
+        hostile.publish(f"{schema.TOPIC_PREFIX}/box-b/alert", big, qos=1).wait_for_publish(10)
+        box_a.publish(f"{schema.TOPIC_PREFIX}/box-a/alert", json.dumps(_valid("alert", "box-a", 1)),
+                      qos=1).wait_for_publish(10)
+        wait_for(lambda: alerts, 20)
+        assert alerts == [("box-a", 1)] and ingest.stats["received"] == 1  # the 2 MB one never arrived
+        assert ingest.health()["thread_alive"]
+    finally:
+        for c in (hostile, box_a):
+            c.disconnect()
+            c.loop_stop()
+        ingest.stop()
