@@ -115,6 +115,11 @@ class NightRecord:
         Acquisition counters (frames dropped, corrupt, DRDY stalls...).
     start : datetime.datetime or None
         UTC start of the recording.
+    box_id : str
+        The box's id.
+    audit_head : dict or None
+        The breather audit log's head when the report was written (``seq``, ``hash``, ``records``,
+        ``first``): a copy of it out of the box's reach lets ``bedtime audit verify`` catch a truncation.
     """
 
     hypnogram: np.ndarray
@@ -125,6 +130,7 @@ class NightRecord:
     counters: dict = field(default_factory=dict)
     start: dt.datetime | None = None
     box_id: str = ""
+    audit_head: dict | None = None
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -179,6 +185,8 @@ def build_report(night: NightRecord) -> dict[str, Any]:
         "signal_quality": quality,
         "hypnogram": [int(s) for s in night.hypnogram],
     }
+    if night.audit_head is not None:
+        rep["audit_head"] = dict(night.audit_head)
     if night.live_hypnogram is not None:
         live = np.asarray(night.live_hypnogram)
         n = min(len(live), len(night.hypnogram))
