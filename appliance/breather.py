@@ -71,8 +71,10 @@ class Breather:
         :meth:`on_epoch` instead; the latest time passed is then used.
     on_escalate : callable or None
         Called with a dict (night session number, epoch index, P(loop), reason) when a session ends with
-        the loop still under way; the MQTT layer sends the parent's alert from it. Its errors are logged,
-        never allowed to keep outputs on.
+        the loop still under way. The breather knows nothing of MQTT: the daemon passes its own
+        ``Daemon._on_escalate``, which writes the parent's alert (title, message, P(loop)) and publishes it with
+        ``BoxLink.publish_alert`` (QoS 1, through the persistent outbox). Its errors are logged, never allowed
+        to keep outputs on.
     """
 
     def __init__(self, *, light: BedsideLight, speaker: Speaker, button: OkButton | None, config: BreatherConfig,

@@ -8,7 +8,11 @@ What a box says and hears (the topic schema is in :mod:`appliance.mqtt_schema` a
   next epoch supersedes).
 - ``event``, ``alert`` and ``report`` (QoS 1): written to the SQLite :class:`~appliance.outbox.Outbox`
   first, then published oldest first and deleted on PUBACK, so nothing is lost while the network or
-  broker is down, and everything arrives in order once it is back.
+  broker is down, and everything arrives in order once it is back. Each alert is preceded by its
+  plain-text copy on ``alert/text`` (made from the outbox row when it is sent) for phone apps that show
+  raw payloads.
+- Home Assistant discovery (retained, :mod:`appliance.homeassistant`): after :meth:`BoxLink.publish_discovery`,
+  sent on every connect, before the outbox is pumped.
 - ``cmd/<name>``: validated by :mod:`appliance.commands`; replies go to the MQTT v5 response topic with
   the request's correlation data.
 - ``config`` (retained, set by the clinic): validated with the daemon's ``config_validator``; refused
@@ -64,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: QoS 1 messages in flight at once (paho's and mosquitto's default window).
 INFLIGHT_WINDOW = 20
+MAX_CONFIG_BYTES = 256 * 1024
+"""Largest retained config message the box parses (a full configuration is ~3 kB)."""
 
 #: Alerts held in memory when even the full-disk outbox cannot store them (oldest go first beyond this).
 MEMORY_ALERTS_MAX = 1000
@@ -139,8 +145,12 @@ class BoxLink:
                  config_validator: Callable[[dict], object] | None = None,
                  clock: Callable[[], datetime] = schema.utc_now,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 60.0,
-                 outbox_max_rows: int = 10_000, outbox_max_bytes: int = 8 * 1024 * 1024) -> None:
+                 outbox_max_rows: int = 10_000, outbox_max_bytes: int = 8 * 1024 * 1024,
+                 status_fields: dict | None = None) -> None:
         self.box_id = schema.check_box_id(box_id)
+        # carried by every status, the last will included (e.g. simulated=True: a simulated box never passes
+        # for a real one, even when it has dropped off)
+        self.status_fields = dict(status_fields or {})
         self.host, self.port = host, int(port)
         self.tls, self.username, self.password = tls, username, password
         self.firmware_version = firmware_version
@@ -155,6 +165,7 @@ class BoxLink:
         self._commands: dict[str, Callable[[dict], dict]] = {"ping": self._ping}
         self._config_handler: Callable[[object], object] | None = None
         self._last_config_digest: str | None = None
+        self.incoming_config_version: str | None = None
         self.config_version: str | None = None
         self._status: dict[str, Any] = {"state": "online"}
         self._discovery = False
@@ -313,7 +324,7 @@ class BoxLink:
         except sqlite3.Error as e:  # a broken outbox must not also silence the status
             log.error("outbox depth unknown: %s", e)
             depth = None
-        extra = {"config_version": self.config_version, "outbox_depth": depth}
+        extra = {"config_version": self.config_version, "outbox_depth": depth, **self.status_fields}
         problem = self.outbox_problem() if state != "offline" else None
         if problem is not None:
             extra["outbox_problem"] = problem
@@ -406,8 +417,11 @@ class BoxLink:
             if client is None or not self._connected.is_set():
                 return
             room = INFLIGHT_WINDOW - len(self._inflight)
+            alert_topic = schema.topic(self.box_id, "alert")
             if room > 0:
                 for row in self.outbox.peek(after_row_id=self._last_sent_row, limit=room):
+                    if row.topic == alert_topic:
+                        self._publish_alert_text(client, row.payload, qos=row.qos)
                     info = self._send(client, row.topic, row.payload, qos=row.qos, retain=row.retain)
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         return  # connection going down; the next session re-sends from the outbox
@@ -416,6 +430,8 @@ class BoxLink:
                     room -= 1
             while room > 0 and self._memory_alerts:
                 item = self._memory_alerts.popleft()
+                if item[0] == alert_topic:
+                    self._publish_alert_text(client, item[1], qos=item[2])
                 info = self._send(client, item[0], item[1], qos=item[2], retain=item[3])
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self._memory_alerts.appendleft(item)
@@ -426,6 +442,22 @@ class BoxLink:
         if problem != self._reported_problem and self._connected.is_set():
             self._reported_problem = problem  # the status says what is wrong (and when it is over)
             self.publish_status(**self._status)
+
+    def _publish_alert_text(self, client: paho.Client, payload: bytes, *, qos: int) -> None:
+        """Publish an outbox alert's plain-text copy, just *before* the alert itself.
+
+        Why no outbox row of its own: it would double the rows (and halve the alerts) the outbox's bounds
+        hold. Why before: the broker handles one connection's packets in order, so once the alert's PUBACK
+        arrives (and its row is deleted) the copy has reached the broker too; if the connection dies first,
+        both are sent again from the outbox. At least once, like the alert.
+        """
+        try:
+            alert = schema.decode(payload)
+            text = schema.alert_text(alert["title"], alert["message"])
+        except (schema.SchemaError, KeyError, TypeError) as e:  # alerts are written by publish_alert: never here
+            log.error("an outbox alert has no title/message for its text copy: %s", e)
+            return
+        self._send(client, schema.alert_text_topic(self.box_id), text, qos=qos, retain=False)
 
     def _send_discovery(self, client: paho.Client | None) -> None:
         if client is None:
@@ -604,11 +636,11 @@ class BoxLink:
             if topic == schema.topic(self.box_id, "config"):
                 self._handle_config(payload)
             elif topic.startswith(f"{self.prefix}/cmd/"):
-                self._handle_command(topic.rsplit("/", 1)[1], payload, props)
+                self._handle_command(topic.rsplit("/", 1)[1], payload, props, retained=retained)
         except Exception:  # a handler bug must never kill the command thread
             log.exception("error handling %s", topic)
 
-    def _handle_command(self, name: str, payload: bytes, props: Properties | None) -> None:
+    def _handle_command(self, name: str, payload: bytes, props: Properties | None, *, retained: bool = False) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         if not (isinstance(response_topic, str) and response_topic.startswith(f"{self.prefix}/reply/")):
@@ -616,7 +648,11 @@ class BoxLink:
             # silently dropped by the broker, so answer on the default reply topic instead.
             response_topic = f"{self.prefix}/reply/{name if re.fullmatch(r'[a-z][a-z0-9_]{0,31}', name) else 'invalid'}"
         try:
-            args = cmds.parse_command(name, payload)
+            if retained:
+                # A command kept by the broker would run again at every connect (a retained restart: a restart
+                # loop); commands are one-off, so a retained one is refused.
+                raise cmds.CommandError("bad_payload", "retained command refused: commands are never retained")
+            args = cmds.parse_command(name, payload, now=self.clock())
             handler = self._commands.get(name)
             if handler is None:
                 raise cmds.CommandError("unknown_command", f"command {name!r} is not supported by this box")
@@ -648,6 +684,12 @@ class BoxLink:
         if not payload:
             return  # the retained config was cleared; keep running with what we have
         digest = hashlib.sha256(payload).hexdigest()
+        if len(payload) > MAX_CONFIG_BYTES:
+            if digest != self._last_config_digest:
+                self._last_config_digest = digest
+                self.publish_event("config_rejected", config_version=None, config_sha256=digest,
+                                   error=f"config message of {len(payload)} bytes; at most {MAX_CONFIG_BYTES}")
+            return
         if digest == self._last_config_digest:
             return  # the same retained config, redelivered on reconnect
         self._last_config_digest = digest
@@ -661,21 +703,23 @@ class BoxLink:
             config = env["config"]
             validated = self.config_validator(config) if self.config_validator is not None else config
         except Exception as e:
-            log.warning("config %s refused: %s", version, e)
-            self.publish_event("config_rejected", config_version=version if isinstance(version, str) else None,
-                               config_sha256=digest, error=f"{type(e).__name__}: {e}")
+            error = cmds.clip(f"{type(e).__name__}: {e}", 400)
+            version = version[:64] if isinstance(version, str) else None
+            log.warning("config %s refused: %s", version, error)
+            self.publish_event("config_rejected", config_version=version, config_sha256=digest, error=error)
             return
         if self._config_handler is None:
             # Valid, but nothing on this box would apply it: say so rather than claim it was applied.
             self.publish_event("config_rejected", config_version=version, config_sha256=digest,
                                error="this box applies no pushed configuration (no config handler)")
             return
+        self.incoming_config_version = version  # for the handler: the version of the config it is given
         try:
             self._config_handler(validated)
         except Exception as e:
             log.exception("config handler failed")
             self.publish_event("config_rejected", config_version=version, config_sha256=digest,
-                               error=f"handler failed: {type(e).__name__}: {e}")
+                               error=cmds.clip(f"handler failed: {type(e).__name__}: {e}", 400))
             return
         self.config_version = version
         self.publish_event("config_applied", config_version=version, config_sha256=digest)

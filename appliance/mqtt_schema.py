@@ -52,12 +52,21 @@ CHANNELS: dict[str, tuple[int, bool]] = {
 
 STAGE_NAMES = ("W", "N1", "N2", "N3", "REM")
 
+#: The level under ``alert`` where the plain-text copy of each alert goes (:func:`alert_text_topic`).
+ALERT_TEXT_LEVEL = "text"
+
 
 class SchemaError(ValueError):
     """A payload or topic that does not follow the bedtime/v1 schema."""
 
 
 # ---- time -----------------------------------------------------------------------------------------
+
+def is_schema_version(v: Any) -> bool:
+    """Whether ``v`` is exactly the integer :data:`SCHEMA_VERSION` (``True`` and ``1.0`` compare equal to 1 in
+    Python, and are not it)."""
+    return type(v) is int and v == SCHEMA_VERSION
+
 
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
@@ -121,6 +130,13 @@ def reply_topic(box_id: str, tag: str) -> str:
     if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", tag or ""):
         raise SchemaError(f"invalid reply tag {tag!r}")
     return f"{box_prefix(box_id)}/reply/{tag}"
+
+
+def alert_text_topic(box_id: str) -> str:
+    """``bedtime/v1/<box_id>/alert/text``: each alert again as plain text, for MQTT phone apps that show raw
+    payloads (:func:`alert_text`). Same QoS as ``alert``, never retained (an old alert must not pop up again
+    when an app reconnects)."""
+    return f"{topic(box_id, 'alert')}/{ALERT_TEXT_LEVEL}"
 
 
 def fleet_filter(channel: str) -> str:
@@ -192,10 +208,12 @@ def decode(data: bytes | str) -> dict:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise SchemaError(f"payload is not JSON: {e}") from e
+    except RecursionError:
+        raise SchemaError("payload nested too deeply") from None
     if not isinstance(obj, dict):
         raise SchemaError("payload must be a JSON object")
-    if obj.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(f"schema must be {SCHEMA_VERSION}, got {obj.get('schema')!r}")
+    if not is_schema_version(obj.get("schema")):
+        raise SchemaError(f"schema must be the integer {SCHEMA_VERSION}, got a {type(obj.get('schema')).__name__}")
     return obj
 
 
@@ -263,6 +281,15 @@ def alert_payload(box_id: str, now: datetime, *, title: str, message: str, sever
     return envelope(box_id, now, title=title, message=message, severity=severity, **fields)
 
 
+def alert_text(title: str, message: str) -> bytes:
+    """The plain-text copy of an alert: the title, a newline, the message (UTF-8, no JSON).
+
+    For phone apps that show a raw MQTT payload as a notification: the first line is the headline. A line
+    break inside the title would make the message look like a second headline, so it becomes a space.
+    """
+    return f"{' '.join(title.split())}\n{message}".encode()
+
+
 def telemetry_payload(box_id: str, now: datetime, **fields: Any) -> dict:
     """``telemetry``: signal quality, impedance, frame counters, CPU, temperature.
 
@@ -324,8 +351,8 @@ def validate(channel: str, payload: dict) -> dict:
     """Check a decoded box payload against the v1 schema for ``channel``; return it unchanged."""
     if channel not in _REQUIRED:
         raise SchemaError(f"no schema for channel {channel!r}")
-    if payload.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(f"schema must be {SCHEMA_VERSION}")
+    if not is_schema_version(payload.get("schema")):
+        raise SchemaError(f"schema must be the integer {SCHEMA_VERSION}")
     check_box_id(payload.get("box_id"))
     parse_iso_utc(payload.get("time_utc"))
     for name, typ in _REQUIRED[channel].items():

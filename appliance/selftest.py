@@ -44,7 +44,12 @@ class CheckResult:
     detail: str
 
 
-def _chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any) -> Any:
+SIM_SELFTEST_SPEED = 4.0
+"""Chip-simulator speed of ``selftest --simulate`` (``--speed`` overrides it, e.g. under qemu: emulated Python
+reads too few of the simulator's DRDY edges at 4x and the checks judge a thinned signal "host too slow")."""
+
+
+def _chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any, speed: float = SIM_SELFTEST_SPEED) -> Any:
     from appliance.ads1299 import ADS1299
 
     a = cfg.acquisition
@@ -55,12 +60,15 @@ def _chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any) -> Any:
 
         # 4x real time keeps the check short; faster, a loaded host misses DRDY edges (frames overwritten, as on
         # a real chip) and the measured test-signal frequency comes out high
-        speed = 4.0
         spi = SimulatedSpiDev(variant_channels=a.channels, drdy_pin=pin_factory.pin(a.drdy_pin), speed=speed)
         spi.open(a.spi_bus, a.spi_device)
         drdy = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
         return ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
                        max_speed_hz=a.spi_max_speed_hz, sleep=lambda s: time.sleep(s / speed))
+    from appliance.hardware import check_spi, gpio_pin_factory
+
+    check_spi(cfg)  # names /dev/spidevB.D and --simulate, instead of spidev's bare FileNotFoundError
+    gpio_pin_factory()
     import spidev
     from gpiozero import DigitalInputDevice
 
@@ -75,8 +83,10 @@ def _chans(mask: np.ndarray) -> str:
     return ",".join(str(i) for i in idx) if len(idx) else "none"
 
 
-def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool = True) -> list[CheckResult]:
-    """Run every check; never raises for a failing check (the row says why)."""
+def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool = True,
+                 sim_speed: float = SIM_SELFTEST_SPEED) -> list[CheckResult]:
+    """Run every check; never raises for a failing check (the row says why). ``sim_speed``: the chip
+    simulator's speed (x real time) when ``simulate``."""
     results: list[CheckResult] = []
     pin_factory = None
     if simulate:
@@ -84,9 +94,13 @@ def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool =
 
         pin_factory = mock_pin_factory()
 
+    from appliance.hardware import HardwareUnavailable, gpio_pin_factory
+
     def run(name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
         try:
             ok, detail = fn()
+        except HardwareUnavailable as e:  # already a sentence naming the device and what to do
+            ok, detail = False, str(e)
         except Exception as e:  # a check that blows up is a failed check, with its reason
             ok, detail = False, f"{type(e).__name__}: {e}"
         results.append(CheckResult(name, ok, detail))
@@ -96,7 +110,7 @@ def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool =
 
     def chip_id() -> tuple[bool, str]:
         nonlocal chip
-        chip = _chip(cfg, simulate=simulate, pin_factory=pin_factory)
+        chip = _chip(cfg, simulate=simulate, pin_factory=pin_factory, speed=sim_speed)
         from appliance.ads1299 import REG_ID
 
         id_reg = None
@@ -152,8 +166,9 @@ def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool =
             from appliance.outputs import BedsideLight, Speaker
 
             o = cfg.outputs
-            dev = (BedsideLight(o.light_pin, pin_factory=pin_factory) if kind == "light"
-                   else Speaker(o.sound_pin, pin_factory=pin_factory))
+            pins = pin_factory if pin_factory is not None else gpio_pin_factory()
+            dev = (BedsideLight(o.light_pin, pin_factory=pins) if kind == "light"
+                   else Speaker(o.sound_pin, pin_factory=pins))
             try:
                 dev.level = OUTPUT_CHECK_LEVEL
                 time.sleep(0.3)  # long enough for a person at the bedside to see the glow / hear the tone
@@ -229,8 +244,9 @@ def format_table(results: list[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-def main_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool = True) -> int:
+def main_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool = True,
+                  sim_speed: float = SIM_SELFTEST_SPEED) -> int:
     """``bedtime selftest``: print the table; exit status 0 only when nothing failed."""
-    results = run_selftest(cfg, simulate=simulate, check_broker=check_broker)
+    results = run_selftest(cfg, simulate=simulate, check_broker=check_broker, sim_speed=sim_speed)
     print(format_table(results))
     return 0 if all(r.passed is not False for r in results) else 1

@@ -565,6 +565,42 @@ class Recorder:
         self.c.loop_stop()
 
 
+class RawRecorder:
+    """A plain paho subscriber keeping every message as (topic, raw bytes, retain), in arrival order: for
+    payloads that are not JSON (the plain-text alert copy) and for counting retained deliveries."""
+
+    def __init__(self, host: str, port: int, topics: list[str], *, username: str | None = None,
+                 password: str | None = None) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.cond = threading.Condition()
+        subscribed = threading.Event()
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4().hex[:8]}",
+                             protocol=paho.MQTTv5)
+        if username:
+            self.c.username_pw_set(username, password)
+        self.c.reconnect_delay_set(0.05, 0.5)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.on_message = self._on_message
+        self.c.connect(host, port, keepalive=10)
+        self.c.loop_start()
+        assert subscribed.wait(10), "raw recorder could not subscribe"
+
+    def _on_message(self, c, u, m) -> None:
+        with self.cond:
+            self.messages.append((m.topic, bytes(m.payload), bool(m.retain)))
+            self.cond.notify_all()
+
+    def wait_for(self, pred, timeout_s: float = 10.0) -> bool:
+        """Wait until ``pred(messages)`` holds (or the timeout); return whether it does."""
+        with self.cond:
+            return self.cond.wait_for(lambda: pred(self.messages), timeout_s)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
 class SimClock:
     """A UTC clock the test moves by hand (drives hours of 'night' in seconds)."""
 
