@@ -319,8 +319,12 @@ class BoxLink:
         return problem
 
     def _status_payload(self, state: str, **fields: Any) -> dict:
-        extra = {"config_version": self.config_version,
-                 "outbox_depth": len(self.outbox) if state != "offline" else None, **self.status_fields}
+        try:
+            depth = len(self.outbox) if state != "offline" else None
+        except sqlite3.Error as e:  # a broken outbox must not also silence the status
+            log.error("outbox depth unknown: %s", e)
+            depth = None
+        extra = {"config_version": self.config_version, "outbox_depth": depth, **self.status_fields}
         problem = self.outbox_problem() if state != "offline" else None
         if problem is not None:
             extra["outbox_problem"] = problem

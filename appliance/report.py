@@ -120,6 +120,9 @@ class NightRecord:
         The box that recorded the night (its MQTT id).
     box_name : str
         The box's human name (``box.name``, e.g. the bedroom), for the parent's report.
+    audit_head : dict or None
+        The breather audit log's head when the report was written (``seq``, ``hash``, ``records``,
+        ``first``): a copy of it out of the box's reach lets ``bedtime audit verify`` catch a truncation.
     """
 
     hypnogram: np.ndarray
@@ -131,6 +134,7 @@ class NightRecord:
     start: dt.datetime | None = None
     box_id: str = ""
     box_name: str = ""
+    audit_head: dict | None = None
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -200,6 +204,8 @@ def build_report(night: NightRecord) -> dict[str, Any]:
         "signal_quality": quality,
         "hypnogram": [int(s) for s in night.hypnogram],
     }
+    if night.audit_head is not None:
+        rep["audit_head"] = dict(night.audit_head)
     if night.live_hypnogram is not None:
         live = np.asarray(night.live_hypnogram)
         n = min(len(live), len(night.hypnogram))
