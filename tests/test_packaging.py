@@ -70,3 +70,12 @@ def test_editable_install_prints_no_build_backend_warning(wheel, tmp_path):
     (editable,) = tmp_path.glob("bedtime-*.whl")
     names = zipfile.ZipFile(editable).namelist()
     assert any(n.endswith(".pth") for n in names), names  # a plain path entry for the checkout
+
+
+def test_the_test_extra_gives_starlette_its_http_client_without_a_deprecation_warning():
+    """With only httpx installed, Starlette's TestClient warned on every pytest run (StarletteDeprecationWarning);
+    the test extra now carries httpx2, which it uses."""
+    pytest.importorskip("fastapi")
+    r = subprocess.run([sys.executable, "-W", "error", "-c", "import fastapi.testclient"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
