@@ -619,7 +619,10 @@ class BoxLink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected.is_set():
-            log.warning("disconnected from broker: %s", reason_code)
+            if self._stop.is_set():  # our own goodbye from stop(): the end of a night, not a fault
+                log.info("disconnected from broker: %s", reason_code)
+            else:
+                log.warning("disconnected from broker: %s", reason_code)
         self._connected.clear()
         self._session_dead = True
 
