@@ -26,7 +26,7 @@ from appliance import mqtt_schema as schema
 from appliance.commands import COMMANDS
 from appliance.config import _SECTIONS, describe_keys
 from appliance.daemon import SIGNED_UPDATES_REQUIRED, Daemon, make_link
-from appliance.fleet import signing
+from appliance.protocol import signing
 from appliance.hardware import SimulationSource, open_hardware
 from appliance.updates import attach_to_link
 from tests.daemon_helpers import box_config

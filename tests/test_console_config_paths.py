@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.fleet import signing
+from appliance.protocol import signing
 from appliance.fleet.configcheck import MAX_PATH_CHARS, path_keys, validate_offline
 from tests.console_helpers import add_staff, console_settings, create_app, csrf_of, login
 

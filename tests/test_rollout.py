@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from appliance.fleet import signing
+from appliance.protocol import signing
 from appliance.fleet.db import FleetDB
 from appliance.fleet.ingest import FleetIngest
 from appliance.fleet.rollout import RolloutRunner, create_rollout

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from appliance.fleet import signing
-from appliance.fleet.signing import SignatureError
+from appliance.protocol import signing
+from appliance.protocol.signing import SignatureError
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from appliance import commands
-from appliance.fleet import signing
+from appliance.protocol import signing
 from appliance.updates import HealthReport, UpdateManager, encode_update_args, handle_update_command
 
 

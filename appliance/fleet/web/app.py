@@ -48,7 +48,8 @@ from starlette.middleware.sessions import SessionMiddleware
 from appliance.fleet import auth
 from appliance.fleet.db import FleetDB, as_utc, utcnow
 from appliance.fleet.rollout import CommandChannel, RolloutRunner, create_rollout
-from appliance.fleet.signing import SignatureError, load_private_key, parse_manifest, sign_bytes
+from appliance.protocol.ids import BOX_ID_RE
+from appliance.protocol.signing import SignatureError, load_private_key, parse_manifest, sign_bytes
 from appliance.fleet.web.bridge import IngestBridge
 from appliance.fleet.web.charts import hypnogram_svg
 from appliance.fleet.web.settings import ConsoleSettings
@@ -57,7 +58,6 @@ from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GROUP_RE = re.compile(r"^[a-z0-9_-]{0,32}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 MAX_UPLOAD_BYTES = MAX_PAYLOAD_BYTES  # what a box accepts; a larger upload could only be refused by every box
