@@ -6,7 +6,7 @@ Commands::
     bedtime selftest [--simulate] [--config FILE]
     bedtime report [NIGHT] [--config FILE] [--json]
     bedtime config check FILE
-    bedtime audit verify FILE [FILE...]
+    bedtime audit verify PATH [PATH...] [--reports DIR] [--expect-hash HASH]
     bedtime outputs-off [--simulate] [--config FILE]
 
 Exit codes: 0 success, 1 a check failed, 2 bad usage, a bad configuration or no box here (one line on stderr,
@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,10 @@ from appliance.config import (DEFAULT_CONFIG_PATH, EXAMPLE_BOX_ID, BoxConfig, Co
                               load_config, permission_warnings, simulation_state_dir, validate_config)
 
 logger = logging.getLogger("bedtime")
+
+EX_NEXT_NIGHT = 75
+"""EX_TEMPFAIL: the night ended (max_night_hours) or the clinic asked for a restart; the unit's
+RestartForceExitStatus=75 starts the daemon again, and with it the next night."""
 
 
 class UsageError(Exception):
@@ -137,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(st)
     st.add_argument("--simulate", action="store_true", help="run against the chip simulator and mock GPIO")
     st.add_argument("--no-broker", action="store_true", help="skip the broker check")
+    st.add_argument("--speed", type=float, default=None,
+                    help="simulate: chip simulator speed, x real time (default 4; lower under emulation)")
 
     rp = sub.add_parser("report", help="show (and rebuild) the morning report of a night")
     with_config(rp)
@@ -152,7 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="audit-log tools")
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     ver = au_sub.add_parser("verify", help="verify hash-chained audit logs")
-    ver.add_argument("files", nargs="+", type=Path, help="audit log files (state_dir/audit.log)")
+    ver.add_argument("files", nargs="+", type=Path, metavar="PATH",
+                     help="audit log file(s) (state_dir/audit.log), or folder(s) holding audit.log (the state "
+                          "directory)")
+    ver.add_argument("--reports", default=None, metavar="DIR",
+                     help="nights whose report.json promised audit heads (default: PATH's nights/)")
+    ver.add_argument("--expect-hash", action="append", default=[], metavar="HASH",
+                     help="a head hash the log must contain (the clinic's copy of a night report's)")
 
     off = sub.add_parser("outputs-off", help="force light and sound off (systemd ExecStopPost)")
     with_config(off)
@@ -195,6 +208,15 @@ def builtin_hypnogram():
     night += [N2] * (950 - len(night))
     night += [W] * 10
     return np.array(night, dtype=np.int8)
+
+
+def _start_again() -> None:
+    """Replace this process by a fresh start of the same command line (same PID, so systemd counts no restart):
+    a failed start's memory, threads and open devices all go with the old image."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, list(sys.orig_argv))
 
 
 def _simulation_source(args: argparse.Namespace, *, seed: int) -> object:
@@ -252,41 +274,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The clinic's pushed config (if any) over the box's own file: tried once, kept as the last known good one
     # once the daemon runs with it; a start that fails with it falls back by itself (appliance.pushed_config).
     store = PushedConfigStore(file_cfg.box.state_dir)
-    failed_here: list[dict] = []
-    while True:
-        choice = store.choose(file_cfg)
-        for r in failed_here:
-            r["fallback"] = choice.source
-        cfg = choice.config
-        if choice.source != "box_file":
-            logger.info("starting with the clinic's pushed config (%s, %s)", choice.source, choice.sha256[:12])
-        daemon = None
+    choice = store.choose(file_cfg)
+    cfg = choice.config
+    if choice.source != "box_file":
+        logger.info("starting with the clinic's pushed config (%s, %s)", choice.source, choice.sha256[:12])
+    daemon = None
+    try:
         try:
-            try:
-                hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
-            except (OSError, ValueError) as e:
-                if args.edf is None:
-                    raise
-                raise UsageError(f"--edf {args.edf}: not a readable EDF/EDF+ recording ({one_line(e)})") from None
-            hours = args.hours if args.hours else cfg.recording.max_night_hours
-            daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600, file_config=file_cfg,
-                            on_running=lambda choice=choice: store.started(choice),
-                            start_reports=failed_here + choice.rejected)
-            result = daemon.run()
-        except UsageError:
-            raise  # the command line's fault, whatever the config
-        except Exception as e:
-            if choice.source == "box_file" or (daemon is not None and daemon.running):
-                raise  # the box's own file, or a failure once running: not the pushed config's doing
-            reason = f"the daemon did not start with it: {type(e).__name__}: {e}"[:400]
-            logger.error("pushed config (%s) %s; falling back", choice.sha256[:12], reason)
-            store.failed(choice, reason)
-            failed_here.append({"config_version": choice.version or None, "config_sha256": choice.sha256,
-                                "error": reason})
-            continue
-        if not daemon.running:
-            store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config
-        break
+            hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
+        except (OSError, ValueError) as e:
+            if args.edf is None:
+                raise
+            raise UsageError(f"--edf {args.edf}: not a readable EDF/EDF+ recording ({one_line(e)})") from None
+        hours = args.hours if args.hours else cfg.recording.max_night_hours
+        daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600, file_config=file_cfg,
+                        on_running=lambda: store.started(choice), start_reports=choice.rejected)
+        result = daemon.run()
+    except UsageError:
+        store.trying.unlink(missing_ok=True)
+        raise  # the command line's fault, whatever the config
+    except Exception as e:
+        if choice.source == "box_file" or (daemon is not None and daemon.running):
+            raise  # the box's own file, or a failure once running: not the pushed config's doing
+        first = e  # the first failure, not one from cleaning up after it
+        while first.__context__ is not None and isinstance(first.__context__, Exception):
+            first = first.__context__
+        reason = f"the daemon did not start with it: {type(first).__name__}: {first}"[:400]
+        store.failed(choice, reason)
+        logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], reason)
+        _start_again()
+    if not daemon.running:
+        store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config
     print(f"night recorded in {result.night_dir}")
     if result.edf_path:
         print(f"  EDF+:   {result.edf_path}")
@@ -294,7 +312,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  report: {result.report_json}\n  PNG:    {result.report_png}")
     # EX_TEMPFAIL: the clinic asked for a restart, or a box's night reached recording.max_night_hours;
     # systemd's Restart=on-failure starts the daemon again, and with it the next night
-    return 75 if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours) else 0
+    if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours):
+        # systemd logs a SuccessExitStatus= exit only at debug level: say it here, for the journal
+        logger.info("exiting with status %d (%s): systemd starts the next night", EX_NEXT_NIGHT,
+                    "restart requested" if daemon.restart_requested else "recording.max_night_hours reached")
+        return EX_NEXT_NIGHT
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -410,9 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "selftest":
             from appliance.selftest import main_selftest
 
+            from appliance.selftest import SIM_SELFTEST_SPEED
+
             cfg = _load(args.config)
+            speed = args.speed if args.speed is not None else SIM_SELFTEST_SPEED
+            if not (0.05 <= speed <= 100.0):
+                print(f"bedtime selftest: --speed {speed} is outside 0.05..100", file=sys.stderr)
+                return 2
             return main_selftest(cfg, simulate=args.simulate or cfg.hardware.simulate,
-                                 check_broker=not args.no_broker)
+                                 check_broker=not args.no_broker, sim_speed=speed)
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "config":
@@ -420,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             from appliance.audit import main_verify
 
-            return main_verify([str(f) for f in args.files])
+            return main_verify([str(f) for f in args.files]
+                               + (["--reports", args.reports] if args.reports is not None else [])
+                               + [a for h in args.expect_hash for a in ("--expect-hash", h)])
         if args.command == "outputs-off":
             return _cmd_outputs_off(args)
     except ConfigError as e:

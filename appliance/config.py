@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.protocol.ids import BOX_ID_RULE, is_box_id
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/bedtime/bedtime.toml")
@@ -382,8 +384,8 @@ def _check_cross_fields(cfg: BoxConfig) -> None:
         if pin in seen:
             raise ConfigError(key, f"pin {pin} is already used by {seen[pin]}")
         seen[pin] = key
-    if not cfg.box.id or not all(c.isalnum() or c in "-_" for c in cfg.box.id):
-        raise ConfigError("box.id", f"{cfg.box.id!r}: use letters, digits, '-' and '_' only (it is an MQTT topic level)")
+    if not is_box_id(cfg.box.id):
+        raise ConfigError("box.id", f"{_r(cfg.box.id)}: {BOX_ID_RULE} (it is an MQTT topic level)")
     for g in cfg.box.groups:
         if not g or len(g) > 64 or not all(c.isalnum() or c in "-_." for c in g):
             raise ConfigError("box.groups", f"{_r(g)}: a group is 1-64 letters, digits, '-', '_' or '.'")
@@ -431,7 +433,7 @@ def read_public_key(path: str | Path) -> bytes:
         raise ConfigError(key, f"{_clip(str(path))}: cannot read: {e.strerror or e}") from None
     except ValueError as e:
         raise ConfigError(key, f"{_clip(str(path))}: {e}") from None
-    from appliance.fleet.signing import SignatureError, load_public_key
+    from appliance.protocol.signing import SignatureError, load_public_key
 
     try:
         load_public_key(pem)
@@ -498,6 +500,7 @@ def load_config(path: str | Path) -> BoxConfig:
 
 LOCAL_ONLY_KEYS: dict[str, frozenset[str] | None] = {
     "box": frozenset({"id", "state_dir", "groups"}),
+    "hardware": None,
     "mqtt": None,
     "updates": None,
     "outputs": None,
@@ -508,7 +511,8 @@ LOCAL_ONLY_KEYS: dict[str, frozenset[str] | None] = {
 }
 """Keys only the box's own file sets (``None``: the whole section). A configuration the clinic pushes over MQTT
 never sets them: they name files the box would read or write (keys, passwords, certificates, models, the
-recording folder), say who the box is and where its broker is, or wire its GPIO pins. A pushed value for one
+recording folder), say who the box is and where its broker is, wire its GPIO pins, or choose real hardware over
+the simulator (a pushed ``hardware.simulate`` would leave a child unwatched). A pushed value for one
 is ignored (and reported as ignored), never validated, opened or used."""
 
 

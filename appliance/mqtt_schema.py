@@ -25,14 +25,12 @@ import numpy as np
 
 from appliance.epoch import Epoch
 from appliance.hypnogram import Stage
+from appliance.protocol.ids import BOX_ID_RE, BOX_ID_RULE, is_box_id  # noqa: F401  (BOX_ID_RE: re-exported)
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "bedtime"
 TOPIC_PREFIX = f"{TOPIC_ROOT}/v{SCHEMA_VERSION}"
 
-# Box ids become MQTT topic levels and ACL usernames, so they are restricted to characters that
-# are never wildcards or separators.
-BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 STATUS_STATES = ("online", "recording", "idle", "fault", "offline")
 SEVERITIES = ("info", "warning", "critical")
@@ -97,8 +95,8 @@ def parse_iso_utc(s: str) -> datetime:
 
 def check_box_id(box_id: str) -> str:
     """Return ``box_id`` if it is a valid topic level, else raise :class:`SchemaError`."""
-    if not isinstance(box_id, str) or not BOX_ID_RE.match(box_id):
-        raise SchemaError(f"invalid box id {box_id!r}: 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)")
+    if not is_box_id(box_id):
+        raise SchemaError(f"invalid box id {box_id!r}: {BOX_ID_RULE}")
     return box_id
 
 

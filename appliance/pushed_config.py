@@ -10,12 +10,13 @@ bricked box:
    start with: it validates, the breather settings build, the state and recording folders exist (or can be
    made) and take a file, the ring buffer it asks for fits in the memory the box has, and it is not a
    configuration that already failed to start the daemon here.
-3. **Try once, fall back by itself** (:class:`PushedConfigStore`): a start with a pushed configuration that has
-   not yet brought the daemon up first leaves a *trying* marker. When the daemon is up (first frames, the
+3. **Try once, fall back by itself** (:class:`PushedConfigStore`): every start with a pushed configuration first
+   leaves a *trying* marker. When the daemon is up (first frames, the
    moment it tells systemd READY=1) the configuration becomes the *last known good* one and the marker goes.
-   When a start fails, in-process (:meth:`PushedConfigStore.failed`) or by dying (the next start finds the
-   marker), the configuration is *rejected*: moved aside, remembered by its sha256 so the same push is refused
-   next time, and the box starts with its last known good one (or its own file alone) and reports
+   When a start fails, with an exception (:meth:`PushedConfigStore.failed`; ``bedtime run`` then starts itself
+   again in the same process image, so nothing of the failed start lingers) or by dying (the next start finds
+   the marker), the configuration is *rejected*: moved aside, remembered by its sha256 so the same push is
+   refused next time, and the box starts with its last known good one (or its own file alone) and reports
    ``config_rejected``. A start is never retried with a configuration that failed, so there is no restart loop.
 
 Files in the state directory::
@@ -251,7 +252,7 @@ class PushedConfigStore:
     def _reject(self, path: Path, sha: str, version: str, reason: str) -> None:
         entries = [r for r in self.rejected() if r.get("config_sha256") != sha]
         entries.append({"config_sha256": sha, "config_version": version, "reason": reason[:400],
-                        "rejected_utc": _utc_now()})
+                        "rejected_utc": _utc_now(), "reported": False})
         _write_atomic(self.rejected_path, json.dumps(entries[-REJECTED_KEPT:], indent=1).encode())
         for p in (path, self._meta(path)):
             p.unlink(missing_ok=True)
@@ -263,7 +264,6 @@ class PushedConfigStore:
         A pushed configuration that a previous start was trying when it died (the marker is still there), or
         that no longer validates or pre-flights, is rejected here and the next candidate is taken.
         """
-        rejected: list[dict] = []
         marker = _read_json(self.trying)
         died_with = marker.get("config_sha256") if isinstance(marker, dict) else None
         self.trying.unlink(missing_ok=True)
@@ -285,20 +285,27 @@ class PushedConfigStore:
                     reason = f"the daemon cannot start with it: {e}"
             if reason:
                 self._reject(path, sha, version, reason)
-                rejected.append({"config_version": version or None, "config_sha256": sha, "error": reason})
                 continue
             if source == "pushed" and self.good.exists() and self._load(self.good)[1] == sha:
                 source = "last_known_good"
             _write_atomic(self.trying, json.dumps({"config_sha256": sha, "pid": os.getpid(),
                                                    "started_utc": _utc_now()}).encode())
             assert cfg is not None
-            return self._finish(StartChoice(cfg, source, sha, version, rejected))
-        return self._finish(StartChoice(file_config, "box_file", rejected=rejected))
+            return self._finish(StartChoice(cfg, source, sha, version))
+        return self._finish(StartChoice(file_config, "box_file"))
 
-    @staticmethod
-    def _finish(choice: StartChoice) -> StartChoice:
-        for r in choice.rejected:
-            r["fallback"] = choice.source
+    def _finish(self, choice: StartChoice) -> StartChoice:
+        """Attach the rejections not yet reported (this start's, or a failed start's before it restarted the
+        process), and mark them reported: the daemon queues them in its persistent outbox."""
+        entries = self.rejected()
+        for r in entries:
+            if r.get("reported") is False:
+                choice.rejected.append({"config_version": r.get("config_version") or None,
+                                        "config_sha256": r.get("config_sha256"), "error": r.get("reason"),
+                                        "fallback": choice.source})
+                r["reported"] = True
+        if choice.rejected:
+            _write_atomic(self.rejected_path, json.dumps(entries, indent=1).encode())
         return choice
 
     def started(self, choice: StartChoice) -> None:

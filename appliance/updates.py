@@ -1,12 +1,12 @@
 """Signed model and config updates on the box: verify, apply atomically, health-check, roll back.
 
 The clinic signs every model file and config with its Ed25519 key (``bedtime-fleet sign``, see
-:mod:`appliance.fleet.signing`); the box holds only the public key, pinned in its own configuration.
+:mod:`appliance.protocol.signing`); the box holds only the public key, pinned in its own configuration.
 :class:`UpdateManager` applies an update only when all of these hold, in this order:
 
 1. the detached manifest verifies against the pinned public key, names the same kind, and the payload's
    sha256 and size are the signed ones (else: *refused*, nothing on disk changes);
-2. the signed binding holds (:func:`appliance.fleet.signing.check_binding`): it names this box or one of its
+2. the signed binding holds (:func:`appliance.protocol.signing.check_binding`): it names this box or one of its
    groups, it has not expired and was not signed in the future, and its serial is not below the highest this
    box accepted for the kind (kept in ``<kind>/serial.json``, so across restarts): no replay of an older
    update, no update signed for another box;
@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.fleet.signing import SignatureError, check_binding, verify_manifest
+from appliance.protocol.signing import SignatureError, check_binding, verify_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from appliance.fleet import auth, signing
+from appliance.fleet import auth
+from appliance.protocol import signing
 from appliance.fleet.web import ConsoleSettings, create_app
 from appliance.updates import HealthReport, UpdateManager, decode_update_args
 

@@ -98,7 +98,7 @@ def test_example_breather_values_are_the_safety_defaults():
 
 
 def test_pinned_update_key_must_be_an_ed25519_public_key(tmp_path):
-    from appliance.fleet import signing
+    from appliance.protocol import signing
 
     priv, pub = tmp_path / "clinic.key", tmp_path / "clinic.pub"
     signing.generate_keypair(priv, pub)

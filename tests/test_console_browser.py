@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.broker,
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 pytest.importorskip("uvicorn")
 
-from appliance.fleet import signing  # noqa: E402
+from appliance.protocol import signing  # noqa: E402
 from tests.console_helpers import PASSWORDS, SimBox, add_staff, console_settings, wait_for  # noqa: E402
 
 XSS_TITLE = '<img src=x onerror="window.pwned=1">Loop'

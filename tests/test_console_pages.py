@@ -6,7 +6,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from appliance.fleet import signing
+from appliance.protocol import signing
 from tests.console_helpers import (InProcessBoxes, add_staff, config_json, console_settings, create_app, csrf_of,
                                    login, wait_for)
 

@@ -12,7 +12,7 @@ import pytest
 from appliance.commands import COMMANDS
 from appliance.daemon import PUSHED_CONFIG, SIGNED_UPDATES_REQUIRED, Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
-from appliance.fleet import signing
+from appliance.protocol import signing
 from appliance.updates import encode_update_args
 from tests.broker import Recorder, wait_until
 from tests.daemon_helpers import box_config

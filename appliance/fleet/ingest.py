@@ -65,6 +65,9 @@ MAX_PAYLOAD_BYTES = {"report": 2 * 1024 * 1024}
 MAX_PAYLOAD_BYTES_DEFAULT = 256 * 1024
 #: Largest command reply decoded, bytes (a reply may carry a night report or an update result).
 MAX_REPLY_BYTES = 32 * 1024 * 1024
+#: Largest MQTT packet the console accepts at all, bytes (MQTT v5 Maximum Packet Size, told to the broker
+#: at connect): the broker drops larger ones for this client, so none is ever read into memory here.
+MAX_PACKET_BYTES = MAX_REPLY_BYTES + 64 * 1024
 #: Deepest JSON nesting accepted (box payloads are at most 4 levels deep). Bounded so that copying or
 #: serialising a payload later (fleet view snapshot, database JSON) cannot hit the recursion limit.
 MAX_JSON_DEPTH = 32
@@ -168,6 +171,8 @@ class FleetIngest:
     session_expiry_s : int
         How long the broker keeps this console's subscriptions and queued QoS 1 messages while it is
         away (persistent session only; with ``client_id=None`` the session is clean).
+    max_packet_bytes : int
+        Largest MQTT packet the broker may send this console, bytes (default :data:`MAX_PACKET_BYTES`).
     on_alert, on_event, on_status, on_report, on_stage, on_telemetry : callable or None
         ``callback(box_id, payload)`` for each valid, de-duplicated message of that channel, after the
         fleet view is updated; ``payload`` is the decoded JSON (see docs/mqtt.md).
@@ -177,6 +182,7 @@ class FleetIngest:
                  username: str | None = None, password: str | None = None,
                  group: str | None = "bedtime-fleet", client_id: str | None = None,
                  session_expiry_s: int = 3600, keepalive_s: int = 30,
+                 max_packet_bytes: int = MAX_PACKET_BYTES,
                  on_alert: Callback | None = None, on_event: Callback | None = None,
                  on_status: Callback | None = None, on_report: Callback | None = None,
                  on_stage: Callback | None = None, on_telemetry: Callback | None = None) -> None:
@@ -189,6 +195,7 @@ class FleetIngest:
         self.reply_tag = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in self.client_id)[:64]
         self.session_expiry_s = session_expiry_s
         self.keepalive_s = keepalive_s
+        self.max_packet_bytes = int(max_packet_bytes)
         self.callbacks: dict[str, Callback | None] = {
             "alert": on_alert, "event": on_event, "status": on_status, "report": on_report,
             "stage": on_stage, "telemetry": on_telemetry}
@@ -243,6 +250,7 @@ class FleetIngest:
         self._started = True
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
+        props.MaximumPacketSize = self.max_packet_bytes
         where = f"{self.host}:{self.port}"
         if fail_fast:
             try:
@@ -423,12 +431,12 @@ class FleetIngest:
             raise DroppedMessage("topic", str(e)) from None
         if t.channel != "reply" and t.channel not in self.callbacks:
             raise DroppedMessage("topic", f"not a channel the ingest reads: {t.channel}")
+        if t.channel == "reply":
+            self._on_reply(msg)  # even an empty one: it answers (and fails) the command now, not at its timeout
+            return
         data = msg.payload
         if not data:
             return  # a cleared retained message
-        if t.channel == "reply":
-            self._on_reply(msg)
-            return
         limit = MAX_PAYLOAD_BYTES.get(t.channel, MAX_PAYLOAD_BYTES_DEFAULT)
         if len(data) > limit:
             raise DroppedMessage("too_large", f"{len(data)} bytes > {limit}")

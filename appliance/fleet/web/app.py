@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -48,7 +48,8 @@ from starlette.middleware.sessions import SessionMiddleware
 from appliance.fleet import auth
 from appliance.fleet.db import FleetDB, as_utc, utcnow
 from appliance.fleet.rollout import CommandChannel, RolloutRunner, create_rollout
-from appliance.fleet.signing import SignatureError, load_private_key, parse_manifest, sign_bytes
+from appliance.protocol.ids import BOX_ID_RE
+from appliance.protocol.signing import SignatureError, load_private_key, parse_manifest, sign_bytes
 from appliance.fleet.web.bridge import IngestBridge
 from appliance.fleet.web.charts import hypnogram_svg
 from appliance.fleet.web.settings import ConsoleSettings
@@ -57,12 +58,15 @@ from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GROUP_RE = re.compile(r"^[a-z0-9_-]{0,32}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 MAX_UPLOAD_BYTES = MAX_PAYLOAD_BYTES  # what a box accepts; a larger upload could only be refused by every box
 CONFIG_PUSH_LIFETIME_S = 86400
 """A config pushed from the editor is signed for one box and one day (it is sent at once)."""
+#: Largest request body for everything but a rollout upload, bytes (the config editor sends <= 200k chars).
+MAX_FORM_BYTES = 1024 * 1024
+#: Last-Event-ID / ``after``: a live_events row id (a 64-bit integer), plain ASCII digits only.
+EVENT_ID_RE = re.compile(r"[0-9]{1,18}")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -70,6 +74,46 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 class LoginRequired(Exception):
     """Raised by :func:`_user` when the request has no valid session."""
+
+
+class RequestTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body larger than {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over a size limit, reading at most one chunk past it.
+
+    Nothing is read here: the app reads the body when (and if) it needs it, after its own checks. Then a
+    declared ``Content-Length`` over the limit, or a body (chunked) that grows past it, raises
+    :class:`RequestTooLarge`, which the app turns into a 413 page like any other error. ``limits`` maps
+    an exact path to its own limit (the rollout upload); every other path gets ``default``.
+    """
+
+    def __init__(self, app: Any, *, default: int, limits: dict[str, int]) -> None:
+        self.app, self.default, self.limits = app, default, dict(limits)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope.get("path", ""), self.default)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = declared is not None and (not declared.isdigit() or len(declared) > 18 or int(declared) > limit)
+        seen = 0
+
+        async def bounded_receive() -> dict:
+            nonlocal seen
+            if too_large:
+                raise RequestTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise RequestTooLarge(limit)
+            return message
+
+        await self.app(scope, bounded_receive, send)
 
 
 class Notifier:
@@ -250,9 +294,16 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    # Innermost (middleware added later wraps it): a body too large becomes an error page below.
+    app.add_middleware(BodyLimit, default=MAX_FORM_BYTES, limits={"/rollouts": settings.max_request_bytes})
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001 - answered here so that even a 500 carries the headers below
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = Response("internal error", status_code=500, media_type="text/plain")
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -504,13 +555,34 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                       can_sign=signing_key is not None, last_event=db.last_live_event_id())
 
     @app.post("/rollouts", response_class=HTMLResponse)
-    def start_rollout(request: Request, kind: Annotated[str, Form()] = "", version: Annotated[str, Form()] = "",
-                      canary: Annotated[str, Form()] = "",
-                      rest: Annotated[str, Form()] = "",
-                      csrf_token: Annotated[str, Form()] = "",
-                      payload: Annotated[UploadFile | None, File()] = None,
-                      manifest: Annotated[UploadFile | None, File()] = None):
-        user = _operator(request, "rollout")
+    async def start_rollout(request: Request):
+        # Who is asking is settled before a byte of the (up to max_request_bytes) body is read or spooled:
+        # an anonymous or viewer upload, or one a browser says comes from another site's page, is refused
+        # unread. (Sec-Fetch-Site rather than Origin: behind a TLS proxy the app sees neither the scheme nor,
+        # often, the host the browser used.) The CSRF token, in the body, is checked once it is read.
+        user = await anyio.to_thread.run_sync(_operator, request, "rollout")
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            await anyio.to_thread.run_sync(db.audit, user.username, "csrf_rejected", "/rollouts")
+            raise HTTPException(status_code=403, detail="cross-site request refused")
+        try:
+            form = await request.form(max_files=2, max_fields=8)
+        except HTTPException:
+            raise
+        except Exception as e:  # noqa: BLE001 - a malformed multipart body
+            raise HTTPException(status_code=400, detail="malformed form") from e
+        try:
+            fields = {k: form.get(k) for k in ("kind", "version", "canary", "rest", "csrf_token")}
+            texts = {k: v if isinstance(v, str) else "" for k, v in fields.items()}
+            files = {k: form.get(k) for k in ("payload", "manifest")}
+            uploads = {k: v if hasattr(v, "file") and hasattr(v, "filename") else None for k, v in files.items()}
+            return await anyio.to_thread.run_sync(lambda: _start_rollout(
+                request, user, texts["kind"], texts["version"], texts["canary"], texts["rest"],
+                texts["csrf_token"], uploads["payload"], uploads["manifest"]))
+        finally:
+            await form.close()
+
+    def _start_rollout(request: Request, user: auth.User, kind: str, version: str, canary: str, rest: str,
+                       csrf_token: str, payload: UploadFile | None, manifest: UploadFile | None):
         _csrf(request, csrf_token)
 
         def again(error: str, status: int = 400):
@@ -588,10 +660,14 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
 
     # ---- live events -----------------------------------------------------------------------------
     @app.get("/events")
-    async def events(request: Request, after: int = 0):
+    async def events(request: Request, after: str = "0"):
         await anyio.to_thread.run_sync(_user, request)
-        last_header = request.headers.get("last-event-id", "")
-        last = int(last_header) if last_header.isdigit() else after
+        last_header = request.headers.get("last-event-id")
+        raw = after if last_header is None else last_header
+        # str.isdigit() accepts "²" and int() then fails (a 500); and a number past 64 bits breaks the query.
+        if not EVENT_ID_RE.fullmatch(raw):
+            raise HTTPException(status_code=400, detail="Last-Event-ID / after: a non-negative event number")
+        last = int(raw)
         poll_s = float(settings.extra.get("sse_poll_s", 1.0))
 
         async def stream():

@@ -125,9 +125,10 @@ class IngestBridge:
         result = reply.get("result") or {}
         if reply.get("ok") and result.get("ok"):
             push = self.db.get_config_push(push_id)
-            self.db.set_config_push_state(push_id, "acknowledged", f"running {result.get('running_version', '')}")
+            # The box's row first: whoever sees the push acknowledged must also see the box's new version.
             if push:
                 self.db.upsert_box(push["box_id"], config_version=_short(result.get("running_version")))
+            self.db.set_config_push_state(push_id, "acknowledged", f"running {_short(result.get('running_version'))}")
         else:
             err = reply.get("error") or {}
             detail = result.get("reason") or f"{err.get('code', '')}: {err.get('message', '')}"

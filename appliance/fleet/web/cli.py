@@ -50,7 +50,7 @@ def _keys_args(p: argparse.ArgumentParser) -> None:
 @subcommand("keys", help="make the clinic's Ed25519 signing keypair (NAME.key private, NAME.pub public)",
             add_arguments=_keys_args, uses_broker=False)
 def cmd_keys(args: argparse.Namespace) -> int:
-    from appliance.fleet.signing import PASSPHRASE_ENV, generate_keypair
+    from appliance.protocol.signing import PASSPHRASE_ENV, generate_keypair
 
     priv, pub = args.dir / f"{args.name}.key", args.dir / f"{args.name}.pub"
     passphrase = os.environ.get(PASSPHRASE_ENV)
@@ -84,7 +84,7 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
 @subcommand("sign", help="sign a model or config file: writes a detached FILE.sig.json manifest",
             add_arguments=_sign_args, uses_broker=False)
 def cmd_sign(args: argparse.Namespace) -> int:
-    from appliance.fleet.signing import DEFAULT_LIFETIME_S, load_private_key, sign_file
+    from appliance.protocol.signing import DEFAULT_LIFETIME_S, load_private_key, sign_file
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
@@ -221,7 +221,7 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
 def cmd_rollout(args: argparse.Namespace) -> int:
     from appliance.fleet.cli import connect
     from appliance.fleet.rollout import RolloutRunner, create_rollout
-    from appliance.fleet.signing import SignatureError, parse_manifest
+    from appliance.protocol.signing import SignatureError, parse_manifest
 
     manifest_path = args.manifest or args.file.with_name(args.file.name + ".sig.json")
     try:

@@ -43,6 +43,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from appliance.protocol.ids import BOX_ID_RE
+
 SCHEMA = "bedtime.signature/2"
 """Manifest format; /1 (no box or group, serial or expiry) is refused."""
 KINDS = ("model", "config")
@@ -54,7 +56,8 @@ MAX_LIFETIME_S = 366 * 86400
 """Longest lifetime a box accepts (seconds): a signature is never good forever."""
 MAX_CLOCK_SKEW_S = 600
 """How far in the future a ``signed_at`` may be (seconds) before a box refuses it: clocks differ a little."""
-AUDIENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AUDIENCE_RE = BOX_ID_RE
+"""Box ids and group names in a manifest's audience follow the one box-id rule."""
 MAX_AUDIENCE = 10_000
 """Most boxes plus groups one manifest may name."""
 
@@ -198,7 +201,7 @@ def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, 
     if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
         raise ValueError("serial must be a positive integer")
     if not 0 < lifetime_s <= MAX_LIFETIME_S:
-        raise ValueError(f"lifetime must be between 0 and {MAX_LIFETIME_S} seconds")
+        raise ValueError(f"lifetime must be more than 0 and at most {MAX_LIFETIME_S // 86400} days")
     signed = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     sha256 = hashlib.sha256(payload).hexdigest()
     if model_card is not None:
