@@ -54,7 +54,6 @@ def _runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(d[::2].tolist(), d[1::2].tolist()))
 
 
-
 def hypnogram_figure(night: NightRecord, *, rep: dict | None = None) -> Any:
     """The morning report's picture, for a parent: the night's stages against the clock, with what the box did.
 
@@ -184,13 +183,11 @@ def hypnogram_figure(night: NightRecord, *, rep: dict | None = None) -> Any:
     return fig
 
 
-
 def plot_hypnogram(night: NightRecord, path: str | Path, *, rep: dict | None = None) -> Path:
     """Draw :func:`hypnogram_figure` into a PNG file; returns its path."""
     p = Path(path)
     hypnogram_figure(night, rep=rep).savefig(p)
     return p
-
 
 
 def render_png(night_dir: str | Path) -> Path:
@@ -204,7 +201,6 @@ def render_png(night_dir: str | Path) -> Path:
     if rep is None:
         raise NightError(f"{d}: no {REPORT_JSON} to draw")
     return plot_hypnogram(record_from_report(d, rep), d / HYPNOGRAM_PNG, rep=rep)
-
 
 
 def main(argv: list[str] | None = None) -> int:

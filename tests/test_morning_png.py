@@ -72,3 +72,19 @@ def test_a_drawing_child_that_fails_or_hangs_leaves_the_report(tmp_path: Path, m
     assert result.report_png is None
     assert not (result.night_dir / HYPNOGRAM_PNG).exists()
     assert took_s < 300, "the daemon waited for a hung child well past its timeout"  # the child sleeps 600 s
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "damaged report", "no arguments"])
+def test_a_night_the_drawing_child_cannot_draw_is_one_line_exit_2(tmp_path: Path, make: str) -> None:
+    d = tmp_path / "20261201T213000Z"
+    if make != "missing":
+        d.mkdir()
+    if make == "damaged report":
+        (d / REPORT_JSON).write_bytes(b'{"statistics": 3')
+    before = sorted(tmp_path.rglob("*"))
+    args = [] if make == "no arguments" else [str(d)]
+    p = subprocess.run([sys.executable, "-m", "appliance.report_draw", *args], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert sorted(tmp_path.rglob("*")) == before
