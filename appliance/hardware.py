@@ -31,6 +31,67 @@ SIM_OUTPUTS_FILE = "sim-outputs.json"
 their level when a process dies; ``bedtime outputs-off --simulate`` and the next start reset it."""
 
 
+# ---- is this a box? -------------------------------------------------------------------------------------
+class HardwareUnavailable(RuntimeError):
+    """The box's GPIO or SPI device is not there (not a Raspberry Pi, SPI not enabled, no permission).
+
+    Its message is one line a person can act on; the command line prints it as it is.
+    """
+
+
+def spi_device_path(cfg: BoxConfig) -> Path:
+    """The spidev device node of the configured bus and chip select, e.g. ``/dev/spidev0.0``."""
+    return Path(f"/dev/spidev{cfg.acquisition.spi_bus}.{cfg.acquisition.spi_device}")
+
+
+def check_spi(cfg: BoxConfig) -> Path:
+    """The chip's spidev node, checked to exist and be openable before anything else is touched.
+
+    Raises
+    ------
+    HardwareUnavailable
+        Naming the device and suggesting ``--simulate``.
+    """
+    path = spi_device_path(cfg)
+    if not path.exists():
+        raise HardwareUnavailable(f"no SPI device {path} (SPI not enabled, or not a Raspberry Pi with the "
+                                  f"ADS1299 board); to try without the chip use --simulate")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise HardwareUnavailable(f"{path}: permission denied (run as the bedtime user, in group spi)")
+    return path
+
+
+def gpio_pin_factory() -> Any:
+    """gpiozero's default pin factory (the real GPIO), made once; the simulation uses :func:`mock_pin_factory`.
+
+    gpiozero tries each pin library in turn and warns about every one it falls back from; those warnings are
+    folded into the one-line reason here instead of reaching the terminal.
+
+    Raises
+    ------
+    HardwareUnavailable
+        When no pin library can drive this machine's GPIO (not a Raspberry Pi).
+    """
+    import warnings
+
+    from gpiozero import Device
+    from gpiozero.exc import BadPinFactory, PinFactoryFallback
+
+    if Device.pin_factory is not None:
+        return Device.pin_factory
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PinFactoryFallback)
+        try:
+            Device.ensure_pin_factory()
+        except (BadPinFactory, ImportError, OSError, RuntimeError) as e:
+            tried = [str(w.message).removeprefix("Falling back from ") for w in caught
+                     if issubclass(w.category, PinFactoryFallback)]
+            why = tried[-1] if tried else str(e)  # the last pin library tried says why this is no Pi
+            raise HardwareUnavailable(f"no GPIO on this machine, not a Raspberry Pi? (gpiozero {why}); "
+                                      f"to try without the box use --simulate") from None
+    return Device.pin_factory
+
+
 # ---- the outputs ---------------------------------------------------------------------------------------
 class BoxOutputs:
     """The box's light, speaker and "I'm OK" button (``appliance.outputs``), switched off on creation.
@@ -118,6 +179,7 @@ class SimulationSource:
 
     hypnogram: np.ndarray | None = None
     edf_path: Path | None = None
+    edf_channels: list[str | int] | None = None  # None: the file's EEG signals (ads1299_sim.select_edf_signals)
     seed: int = 0
     distressed_arousals: Any = True
     faults: list[ScriptedFault] = field(default_factory=list)
@@ -127,7 +189,7 @@ class SimulationSource:
         if self.edf_path is not None:
             from appliance.ads1299_sim import EdfSource
 
-            edf = EdfSource(self.edf_path, fs_hz=fs_hz, loop=False)
+            edf = EdfSource(self.edf_path, fs_hz=fs_hz, channels=self.edf_channels, loop=False)
             return _ChannelAdapter(edf, n_channels=n_channels, n_samples=edf.samples.shape[0])
         from appliance.synthetic_eeg import SyntheticSleepEEG
 
@@ -208,6 +270,10 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
         from appliance.acquisition import Acquisition
         from appliance.ads1299 import ADS1299
 
+        # before any night folder exists: a machine without the box fails here, in one line
+        pins = gpio_pin_factory()
+        check_spi(cfg)
+
         def bring_up() -> tuple[Any, Any]:
             import spidev
             from gpiozero import DigitalInputDevice
@@ -220,7 +286,7 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
             return Acquisition(chip, ring, mode="drdy"), spi
 
         acq = _AcquisitionAdapter(bring_up)
-        return HardwareEdge(ring=ring, acquisition=acq, pin_factory=None, sample_rate_sps=a.sample_rate_sps,
+        return HardwareEdge(ring=ring, acquisition=acq, pin_factory=pins, sample_rate_sps=a.sample_rate_sps,
                             n_channels=a.channels, gain=a.gain, simulated=False)
     if source is None:
         raise ValueError("a simulated run needs a source (synthetic hypnogram or EDF file)")

@@ -17,6 +17,7 @@ import enum
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,81 @@ class Stage(enum.IntEnum):
     REM = 4
 
 
+STAGE_VALUES: frozenset[int] = frozenset(int(s) for s in Stage)
+"""Every value a hypnogram may hold (the scored stages and UNSCORED)."""
+
 STAGE_NAMES: tuple[str, ...] = ("W", "N1", "N2", "N3", "REM")
 """Names of the five scored stages, indexed by :class:`Stage` value (probability vectors use this order)."""
+
+HYPNOGRAM_ROWS: tuple[Stage, ...] = (Stage.W, Stage.REM, Stage.N1, Stage.N2, Stage.N3)
+"""Rows of a drawn hypnogram, top to bottom, as sleep labs draw it (REM just under wake)."""
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stretch of equal stage in a drawn hypnogram.
+
+    Attributes
+    ----------
+    start_s, end_s : float
+        Seconds since the start of the hypnogram.
+    stage : Stage
+    row : int or None
+        Index into :data:`HYPNOGRAM_ROWS` (0 = top); None for unscored epochs, which are drawn as a gap.
+    """
+
+    start_s: float
+    end_s: float
+    stage: Stage
+    row: int | None
+
+
+def stage_runs(hypnogram: np.ndarray | list[int], *, epoch_s: float = EPOCH_S) -> list[StageRun]:
+    """The step geometry of a hypnogram: its runs of equal stage, in time order.
+
+    Every drawing of a hypnogram (the morning report's PNG, the clinic console's SVG) is made from this one
+    geometry, so they cannot disagree about where a stage starts or which row it sits on.
+
+    Parameters
+    ----------
+    hypnogram : array-like of int
+        One :class:`Stage` value per epoch.
+    epoch_s : float
+        Epoch length in seconds.
+    """
+    h = np.asarray(hypnogram, dtype=np.int64)
+    runs: list[StageRun] = []
+    if not len(h):
+        return runs
+    edges = np.flatnonzero(np.diff(h)) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [len(h)]])
+    for a, b in zip(starts, ends):
+        stage = Stage(int(h[a])) if int(h[a]) in STAGE_VALUES else Stage.UNSCORED
+        row = HYPNOGRAM_ROWS.index(stage) if stage in HYPNOGRAM_ROWS else None
+        runs.append(StageRun(float(a * epoch_s), float(b * epoch_s), stage, row))
+    return runs
+
+
+def step_polylines(runs: list[StageRun]) -> list[list[tuple[float, int]]]:
+    """The step line through ``runs`` as polylines of ``(time_s, row)`` vertices.
+
+    A run is a horizontal segment at its row; consecutive scored runs are joined by a vertical step; an
+    unscored run breaks the line (no stage is drawn where there was no signal to score).
+    """
+    lines: list[list[tuple[float, int]]] = []
+    current: list[tuple[float, int]] = []
+    for r in runs:
+        if r.row is None:
+            if current:
+                lines.append(current)
+            current = []
+            continue
+        current += [(r.start_s, r.row), (r.end_s, r.row)]
+    if current:
+        lines.append(current)
+    return lines
+
 
 _LETTER_TO_STAGE = {
     "W": Stage.W, "0": Stage.W,
@@ -62,13 +136,13 @@ DREAMS_CODE_S = 5.0
 def shared_dir() -> Path | None:
     """The read-only ``shared/`` folder beside the project checkout, or None when absent.
 
-    Looked up as ``../shared`` relative to the repository root, or from ``$BEDTIME_SHARED``.
+    ``$BEDTIME_SHARED``, when set, is the only place looked at (so ``BEDTIME_SHARED=/none make test`` shows what
+    a checkout without the data does); otherwise ``../shared`` relative to the repository root.
     """
     import os
 
     env = os.environ.get("BEDTIME_SHARED")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent.parent / "shared")
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent.parent / "shared"]
     for c in candidates:
         if c.is_dir():
             return c
@@ -82,14 +156,14 @@ def read_sleep_edf_txt(path: str | Path) -> np.ndarray:
     -------
     numpy.ndarray of int8, one :class:`Stage` per 30-s epoch (R&K 3 and 4 become N3, ``?`` -> UNSCORED).
     """
-    text = Path(path).read_text()
+    text = _read_text(Path(path))
     tokens = text.replace("\r", "\n").split()
     return _tokens_to_stages(tokens, path)
 
 
 def read_yasa_txt(path: str | Path) -> np.ndarray:
     """Read a YASA-style hypnogram text file (``#`` comments; ``0..4`` or stage names per line)."""
-    tokens = [ln.strip() for ln in Path(path).read_text().replace("\r", "\n").splitlines()]
+    tokens = [ln.strip() for ln in _read_text(Path(path)).replace("\r", "\n").splitlines()]
     tokens = [t for t in tokens if t and not t.startswith("#")]
     return _tokens_to_stages(tokens, path, table=_YASA_TO_STAGE)
 
@@ -107,10 +181,19 @@ def _tokens_to_stages(tokens: list[str], path: str | Path, *, table: dict[str, S
 
 def read_dreams_codes(path: str | Path) -> np.ndarray:
     """Read a DREAMS hypnogram: the raw 5-s codes as ``int8`` (header line skipped)."""
-    lines = Path(path).read_text().replace("\r", "\n").split()
+    lines = _read_text(Path(path)).replace("\r", "\n").split()
     if lines and lines[0].startswith("["):
         lines = lines[1:]
-    return np.array([int(float(x)) for x in lines], dtype=np.int8)
+    codes = []
+    for i, x in enumerate(lines):
+        try:
+            value = float(x)  # some exports write "5.0"
+        except ValueError:
+            value = float("nan")
+        if not (value.is_integer() and -3 <= value <= 5):
+            raise ValueError(f"{path}: code {i + 1}: {x!r} is not a DREAMS stage code (an integer -3..5)")
+        codes.append(int(value))
+    return np.array(codes, dtype=np.int8)
 
 
 def dreams_codes_to_stages(codes: np.ndarray) -> np.ndarray:
@@ -147,15 +230,35 @@ def dreams_to_epochs(codes: np.ndarray, *, epoch_s: float = EPOCH_S) -> tuple[np
 
 
 def read_hypnogram(path: str | Path) -> np.ndarray:
-    """Read any of the 30-s hypnogram formats above, choosing by content."""
+    """Read any of the 30-s hypnogram formats above, choosing by content.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
+    ValueError
+        When it is not text (UTF-8) or not a hypnogram of any known format; the message names the file and,
+        where it can, the line.
+    """
     p = Path(path)
-    head = p.read_text()[:200]
+    text = _read_text(p)
+    head = text[:200]
     if head.lstrip().startswith("[Hypnogram]"):
         majority, _ = dreams_to_epochs(read_dreams_codes(p))
         return majority
-    if head.lstrip().startswith("#") or re.search(r"^(N1|N2|N3)\s*$", p.read_text(), re.M):
+    if head.lstrip().startswith("#") or re.search(r"^(N1|N2|N3)\s*$", text, re.M):
         return read_yasa_txt(p)
     return read_sleep_edf_txt(p)
+
+
+def _read_text(path: Path) -> str:
+    """A hypnogram file's text; a file that is not UTF-8 (a binary file given by mistake) is a ValueError."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text hypnogram (byte 0x{data[e.start]:02x} at offset {e.start} "
+                         f"is not UTF-8)") from None
 
 
 def real_hypnograms() -> dict[str, np.ndarray]:

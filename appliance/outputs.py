@@ -6,8 +6,9 @@ laptop), and exposes only what the breather needs. Each output refuses a level a
 ``appliance/safety.py`` (a second line of defence behind the breather's own checks): it switches itself
 off and raises :class:`OutputLimitError` rather than clamping.
 
-Default pins (BCM numbering) are the hardware PWM-capable GPIO18 for the light (PWM0) and GPIO13 for the
-speaker (PWM1), and GPIO17 for the button; all are configurable.
+The pins (BCM numbering) are the configuration's ``[outputs]`` table, whose defaults in
+:class:`appliance.config.OutputsSection` are the one place they are written down; these classes take them as
+given and have no defaults of their own.
 """
 from __future__ import annotations
 
@@ -19,10 +20,6 @@ from gpiozero import Button, PWMLED, PWMOutputDevice
 from appliance.safety import MAX_BRIGHTNESS, MAX_TONE_HZ, MAX_VOLUME, MIN_TONE_HZ
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LIGHT_PIN = 18
-DEFAULT_SPEAKER_PIN = 13
-DEFAULT_BUTTON_PIN = 17
 
 
 class OutputLimitError(ValueError):
@@ -44,7 +41,7 @@ class BedsideLight:
 
     cap = MAX_BRIGHTNESS
 
-    def __init__(self, pin: int | str = DEFAULT_LIGHT_PIN, *, pin_factory=None, frequency_hz: int = 1000):
+    def __init__(self, pin: int | str, *, pin_factory=None, frequency_hz: int = 1000):
         self._led = PWMLED(pin, initial_value=0.0, frequency=frequency_hz, pin_factory=pin_factory)
 
     @property
@@ -86,7 +83,7 @@ class Speaker:
 
     cap = MAX_VOLUME
 
-    def __init__(self, pin: int | str = DEFAULT_SPEAKER_PIN, *, tone_hz: float = 330.0, pin_factory=None):
+    def __init__(self, pin: int | str, *, tone_hz: float = 330.0, pin_factory=None):
         if not MIN_TONE_HZ <= tone_hz <= MAX_TONE_HZ:
             raise OutputLimitError(f"speaker tone {tone_hz} Hz outside {MIN_TONE_HZ}..{MAX_TONE_HZ} Hz")
         self._dev = PWMOutputDevice(pin, initial_value=0.0, frequency=int(round(tone_hz)), pin_factory=pin_factory)
@@ -135,7 +132,7 @@ class OkButton:
         Debounce time handed to gpiozero.
     """
 
-    def __init__(self, pin: int | str = DEFAULT_BUTTON_PIN, *, pin_factory=None, bounce_time_s: float | None = 0.05):
+    def __init__(self, pin: int | str, *, pin_factory=None, bounce_time_s: float | None = 0.05):
         self._button = Button(pin, pull_up=True, bounce_time=bounce_time_s, pin_factory=pin_factory)
 
     @property

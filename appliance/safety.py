@@ -76,8 +76,15 @@ def _in_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = Fa
     v = _number(name, value)
     too_low = v <= lo if lo_open else v < lo
     if too_low or v > hi:
-        lo_s = f"> {lo:g}" if lo_open else f">= {lo:g}"
-        raise SafetyEnvelopeError(name, f"{v:g}{unit} is outside the safety envelope ({lo_s} and <= {hi:g}{unit})")
+        # repr, not :g: six digits would print 0.2000001 as "0.2", which reads as a contradiction
+        lo_s = f"> {_num(lo)}" if lo_open else f">= {_num(lo)}"
+        raise SafetyEnvelopeError(name, f"{_num(v)}{unit} is outside the safety envelope "
+                                        f"({lo_s} and <= {_num(hi)}{unit})")
+
+
+def _num(x: float) -> str:
+    """``x`` with as many digits as tell it apart from its neighbours (Python's shortest round-trip repr)."""
+    return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
 
 
 def _int_in_range(name: str, value: Any, lo: int, hi: int) -> None:

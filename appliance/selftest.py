@@ -65,6 +65,10 @@ def _chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any, speed: float = SI
         drdy = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
         return ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
                        max_speed_hz=a.spi_max_speed_hz, sleep=lambda s: time.sleep(s / speed))
+    from appliance.hardware import check_spi, gpio_pin_factory
+
+    check_spi(cfg)  # names /dev/spidevB.D and --simulate, instead of spidev's bare FileNotFoundError
+    gpio_pin_factory()
     import spidev
     from gpiozero import DigitalInputDevice
 
@@ -90,9 +94,13 @@ def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool =
 
         pin_factory = mock_pin_factory()
 
+    from appliance.hardware import HardwareUnavailable, gpio_pin_factory
+
     def run(name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
         try:
             ok, detail = fn()
+        except HardwareUnavailable as e:  # already a sentence naming the device and what to do
+            ok, detail = False, str(e)
         except Exception as e:  # a check that blows up is a failed check, with its reason
             ok, detail = False, f"{type(e).__name__}: {e}"
         results.append(CheckResult(name, ok, detail))
@@ -158,8 +166,9 @@ def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool =
             from appliance.outputs import BedsideLight, Speaker
 
             o = cfg.outputs
-            dev = (BedsideLight(o.light_pin, pin_factory=pin_factory) if kind == "light"
-                   else Speaker(o.sound_pin, pin_factory=pin_factory))
+            pins = pin_factory if pin_factory is not None else gpio_pin_factory()
+            dev = (BedsideLight(o.light_pin, pin_factory=pins) if kind == "light"
+                   else Speaker(o.sound_pin, pin_factory=pins))
             try:
                 dev.level = OUTPUT_CHECK_LEVEL
                 time.sleep(0.3)  # long enough for a person at the bedside to see the glow / hear the tone

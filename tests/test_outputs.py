@@ -64,3 +64,19 @@ def test_all_off_switches_every_output_even_if_one_fails(factory):
     errors = all_off(Broken(), light, spk)
     assert factory.pin(18).state == 0 and factory.pin(13).state == 0
     assert len(errors) == 1 and "gpio gone" in errors[0]
+
+
+def test_the_pins_are_defined_once_in_the_config_on_separate_pwm_channels():
+    """outputs.py once had defaults of its own (18/13/17) disagreeing with the config's (12/13/16)."""
+    import inspect
+
+    from appliance import outputs
+    from appliance.config import validate_config
+
+    for cls in (BedsideLight, Speaker, OkButton):
+        assert inspect.signature(cls).parameters["pin"].default is inspect.Parameter.empty, cls
+    assert not [name for name in dir(outputs) if name.startswith("DEFAULT_") and name.endswith("_PIN")]
+    o = validate_config({}).outputs
+    assert o.light_pin in (12, 18) and o.sound_pin in (13, 19)  # hardware PWM0 and PWM1: one channel each
+    assert o.light_pin != 18  # GPIO18 is also the PCM/I2S clock an audio DAC needs
+    assert o.button_pin not in (7, 8, 9, 10, 11, o.light_pin, o.sound_pin)  # not SPI0, not an output

@@ -7,9 +7,11 @@ Subcommands::
     bedtime-fleet push-config FILE --box ID... validate a TOML/JSON config and set it on boxes
     bedtime-fleet report --box ID [--night N]  request a night report and save it as JSON
     bedtime-fleet ping --box ID                check a box answers commands
+    bedtime-fleet family-acl --family N=BOX,.. broker ACL blocks of family (Home Assistant) accounts
 
-Broker options (``--host``, ``--port``, ``--username``, ``--password-file``, ``--ca``...) come before the
-subcommand and also read ``BEDTIME_MQTT_*`` environment variables.
+Broker options (``--host``, ``--port``, ``--username``, ``--password-file``, ``--ca``...) go before or after
+the subcommand and also read ``BEDTIME_MQTT_*`` environment variables. A broker that cannot be reached or
+refuses the connection is one line on stderr and exit status 3, at once (not after a timeout).
 
 Subcommands live in a registry (:func:`subcommand`), so other parts of the fleet tooling add theirs
 (e.g. the web console's ``serve``) by registering in a module listed in :data:`PLUGIN_MODULES`.
@@ -23,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+import ssl
 import sys
 import threading
 import time
@@ -32,7 +35,9 @@ from datetime import timezone
 from pathlib import Path
 from typing import Callable
 
+from appliance import __version__
 from appliance import mqtt_schema as schema
+from appliance.cliparse import OneLineParser, one_line
 from appliance.commands import CommandError
 from appliance.fleet.ingest import CommandTimeout, FleetIngest, TLSClientSettings
 
@@ -47,51 +52,85 @@ class Subcommand:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    uses_broker: bool = True  # takes the broker options after its name too
 
 
 #: name -> Subcommand, in the order ``--help`` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {}
 
 #: Modules imported before parsing so they can register subcommands (only if installed/present).
-PLUGIN_MODULES: tuple[str, ...] = ("appliance.fleet.web.cli",)
+PLUGIN_MODULES: tuple[str, ...] = ("appliance.fleet.web.cli", "appliance.fleet.broker_acl")
 
 
 def subcommand(name: str, *, help: str,
-               add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None):
-    """Decorator: register ``run(args) -> exit code`` as ``bedtime-fleet <name>``."""
+               add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+               uses_broker: bool = True):
+    """Decorator: register ``run(args) -> exit code`` as ``bedtime-fleet <name>`` (``uses_broker``: it
+    connects to the broker, so the broker options are accepted after its name as well as before)."""
     def deco(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
         if name in SUBCOMMANDS:
             raise ValueError(f"bedtime-fleet subcommand {name!r} registered twice")
-        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run)
+        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run, uses_broker)
         return run
     return deco
 
 
 # ---- shared: broker connection ------------------------------------------------------------------
 
-def add_broker_arguments(ap: argparse.ArgumentParser) -> None:
+def add_broker_arguments(ap: argparse.ArgumentParser, *, after_subcommand: bool = False) -> None:
+    """The broker options. ``after_subcommand``: the copy on a subcommand's parser, whose defaults are
+    suppressed so that an option given before the subcommand is not overwritten by the default after it."""
     env = os.environ.get
-    g = ap.add_argument_group("broker")
-    g.add_argument("--host", default=env("BEDTIME_MQTT_HOST", "localhost"))
-    g.add_argument("--port", type=int, default=int(env("BEDTIME_MQTT_PORT", "1883")))
-    g.add_argument("--username", default=env("BEDTIME_MQTT_USERNAME"))
-    g.add_argument("--password-file", type=Path, default=env("BEDTIME_MQTT_PASSWORD_FILE"),
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if after_subcommand else value
+
+    g = ap.add_argument_group("broker", "before or after the subcommand; BEDTIME_MQTT_* variables set defaults")
+    g.add_argument("--host", default=default(env("BEDTIME_MQTT_HOST", "localhost")),
+                   help="broker host (default localhost; env BEDTIME_MQTT_HOST)")
+    g.add_argument("--port", type=int, default=default(env("BEDTIME_MQTT_PORT", "1883")),
+                   help="broker port (default 1883; env BEDTIME_MQTT_PORT)")
+    g.add_argument("--username", default=default(env("BEDTIME_MQTT_USERNAME")),
+                   help="user name (default anonymous; env BEDTIME_MQTT_USERNAME)")
+    g.add_argument("--password-file", type=Path, default=default(env("BEDTIME_MQTT_PASSWORD_FILE")),
                    help="file holding the password (never pass passwords on the command line)")
-    g.add_argument("--ca", default=env("BEDTIME_MQTT_CA"), help="CA certificate; turns TLS on")
-    g.add_argument("--cert", default=env("BEDTIME_MQTT_CERT"), help="client certificate (mutual TLS)")
-    g.add_argument("--key", default=env("BEDTIME_MQTT_KEY"), help="client key (mutual TLS)")
-    g.add_argument("--wait", type=float, default=1.0,
+    g.add_argument("--ca", default=default(env("BEDTIME_MQTT_CA")), help="CA certificate; turns TLS on")
+    g.add_argument("--cert", default=default(env("BEDTIME_MQTT_CERT")), help="client certificate (mutual TLS)")
+    g.add_argument("--key", default=default(env("BEDTIME_MQTT_KEY")), help="client key (mutual TLS)")
+    g.add_argument("--wait", type=float, default=default(1.0),
                    help="seconds to collect retained status before listing/selecting boxes (default 1)")
 
 
+CONNECT_WAIT_S = 10.0
+"""Longest wait for the broker to accept the subscriptions once it has accepted the connection."""
+
+
 def connect(args: argparse.Namespace, *, group: str | None = None, **callbacks) -> FleetIngest:
-    """An observer :class:`FleetIngest` from the broker options (started)."""
+    """An observer :class:`FleetIngest` from the broker options (started; fails at the first refusal).
+
+    Raises
+    ------
+    ConnectionError
+        One line: the password file or a TLS file cannot be read, or the broker cannot be reached or
+        refuses the connection.
+    """
     password = None
     if args.password_file:
-        password = Path(args.password_file).read_text().strip()
+        try:
+            password = Path(args.password_file).read_text().strip()
+        except (OSError, ValueError) as e:
+            raise ConnectionError(f"--password-file {args.password_file}: cannot read: "
+                                  f"{getattr(e, 'strerror', None) or e}") from None
+    for option, value in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+        if value and not Path(value).is_file():
+            raise ConnectionError(f"{option} {value}: no such file")
     tls = TLSClientSettings(args.ca, args.cert, args.key) if args.ca else None
-    return FleetIngest(args.host, args.port, tls=tls, username=args.username, password=password,
-                       group=group, **callbacks).start()
+    try:
+        ingest = FleetIngest(args.host, args.port, tls=tls, username=args.username, password=password,
+                             group=group, **callbacks)
+    except ssl.SSLError as e:
+        raise ConnectionError(f"TLS files: {e}") from None
+    return ingest.start(wait_s=CONNECT_WAIT_S, fail_fast=True)
 
 
 def _fmt_time(t) -> str:
@@ -182,9 +221,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 # ---- push-config --------------------------------------------------------------------------------
 
 def _box_validator() -> Callable[[dict], object]:
-    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse."""
-    from appliance.config import validate_config
-    return validate_config
+    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse;
+    run offline (:mod:`appliance.fleet.configcheck`): paths in the config name the box's files, not ours."""
+    from appliance.fleet.configcheck import validate_offline
+    return validate_offline
 
 
 def load_config_file(path: Path) -> dict:
@@ -257,9 +297,9 @@ def cmd_push_config(args: argparse.Namespace) -> int:
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", action="append", required=True, help="box id or pattern; repeatable")
-    p.add_argument("--night", default="latest", help="'latest' or YYYY-MM-DD")
+    p.add_argument("--night", default="latest", help="'latest' (default) or YYYY-MM-DD")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for <box>-<night>.json")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each box's answer (default 30)")
     p.add_argument("--retained", action="store_true",
                    help="save the last report each box published (retained at the broker; works while the box "
                         "is offline) instead of asking the box")
@@ -300,8 +340,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 @subcommand("ping", help="check that boxes answer commands",
-            add_arguments=lambda p: (p.add_argument("--box", action="append", required=True),
-                                     p.add_argument("--timeout", type=float, default=5.0)))
+            add_arguments=lambda p: (p.add_argument("--box", action="append", required=True,
+                                                    help="box id or pattern; repeatable"),
+                                     p.add_argument("--timeout", type=float, default=5.0,
+                                                    help="seconds to wait for each box's answer (default 5)")))
 def cmd_ping(args: argparse.Namespace) -> int:
     rc = 0
     with connect(args) as ingest:
@@ -329,28 +371,32 @@ def build_parser() -> argparse.ArgumentParser:
             present = False
         if present:
             importlib.import_module(mod)  # registers its subcommands; errors in it are real errors
-    ap = argparse.ArgumentParser(prog="bedtime-fleet", description="Follow and manage a fleet of bedtime boxes.")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap = OneLineParser(prog="bedtime-fleet", description="Follow and manage a fleet of bedtime boxes.")
+    ap.add_argument("--version", action="version", version=f"bedtime-fleet {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log what the MQTT ingest does")
     add_broker_arguments(ap)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for sc in SUBCOMMANDS.values():
         p = sub.add_parser(sc.name, help=sc.help, description=sc.help)
         sc.add_arguments(p)
+        if sc.uses_broker:
+            add_broker_arguments(p, after_subcommand=True)
         p.set_defaults(_run=sc.run)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``bedtime-fleet``: parse ``argv`` and run the subcommand; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args._run(args)
     except CommandError as e:
-        print(f"bedtime-fleet: refused before sending: {e}", file=sys.stderr)
+        print(f"bedtime-fleet: refused before sending: {one_line(e)}", file=sys.stderr)
         return 2
     except ConnectionError as e:
-        print(f"bedtime-fleet: {e}", file=sys.stderr)
+        print(f"bedtime-fleet: {one_line(e)}", file=sys.stderr)
         return 3
 
 

@@ -15,25 +15,28 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
 import os
 import sys
 from pathlib import Path
 
 from appliance.fleet.cli import subcommand
+from appliance.fleet.db import clinic_state_dir, default_database_url
 
-DEFAULT_DB = os.environ.get("BEDTIME_CONSOLE_DB", "sqlite:///var/fleet.db")
 DEFAULT_KEY = Path(os.environ.get("BEDTIME_SIGNING_KEY", "fleet-signing.key"))
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB}; env BEDTIME_CONSOLE_DB)")
+    p.add_argument("--db", default=default_database_url(),
+                   help="database URL (default: sqlite:///PATH with PATH /var/lib/bedtime-clinic/fleet.db as root, "
+                        "~/.local/state/bedtime-clinic/fleet.db otherwise; env BEDTIME_CONSOLE_DB)")
 
 
 def _open_db(url: str):
     from appliance.fleet.db import FleetDB
 
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+    if url.startswith("sqlite:///"):  # the file's folder (absolute sqlite:////..., or relative) must exist
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return FleetDB(url)
 
@@ -45,9 +48,9 @@ def _keys_args(p: argparse.ArgumentParser) -> None:
 
 
 @subcommand("keys", help="make the clinic's Ed25519 signing keypair (NAME.key private, NAME.pub public)",
-            add_arguments=_keys_args)
+            add_arguments=_keys_args, uses_broker=False)
 def cmd_keys(args: argparse.Namespace) -> int:
-    from appliance.fleet.signing import PASSPHRASE_ENV, generate_keypair
+    from appliance.protocol.signing import PASSPHRASE_ENV, generate_keypair
 
     priv, pub = args.dir / f"{args.name}.key", args.dir / f"{args.name}.pub"
     passphrase = os.environ.get(PASSPHRASE_ENV)
@@ -68,25 +71,39 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"private key (default {DEFAULT_KEY})")
     p.add_argument("--out", type=Path, help="manifest path (default FILE.sig.json)")
     p.add_argument("--card", type=Path, help="a model's model card (default: model_card.json beside FILE)")
+    p.add_argument("--box", action="append", default=[], metavar="ID",
+                   help="a box this update is for (repeat; at least one --box or --group)")
+    p.add_argument("--group", action="append", default=[], metavar="NAME",
+                   help="a group of boxes (their box.groups) this update is for (repeat)")
+    p.add_argument("--serial", type=int, help="serial, above every earlier update of this kind (default: "
+                                              "microseconds since 1970 now)")
+    p.add_argument("--expires-in-days", type=float,
+                   help="days until boxes refuse it (default 14, at most 366)")
 
 
 @subcommand("sign", help="sign a model or config file: writes a detached FILE.sig.json manifest",
-            add_arguments=_sign_args)
+            add_arguments=_sign_args, uses_broker=False)
 def cmd_sign(args: argparse.Namespace) -> int:
-    from appliance.fleet.signing import load_private_key, sign_file
+    from appliance.protocol.signing import DEFAULT_LIFETIME_S, load_private_key, sign_file
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
-        from appliance.config import ConfigError, validate_config
+        from appliance.config import ConfigError
+        from appliance.fleet.configcheck import validate_offline
 
         try:
-            validate_config(json.loads(args.file.read_text()))
-        except (ValueError, ConfigError) as e:
+            validate_offline(json.loads(args.file.read_text()))
+        except (ValueError, ConfigError, RecursionError) as e:
             print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
             return 2
+    if not args.box and not args.group:
+        print(f"bedtime-fleet sign: {args.file}: name the boxes (--box ID) or groups (--group NAME) it is for",
+              file=sys.stderr)
+        return 2
     try:
         out = sign_file(args.file, load_private_key(args.key), kind=kind, version=args.version, out=args.out,
-                        card=args.card)
+                        card=args.card, boxes=args.box, groups=args.group, serial=args.serial,
+                        lifetime_s=DEFAULT_LIFETIME_S if args.expires_in_days is None else args.expires_in_days * 86400)
     except (OSError, ValueError) as e:  # no card / wrong card: the box would refuse the update
         print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
         return 2
@@ -96,15 +113,16 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 # ---- users ----------------------------------------------------------------------------------------
 def _user_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("add", "list"))
-    p.add_argument("name", nargs="?")
-    p.add_argument("--role", choices=("viewer", "operator"), default="viewer")
+    p.add_argument("action", choices=("add", "list"), help="add an account, or list them")
+    p.add_argument("name", nargs="?", help="the account's user name (add)")
+    p.add_argument("--role", choices=("viewer", "operator"), default="viewer",
+                   help="viewer (reads) or operator (also pushes configs and rollouts); default viewer")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
     _db_arg(p)
 
 
 @subcommand("user", help="manage web console accounts (add NAME --role viewer|operator; list)",
-            add_arguments=_user_args)
+            add_arguments=_user_args, uses_broker=False)
 def cmd_user(args: argparse.Namespace) -> int:
     from appliance.fleet.auth import create_user
 
@@ -137,12 +155,16 @@ def cmd_user(args: argparse.Namespace) -> int:
 def _serve_args(p: argparse.ArgumentParser) -> None:
     _db_arg(p)
     p.add_argument("--listen", default="127.0.0.1:8080", help="address:port to serve on (default 127.0.0.1:8080)")
-    p.add_argument("--secret-file", type=Path, default=Path("var/console-session.key"),
-                   help="session-signing key, shared by every instance (created if missing)")
+    p.add_argument("--secret-file", type=Path, default=clinic_state_dir() / "session.key",
+                   help="session-signing key, shared by every instance (created if missing; default session.key "
+                        "beside the default database)")
     p.add_argument("--signing-key", type=Path, help="clinic private key: lets the console sign config pushes")
     p.add_argument("--public-key", type=Path, help="clinic public key: refuse uploads that do not verify")
     p.add_argument("--share-group", default="bedtime-console", help="MQTT shared-subscription group")
     p.add_argument("--no-mqtt", action="store_true", help="serve the database only (no broker connection)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR[/BITS]",
+                   help="a reverse proxy whose X-Forwarded-For is believed (repeatable; default: none, the client "
+                        "address is the TCP peer)")
     p.add_argument("--plain-http", action="store_true",
                    help="session cookie without Secure (only behind no proxy, on loopback, for trying it out)")
 
@@ -154,28 +176,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from appliance.fleet.web import ConsoleSettings, create_app
 
     host, _, port = args.listen.rpartition(":")
+    for proxy in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            print(f"bedtime-fleet serve: --trusted-proxy {proxy!r}: not an IP address or network", file=sys.stderr)
+            return 2
     password = Path(args.password_file).read_text().strip() if args.password_file else None
     settings = ConsoleSettings(
         database_url=args.db, secret_key_file=args.secret_file, https_only=not args.plain_http,
         mqtt_host=None if args.no_mqtt else args.host, mqtt_port=args.port, mqtt_username=args.username,
         mqtt_password=password, mqtt_tls_ca=args.ca, share_group=args.share_group,
-        signing_key_file=args.signing_key, public_key_file=args.public_key)
+        signing_key_file=args.signing_key, public_key_file=args.public_key,
+        trusted_proxies=tuple(args.trusted_proxy))
     _open_db(args.db).close()  # creates the folder and migrates before the app starts
     app = create_app(settings)
-    uvicorn.run(app, host=host or "127.0.0.1", port=int(port), proxy_headers=True, log_level="info",
-                timeout_graceful_shutdown=3)
+    uvicorn.run(app, **uvicorn_options(host=host or "127.0.0.1", port=int(port)))
     return 0
+
+
+def uvicorn_options(*, host: str, port: int) -> dict:
+    """How ``serve`` runs uvicorn (the tests run the console the same way).
+
+    uvicorn's own ``X-Forwarded-For`` handling is off (by default it believes any client on 127.0.0.1, so
+    behind nothing, or on a host shared with others, anyone could name any address and lock it out): the
+    app decides from ``settings.trusted_proxies``, and ``request.client`` is always the TCP peer.
+    """
+    return {"host": host, "port": port, "proxy_headers": False, "log_level": "info", "timeout_graceful_shutdown": 3}
 
 
 # ---- rollout --------------------------------------------------------------------------------------
 def _rollout_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", type=Path)
-    p.add_argument("--kind", choices=("model", "config"), required=True)
+    p.add_argument("file", type=Path, help="the model (.tflite) or config (.json) to roll out")
+    p.add_argument("--kind", choices=("model", "config"), required=True, help="what FILE is")
     p.add_argument("--manifest", type=Path, help="FILE.sig.json from `bedtime-fleet sign` (default: beside FILE)")
     p.add_argument("--canary", required=True, help="comma-separated canary box ids")
     p.add_argument("--rest", default="", help="comma-separated box ids updated after the canaries")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each box's health report")
-    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--batch", type=int, default=10, help="after the canaries, boxes per batch (default 10)")
     _db_arg(p)
 
 
@@ -183,7 +221,7 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
 def cmd_rollout(args: argparse.Namespace) -> int:
     from appliance.fleet.cli import connect
     from appliance.fleet.rollout import RolloutRunner, create_rollout
-    from appliance.fleet.signing import SignatureError, parse_manifest
+    from appliance.protocol.signing import SignatureError, parse_manifest
 
     manifest_path = args.manifest or args.file.with_name(args.file.name + ".sig.json")
     try:
