@@ -259,11 +259,15 @@ def test_box_on_a_full_disk_keeps_alerts_reports_it_and_delivers_each_row_once(s
         for i in range(21):
             link.publish_alert(title="Loop", message=f"alert {i}", severity="warning", n=i)
         assert link.stats["outbox_refused"] == 0  # every alert was stored
+        # What the box says at its next connect (the retained status): what is wrong.
+        assert "disk full" in link._status_payload("online")["outbox_problem"]
         broker.start()
         assert link.wait_connected(15)
         assert link.wait_delivered(60)
         assert rec.wait_for(lambda r: len(r.of("/alert")) == 21, 30)
-        assert rec.wait_for(lambda r: any(p.get("outbox_problem") for p in r.of("/status")), 10)
+        # Delivered rows freed room in the database: the problem is over, and the status says so.
+        assert rec.wait_for(lambda r: r.of("/status") and "outbox_problem" not in r.of("/status")[-1], 10)
+        assert link.outbox.problem is None
         delivered = len(rec.messages)
         # No storm: nothing is sent again (the old link re-sent the same rows every ~3 s).
         assert not wait_until(lambda: len([m for m in rec.messages if not m[0].endswith("/status")])
