@@ -145,13 +145,13 @@ def test_update_command_registered_and_handler(tmp_path, clinic):
         commands.parse_command("update", json.dumps({"args": {"kind": "firmware", "payload_b64": "", "manifest": "{}"}}))
 
 
-@pytest.mark.broker
 CONNECT_WAIT_S = 60.0
 """Longest wait for an MQTT connection and its subscriptions in these tests (a loaded CI machine)."""
 REPLY_WAIT_S = 60.0
 """Longest wait for a box's reply to an update command (it verifies, applies and health-checks first)."""
 
 
+@pytest.mark.broker
 def test_tampered_update_over_mqtt_refused_and_reported(tmp_path, clinic, broker):
     """Through a real broker: the box's reply says refused and why; the box keeps running the old config."""
     from appliance.fleet.ingest import FleetIngest
