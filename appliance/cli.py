@@ -25,11 +25,15 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance import __version__
 from appliance.cliparse import OneLineParser, one_line
 from appliance.config import (DEFAULT_CONFIG_PATH, BoxConfig, ConfigError, check_on_this_machine, load_config,
                               permission_warnings, simulation_state_dir, validate_config)
+
+if TYPE_CHECKING:
+    from appliance.hardware import SimulationSource
 
 logger = logging.getLogger("bedtime")
 
@@ -182,7 +186,7 @@ def _with_pushed_config(cfg: BoxConfig) -> BoxConfig:
     return merged
 
 
-def _simulation_source(args: argparse.Namespace) -> object:
+def _simulation_source(args: argparse.Namespace) -> SimulationSource:
     """What the simulated chip plays, read and checked now so that a bad file is a one-line refusal."""
     from appliance.hardware import SimulationSource
 
