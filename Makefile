@@ -8,7 +8,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 EXTRAS ?= test,fleet
 
-.PHONY: all venv demo test test-python test-native bench model evaluate demo-deps test-deps system-deps install-pi clean
+.PHONY: all venv ha-venv demo test test-python test-native interop bench model evaluate demo-deps test-deps \
+        system-deps install-pi clean system-test pi-test system-test-deps
 
 all: test
 
@@ -66,6 +67,49 @@ test-python: venv
 # The C ring buffer and decoder under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-native:
 	$(MAKE) -C native test
+
+# ---- interoperability -------------------------------------------------------------------------
+# A real Home Assistant Core in its own venv (it pins its own paho-mqtt and ~150 packages), cached in
+# build/ (ignored): rebuilt only when its requirement or constraint file changes. 2024.3.x is the last
+# line that runs on Python 3.11.
+HA_VENV  ?= build/ha-venv
+HA_STAMP := $(HA_VENV)/.installed
+HA_REQS  := tests/interop/ha-requirements.txt
+HA_CONS  := tests/interop/ha-constraints.txt
+
+$(HA_STAMP): $(HA_REQS) $(HA_CONS)
+	test -x $(HA_VENV)/bin/python || $(PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(HA_VENV)/bin/python -m pip install -q -r $(HA_REQS) -c $(HA_CONS)
+	touch $@
+
+ha-venv: $(HA_STAMP)
+
+# The box against that Home Assistant over the test mosquitto (tests/interop, not part of `make test`).
+interop: demo-deps venv ha-venv
+	BEDTIME_HA_VENV=$(HA_VENV) $(PY) -m pytest -q -p no:cacheprovider tests/interop
+
+# ---- the box where it lives: install-pi.sh and bedtime.service under a real systemd ----------------------
+# Root only. A Debian 12 root filesystem (debootstrap, cached in build/rootfs/ARCH) booted with systemd-nspawn;
+# install-pi.sh runs inside as on a Pi. system-test: amd64; pi-test: arm64 under qemu-user-static (Cortex-A72).
+# Not part of `make test` (tests/conftest.py leaves tests/system out unless BEDTIME_SYSTEM_TESTS is set).
+system-test-deps:
+	@missing=""; \
+	for t in debootstrap:debootstrap systemd-nspawn:systemd-container qemu-aarch64-static:qemu-user-static \
+	         update-binfmts:binfmt-support; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+system-test: demo-deps system-test-deps venv
+	BEDTIME_SYSTEM_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -s tests/system/test_systemd_box.py
+
+pi-test: demo-deps system-test-deps venv
+	BEDTIME_SYSTEM_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -s tests/system/test_pi_arm64.py
 
 # ---- measurement and models ---------------------------------------------------------------------
 bench: test-deps venv

@@ -2,11 +2,11 @@
 
 Commands::
 
-    bedtime run [--simulate] [--edf FILE | --synthetic] [--speed X] [--config FILE]
+    bedtime run [--simulate] [--edf FILE [--channels A,B] | --synthetic] [--speed X] [--config FILE]
     bedtime selftest [--simulate] [--config FILE]
     bedtime report [NIGHT] [--config FILE] [--json]
     bedtime config check FILE
-    bedtime audit verify FILE [FILE...]
+    bedtime audit verify PATH [PATH...] [--reports DIR] [--expect-hash HASH]
     bedtime outputs-off [--simulate] [--config FILE]
 
 Exit codes: 0 success, 1 a check failed, 2 bad usage, a bad configuration or no box here (one line on stderr,
@@ -23,19 +23,24 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import __version__
 from appliance.cliparse import OneLineParser, one_line
-from appliance.config import (DEFAULT_CONFIG_PATH, BoxConfig, ConfigError, check_on_this_machine, load_config,
-                              permission_warnings, simulation_state_dir, validate_config)
+from appliance.config import (DEFAULT_CONFIG_PATH, EXAMPLE_BOX_ID, BoxConfig, ConfigError, check_on_this_machine,
+                              load_config, permission_warnings, simulation_state_dir, validate_config)
 
 if TYPE_CHECKING:
     from appliance.hardware import SimulationSource
 
 logger = logging.getLogger("bedtime")
+
+EX_NEXT_NIGHT = 75
+"""EX_TEMPFAIL: the night ended (max_night_hours) or the clinic asked for a restart; the unit's
+RestartForceExitStatus=75 starts the daemon again, and with it the next night."""
 
 
 class UsageError(Exception):
@@ -76,6 +81,38 @@ def _seed(text: str) -> int:
     return v
 
 
+def _channel_list(text: str) -> list[str | int]:
+    """``--channels C3-A1,O1-A1`` or ``--channels 6,0``: labels or indices, comma-separated."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty signal name in {text!r}")
+    return [int(t) if t.isdigit() else t for t in items]
+
+
+def _check_edf(path: Path, channels: list[str | int] | None) -> str | None:
+    """Why ``--edf PATH [--channels ...]`` cannot be replayed (one line), or None when it can.
+
+    Reads only the header, so a bad file or channel choice is refused before the box starts.
+    """
+    import edfio
+
+    from appliance.ads1299_sim import select_edf_signals
+
+    if not path.is_file():
+        return f"{path}: no such file"
+    try:
+        edf = edfio.read_edf(path, lazy_load_data=True)
+        signals = list(edf.signals)
+    except Exception as e:  # edfio raises several kinds on a malformed header  # noqa: BLE001
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"{path}: not a readable EDF file ({why})"
+    try:
+        select_edf_signals(signals, channels=channels, source=str(path))
+    except ValueError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (tests check the systemd unit's command lines against it)."""
     ap = OneLineParser(prog="bedtime", description="bedtime bedside sleep appliance")
@@ -92,9 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(run)
     run.add_argument("--simulate", action="store_true", help="chip simulator and mock GPIO instead of hardware")
     src = run.add_mutually_exclusive_group()
-    src.add_argument("--edf", type=Path, help="simulate: replay this EDF/EDF+ file through the chip simulator")
+    src.add_argument("--edf", type=Path, help="simulate: replay this EDF/EDF+ file (e.g. a whole PSG) through the "
+                     "chip simulator; its EEG signals are taken by unit and label, the others skipped")
     src.add_argument("--synthetic", action="store_true",
                      help="simulate: synthetic sleep EEG over a real (../shared) or built-in hypnogram (default)")
+    run.add_argument("--channels", type=_channel_list, default=None, metavar="A,B,...",
+                     help="simulate --edf: the signals to replay, by label or 0-based index, in chip-channel order "
+                          "(default: the file's EEG signals, central first)")
     run.add_argument("--hypnogram", type=Path, help="simulate: hypnogram file the synthetic EEG follows")
     run.add_argument("--speed", type=_speed, default=1.0,
                      help="simulate: replay speed, > 0 (600 = 8 h in 48 s; inf = as fast as it runs)")
@@ -105,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(st)
     st.add_argument("--simulate", action="store_true", help="run against the chip simulator and mock GPIO")
     st.add_argument("--no-broker", action="store_true", help="skip the broker check")
+    st.add_argument("--speed", type=float, default=None,
+                    help="simulate: chip simulator speed, x real time (default 4; lower under emulation)")
 
     rp = sub.add_parser("report", help="show (and rebuild) the morning report of a night")
     with_config(rp)
@@ -120,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="audit-log tools")
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     ver = au_sub.add_parser("verify", help="verify hash-chained audit logs")
-    ver.add_argument("files", nargs="+", type=Path, help="audit log files (state_dir/audit.log)")
+    ver.add_argument("files", nargs="+", type=Path, metavar="PATH",
+                     help="audit log file(s) (state_dir/audit.log), or folder(s) holding audit.log (the state "
+                          "directory)")
+    ver.add_argument("--reports", default=None, metavar="DIR",
+                     help="nights whose report.json promised audit heads (default: PATH's nights/)")
+    ver.add_argument("--expect-hash", action="append", default=[], metavar="HASH",
+                     help="a head hash the log must contain (the clinic's copy of a night report's)")
 
     off = sub.add_parser("outputs-off", help="force light and sound off (systemd ExecStopPost)")
     with_config(off)
@@ -165,37 +214,28 @@ def builtin_hypnogram():
     return np.array(night, dtype=np.int8)
 
 
-def _with_pushed_config(cfg: BoxConfig) -> BoxConfig:
-    """Merge the config the clinic last pushed over MQTT (kept in the state directory) over the file's."""
-    from appliance.config import merge_config
-    from appliance.daemon import PUSHED_CONFIG
-
-    path = Path(cfg.box.state_dir) / PUSHED_CONFIG
-    if not path.is_file():
-        return cfg
-    try:
-        pushed = json.loads(path.read_text())
-        # the box's identity, broker and state directory stay those of the file on the box
-        for local in ("box", "mqtt"):
-            pushed.pop(local, None)
-        merged = merge_config(cfg, pushed)
-    except (ValueError, ConfigError) as e:
-        logger.error("ignoring the clinic's pushed config %s: %s", path, e)
-        return cfg
-    logger.info("applied the clinic's pushed config from %s", path)
-    return merged
+def _start_again() -> None:
+    """Replace this process by a fresh start of the same command line (same PID, so systemd counts no restart):
+    a failed start's memory, threads and open devices all go with the old image."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, list(sys.orig_argv))
 
 
-def _simulation_source(args: argparse.Namespace) -> SimulationSource:
+def _simulation_source(args: argparse.Namespace, *, seed: int) -> SimulationSource:
     """What the simulated chip plays, read and checked now so that a bad file is a one-line refusal."""
     from appliance.hardware import SimulationSource
 
     if args.edf is not None:
         if not args.edf.is_file():
             raise UsageError(f"--edf {args.edf}: {'not a file' if args.edf.exists() else 'no such file'}")
-        return SimulationSource(edf_path=args.edf, seed=args.seed)
+        problem = _check_edf(args.edf, args.channels)
+        if problem:
+            raise UsageError(f"--edf {problem}")
+        return SimulationSource(edf_path=args.edf, edf_channels=args.channels, seed=seed)
     if args.hypnogram is None:
-        return SimulationSource(hypnogram=builtin_hypnogram(), seed=args.seed)
+        return SimulationSource(hypnogram=builtin_hypnogram(), seed=seed)
     from appliance.hypnogram import read_hypnogram
 
     try:
@@ -206,29 +246,69 @@ def _simulation_source(args: argparse.Namespace) -> SimulationSource:
         raise UsageError(f"--hypnogram {one_line(e)}") from None
     if len(hyp) == 0:
         raise UsageError(f"--hypnogram {args.hypnogram}: no epochs in it")
-    return SimulationSource(hypnogram=hyp, seed=args.seed)
+    return SimulationSource(hypnogram=hyp, seed=seed)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Daemon
     from appliance.hardware import open_hardware
+    from appliance.pushed_config import PushedConfigStore
 
-    if not args.simulate and (args.edf or args.synthetic or args.hypnogram):
-        raise UsageError("--edf/--synthetic/--hypnogram need --simulate")
-    cfg = _with_pushed_config(_load(args.config))
-    _usage_error_if_unusable(cfg)
-    source = _simulation_source(args) if args.simulate else None
-    try:
-        hw = open_hardware(cfg, simulate=args.simulate, source=source, speed=args.speed)
-    except (OSError, ValueError) as e:
-        if args.edf is None:
-            raise
-        raise UsageError(f"--edf {args.edf}: not a readable EDF/EDF+ recording ({one_line(e)})") from None
+    if not args.simulate and (args.edf or args.synthetic or args.hypnogram or args.channels):
+        raise UsageError("--edf/--channels/--synthetic/--hypnogram need --simulate")
+    if args.channels and args.edf is None:
+        raise UsageError("--channels needs --edf")
+    file_cfg = _load(args.config)
+    if not args.simulate and not _no_config_file(args.config) and file_cfg.box.id == EXAMPLE_BOX_ID:
+        # a box left with the example's id would share its MQTT topics with every other such box (without any
+        # configuration file this is not a box yet: opening the hardware says what is missing)
+        where = args.config or DEFAULT_CONFIG_PATH
+        raise ConfigError("box.id", f"{EXAMPLE_BOX_ID!r} is the example's id; set [box] id in {where} to a name "
+                                    f"unique to this box (install-pi.sh writes box-<machine id>)")
+    _usage_error_if_unusable(file_cfg)
+    # the systemd unit runs `bedtime run --config ...` on real and simulated boxes alike: [hardware] chooses
+    simulate = args.simulate or file_cfg.hardware.simulate
+    speed = args.speed if args.simulate else file_cfg.hardware.sim_speed
+    seed = args.seed if args.simulate else file_cfg.hardware.sim_seed
+    if file_cfg.hardware.simulate and not args.simulate:
+        logger.warning("[hardware] simulate = true: running on the chip simulator and mock pins, not the hardware")
+    source = _simulation_source(args, seed=seed) if simulate else None
     if args.simulate and _no_config_file(args.config):
-        print(f"bedtime: no {DEFAULT_CONFIG_PATH}; simulated nights go to {cfg.recording_dir}")
-    hours = args.hours if args.hours else cfg.recording.max_night_hours
-    daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600)
-    result = daemon.run()
+        print(f"bedtime: no {DEFAULT_CONFIG_PATH}; simulated nights go to {file_cfg.recording_dir}")
+    # The clinic's pushed config (if any) over the box's own file: tried once, kept as the last known good one
+    # once the daemon runs with it; a start that fails with it falls back by itself (appliance.pushed_config).
+    store = PushedConfigStore(file_cfg.box.state_dir)
+    choice = store.choose(file_cfg)
+    cfg = choice.config
+    if choice.source != "box_file":
+        logger.info("starting with the clinic's pushed config (%s, %s)", choice.source, choice.sha256[:12])
+    daemon = None
+    try:
+        try:
+            hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
+        except (OSError, ValueError) as e:
+            if args.edf is None:
+                raise
+            raise UsageError(f"--edf {args.edf}: not a readable EDF/EDF+ recording ({one_line(e)})") from None
+        hours = args.hours if args.hours else cfg.recording.max_night_hours
+        daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600, file_config=file_cfg,
+                        on_running=lambda: store.started(choice), start_reports=choice.rejected)
+        result = daemon.run()
+    except UsageError:
+        store.trying.unlink(missing_ok=True)
+        raise  # the command line's fault, whatever the config
+    except Exception as e:
+        if choice.source == "box_file" or (daemon is not None and daemon.running):
+            raise  # the box's own file, or a failure once running: not the pushed config's doing
+        first = e  # the first failure, not one from cleaning up after it
+        while first.__context__ is not None and isinstance(first.__context__, Exception):
+            first = first.__context__
+        reason = f"the daemon did not start with it: {type(first).__name__}: {first}"[:400]
+        store.failed(choice, reason)
+        logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], reason)
+        _start_again()
+    if not daemon.running:
+        store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config
     print(f"night recorded in {result.night_dir}")
     if result.edf_path:
         print(f"  EDF+:   {result.edf_path}")
@@ -236,27 +316,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  report: {result.report_json}\n  PNG:    {result.report_png}")
     # EX_TEMPFAIL: the clinic asked for a restart, or a box's night reached recording.max_night_hours;
     # systemd's Restart=on-failure starts the daemon again, and with it the next night
-    return 75 if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours) else 0
+    if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours):
+        # systemd logs a SuccessExitStatus= exit only at debug level: say it here, for the journal
+        logger.info("exiting with status %d (%s): systemd starts the next night", EX_NEXT_NIGHT,
+                    "restart requested" if daemon.restart_requested else "recording.max_night_hours reached")
+        return EX_NEXT_NIGHT
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from appliance.recorder import list_nights
-    from appliance.report import format_report, load_night, write_report
+    from appliance.recorder import NIGHT_EDF, list_nights
+    from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightError, format_report, report_night
 
     cfg = _load(args.config)
+
+    def progress(msg: str) -> None:  # the slow steps (smoothing, drawing) say what they are doing
+        print(f"bedtime report: {msg}...", file=sys.stderr, flush=True)
+
+    # One named night: any problem with it is bad input (exit 2). Otherwise the latest night that has a
+    # recording: nights without one (a failed start) or with damaged files are skipped with a note.
+    explicit = None
+    candidates: list[Path] = []
     if args.night and Path(args.night).is_dir():
-        night_dir = Path(args.night)
+        given = Path(args.night)
+        inside = list_nights(given)
+        if inside and not any((given / f).exists() for f in (EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF)):
+            candidates = inside  # the folder of nights itself: report its latest
+        else:
+            explicit = given
+    elif args.night:
+        named = [n for n in list_nights(cfg.recording_dir) if n.name == args.night]
+        if not named:
+            print(f"bedtime report: no night {args.night!r} (not a folder, and not a night under "
+                  f"{cfg.recording_dir})", file=sys.stderr)
+            return 2
+        explicit = named[0]
     else:
-        nights = list_nights(cfg.recording_dir)
-        if args.night:
-            nights = [n for n in nights if n.name == args.night]
-        if not nights:
-            print(f"bedtime report: no night {args.night or ''} under {cfg.recording_dir}", file=sys.stderr)
-            return 1
-        night_dir = nights[-1]
-    night = load_night(night_dir)
-    night.box_id = cfg.box.id
-    rep, js, png = write_report(night, night_dir)
+        candidates = list_nights(cfg.recording_dir)
+    try:
+        if explicit is not None:
+            try:
+                rep, js, png, _ = report_night(explicit, progress=progress)
+            except NightError as e:
+                print(f"bedtime report: {e}", file=sys.stderr)
+                return 2
+        else:
+            for night_dir in reversed(candidates):
+                try:
+                    rep, js, png, _ = report_night(night_dir, progress=progress)
+                    break
+                except NightError as e:
+                    print(f"bedtime report: skipping {night_dir.name}: {e}", file=sys.stderr)
+            else:
+                where = Path(args.night) if args.night else cfg.recording_dir
+                print(f"bedtime report: no recorded night under {where}", file=sys.stderr)
+                return 1
+    except OSError as e:
+        print(f"bedtime report: cannot write the report: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
@@ -265,7 +382,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.publish:
         from appliance.daemon import make_link
 
-        link = make_link(cfg, model_versions={})
+        link = make_link(cfg, model_versions={}, simulated=cfg.hardware.simulate)
         link.start()
         link.publish_report(rep)
         ok = link.wait_delivered(timeout_s=10)
@@ -278,7 +395,7 @@ def _cmd_outputs_off(args: argparse.Namespace) -> int:
     from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, write_sim_outputs
 
     cfg = _load(args.config)
-    if args.simulate:
+    if args.simulate or cfg.hardware.simulate:
         path = Path(cfg.box.state_dir) / SIM_OUTPUTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         write_sim_outputs(path, light=0.0, sound=0.0)
@@ -320,7 +437,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "selftest":
             from appliance.selftest import main_selftest
 
-            return main_selftest(_load(args.config), simulate=args.simulate, check_broker=not args.no_broker)
+            from appliance.selftest import SIM_SELFTEST_SPEED
+
+            cfg = _load(args.config)
+            speed = args.speed if args.speed is not None else SIM_SELFTEST_SPEED
+            if not (0.05 <= speed <= 100.0):
+                print(f"bedtime selftest: --speed {speed} is outside 0.05..100", file=sys.stderr)
+                return 2
+            return main_selftest(cfg, simulate=args.simulate or cfg.hardware.simulate,
+                                 check_broker=not args.no_broker, sim_speed=speed)
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "config":
@@ -328,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             from appliance.audit import main_verify
 
-            return main_verify([str(f) for f in args.files])
+            return main_verify([str(f) for f in args.files]
+                               + (["--reports", args.reports] if args.reports is not None else [])
+                               + [a for h in args.expect_hash for a in ("--expect-hash", h)])
         if args.command == "outputs-off":
             return _cmd_outputs_off(args)
     except ConfigError as e:

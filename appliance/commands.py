@@ -10,6 +10,7 @@ arguments, and a JSON Schema engine would add a native dependency (rpds-py) to t
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -18,13 +19,36 @@ from typing import Any
 
 from appliance import mqtt_schema as schema
 
+MAX_COMMAND_BYTES = 64 * 1024
+"""Largest command body a box parses, unless its spec allows more (``update`` carries a model)."""
+MAX_MESSAGE_CHARS = 300
+"""Longest error message in a reply (and its log line): a hostile argument is never echoed whole."""
+MAX_COMMAND_AGE_S = 3600.0
+"""A command whose ``time_utc`` is older than this (seconds) is refused as stale (a replayed or retained one)."""
+MAX_COMMAND_FUTURE_S = 600.0
+"""...or further than this in the future (clocks differ a little)."""
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def short_repr(v: Any, limit: int = 60) -> str:
+    """A bounded repr of a received value for a message (never the whole of a 10 MB string or a deep list)."""
+    try:
+        return clip(repr(v) if not isinstance(v, (list, dict)) else f"<{type(v).__name__} of {len(v)}>", limit)
+    except RecursionError:
+        return f"<{type(v).__name__}>"
+
 
 class CommandError(ValueError):
     """A command the box refuses; ``code`` is one of ``unknown_command``, ``bad_payload``,
-    ``bad_args``, ``handler_error``."""
+    ``bad_args``, ``handler_error``. The message is clipped to :data:`MAX_MESSAGE_CHARS`."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(clip(message))
         self.code = code
 
 
@@ -44,6 +68,8 @@ class Arg:
         Regular expression a string must match in full.
     choices : tuple or None
         Allowed values.
+    max_length : int
+        Longest string (characters), checked before the pattern.
     """
 
     type: str
@@ -52,6 +78,7 @@ class Arg:
     maximum: float | None = None
     pattern: str | None = None
     choices: tuple | None = None
+    max_length: int = 1024
 
     def check(self, name: str, v: Any) -> Any:
         ok_type = {
@@ -60,16 +87,19 @@ class Arg:
             "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x),
             "str": lambda x: isinstance(x, str),
         }[self.type]
+        r = short_repr(v)
         if not ok_type(v):
-            raise CommandError("bad_args", f"argument {name!r} must be {self.type}, got {v!r}")
+            raise CommandError("bad_args", f"argument {name!r} must be {self.type}, got {r}")
         if self.minimum is not None and v < self.minimum:
-            raise CommandError("bad_args", f"argument {name!r}={v!r} is below {self.minimum}")
+            raise CommandError("bad_args", f"argument {name!r}={r} is below {self.minimum}")
         if self.maximum is not None and v > self.maximum:
-            raise CommandError("bad_args", f"argument {name!r}={v!r} is above {self.maximum}")
+            raise CommandError("bad_args", f"argument {name!r}={r} is above {self.maximum}")
+        if isinstance(v, str) and len(v) > self.max_length:
+            raise CommandError("bad_args", f"argument {name!r} is {len(v)} characters long; at most {self.max_length}")
         if self.pattern is not None and not re.fullmatch(self.pattern, v):
-            raise CommandError("bad_args", f"argument {name!r}={v!r} does not match {self.pattern}")
+            raise CommandError("bad_args", f"argument {name!r}={r} does not match {clip(self.pattern, 60)}")
         if self.choices is not None and v not in self.choices:
-            raise CommandError("bad_args", f"argument {name!r}={v!r} not one of {self.choices}")
+            raise CommandError("bad_args", f"argument {name!r}={r} not one of {self.choices}")
         return v
 
 
@@ -80,13 +110,17 @@ class CommandSpec:
     name: str
     doc: str
     args: dict[str, Arg] = field(default_factory=dict)
+    max_bytes: int = MAX_COMMAND_BYTES
+    """Largest body (bytes) of this command."""
 
     def validate_args(self, args: Any) -> dict:
         if not isinstance(args, dict):
             raise CommandError("bad_args", "args must be a JSON object")
         unknown = set(args) - set(self.args)
         if unknown:
-            raise CommandError("bad_args", f"unknown argument(s) for {self.name}: {sorted(unknown)}")
+            names = ", ".join(clip(repr(u), 40) for u in sorted(unknown)[:5])
+            raise CommandError("bad_args", f"unknown argument(s) for {self.name}: {names}"
+                                           + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
         out = {}
         for name, spec in self.args.items():
             if name in args:
@@ -116,32 +150,47 @@ COMMANDS: dict[str, CommandSpec] = {s.name: s for s in [
 ]}
 
 
-def parse_command(name: str, body: bytes | str) -> dict:
+def parse_command(name: str, body: bytes | str, *, now: dt.datetime | None = None) -> dict:
     """Validate a command request; return its arguments.
+
+    The body must be at most the spec's ``max_bytes``, nest no deeper than the JSON parser's recursion limit,
+    carry ``"schema": 1`` (the integer: not ``true``, not ``1.0``) if any, and a ``time_utc`` within
+    :data:`MAX_COMMAND_AGE_S` before and :data:`MAX_COMMAND_FUTURE_S` after ``now`` if any.
 
     Raises
     ------
     CommandError
         ``unknown_command`` if ``name`` is not in :data:`COMMANDS`, ``bad_payload`` if the body is not
-        a v1 command object, ``bad_args`` if the arguments do not match the spec.
+        a fresh v1 command object, ``bad_args`` if the arguments do not match the spec (or nest too deeply).
     """
     spec = COMMANDS.get(name)
     if spec is None:
-        raise CommandError("unknown_command", f"unknown command {name!r}; known: {sorted(COMMANDS)}")
+        raise CommandError("unknown_command", f"unknown command {clip(repr(name), 80)}; known: {sorted(COMMANDS)}")
+    if len(body) > spec.max_bytes:
+        raise CommandError("bad_payload", f"command body is {len(body)} bytes; {name} takes at most {spec.max_bytes}")
     try:
         obj = json.loads(body) if body else {}
     except (ValueError, UnicodeDecodeError) as e:
         raise CommandError("bad_payload", f"command body is not JSON: {e}") from e
+    except RecursionError:
+        raise CommandError("bad_args", "command nested too deeply") from None
     if not isinstance(obj, dict):
         raise CommandError("bad_payload", "command body must be a JSON object")
     extra = set(obj) - {"schema", "time_utc", "args"}
     if extra:
-        raise CommandError("bad_payload", f"unexpected fields in command body: {sorted(extra)}")
-    if obj.get("schema", schema.SCHEMA_VERSION) != schema.SCHEMA_VERSION:
-        raise CommandError("bad_payload", f"schema must be {schema.SCHEMA_VERSION}")
+        raise CommandError("bad_payload", f"unexpected fields in command body: {clip(str(sorted(extra)), 120)}")
+    if not schema.is_schema_version(obj.get("schema", schema.SCHEMA_VERSION)):
+        raise CommandError("bad_payload", f"schema must be the integer {schema.SCHEMA_VERSION}")
     if "time_utc" in obj:
         try:
-            schema.parse_iso_utc(obj["time_utc"])
+            t = schema.parse_iso_utc(obj["time_utc"])
         except schema.SchemaError as e:
             raise CommandError("bad_payload", str(e)) from e
+        now = now or dt.datetime.now(dt.timezone.utc)
+        age = (now - t).total_seconds()
+        if age > MAX_COMMAND_AGE_S or -age > MAX_COMMAND_FUTURE_S:
+            raise CommandError("bad_payload", f"command time {clip(obj['time_utc'], 40)} is "
+                                              f"{'stale' if age > 0 else 'in the future'} (box clock "
+                                              f"{schema.iso_utc(now)}; allowed {MAX_COMMAND_AGE_S:.0f} s old, "
+                                              f"{MAX_COMMAND_FUTURE_S:.0f} s ahead)")
     return spec.validate_args(obj.get("args", {}))

@@ -24,10 +24,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.protocol.ids import BOX_ID_RULE, is_box_id
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/bedtime/bedtime.toml")
 """Where the daemon looks for its configuration on the box."""
+
+EXAMPLE_BOX_ID = "box-0001"
+"""The documented example's (and the default) box id. ``bedtime run`` on a box refuses it: two boxes with one id
+share one set of MQTT topics. install-pi.sh writes ``box-<first 12 hex digits of /etc/machine-id>`` instead."""
+
+
+MAX_ERROR_CHARS = 400
+"""Longest error message about a configuration (it may go back over MQTT and into logs)."""
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 SIM_STATE_DIRNAME = "bedtime-sim"
 """Name of the state folder of a machine without a box configuration (a laptop trying the simulator)."""
@@ -55,6 +72,8 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, key: str, message: str, *, source: str | Path | None = None) -> None:
+        # Bounded: the message echoes values, and a value may come from a hostile peer (a 10 MB string).
+        key, message = _clip(key, 120), _clip(message, MAX_ERROR_CHARS)
         self.key = key
         self.message = message
         self.source = source
@@ -75,9 +94,28 @@ def _opt(default: Any = dataclasses.MISSING, *, doc: str, min: float | None = No
 class BoxSection:
     """Who the box is and where it keeps its state."""
 
-    id: str = _opt("box-0001", doc="Box id; the MQTT topics are bedtime/v1/<id>/...")
+    id: str = _opt(EXAMPLE_BOX_ID, doc="Box id; the MQTT topics are bedtime/v1/<id>/...")
     state_dir: str = _opt("/var/lib/bedtime", doc="Writable state directory (systemd StateDirectory)")
     name: str = _opt("Bedroom", doc="Human name shown on the parent's phone")
+    groups: list = _opt(doc="Rollout groups of this box (e.g. canary, clinic-north): a signed update is applied "
+                            "only when it names this box or one of its groups", factory=list)
+
+
+DEFAULT_MONTAGE: tuple[str, ...] = ("Fpz-Cz", "Pz-Cz", "C3-Cz", "C4-Cz", "F3-Cz", "F4-Cz", "O1-Cz", "O2-Cz")
+"""Electrodes of channels 1..8 when ``acquisition.channel_labels`` is empty: each channel's positive input on
+the 10-20 site named first, against the common reference (SRB2) on Cz; channel 1 on Fpz gives Sleep-EDF's
+Fpz-Cz, the derivation the stager is evaluated on. Set ``channel_labels`` when the electrodes sit elsewhere."""
+
+
+def edf_channel_labels(acq: "AcquisitionSection", *, n_channels: int) -> list[str]:
+    """EDF+ signal labels (type and electrodes, e.g. ``"EEG Fpz-Cz"``) for the ``n_channels`` recorded channels.
+
+    The configured ``channel_labels`` when they match the channel count, else :data:`DEFAULT_MONTAGE`.
+    """
+    if acq.channel_labels and len(acq.channel_labels) == n_channels:
+        return [str(label) for label in acq.channel_labels]
+    return [f"EEG {m}" for m in DEFAULT_MONTAGE[:n_channels]] + [f"EEG{i + 1}" for i in
+                                                                  range(len(DEFAULT_MONTAGE), n_channels)]
 
 
 @dataclass(frozen=True)
@@ -95,7 +133,8 @@ class AcquisitionSection:
     drdy_pin: int = _opt(25, doc="BCM pin wired to DRDY (active low)", min=0, max=27)
     ring_capacity_frames: int = _opt(16384, doc="C ring buffer capacity in frames (bounded; overflow is counted)",
                                      min=1024, max=1 << 22)
-    channel_labels: list = _opt(doc="EDF+ labels per channel (empty: EEG1..EEGn)", factory=list)
+    channel_labels: list = _opt(doc="EDF+ labels per channel (empty: the default montage, EEG Fpz-Cz, EEG Pz-Cz...)",
+                                factory=list)
 
 
 @dataclass(frozen=True)
@@ -124,6 +163,17 @@ class OutputsSection:
     light_pin: int = _opt(12, doc="PWM pin of the warm light (GPIO12 = hardware PWM0)", min=0, max=27)
     sound_pin: int = _opt(13, doc="PWM pin of the speaker (GPIO13 = hardware PWM1)", min=0, max=27)
     button_pin: int = _opt(16, doc="Pin of the 'I'm OK / stop' button (to ground, pull-up)", min=0, max=27)
+
+
+@dataclass(frozen=True)
+class HardwareSection:
+    """Real chip and pins, or the simulator: chosen here so the systemd unit never has to be edited."""
+
+    simulate: bool = _opt(False, doc="Run on the chip simulator and mock pins instead of the hardware (test rigs, "
+                                     "emulated boxes); shown as simulated=true in the status and every report")
+    sim_speed: float = _opt(1.0, doc="Simulation only: replay speed (signal seconds per wall second)",
+                            min=0.1, max=1000.0)
+    sim_seed: int = _opt(0, doc="Simulation only: synthetic subject seed", min=0, max=2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -188,6 +238,7 @@ class BoxConfig:
     loops: LoopsSection = field(default_factory=LoopsSection)
     breather: dict = field(default_factory=dict)
     outputs: OutputsSection = field(default_factory=OutputsSection)
+    hardware: HardwareSection = field(default_factory=HardwareSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
@@ -208,33 +259,41 @@ _SECTIONS = {f.name: f for f in dataclasses.fields(BoxConfig)}
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list}
 
 
+def _r(value: Any) -> str:
+    """A short repr for an error message (a hostile value may be megabytes or nested thousands deep)."""
+    try:
+        return _clip(repr(value), 80)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply>"
+
+
 def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     typ = _TYPES.get(f.type, f.type) if isinstance(f.type, str) else f.type
     meta = f.metadata
     if typ is bool:
         if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
+            raise ConfigError(key, f"expected true or false, got {_r(value)}")
     elif typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
+            raise ConfigError(key, f"expected an integer, got {_r(value)}")
     elif typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
+            raise ConfigError(key, f"expected a number, got {_r(value)}")
         value = float(value)
         if value != value:
             raise ConfigError(key, "NaN is not a value")
     elif typ is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
+            raise ConfigError(key, f"expected a string, got {_r(value)}")
     elif typ is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+            raise ConfigError(key, f"expected a list of strings, got {_r(value)}")
     if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ConfigError(key, f"{value!r} is not one of {list(meta['choices'])}")
+        raise ConfigError(key, f"{_r(value)} is not one of {list(meta['choices'])}")
     if meta.get("min") is not None and value < meta["min"]:
-        raise ConfigError(key, f"{value!r} is below the minimum {meta['min']}")
+        raise ConfigError(key, f"{_r(value)} is below the minimum {meta['min']}")
     if meta.get("max") is not None and value > meta["max"]:
-        raise ConfigError(key, f"{value!r} is above the maximum {meta['max']}")
+        raise ConfigError(key, f"{_r(value)} is above the maximum {meta['max']}")
     return value
 
 
@@ -313,6 +372,11 @@ def _check_cross_fields(cfg: BoxConfig) -> None:
     if a.channel_labels and len(a.channel_labels) != a.channels:
         raise ConfigError("acquisition.channel_labels",
                           f"{len(a.channel_labels)} labels for {a.channels} channels")
+    for i, label in enumerate(a.channel_labels):
+        # an EDF+ signal label is at most 16 printable ASCII characters; the recorder could not start otherwise
+        if not isinstance(label, str) or not label.isascii() or not label.isprintable() or not 0 < len(label) <= 16:
+            raise ConfigError(f"acquisition.channel_labels[{i}]",
+                              f"an EDF+ label is 1 to 16 printable ASCII characters, got {label!r:.40}")
     pins = {"acquisition.drdy_pin": a.drdy_pin, "outputs.light_pin": cfg.outputs.light_pin,
             "outputs.sound_pin": cfg.outputs.sound_pin, "outputs.button_pin": cfg.outputs.button_pin}
     seen: dict[int, str] = {}
@@ -320,35 +384,87 @@ def _check_cross_fields(cfg: BoxConfig) -> None:
         if pin in seen:
             raise ConfigError(key, f"pin {pin} is already used by {seen[pin]}")
         seen[pin] = key
-    if not cfg.box.id or not all(c.isalnum() or c in "-_" for c in cfg.box.id):
-        raise ConfigError("box.id", f"{cfg.box.id!r}: use letters, digits, '-' and '_' only (it is an MQTT topic level)")
+    if not is_box_id(cfg.box.id):
+        raise ConfigError("box.id", f"{_r(cfg.box.id)}: {BOX_ID_RULE} (it is an MQTT topic level)")
+    for g in cfg.box.groups:
+        if not g or len(g) > 64 or not all(c.isalnum() or c in "-_." for c in g):
+            raise ConfigError("box.groups", f"{_r(g)}: a group is 1-64 letters, digits, '-', '_' or '.'")
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
         raise ConfigError("mqtt.tls_key" if cfg.mqtt.tls_cert else "mqtt.tls_cert",
                           "a client certificate needs both tls_cert and tls_key")
+
+
+def check_local_files(cfg: BoxConfig) -> None:
+    """The checks of a configuration that read files it names (the pinned update key).
+
+    Only for the box's own file (:func:`load_config`, ``bedtime config check``): a configuration received over
+    MQTT is never checked this way, because its file-naming keys are never used (:data:`LOCAL_ONLY_KEYS`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key whose file is missing, not a regular file, too large or of the wrong kind.
+    """
     if cfg.updates.public_key_file:
         read_public_key(cfg.updates.public_key_file)
+
+
+MAX_KEY_FILE_BYTES = 16 * 1024
+"""Largest public key file read (an Ed25519 PEM is 113 bytes): a path to /dev/zero or a huge file is refused,
+not read."""
 
 
 def read_public_key(path: str | Path) -> bytes:
     """The PEM bytes of the pinned update key at ``path``, checked to be an Ed25519 public key.
 
+    Only a regular file of at most :data:`MAX_KEY_FILE_BYTES` is read (opened without blocking, so a FIFO or
+    a device is refused rather than waited on or read without end).
+
     Raises
     ------
     ConfigError
-        On ``updates.public_key_file`` when the file is missing, unreadable or not an Ed25519 public key.
+        On ``updates.public_key_file`` when the file is missing, unreadable, not a regular file, too large or
+        not an Ed25519 public key.
     """
     key = "updates.public_key_file"
     try:
-        pem = Path(path).read_bytes()
+        pem = read_small_regular_file(path, max_bytes=MAX_KEY_FILE_BYTES)
     except OSError as e:
-        raise ConfigError(key, f"{path}: cannot read: {e.strerror or e}") from None
-    from appliance.fleet.signing import SignatureError, load_public_key
+        raise ConfigError(key, f"{_clip(str(path))}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(key, f"{_clip(str(path))}: {e}") from None
+    from appliance.protocol.signing import SignatureError, load_public_key
 
     try:
         load_public_key(pem)
     except (SignatureError, ValueError, TypeError) as e:
         raise ConfigError(key, f"{path}: not an Ed25519 public key in PEM form ({e})") from None
     return pem
+
+
+def read_small_regular_file(path: str | Path, *, max_bytes: int) -> bytes:
+    """Read a whole regular file of at most ``max_bytes`` bytes.
+
+    Raises
+    ------
+    OSError
+        When it cannot be opened.
+    ValueError
+        When it is not a regular file (a device, FIFO, directory) or is larger than ``max_bytes``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"larger than {max_bytes} bytes")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return data
 
 
 def load_config(path: str | Path) -> BoxConfig:
@@ -375,9 +491,62 @@ def load_config(path: str | Path) -> BoxConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"TOML syntax error: {e}", source=p) from None
     try:
-        return validate_config(doc)
+        cfg = validate_config(doc)
+        check_local_files(cfg)
+        return cfg
     except ConfigError as e:
         raise ConfigError(e.key, e.message, source=p) from None
+
+
+LOCAL_ONLY_KEYS: dict[str, frozenset[str] | None] = {
+    "box": frozenset({"id", "state_dir", "groups"}),
+    "hardware": None,
+    "mqtt": None,
+    "updates": None,
+    "outputs": None,
+    "acquisition": frozenset({"spi_bus", "spi_device", "spi_max_speed_hz", "drdy_pin"}),
+    "staging": frozenset({"model_path"}),
+    "loops": frozenset({"model_path"}),
+    "recording": frozenset({"dir"}),
+}
+"""Keys only the box's own file sets (``None``: the whole section). A configuration the clinic pushes over MQTT
+never sets them: they name files the box would read or write (keys, passwords, certificates, models, the
+recording folder), say who the box is and where its broker is, wire its GPIO pins, or choose real hardware over
+the simulator (a pushed ``hardware.simulate`` would leave a child unwatched). A pushed value for one
+is ignored (and reported as ignored), never validated, opened or used."""
+
+
+def split_pushed_config(doc: Any) -> tuple[Any, list[str]]:
+    """Split a pushed configuration into what a push may set and the local-only keys it tried to set.
+
+    Parameters
+    ----------
+    doc : Any
+        The configuration as received (anything JSON can carry).
+
+    Returns
+    -------
+    pushable : Any
+        ``doc`` without the keys of :data:`LOCAL_ONLY_KEYS` (a non-dict is returned as it is, for
+        :func:`validate_config` to refuse).
+    ignored : list of str
+        Dotted keys that were dropped (``"mqtt.*"`` for a whole section), at most 32 of them.
+    """
+    if not isinstance(doc, dict):
+        return doc, []
+    out: dict[str, Any] = {}
+    ignored: list[str] = []
+    for name, section in doc.items():
+        if name in LOCAL_ONLY_KEYS and LOCAL_ONLY_KEYS[name] is None:
+            ignored.append(f"{name}.*")
+            continue
+        local = LOCAL_ONLY_KEYS.get(name) or frozenset()
+        if isinstance(section, dict) and local:
+            out[name] = {k: v for k, v in section.items() if k not in local}
+            ignored += [f"{name}.{k}" for k in section if k in local]
+        else:
+            out[name] = section
+    return out, [_clip(k, 80) for k in ignored[:32]]
 
 
 def check_on_this_machine(cfg: BoxConfig) -> list[ConfigError]:

@@ -24,12 +24,14 @@ wedged pipeline, not only a dead process, gets restarted).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import threading
 import time
@@ -41,11 +43,12 @@ import numpy as np
 
 from appliance import __version__
 from appliance.ads1299 import uv_per_count_at_gain
-from appliance.config import BoxConfig
+from appliance.config import BoxConfig, edf_channel_labels
 from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES
+from appliance.pushed_config import PUSHED_CONFIG, PushedConfigStore  # PUSHED_CONFIG: re-exported for the tests
 from appliance.recorder import (NIGHT_EDF, STAGE_ANNOTATION, EdfPlusRecorder, enforce_retention, night_id,
                                 recover_nights)
 from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightRecord, write_report
@@ -67,9 +70,6 @@ MAX_GAP_FILL_FRAMES = 250 * 600
 """A stretch of lost frames up to this long (10 min at 250 SPS) is filled with a flat line so that the recording,
 the epochs and the breather's clock stay on the night's timeline; the filled epochs are flagged ``frames_lost``."""
 
-PUSHED_CONFIG = "clinic-config.json"
-"""The last config the clinic pushed over MQTT (validated), in the state directory; merged over the TOML file at
-the next start."""
 
 STAGES_FLOWING_S = 2 * EPOCH_S + 15.0
 """For an update's health check, the pipeline counts as staging when its last epoch came out within this many
@@ -106,6 +106,10 @@ class PipelineParts:
     link: Any = None
 
 
+#: How many of the newest night reports' audit heads the daemon checks its audit log against at start.
+AUDIT_ANCHORS_CHECKED = 3
+
+
 # ---- the daemon --------------------------------------------------------------------------------------
 class Daemon:
     """The whole appliance in one object: build it from a config and a hardware edge, then :meth:`run`.
@@ -125,12 +129,27 @@ class Daemon:
         ``notify(text)`` for systemd notifications (default: sdnotify when under systemd).
     max_signal_s : float, optional
         Stop after this much signal (default: run until stopped or the replay ends).
+    file_config : BoxConfig, optional
+        The box's own file, without the clinic's pushed configuration (default ``config``): a new push is
+        merged over this one and pre-flighted (:mod:`appliance.pushed_config`).
+    on_running : callable, optional
+        Called once when the daemon is running (first frames in, READY=1): the start with this configuration
+        worked, so it becomes the last known good one.
+    start_reports : list of dict, optional
+        ``config_rejected`` reports from choosing this start's configuration, published once the link is up.
     """
 
     def __init__(self, config: BoxConfig, *, hardware: HardwareEdge, parts: PipelineParts | None = None,
                  progress: Callable[[float, float], None] | None = None,
-                 notify: Callable[[str], None] | None = None, max_signal_s: float | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, max_signal_s: float | None = None,
+                 file_config: BoxConfig | None = None, on_running: Callable[[], None] | None = None,
+                 start_reports: list[dict] | None = None) -> None:
         self.cfg = config
+        self.file_cfg = file_config or config
+        self.pushed_store = PushedConfigStore(self.file_cfg.box.state_dir)
+        self._on_running = on_running
+        self._start_reports = list(start_reports or [])
+        self.running = False
         self.hw = hardware
         self.parts = parts or PipelineParts()
         self.progress = progress
@@ -151,6 +170,7 @@ class Daemon:
         self._loop_start_index = 0
         self._persist_epochs = 0
         self.breather_enabled = True
+        self._box_state = "online"  # the status last published (recording during a night)
         self.restart_requested = False
         self.ended_by_limit = False
         self._lead_off_channels: frozenset[int] = frozenset()
@@ -159,6 +179,10 @@ class Daemon:
         self.link: Any = None
         self.recorder: EdfPlusRecorder | None = None
         self.alerts_sent: list[dict] = []
+        # Alerts the link could not take yet (it raised), queued again each epoch; and failures on paths
+        # that must go on regardless (a failed audit write, a failed publish), logged and counted.
+        self._unsent_alerts: list[dict] = []
+        self.errors: collections.Counter[str] = collections.Counter()
         self.output_trace: list[tuple[float, float, float]] = []
         self._acq_event_at: dict[str, float] = {}
         self.epoch_wall_s: list[float] = []  # time.monotonic() when each epoch's last sample had been processed
@@ -186,30 +210,28 @@ class Daemon:
         while self.night_dir.exists():  # two starts within a second (tests, restarts)
             start += dt.timedelta(seconds=1)
             self.night_dir = root / night_id(start)
-        self.night_dir.mkdir(parents=True)
         self.start = start
-        enforce_retention(root, max_nights=cfg.recording.retention_nights,
-                          max_bytes=cfg.recording.retention_max_mb * 1e6, keep=self.night_dir)
-
+        # The night's folder is made only once acquisition runs: a start that fails (no GPIO, no chip, a model
+        # that does not load) must not leave an empty night behind for the report and retention to trip on.
+        self._night_open = False
+        self.recorder = None
         mirror = state / SIM_OUTPUTS_FILE if self.hw.simulated else None
         self.outputs = BoxOutputs(cfg, self.hw.pin_factory, mirror=mirror)  # forced off at start
-        self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
-        self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
-        self.recorder: EdfPlusRecorder | None = None
-        if cfg.recording.enabled:
-            labels = cfg.acquisition.channel_labels or [f"EEG{i + 1}" for i in range(self.n_channels)]
-            self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels, fs_hz=self.fs_hz,
-                                            physical_range_uv=cfg.recording.physical_range_uv,
-                                            flush_interval_s=cfg.recording.flush_interval_s, start=start)
-            self.recorder.annotate(0.0, f"Recording start bedtime {__version__} box {cfg.box.id}")
         report = rep_json = rep_png = None
         try:
             self._build_parts()
             self._install_signal_handlers()
             self.hw.start()
-            self._event("night_started", 0.0, box_name=cfg.box.name, simulated=bool(self.hw.simulated))
-            if self.link is not None:
-                self.link.publish_status("recording")
+            self._open_night()
+            self._event("night_started", 0.0, box_id=cfg.box.id, box_name=cfg.box.name,
+                        night_start=self.start.strftime("%Y-%m-%dT%H:%M:%SZ"), simulated=bool(self.hw.simulated))
+            for r in self._start_reports:  # a pushed config this start could not use, and what it fell back to
+                self._event("config_rejected", 0.0, **r)
+            try:
+                self._publish_status("recording")
+            except Exception as e:  # noqa: BLE001 - reporting must never take the night down
+                self.errors["status_publish"] += 1
+                logger.error("could not publish the recording status: %s", e)
             self._pipeline_loop()
         except BaseException as e:
             self._fault(f"daemon error: {type(e).__name__}: {e}", self._signal_s())
@@ -222,15 +244,18 @@ class Daemon:
                 self.hw.stop()
             finally:
                 end_s = self._signal_s()
-                self._event("night_ended", end_s)
-                if self.recorder is not None:
-                    self.recorder.close()
-                self._epochs_file.close()
-                report, rep_json, rep_png = self._write_report()
-                self._events_file.close()
+                if self._night_open:
+                    self._event("night_ended", end_s)
+                    if self.recorder is not None:
+                        self.recorder.close()
+                    self._epochs_file.close()
+                    report, rep_json, rep_png = self._write_report()
+                    self._events_file.close()
                 if self.link is not None:
                     try:
-                        self.link.publish_status("idle")
+                        # The audit head goes out with the status too (retained): a copy out of the box's reach.
+                        self._publish_status("idle", breather_state="off",
+                                             **({"audit_head": head} if (head := self._audit_head()) else {}))
                     except Exception as e:  # the night is recorded; a status that cannot go out waits for next time
                         logger.error("could not publish the idle status: %s", e)
                     if self._own_link:
@@ -245,6 +270,30 @@ class Daemon:
                            cpu_s=time.process_time() - t_cpu0, wall_s=time.monotonic() - t_wall0)
 
     # ---- construction ----------------------------------------------------------------------------
+    def _open_night(self) -> None:
+        """Make the night's folder, its sidecar files and its EDF+ (acquisition has started)."""
+        cfg = self.cfg
+        root = cfg.recording_dir
+        self.night_dir.mkdir(parents=True)
+        try:
+            self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
+            self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
+            if cfg.recording.enabled:
+                labels = edf_channel_labels(cfg.acquisition, n_channels=self.n_channels)
+                self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels,
+                                                fs_hz=self.fs_hz, physical_range_uv=cfg.recording.physical_range_uv,
+                                                flush_interval_s=cfg.recording.flush_interval_s, start=self.start)
+                self.recorder.annotate(0.0, f"Recording start bedtime {__version__} box {cfg.box.id}")
+        except BaseException:
+            for f in (getattr(self, "_epochs_file", None), getattr(self, "_events_file", None)):
+                if f is not None:
+                    f.close()
+            shutil.rmtree(self.night_dir, ignore_errors=True)
+            raise
+        self._night_open = True
+        enforce_retention(root, max_nights=cfg.recording.retention_nights,
+                          max_bytes=cfg.recording.retention_max_mb * 1e6, keep=self.night_dir)
+
     def _build_parts(self) -> None:
         cfg = self.cfg
         p = self.parts
@@ -263,13 +312,18 @@ class Daemon:
         self.link = p.link
         if self.link is None and cfg.mqtt.enabled:
             self.link = make_link(cfg, model_versions={"stager": getattr(self.stager, "sha256", "?")[:12],
-                                                       "loops": getattr(self.loop_detector, "sha256", "?")[:12]})
+                                                       "loops": getattr(self.loop_detector, "sha256", "?")[:12]},
+                                   simulated=bool(self.hw.simulated))
             self._own_link = True
             self._register_link_handlers()
             if self.updates is not None:
                 from appliance.updates import attach_to_link
 
                 attach_to_link(self.updates, self.link)
+        if self.link is not None:
+            # Home Assistant discovery: sent on every (re)connect, so a family's Home Assistant shows the box.
+            self.link.publish_discovery()
+        if self._own_link:
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
@@ -288,7 +342,9 @@ class Daemon:
         from appliance.updates import UpdateManager
 
         return UpdateManager(self.cfg.box.state_dir, read_public_key(self.cfg.updates.public_key_file),
-                             health_check=self._update_health_check, on_audit=self._on_update_audit)
+                             health_check=self._update_health_check, on_audit=self._on_update_audit,
+                             check_config=self._check_signed_config, box_id=self.cfg.box.id,
+                             box_groups=self.cfg.box.groups)
 
     def _load_stager(self) -> Any:
         """The stage model: the one a signed update applied last, if any, else ``staging.model_path`` (or the
@@ -335,6 +391,13 @@ class Daemon:
         detail = "; ".join(x for x in (base.detail, "" if flowing else f"stages not flowing: {why}") if x)
         return HealthReport(base.ok and flowing, {**base.checks, "stages_flowing": flowing}, detail)
 
+    def _check_signed_config(self, doc: Any) -> list[str]:
+        """A signed config's pre-flight (run by the update manager after the signature verified, before it is
+        installed): local-only keys dropped, merged over the box's file, and the daemon could start with it.
+        Returns the ignored local-only keys; raises ConfigError when the daemon could not start with it."""
+        _pushable, _merged, ignored = self.pushed_store.check(doc, base=self.file_cfg)
+        return ignored
+
     def _on_update_audit(self, entry: dict) -> None:
         """A config applied (or rolled back to) by a signed update becomes the config of the next start, through
         the same state file a pushed config uses (``appliance.cli`` merges it over the TOML file)."""
@@ -342,38 +405,63 @@ class Daemon:
             return
         current = self.updates.current_path("config") if self.updates is not None else None
         if current is not None:
-            self._store_pushed_config(json.loads(current.read_bytes()))
+            self._store_pushed_config(json.loads(current.read_bytes()), version=self.updates.current_version("config"),
+                                      source="update")
 
-    def _store_pushed_config(self, doc: dict) -> None:
-        # The pinned key, the box's identity and its broker come only from the box's own file: a pushed config
-        # must never unpin or replace the key that checks the next one.
-        doc = {k: v for k, v in doc.items() if k not in ("updates", "box", "mqtt")}
-        path = Path(self.cfg.box.state_dir) / PUSHED_CONFIG
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
+    def _store_pushed_config(self, doc: dict, *, version: str = "", source: str = "") -> list[str]:
+        """Keep a pushed config for the next start. The pinned key, the box's identity, its broker and every key
+        that names a file come only from the box's own file (appliance.config.LOCAL_ONLY_KEYS): a pushed config
+        never unpins or replaces the key that checks the next one, nor points the box at a file."""
+        from appliance.config import split_pushed_config
+
+        pushable, ignored = split_pushed_config(doc)
+        self.pushed_store.store(pushable, version=version, source=source)
+        return ignored
 
     def _make_breather(self) -> Any:
-        from appliance.audit import AuditError, AuditLog
+        from appliance.audit import LOG_NAME, AuditError, AuditLog, head_path
         from appliance.breather import Breather
         from appliance.safety import BreatherConfig
 
-        path = Path(self.cfg.box.state_dir) / "audit.log"
+        path = Path(self.cfg.box.state_dir) / LOG_NAME
         try:
             self.audit = AuditLog(path)
+            self._check_audit_against_reports(path)
         except AuditError as e:
-            # never append to a broken chain: keep it aside for `bedtime audit verify`, start a new one
+            if getattr(self, "audit", None) is not None:
+                self.audit.close()
+            # Never append to a broken chain, nor write a new head over the evidence (a truncated log
+            # or a missing/rewritten head): keep both aside for `bedtime audit verify`, start a new log,
+            # and report it.
             broken = path.with_name(f"audit.broken-{time.strftime('%Y%m%dT%H%M%S')}.log")
-            path.replace(broken)
-            head = path.with_name(path.name + ".head")
-            if head.exists():
-                head.replace(broken.with_name(broken.name + ".head"))
+            head = head_path(path)
+            for src, dst in ((path, broken), (head, head_path(broken))):
+                if src.exists():
+                    src.replace(dst)
             self.audit = AuditLog(path)
+            logger.error("audit log broken (%s); kept as %s, a new log started", e, broken.name)
             self._event("fault", 0.0, reason=f"audit log broken ({e}); kept as {broken.name}", fault_kind="audit")
         return Breather(light=self.outputs.light, speaker=self.outputs.speaker, button=self.outputs.button,
                         config=BreatherConfig.from_dict(self.cfg.breather), audit=self.audit,
                         clock=self._signal_s, on_escalate=self._on_escalate)
+
+    def _check_audit_against_reports(self, path: Path) -> None:
+        """Raise AuditError if the log lacks a record the last night reports promised (``audit_head``).
+
+        The head alone cannot catch a truncation whose head was rewritten to match; the reports' copies
+        can. Only anchors about this log count (their ``first`` matches), so a log set aside earlier
+        does not condemn the new one.
+        """
+        from appliance.audit import AuditError, anchors_from_reports, first_hash, verify
+
+        mine = first_hash(path)
+        anchors = [a for a in anchors_from_reports(self.cfg.recording_dir)
+                   if a.first is None or a.first == mine][-AUDIT_ANCHORS_CHECKED:]
+        if not anchors:
+            return
+        rep = verify(path, anchors=anchors)
+        if not rep.ok:
+            raise AuditError("; ".join(rep.problems))
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -434,7 +522,12 @@ class Daemon:
                     clear()  # stimulation may resume only after the breather's own minimum gap
             if not ready:
                 self._notify("READY=1")
-                ready = True
+                ready = self.running = True
+                if self._on_running is not None:
+                    try:
+                        self._on_running()
+                    except Exception as e:  # bookkeeping of the config must never stop the night
+                        logger.error("could not record the running configuration: %s", e)
             # frames the ring dropped still took an index: a gap is signal that never arrived
             idx = frames.index
             first = last_index + 1 if last_index >= 0 else int(idx[0])
@@ -468,8 +561,13 @@ class Daemon:
                 epoch_fill += take
                 pos += take
                 self.counters["frames"] += take
-                self._tick_breather()
-                if epoch_fill == self.samples_per_epoch:
+                if epoch_fill < self.samples_per_epoch:
+                    self._tick_breather()
+                else:
+                    # At an epoch boundary the breather first sees the epoch that just ended, then the clock
+                    # reaches the boundary: a session whose light is due at the same second as an epoch staged
+                    # W (or N3, or bad signal) ends instead of turning the light on for an instant.
+                    self._tick_breather(up_to_now=False)
                     need = int(EPOCH_S * MODEL_FS_HZ)
                     ym = np.concatenate(model_buf) if len(model_buf) > 1 else model_buf[0]
                     if len(ym) < need:  # the resampler lags by a few samples at the very start
@@ -481,6 +579,7 @@ class Daemon:
                     self._epoch_done(epoch_raw, ym[:need], end_s=self._signal_s(), frames_lost=epoch_lost,
                                      loff_bits=epoch_loff)
                     epoch_fill = epoch_lost = epoch_loff = 0
+                    self._tick_breather()
             sig_s = self._signal_s()
             if sig_s >= next_telemetry_s:
                 cpu_mark = self._telemetry(sig_s, cpu_mark)
@@ -491,18 +590,21 @@ class Daemon:
         if total_s and self.progress:
             self.progress(self._signal_s(), total_s)
 
-    def _tick_breather(self) -> None:
-        """Tick the breather at every whole second of signal passed since the last tick, then at now."""
+    def _tick_breather(self, *, up_to_now: bool = True) -> None:
+        """Tick the breather at every whole second of signal passed since the last tick, then at now
+        (``up_to_now=False``: only the whole seconds before now, so that an epoch ending now is seen first)."""
         now = self._signal_s()
         t = self._last_tick_s + 1.0
         while t < now:
             self.breather.tick(t)
             self._trace_outputs(t)
+            self._last_tick_s = t
             t += 1.0
-        self.breather.tick(now)
-        self._trace_outputs(now)
-        self._last_tick_s = now
-        self._check_breather(now)
+        if up_to_now:
+            self.breather.tick(now)
+            self._trace_outputs(now)
+            self._last_tick_s = now
+        self._check_breather(self._last_tick_s)
 
     def _trace_outputs(self, t: float) -> None:
         """Keep every change of the light/sound level with its signal time (the report and tests read it), and
@@ -603,6 +705,8 @@ class Daemon:
                 self.recorder.annotate(end_s - EPOCH_S, "Bad signal: " + ",".join(sorted(quality.flags)), EPOCH_S)
         if self.link is not None:
             self.link.publish_stage(epoch)
+            if self._unsent_alerts:
+                self._retry_unsent_alerts()
         self._notify(f"STATUS=epoch {index} {STAGE_NAMES[stage] if stage >= 0 else '?'} p_loop={p_loop:.2f} "
                      f"signal {'ok' if quality.ok else 'bad'}")
         if self.progress is not None and self.hw.total_signal_s:
@@ -613,6 +717,17 @@ class Daemon:
         st = getattr(self.breather, "state", None)
         return str(getattr(st, "value", st)).lower() if st is not None else "?"
 
+    def _publish_status(self, state: str, *, breather_state: str | None = None, **fields: Any) -> None:
+        """The retained status, with the breather's state (``disabled`` when the clinic turned it off), which
+        Home Assistant shows as the box's "Breather" sensor (appliance/homeassistant.py), and ``fields``
+        (e.g. ``audit_head`` when the night ends)."""
+        self._box_state = state
+        if self.link is None:
+            return
+        if breather_state is None:
+            breather_state = self._breather_state() if self.breather_enabled else "disabled"
+        self.link.publish_status(state, breather_state=breather_state, **fields)
+
     def _check_breather(self, t: float, index: int | None = None) -> None:
         """Turn the breather's state changes into events (for MQTT, the EDF+ annotations and the report)."""
         after = self._breather_state()
@@ -620,6 +735,10 @@ class Daemon:
         if after == before:
             return
         self._breather_last_state = after
+        try:
+            self._publish_status(self._box_state)
+        except Exception as e:  # reporting must never take the night down
+            logger.error("could not publish the breather state: %s", e)
         session_states = ("cue", "light")
         fields: dict[str, Any] = {} if index is None else {"epoch_index": index}
         if after == "cue" and before not in session_states:
@@ -651,12 +770,22 @@ class Daemon:
         if self._persist_epochs >= LOOP_PERSIST_EPOCHS:
             self._alerted_this_loop = True
             t = self._signal_s()
-            self.audit_append("alert", reason="loop_persists_after_session", session=last.get("session"),
-                              epoch=index, p_loop=round(p_loop, 4))
+            # The alert first: a failing audit write (a full disk) must not hold it back.
             self._alert("loop_persists_after_breather", "Nightmare loop: please check",
                         f"{self.cfg.box.name}: a nightmare loop went on after a gentle breather "
                         f"({t / 3600:.1f} h into the night). Sound and light are off.",
                         p_loop=round(p_loop, 4), session=last.get("session"), epoch_index=index)
+            self.audit_append("alert", reason="loop_persists_after_session", session=last.get("session"),
+                              epoch=index, p_loop=round(p_loop, 4))
+
+    def _audit_head(self) -> dict | None:
+        """The audit log's head (``seq``, ``hash``, ``records``, ``first``) for the report and status."""
+        audit = getattr(self, "audit", None)
+        try:
+            return audit.head() if audit is not None else None
+        except Exception as e:  # noqa: BLE001 - the report must come out regardless
+            logger.error("could not read the audit head: %s", e)
+            return None
 
     def audit_append(self, event: str, **data: Any) -> None:
         """Add a record to the hash-chained audit log the breather writes (alerts are decisions too)."""
@@ -665,6 +794,7 @@ class Daemon:
             try:
                 audit.append(event, **data)
             except Exception as e:  # the alert must still go out
+                self.errors["audit_write"] += 1
                 logger.error("could not audit %s: %s", event, e)
 
     def _on_escalate(self, payload: dict | None = None, *args: Any) -> None:
@@ -679,52 +809,96 @@ class Daemon:
                     epoch_index=payload.get("epoch"))
 
     def _alert(self, kind: str, title: str, message: str, **fields: Any) -> None:
+        """Tell the parent: queue the alert on the link (QoS 1 via the outbox) and record it.
+
+        A link that raises (a closed or broken outbox) neither loses the alert nor stops the caller: the
+        alert is recorded and written to events.jsonl/EDF+ regardless, and kept to be queued again at the
+        next epoch (:meth:`_retry_unsent_alerts`); each failure is logged and counted (``errors``).
+        """
         t = self._signal_s()
         fields = {"kind": kind, "night_time_s": round(t, 1), **fields}
         wall = time.monotonic()
-        if self.link is not None:
-            self.link.publish_alert(title=title, message=message, severity="warning", **fields)
         self.alerts_sent.append({"time_s": t, "wall_s": wall, "title": title, "message": message, **fields})
+        if self.link is not None:
+            self._unsent_alerts.append({"title": title, "message": message, "severity": "warning", **fields})
+            self._retry_unsent_alerts()
         self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k not in ("kind", "night_time_s")},
                     alert_kind=kind)
+
+    def _retry_unsent_alerts(self) -> None:
+        """Queue the alerts the link refused so far, oldest first; stop at the first that fails again."""
+        while self._unsent_alerts and self.link is not None:
+            alert = self._unsent_alerts[0]
+            try:
+                self.link.publish_alert(**alert)
+            except Exception as e:  # noqa: BLE001 - whatever the link raises, the alert is kept
+                self.errors["alert_publish"] += 1
+                logger.error("could not queue the alert %r (%d waiting; retried next epoch): %s",
+                             alert.get("kind"), len(self._unsent_alerts), e)
+                return
+            self._unsent_alerts.pop(0)
 
     # ---- commands and config from the clinic ----------------------------------------------------
     def _register_link_handlers(self) -> None:
         link = self.link
+        # Authorisation first, then validation and pre-flight: nothing in a config the box will refuse anyway is
+        # looked at, and no config received over MQTT makes the box open a file it names.
+        link.config_validator = self._validate_pushed_config
         link.on_config(self._on_pushed_config)
         link.on_command("report", self._cmd_report)
         link.on_command("set_breather", self._cmd_set_breather)
         link.on_command("restart", self._cmd_restart)
         link.on_command("selftest", self._cmd_selftest)
 
-    def _on_pushed_config(self, validated: BoxConfig) -> None:
-        """A config the clinic pushed (already validated): kept in the state directory, applied at the next
-        start. Never mid-night: a session must not change its limits while it runs.
+    def _validate_pushed_config(self, doc: Any) -> tuple[dict, list[str]]:
+        """The link's validator for the unsigned retained ``config`` topic.
 
-        With a pinned clinic key this unsigned path is refused (the link reports ``config_rejected`` with this
-        reason): only ``cmd/update``, verified against the key, may change the box."""
-        if getattr(self, "updates", None) is not None:
+        With a pinned clinic key this path is refused before anything in the config is looked at (the link
+        reports ``config_rejected`` with this reason): only ``cmd/update``, verified against the key, may change
+        the box. Otherwise local-only keys are dropped, the rest merged over the box's own file and pre-flighted
+        (:meth:`appliance.pushed_config.PushedConfigStore.check`)."""
+        if getattr(self, "updates", None) is not None or self.cfg.updates.public_key_file:
             raise PermissionError(SIGNED_UPDATES_REQUIRED)
-        self._store_pushed_config(validated.to_dict())
-        self._event("config_stored", self._signal_s(), applies="next start")
+        pushable, _merged, ignored = self.pushed_store.check(doc, base=self.file_cfg)
+        return pushable, ignored
+
+    def _on_pushed_config(self, validated: tuple[dict, list[str]]) -> None:
+        """A config the clinic pushed (already authorised, validated and pre-flighted): kept in the state
+        directory, applied at the next start. Never mid-night: a session must not change its limits while it
+        runs."""
+        if getattr(self, "updates", None) is not None or self.cfg.updates.public_key_file:
+            raise PermissionError(SIGNED_UPDATES_REQUIRED)
+        pushable, ignored = validated
+        self.pushed_store.store(pushable, version=str(getattr(self.link, "incoming_config_version", "") or "")[:64],
+                                source="retained")
+        self._event("config_stored", self._signal_s(), applies="next start", ignored_local_keys=ignored)
 
     def _cmd_report(self, args: dict) -> dict:
         from appliance.recorder import list_nights
-        from appliance.report import build_report, load_night
+        from appliance.report import NightError, build_report, load_night, read_saved_report
 
         night = args.get("night", "latest")
         nights = [n for n in list_nights(self.cfg.recording_dir) if n != self.night_dir]
         if night != "latest":
             nights = [n for n in nights if n.name.startswith(night.replace("-", ""))]
-        if not nights:
-            raise ValueError(f"no finished night {night!r} on this box")
-        return build_report(load_night(nights[-1]))
+        for d in reversed(nights):
+            # the report the daemon wrote that morning is the record; a night without one is rebuilt, and a
+            # folder without a recording (a failed start of an older version) is passed over for "latest"
+            try:
+                saved = read_saved_report(d)
+                return saved if saved is not None else build_report(load_night(d))
+            except NightError as e:
+                if night != "latest":
+                    raise ValueError(str(e)) from None
+                logger.warning("report command: skipping %s: %s", d.name, e)
+        raise ValueError(f"no finished night {night!r} with a recording on this box")
 
     def _cmd_set_breather(self, args: dict) -> dict:
         self.breather_enabled = bool(args["enabled"])
         if not self.breather_enabled:
             self.breather.stop("disabled by the clinic")
         self._event("breather_enabled" if self.breather_enabled else "breather_disabled", self._signal_s())
+        self._publish_status(self._box_state)
         return {"enabled": self.breather_enabled}
 
     def _cmd_selftest(self, args: dict) -> dict:
@@ -769,15 +943,17 @@ class Daemon:
         ev = {"time_s": round(float(time_s), 3), "kind": kind, **fields}
         with self._events_lock:
             self.events.append(ev)
-            if not self._events_file.closed:
-                self._events_file.write(json.dumps(ev) + "\n")
+            f = getattr(self, "_events_file", None)  # None until the night's folder exists
+            if f is not None and not f.closed:
+                f.write(json.dumps(ev) + "\n")
         if self.recorder is not None and not getattr(self.recorder, "_closed", True):
             detail = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("title",))
             self.recorder.annotate(time_s, f"{kind} {detail}".strip()[:200])
         if self.link is not None and kind not in ("alert",):
             try:
+                # the envelope carries the box id already
                 self.link.publish_event(kind, night_time_s=round(float(time_s), 1),
-                                        **{k: v for k, v in fields.items() if k != "kind"})
+                                        **{k: v for k, v in fields.items() if k not in ("kind", "box_id")})
             except Exception as e:  # reporting must never take the night down
                 logger.error("could not queue event %s: %s", kind, e)
         logger.info("event %s at %.1f s %s", kind, time_s, fields)
@@ -835,7 +1011,8 @@ class Daemon:
         night = NightRecord(hypnogram=hyp, live_hypnogram=live, events=list(self.events),
                             quality_ok=np.array([e.quality.ok for e in self.epochs]), quality_flags=flags,
                             counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
-                            start=self.start, box_id=self.cfg.box.id)
+                            start=self.start, box_id=self.cfg.box.id, box_name=self.cfg.box.name,
+                            audit_head=self._audit_head())
         try:
             rep, js, _ = write_report(night, self.night_dir, png=False)
         except Exception as e:
@@ -867,8 +1044,11 @@ def _render_png_child(night_dir: Path) -> Path | None:
     return night_dir / HYPNOGRAM_PNG
 
 
-def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:
-    """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with our validator."""
+def make_link(cfg: BoxConfig, *, model_versions: dict, simulated: bool = False) -> Any:
+    """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with our validator.
+
+    ``simulated`` (the chip simulator instead of the hardware) is carried by every retained status, the last will
+    included."""
     from appliance.config import validate_config
     from appliance.mqtt import BoxLink, TLSSettings
 
@@ -881,7 +1061,7 @@ def make_link(cfg: BoxConfig, *, model_versions: dict) -> Any:
     return BoxLink(box_id=cfg.box.id, host=m.host, port=m.port, outbox_path=Path(cfg.box.state_dir) / "outbox.sqlite",
                    tls=tls, username=m.username or None, password=password, firmware_version=__version__,
                    model_versions=model_versions, keepalive_s=m.keepalive_s, config_validator=validate_config,
-                   outbox_max_bytes=int(m.outbox_max_mb * 1024 * 1024))
+                   outbox_max_bytes=int(m.outbox_max_mb * 1024 * 1024), status_fields={"simulated": simulated})
 
 
 def _systemd_notifier() -> Callable[[str], None]:

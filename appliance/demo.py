@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  report: TST {stats['total_sleep_time_min']:.0f} min, SE {stats['sleep_efficiency_pct']:.0f}%, "
                   f"WASO {stats['waso_min']:.0f} min, REM latency {stats['rem_latency_min']} min")
         for sess in (result.report or {}).get("interventions", {}).get("breather_sessions", []):
-            print(f"  breather at {sess['start_s'] / 3600:.2f} h: {' -> '.join(['cue'] + sess['steps'])}, "
+            print(f"  breather at {sess['start_s'] / 3600:.2f} h: {' -> '.join(sess['steps'])}, "
                   f"outcome {sess['outcome']} (max light {sess.get('max_light')}, max volume {sess.get('max_volume')})")
         kinds = [e["kind"] for e in result.events]
         print(f"  events: {', '.join(f'{k} x{kinds.count(k)}' for k in dict.fromkeys(kinds))}")

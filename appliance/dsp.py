@@ -12,10 +12,12 @@ The chain, every step causal and stateful so the box can run it chunk by chunk:
 3. a mains notch (50 Hz by default) when the input rate can represent it;
 4. rational resampling to :data:`MODEL_FS_HZ` with a polyphase FIR (``scipy.signal.upfirdn``) whose
    input history is carried across calls;
-5. clipping to +-:data:`CLIP_UV` so one movement artefact cannot dominate an epoch's features.
+5. a pure delay line that brings the resampler's delay to :data:`ALIGN_DELAY_S` at every rate, so the
+   same EEG recorded at 50, 100 or 250 Hz is cut into the same epochs;
+6. clipping to +-:data:`CLIP_UV` so one movement artefact cannot dominate an epoch's features.
 
-The chain's group delay is about 0.1 s at 250 SPS: epochs at model rate start that much later in
-the signal than their chip-rate counterparts, which is irrelevant at 30-s resolution.
+The chain's delay is about 0.25 s: epochs at model rate start that much later in the signal than their
+chip-rate counterparts, which is irrelevant at 30-s resolution.
 
 Besides the chain, :func:`epoch_quality` and :func:`arousal_features` judge one epoch of raw chip-rate
 signal (before the band-pass, so clipping, flat lines and muscle power are still visible).
@@ -38,6 +40,11 @@ MODEL_FS_HZ = 100
 
 BANDPASS_HZ = (0.3, 35.0)
 """Pass band of the staging channel (Hz), the AASM recommended EEG filter settings."""
+
+ALIGN_DELAY_S = 0.24
+"""Every input rate's chain delays its output by this much (s): the resampling FIR's own delay (0 at 100 Hz,
+0.12 s at 200-512 Hz, 0.24 s at 50 Hz) topped up with a pure delay line, so epochs cut at model rate hold the
+same stretch of EEG whatever the rate it was recorded at (rates under 50 Hz keep their own, longer delay)."""
 
 CLIP_UV = 400.0
 """Preprocessed samples are clipped to +-CLIP_UV microvolts (real EEG rarely exceeds +-250 uV)."""
@@ -94,6 +101,8 @@ class StreamingPreprocessor:
             cutoff = 0.85 * min(self.fs_hz, MODEL_FS_HZ) / 2
             numtaps = 24 * max(self.up, self.down) + 1
             self._h = signal.firwin(numtaps, cutoff, fs=fs_up) * self.up
+        fir_delay_s = (len(self._h) - 1) / 2 / (self.fs_hz * self.up)
+        self.delay_samples = max(0, int(round((ALIGN_DELAY_S - fir_delay_s) * MODEL_FS_HZ)))
         # Input history needed so each output sees a full filter span, plus up to `down` samples so the
         # history can be aligned with the decimation phase (see _resample).
         self._hist_len = int(np.ceil((len(self._h) - 1) / self.up)) + self.down
@@ -105,6 +114,7 @@ class StreamingPreprocessor:
         self._hist = np.zeros(self._hist_len)
         self._n_in = 0  # input samples consumed so far
         self._n_out = 0  # output samples produced so far
+        self._delay_line = np.zeros(self.delay_samples)
 
     def process(self, chunk_uv: np.ndarray) -> np.ndarray:
         """Filter, resample and clip the next chunk; returns the model-rate samples it completes.
@@ -128,6 +138,9 @@ class StreamingPreprocessor:
             x = np.where(np.isfinite(x), x, 0.0)
         y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
         out = self._resample(y)
+        if self.delay_samples:
+            line = np.concatenate([self._delay_line, out])
+            out, self._delay_line = line[:len(out)], line[len(out):]
         return np.clip(out, -self.clip_uv, self.clip_uv, out=out)
 
     def _resample(self, y: np.ndarray) -> np.ndarray:

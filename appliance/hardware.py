@@ -179,6 +179,7 @@ class SimulationSource:
 
     hypnogram: np.ndarray | None = None
     edf_path: Path | None = None
+    edf_channels: list[str | int] | None = None  # None: the file's EEG signals (ads1299_sim.select_edf_signals)
     seed: int = 0
     distressed_arousals: Any = True
     faults: list[ScriptedFault] = field(default_factory=list)
@@ -188,7 +189,7 @@ class SimulationSource:
         if self.edf_path is not None:
             from appliance.ads1299_sim import EdfSource
 
-            edf = EdfSource(self.edf_path, fs_hz=fs_hz, loop=False)
+            edf = EdfSource(self.edf_path, fs_hz=fs_hz, channels=self.edf_channels, loop=False)
             return _ChannelAdapter(edf, n_channels=n_channels, n_samples=edf.samples.shape[0])
         from appliance.synthetic_eeg import SyntheticSleepEEG
 

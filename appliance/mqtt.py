@@ -8,7 +8,11 @@ What a box says and hears (the topic schema is in :mod:`appliance.mqtt_schema` a
   next epoch supersedes).
 - ``event``, ``alert`` and ``report`` (QoS 1): written to the SQLite :class:`~appliance.outbox.Outbox`
   first, then published oldest first and deleted on PUBACK, so nothing is lost while the network or
-  broker is down, and everything arrives in order once it is back.
+  broker is down, and everything arrives in order once it is back. Each alert is preceded by its
+  plain-text copy on ``alert/text`` (made from the outbox row when it is sent) for phone apps that show
+  raw payloads.
+- Home Assistant discovery (retained, :mod:`appliance.homeassistant`): after :meth:`BoxLink.publish_discovery`,
+  sent on every connect, before the outbox is pumped.
 - ``cmd/<name>``: validated by :mod:`appliance.commands`; replies go to the MQTT v5 response topic with
   the request's correlation data.
 - ``config`` (retained, set by the clinic): validated with the daemon's ``config_validator``; refused
@@ -17,6 +21,13 @@ What a box says and hears (the topic schema is in :mod:`appliance.mqtt_schema` a
 Threads: one link thread owns the network (connect, keepalive, reconnect with backoff, outbox pump);
 one command thread runs command/config handlers so a slow handler never starves the keepalive. The
 ``publish_*`` methods may be called from any thread.
+
+One writer per connection: paho's client is not safe for concurrent writes (each thread that publishes
+also writes the socket, and a multi-MB packet written half by one thread while another thread writes
+its own packet reaches the broker interleaved: "malformed packet", connection dropped). Every call into
+the paho client (publish, subscribe, read, write, keepalive) therefore holds ``BoxLink._net_lock``, and the
+link thread waits for the socket with its own ``select`` outside that lock, woken through a socket pair
+when another thread leaves bytes unsent.
 
 Why a fresh paho client per connection: paho keeps its own in-memory copy of unacknowledged QoS 1
 messages and re-sends it on reconnect; with the outbox also re-sending, messages would be duplicated
@@ -29,8 +40,11 @@ import concurrent.futures
 import hashlib
 import logging
 import random
+import os
 import re
+import select
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -48,12 +62,17 @@ from appliance import commands as cmds
 from appliance import homeassistant
 from appliance import mqtt_schema as schema
 from appliance.epoch import Epoch
-from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox
+from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox, OutboxFullError
 
 log = logging.getLogger(__name__)
 
 #: QoS 1 messages in flight at once (paho's and mosquitto's default window).
 INFLIGHT_WINDOW = 20
+MAX_CONFIG_BYTES = 256 * 1024
+"""Largest retained config message the box parses (a full configuration is ~3 kB)."""
+
+#: Alerts held in memory when even the full-disk outbox cannot store them (oldest go first beyond this).
+MEMORY_ALERTS_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -126,8 +145,12 @@ class BoxLink:
                  config_validator: Callable[[dict], object] | None = None,
                  clock: Callable[[], datetime] = schema.utc_now,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 60.0,
-                 outbox_max_rows: int = 10_000, outbox_max_bytes: int = 8 * 1024 * 1024) -> None:
+                 outbox_max_rows: int = 10_000, outbox_max_bytes: int = 8 * 1024 * 1024,
+                 status_fields: dict | None = None) -> None:
         self.box_id = schema.check_box_id(box_id)
+        # carried by every status, the last will included (e.g. simulated=True: a simulated box never passes
+        # for a real one, even when it has dropped off)
+        self.status_fields = dict(status_fields or {})
         self.host, self.port = host, int(port)
         self.tls, self.username, self.password = tls, username, password
         self.firmware_version = firmware_version
@@ -142,6 +165,7 @@ class BoxLink:
         self._commands: dict[str, Callable[[dict], dict]] = {"ping": self._ping}
         self._config_handler: Callable[[object], object] | None = None
         self._last_config_digest: str | None = None
+        self.incoming_config_version: str | None = None
         self.config_version: str | None = None
         self._status: dict[str, Any] = {"state": "online"}
         self._discovery = False
@@ -158,7 +182,21 @@ class BoxLink:
         self._inflight: dict[int, int] = {}
         self._last_sent_row = 0
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        # Alerts the outbox refused (disk full, nothing droppable left): kept in memory, sent after the
+        # outbox's rows; their own outbox_id and seq so a console neither drops them as duplicates nor
+        # reports a gap. _inflight maps a mid to an outbox row id (int) or to such an alert (tuple).
+        self._memory_alerts: collections.deque[tuple[str, bytes, int, bool]] = collections.deque(
+            maxlen=MEMORY_ALERTS_MAX)
+        self._memory_id = f"mem-{os.urandom(5).hex()}"
+        self._memory_seq = 0
+        self._reported_problem: str | None = None
         self.stats = collections.Counter()
+        # The one lock around every use of the paho client (see the module docstring), and the socket
+        # pair that wakes the link thread's select when a publisher left bytes for it to write.
+        self._net_lock = threading.RLock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -174,16 +212,20 @@ class BoxLink:
         client = self._client
         if client is not None and self._connected.is_set():
             try:
-                info = client.publish(schema.topic(self.box_id, "status"),
-                                      schema.encode(self._status_payload("offline")), *schema.CHANNELS["status"])
-                info.wait_for_publish(timeout=min(1.0, timeout_s))
+                qos, retain = schema.CHANNELS["status"]
+                info = self._send(client, schema.topic(self.box_id, "status"),
+                                  schema.encode(self._status_payload("offline")), qos=qos, retain=retain)
+                info.wait_for_publish(timeout=min(1.0, timeout_s))  # outside the lock: the link thread acks
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status on stop: %s", e)
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._worker.shutdown(wait=False, cancel_futures=True)
         self.outbox.close()
+        for s in (self._wake_r, self._wake_w):
+            s.close()
 
     @property
     def connected(self) -> bool:
@@ -268,9 +310,24 @@ class BoxLink:
         self._config_handler = handler
 
     # ---- internals: payloads ------------------------------------------------------------------
+    def outbox_problem(self) -> str | None:
+        """What is wrong with the outbox's storage (a full disk), as the status reports it; None if fine."""
+        problem = self.outbox.problem
+        held = len(self._memory_alerts)
+        if held:
+            problem = f"{problem or 'outbox full'}; {held} alerts held in memory only"
+        return problem
+
     def _status_payload(self, state: str, **fields: Any) -> dict:
-        extra = {"config_version": self.config_version,
-                 "outbox_depth": len(self.outbox) if state != "offline" else None}
+        try:
+            depth = len(self.outbox) if state != "offline" else None
+        except sqlite3.Error as e:  # a broken outbox must not also silence the status
+            log.error("outbox depth unknown: %s", e)
+            depth = None
+        extra = {"config_version": self.config_version, "outbox_depth": depth, **self.status_fields}
+        problem = self.outbox_problem() if state != "offline" else None
+        if problem is not None:
+            extra["outbox_problem"] = problem
         extra.update(fields)  # the daemon's own fields win over the link's defaults
         for reserved in ("firmware_version", "model_versions", "schema", "box_id", "time_utc", "online"):
             extra.pop(reserved, None)
@@ -289,13 +346,47 @@ class BoxLink:
         if client is None or not self._connected.is_set():
             self.stats["dropped_offline"] += 1
             return False
-        info = client.publish(schema.topic(self.box_id, channel), schema.encode(payload), qos=qos, retain=retain)
+        info = self._send(client, schema.topic(self.box_id, channel), schema.encode(payload), qos=qos, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _send(self, client: paho.Client, topic: str, payload: bytes, *, qos: int, retain: bool,
+              properties: Properties | None = None) -> paho.MQTTMessageInfo:
+        """Publish through the connection's single writer (any thread); wake the link thread if paho
+        could not write everything at once (a multi-MB reply), so it finishes the write."""
+        with self._net_lock:
+            info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            unsent = client.want_write()
+        if unsent:
+            self._wake()
+        return info
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"w")
+        except OSError:  # full (already awake) or closed (stopping)
+            pass
+
     def _enqueue(self, channel: str, payload: dict, priority: int) -> int:
+        """Store in the outbox and pump; return the seq (0 for an event the full disk refused)."""
         qos, retain = schema.CHANNELS[channel]
-        seq = self.outbox.put(schema.topic(self.box_id, channel), payload, channel=channel,
-                              priority=priority, qos=qos, retain=retain)
+        topic = schema.topic(self.box_id, channel)
+        try:
+            seq = self.outbox.put(topic, payload, channel=channel, priority=priority, qos=qos, retain=retain)
+        except OutboxFullError as e:
+            self.stats["outbox_refused"] += 1
+            if priority < PRIORITY_ALERT:
+                log.warning("%s not stored: %s", channel, e)
+                seq = 0
+            else:
+                # Nothing droppable left on a full disk: keep the alert in memory rather than lose it.
+                with self._pump_lock:
+                    self._memory_seq += 1
+                    seq = self._memory_seq
+                    if len(self._memory_alerts) == self._memory_alerts.maxlen:
+                        self.stats["memory_alerts_dropped"] += 1
+                    self._memory_alerts.append((topic, schema.encode(
+                        {**payload, "outbox_id": self._memory_id, "seq": seq}), qos, retain))
+                log.error("alert held in memory only (%d held): %s", len(self._memory_alerts), e)
         self._pump()
         return seq
 
@@ -311,26 +402,68 @@ class BoxLink:
                     # A broker that refuses a message (e.g. not authorised) will refuse it again;
                     # keeping it would block every later alert behind it.
                     self.stats["rejected"] += 1
-                    log.error("broker refused outbox row %d; dropped", row_id)
-                self.outbox.ack(row_id)
+                    log.error("broker refused outbox row %s; dropped", row_id if isinstance(row_id, int) else "(memory)")
+                if isinstance(row_id, int):
+                    try:
+                        # Never raises for a full disk: the row is marked delivered and never sent again.
+                        self.outbox.ack(row_id)
+                    except sqlite3.Error:
+                        log.exception("could not delete delivered outbox row %d", row_id)
+            try:
+                self.outbox.retry_pending()
+            except sqlite3.Error:
+                log.exception("outbox retry failed")
             client = self._client
             if client is None or not self._connected.is_set():
                 return
             room = INFLIGHT_WINDOW - len(self._inflight)
-            if room <= 0:
-                return
-            for row in self.outbox.peek(after_row_id=self._last_sent_row, limit=room):
-                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            alert_topic = schema.topic(self.box_id, "alert")
+            if room > 0:
+                for row in self.outbox.peek(after_row_id=self._last_sent_row, limit=room):
+                    if row.topic == alert_topic:
+                        self._publish_alert_text(client, row.payload, qos=row.qos)
+                    info = self._send(client, row.topic, row.payload, qos=row.qos, retain=row.retain)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        return  # connection going down; the next session re-sends from the outbox
+                    self._inflight[info.mid] = row.row_id
+                    self._last_sent_row = row.row_id
+                    room -= 1
+            while room > 0 and self._memory_alerts:
+                item = self._memory_alerts.popleft()
+                if item[0] == alert_topic:
+                    self._publish_alert_text(client, item[1], qos=item[2])
+                info = self._send(client, item[0], item[1], qos=item[2], retain=item[3])
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break  # connection going down; the next session re-sends from the outbox
-                self._inflight[info.mid] = row.row_id
-                self._last_sent_row = row.row_id
+                    self._memory_alerts.appendleft(item)
+                    return
+                self._inflight[info.mid] = item
+                room -= 1
+        problem = self.outbox_problem()
+        if problem != self._reported_problem and self._connected.is_set():
+            self._reported_problem = problem  # the status says what is wrong (and when it is over)
+            self.publish_status(**self._status)
+
+    def _publish_alert_text(self, client: paho.Client, payload: bytes, *, qos: int) -> None:
+        """Publish an outbox alert's plain-text copy, just *before* the alert itself.
+
+        Why no outbox row of its own: it would double the rows (and halve the alerts) the outbox's bounds
+        hold. Why before: the broker handles one connection's packets in order, so once the alert's PUBACK
+        arrives (and its row is deleted) the copy has reached the broker too; if the connection dies first,
+        both are sent again from the outbox. At least once, like the alert.
+        """
+        try:
+            alert = schema.decode(payload)
+            text = schema.alert_text(alert["title"], alert["message"])
+        except (schema.SchemaError, KeyError, TypeError) as e:  # alerts are written by publish_alert: never here
+            log.error("an outbox alert has no title/message for its text copy: %s", e)
+            return
+        self._send(client, schema.alert_text_topic(self.box_id), text, qos=qos, retain=False)
 
     def _send_discovery(self, client: paho.Client | None) -> None:
         if client is None:
             return
         for t, cfg in homeassistant.discovery_payloads(self.box_id, firmware_version=self.firmware_version).items():
-            client.publish(t, schema.encode(cfg), qos=1, retain=True)
+            self._send(client, t, schema.encode(cfg), qos=1, retain=True)
 
     # ---- internals: connection ----------------------------------------------------------------
     def _make_client(self) -> paho.Client:
@@ -373,6 +506,9 @@ class BoxLink:
             self._subscribed.clear()
             with self._pump_lock:
                 self._client = None
+                # Alerts held in memory and not acknowledged go back to the front, in order.
+                for item in reversed([v for v in self._inflight.values() if not isinstance(v, int)]):
+                    self._memory_alerts.appendleft(item)
                 self._inflight.clear()
                 self._acks.clear()
                 self._last_sent_row = 0
@@ -398,7 +534,7 @@ class BoxLink:
         connack_deadline = time.monotonic() + max(2.0, 2 * self.keepalive_s)
         accepted = False
         while not self._stop.is_set() and not self._session_dead:
-            rc = client.loop(timeout=0.05)
+            rc = self._loop_once(client, timeout_s=0.05)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             if self._connected.is_set():
@@ -410,11 +546,45 @@ class BoxLink:
                 break
         if self._stop.is_set():
             try:
-                client.disconnect()
-                client.loop(timeout=0.1)
+                with self._net_lock:
+                    client.disconnect()
+                self._loop_once(client, timeout_s=0.1)
             except (OSError, ValueError):
                 pass
         return accepted
+
+    def _loop_once(self, client: paho.Client, *, timeout_s: float) -> MQTTErrorCode:
+        """One turn of the network loop (what paho's ``loop()`` does), waiting outside ``_net_lock``.
+
+        Waits up to ``timeout_s`` (s) for the socket to be readable (or writable, if bytes wait), or for
+        another thread to wake us; then reads, writes and runs keepalive under the lock.
+        """
+        sock = client.socket()
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        with self._net_lock:
+            want_write = client.want_write()
+        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS bytes already decrypted
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], [sock] if want_write else [], [],
+                                           0.0 if pending else timeout_s)
+        except (TypeError, ValueError, OSError):  # socket closed under us: the connection is gone
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if self._wake_r in readable:
+            try:
+                self._wake_r.recv(4096)
+            except OSError:
+                pass
+        with self._net_lock:
+            if sock in readable or pending:
+                rc = client.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
+                    return rc
+            if client.want_write():
+                rc = client.loop_write()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return rc
+            return client.loop_misc()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -425,16 +595,21 @@ class BoxLink:
         log.info("connected to %s:%d", self.host, self.port)
         self.stats["connects"] += 1
         client.subscribe([(f"{self.prefix}/cmd/+", 1), (schema.topic(self.box_id, "config"), 1)])
-        client.publish(schema.topic(self.box_id, "status"),
-                       schema.encode(self._status_payload(**self._status)), *schema.CHANNELS["status"])
+        qos, retain = schema.CHANNELS["status"]
+        self._reported_problem = self.outbox_problem()
+        self._send(client, schema.topic(self.box_id, "status"), schema.encode(self._status_payload(**self._status)),
+                   qos=qos, retain=retain)
         if self._discovery:
             self._send_discovery(client)
         self._connected.set()
-        dropped = self.outbox.take_unreported_drops()
-        if dropped:
-            self.outbox.put(schema.topic(self.box_id, "event"),
-                            schema.event_payload(self.box_id, self.clock(), kind="outbox_overflow",
-                                                 dropped_total=dropped), channel="event", over_bound=True)
+        try:
+            dropped = self.outbox.take_unreported_drops()
+            if dropped:
+                self.outbox.put(schema.topic(self.box_id, "event"),
+                                schema.event_payload(self.box_id, self.clock(), kind="outbox_overflow",
+                                                     dropped_total=dropped), channel="event", over_bound=True)
+        except (OutboxFullError, sqlite3.Error) as e:  # a full disk must not cost the connection
+            log.warning("outbox_overflow notice not stored: %s", e)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [rc for rc in reason_codes if rc.is_failure]
@@ -464,11 +639,11 @@ class BoxLink:
             if topic == schema.topic(self.box_id, "config"):
                 self._handle_config(payload)
             elif topic.startswith(f"{self.prefix}/cmd/"):
-                self._handle_command(topic.rsplit("/", 1)[1], payload, props)
+                self._handle_command(topic.rsplit("/", 1)[1], payload, props, retained=retained)
         except Exception:  # a handler bug must never kill the command thread
             log.exception("error handling %s", topic)
 
-    def _handle_command(self, name: str, payload: bytes, props: Properties | None) -> None:
+    def _handle_command(self, name: str, payload: bytes, props: Properties | None, *, retained: bool = False) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         if not (isinstance(response_topic, str) and response_topic.startswith(f"{self.prefix}/reply/")):
@@ -476,7 +651,11 @@ class BoxLink:
             # silently dropped by the broker, so answer on the default reply topic instead.
             response_topic = f"{self.prefix}/reply/{name if re.fullmatch(r'[a-z][a-z0-9_]{0,31}', name) else 'invalid'}"
         try:
-            args = cmds.parse_command(name, payload)
+            if retained:
+                # A command kept by the broker would run again at every connect (a retained restart: a restart
+                # loop); commands are one-off, so a retained one is refused.
+                raise cmds.CommandError("bad_payload", "retained command refused: commands are never retained")
+            args = cmds.parse_command(name, payload, now=self.clock())
             handler = self._commands.get(name)
             if handler is None:
                 raise cmds.CommandError("unknown_command", f"command {name!r} is not supported by this box")
@@ -502,12 +681,18 @@ class BoxLink:
                                                       error=f"result not JSON: {e}", code="handler_error"))
         client = self._client
         if client is not None and self._connected.is_set():
-            client.publish(response_topic, data, qos=1, properties=props_out)
+            self._send(client, response_topic, data, qos=1, retain=False, properties=props_out)
 
     def _handle_config(self, payload: bytes) -> None:
         if not payload:
             return  # the retained config was cleared; keep running with what we have
         digest = hashlib.sha256(payload).hexdigest()
+        if len(payload) > MAX_CONFIG_BYTES:
+            if digest != self._last_config_digest:
+                self._last_config_digest = digest
+                self.publish_event("config_rejected", config_version=None, config_sha256=digest,
+                                   error=f"config message of {len(payload)} bytes; at most {MAX_CONFIG_BYTES}")
+            return
         if digest == self._last_config_digest:
             return  # the same retained config, redelivered on reconnect
         self._last_config_digest = digest
@@ -521,21 +706,23 @@ class BoxLink:
             config = env["config"]
             validated = self.config_validator(config) if self.config_validator is not None else config
         except Exception as e:
-            log.warning("config %s refused: %s", version, e)
-            self.publish_event("config_rejected", config_version=version if isinstance(version, str) else None,
-                               config_sha256=digest, error=f"{type(e).__name__}: {e}")
+            error = cmds.clip(f"{type(e).__name__}: {e}", 400)
+            version = version[:64] if isinstance(version, str) else None
+            log.warning("config %s refused: %s", version, error)
+            self.publish_event("config_rejected", config_version=version, config_sha256=digest, error=error)
             return
         if self._config_handler is None:
             # Valid, but nothing on this box would apply it: say so rather than claim it was applied.
             self.publish_event("config_rejected", config_version=version, config_sha256=digest,
                                error="this box applies no pushed configuration (no config handler)")
             return
+        self.incoming_config_version = version  # for the handler: the version of the config it is given
         try:
             self._config_handler(validated)
         except Exception as e:
             log.exception("config handler failed")
             self.publish_event("config_rejected", config_version=version, config_sha256=digest,
-                               error=f"handler failed: {type(e).__name__}: {e}")
+                               error=cmds.clip(f"handler failed: {type(e).__name__}: {e}", 400))
             return
         self.config_version = version
         self.publish_event("config_applied", config_version=version, config_sha256=digest)

@@ -25,14 +25,12 @@ import numpy as np
 
 from appliance.epoch import Epoch
 from appliance.hypnogram import Stage
+from appliance.protocol.ids import BOX_ID_RE, BOX_ID_RULE, is_box_id  # noqa: F401  (BOX_ID_RE: re-exported)
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "bedtime"
 TOPIC_PREFIX = f"{TOPIC_ROOT}/v{SCHEMA_VERSION}"
 
-# Box ids become MQTT topic levels and ACL usernames, so they are restricted to characters that
-# are never wildcards or separators.
-BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 STATUS_STATES = ("online", "recording", "idle", "fault", "offline")
 SEVERITIES = ("info", "warning", "critical")
@@ -52,12 +50,21 @@ CHANNELS: dict[str, tuple[int, bool]] = {
 
 STAGE_NAMES = ("W", "N1", "N2", "N3", "REM")
 
+#: The level under ``alert`` where the plain-text copy of each alert goes (:func:`alert_text_topic`).
+ALERT_TEXT_LEVEL = "text"
+
 
 class SchemaError(ValueError):
     """A payload or topic that does not follow the bedtime/v1 schema."""
 
 
 # ---- time -----------------------------------------------------------------------------------------
+
+def is_schema_version(v: Any) -> bool:
+    """Whether ``v`` is exactly the integer :data:`SCHEMA_VERSION` (``True`` and ``1.0`` compare equal to 1 in
+    Python, and are not it)."""
+    return type(v) is int and v == SCHEMA_VERSION
+
 
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
@@ -88,8 +95,8 @@ def parse_iso_utc(s: str) -> datetime:
 
 def check_box_id(box_id: str) -> str:
     """Return ``box_id`` if it is a valid topic level, else raise :class:`SchemaError`."""
-    if not isinstance(box_id, str) or not BOX_ID_RE.match(box_id):
-        raise SchemaError(f"invalid box id {box_id!r}: 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)")
+    if not is_box_id(box_id):
+        raise SchemaError(f"invalid box id {box_id!r}: {BOX_ID_RULE}")
     return box_id
 
 
@@ -121,6 +128,13 @@ def reply_topic(box_id: str, tag: str) -> str:
     if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", tag or ""):
         raise SchemaError(f"invalid reply tag {tag!r}")
     return f"{box_prefix(box_id)}/reply/{tag}"
+
+
+def alert_text_topic(box_id: str) -> str:
+    """``bedtime/v1/<box_id>/alert/text``: each alert again as plain text, for MQTT phone apps that show raw
+    payloads (:func:`alert_text`). Same QoS as ``alert``, never retained (an old alert must not pop up again
+    when an app reconnects)."""
+    return f"{topic(box_id, 'alert')}/{ALERT_TEXT_LEVEL}"
 
 
 def fleet_filter(channel: str) -> str:
@@ -192,10 +206,12 @@ def decode(data: bytes | str) -> dict:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise SchemaError(f"payload is not JSON: {e}") from e
+    except RecursionError:
+        raise SchemaError("payload nested too deeply") from None
     if not isinstance(obj, dict):
         raise SchemaError("payload must be a JSON object")
-    if obj.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(f"schema must be {SCHEMA_VERSION}, got {obj.get('schema')!r}")
+    if not is_schema_version(obj.get("schema")):
+        raise SchemaError(f"schema must be the integer {SCHEMA_VERSION}, got a {type(obj.get('schema')).__name__}")
     return obj
 
 
@@ -263,6 +279,15 @@ def alert_payload(box_id: str, now: datetime, *, title: str, message: str, sever
     return envelope(box_id, now, title=title, message=message, severity=severity, **fields)
 
 
+def alert_text(title: str, message: str) -> bytes:
+    """The plain-text copy of an alert: the title, a newline, the message (UTF-8, no JSON).
+
+    For phone apps that show a raw MQTT payload as a notification: the first line is the headline. A line
+    break inside the title would make the message look like a second headline, so it becomes a space.
+    """
+    return f"{' '.join(title.split())}\n{message}".encode()
+
+
 def telemetry_payload(box_id: str, now: datetime, **fields: Any) -> dict:
     """``telemetry``: signal quality, impedance, frame counters, CPU, temperature.
 
@@ -324,8 +349,8 @@ def validate(channel: str, payload: dict) -> dict:
     """Check a decoded box payload against the v1 schema for ``channel``; return it unchanged."""
     if channel not in _REQUIRED:
         raise SchemaError(f"no schema for channel {channel!r}")
-    if payload.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(f"schema must be {SCHEMA_VERSION}")
+    if not is_schema_version(payload.get("schema")):
+        raise SchemaError(f"schema must be the integer {SCHEMA_VERSION}")
     check_box_id(payload.get("box_id"))
     parse_iso_utc(payload.get("time_utc"))
     for name, typ in _REQUIRED[channel].items():

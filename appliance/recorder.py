@@ -40,6 +40,14 @@ STAGE_ANNOTATION = {0: "Sleep stage W", 1: "Sleep stage 1", 2: "Sleep stage 2", 
 ANNOTATION_STAGE = {v: k for k, v in STAGE_ANNOTATION.items()}
 
 NIGHT_EDF = "night.edf"
+UTC_OFFSET_PREFIX = "Local time UTC"
+"""Start of the annotation (onset 0) that says which UTC offset the header's local start time has."""
+
+
+def utc_offset_text(t: dt.datetime) -> str:
+    """``+13:00`` style UTC offset of an aware datetime."""
+    off = t.strftime("%z") or "+0000"
+    return f"{off[:3]}:{off[3:5]}"
 
 
 def _field(value: object, width: int) -> bytes:
@@ -92,7 +100,9 @@ class EdfPlusRecorder:
     flush_interval_s : float
         Longest wall-clock time between flushes to disk.
     start : datetime.datetime, optional
-        Recording start (UTC); default now.
+        Recording start (an aware datetime, or naive UTC); default now. EDF defines the header's start date and
+        time as local time, so they are written in the process's local time zone (the box's), and the UTC
+        offset goes into an annotation at onset 0 (:data:`UTC_OFFSET_PREFIX`), since EDF has no field for it.
     patient : str
         EDF+ patient field (``code sex birthdate name``; ``X`` for unknown).
     equipment : str
@@ -112,7 +122,11 @@ class EdfPlusRecorder:
         self.samples_per_record = int(round(spr))
         self.record_duration_s = float(record_duration_s)
         self.flush_interval_s = float(flush_interval_s)
-        self.start = (start or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+        start = start or dt.datetime.now(dt.timezone.utc)
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=dt.timezone.utc)
+        self.start = start.replace(microsecond=0)
+        self.local_start = self.start.astimezone()  # the box's local time, what EDF's header means
         # Derive the scaling from the exact header text so writer and readers agree to the last bit.
         self._pmin_text = _num_field(-physical_range_uv)
         self._pmax_text = _num_field(physical_range_uv * DIGITAL_MAX / 32768.0)
@@ -129,11 +143,13 @@ class EdfPlusRecorder:
         self._file = open(self.path, "x+b")  # noqa: SIM115 (kept open all night; read back once at close)
         self._file.write(self._header(patient=patient, equipment=equipment))
         self._file.flush()
+        self.annotate(0.0, f"{UTC_OFFSET_PREFIX}{utc_offset_text(self.local_start)} "
+                           f"(start {self.start.astimezone(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ})")
 
     # ---- header -----------------------------------------------------------------------------------
     def _header(self, *, patient: str, equipment: str) -> bytes:
         ns = self.n_channels + 1
-        start = self.start
+        start = self.local_start
         rec = f"Startdate {start.strftime('%d-%b-%Y').upper()} X X {equipment}"
         h = b"".join([
             _field("0", 8), _field(patient[:80], 80), _field(rec[:80], 80),

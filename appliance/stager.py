@@ -3,8 +3,9 @@
 How it works
 ------------
 1. :func:`epoch_features` turns one model-rate epoch (3000 samples at 100 Hz, from
-   :mod:`appliance.dsp`) into a short vector of spectral and waveform features: log relative power in
-   12 bands from 0.5 to 35 Hz, log total power, Hjorth mobility and complexity, spindle-band
+   :mod:`appliance.dsp`) into a short vector of spectral and waveform features, all band-limited to
+   0.5-:data:`FEATURE_MAX_HZ` Hz (what a 50-Hz recording carries too): log relative power in
+   10 bands, log total power, Hjorth mobility and complexity, spindle-band
    burstiness, power variability within the epoch and the fraction of high-amplitude slow-wave seconds.
 2. The stager keeps the features of the last ``context_epochs`` epochs (5 min by default). Before the
    first epochs exist, the earliest epoch's features stand in for them (:func:`context_windows`).
@@ -38,9 +39,15 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "stager
 EPOCH_SAMPLES = int(EPOCH_S * MODEL_FS_HZ)
 """Samples in one epoch at the model rate (3000)."""
 
+FEATURE_MAX_HZ = 18.0
+"""Highest frequency any feature sees (Hz). Recordings come at 50-512 Hz; a 50-Hz recording carries nothing
+above its anti-alias roll-off (DREAMS excerpt3: nothing above ~22 Hz, and the preprocessor's resampler passes
+50-Hz input flat only to ~18 Hz). Features band-limited to what every supported rate has give the same
+stages for the same EEG whatever the input rate (``tests/test_stager.py``, rate parity)."""
+
 FEATURE_BANDS_HZ: tuple[tuple[float, float], ...] = (
     (0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0), (8.0, 10.0),
-    (10.0, 12.0), (12.0, 14.0), (14.0, 16.0), (16.0, 20.0), (20.0, 25.0), (25.0, 35.0),
+    (10.0, 12.0), (12.0, 14.0), (14.0, 16.0), (16.0, FEATURE_MAX_HZ),
 )
 """Bands (Hz) of the relative-power features; 8-12 is alpha, 12-16 spindles, 0.5-2 slow waves."""
 
@@ -57,6 +64,10 @@ _WELCH_NPERSEG = 2 * MODEL_FS_HZ
 _F_HZ = np.fft.rfftfreq(_WELCH_NPERSEG, 1.0 / MODEL_FS_HZ)
 # Welch bins -> feature bands as one 0/1 matrix: one matrix product instead of 12 masked sums per epoch.
 _BAND_MATRIX = np.stack([((_F_HZ >= lo) & (_F_HZ < hi)).astype(np.float64) for lo, hi in FEATURE_BANDS_HZ], axis=1)
+# The epoch's own spectrum cut at FEATURE_MAX_HZ (zero phase, within the epoch): the time-domain features
+# (Hjorth, power variability) see the same band as the spectral ones, at every input rate.
+_EPOCH_F_HZ = np.fft.rfftfreq(EPOCH_SAMPLES, 1.0 / MODEL_FS_HZ)
+_EPOCH_LOWPASS = (_EPOCH_F_HZ <= FEATURE_MAX_HZ).astype(np.float64)
 
 
 def epoch_features(epoch_model_rate: np.ndarray) -> np.ndarray:
@@ -81,6 +92,7 @@ def _features(epochs: np.ndarray) -> np.ndarray:
     """
     x = np.where(np.isfinite(epochs), epochs, 0.0)
     x = x - x.mean(axis=1, keepdims=True)
+    x = np.fft.irfft(np.fft.rfft(x, axis=1) * _EPOCH_LOWPASS, n=EPOCH_SAMPLES, axis=1)
     n = len(x)
     eps = 1e-6
     _, p = welch_psd(x, fs_hz=MODEL_FS_HZ, nperseg=_WELCH_NPERSEG)

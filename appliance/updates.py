@@ -1,16 +1,22 @@
 """Signed model and config updates on the box: verify, apply atomically, health-check, roll back.
 
 The clinic signs every model file and config with its Ed25519 key (``bedtime-fleet sign``, see
-:mod:`appliance.fleet.signing`); the box holds only the public key, pinned in its own configuration.
+:mod:`appliance.protocol.signing`); the box holds only the public key, pinned in its own configuration.
 :class:`UpdateManager` applies an update only when all of these hold, in this order:
 
 1. the detached manifest verifies against the pinned public key, names the same kind, and the payload's
    sha256 and size are the signed ones (else: *refused*, nothing on disk changes);
-2. the payload is well-formed for its kind (a config passes :func:`appliance.config.validate_config`; a
-   model's manifest carries its signed ``model_card`` whose ``sha256`` is the payload's);
-3. it is written beside the current version and switched in with an atomic ``rename`` of a symlink, so a
+2. the signed binding holds (:func:`appliance.protocol.signing.check_binding`): it names this box or one of its
+   groups, it has not expired and was not signed in the future, and its serial is not below the highest this
+   box accepted for the kind (kept in ``<kind>/serial.json``, so across restarts): no replay of an older
+   update, no update signed for another box;
+3. the payload is well-formed for its kind (a config passes the manager's ``check_config``, by default
+   :func:`appliance.config.validate_config`, which the daemon extends with its pre-flight; a
+   model's manifest carries its signed ``model_card`` whose ``sha256`` is the payload's). Nothing in a payload
+   is looked at before its signature and binding are checked;
+4. it is written beside the current version and switched in with an atomic ``rename`` of a symlink, so a
    power cut leaves either the old or the new version in place, never half of one;
-4. the health check passes (the model loads with its card through :class:`appliance.stager.Stager` and its
+5. the health check passes (the model loads with its card through :class:`appliance.stager.Stager` and its
    self-test runs; config validates; the daemon adds
    "stages flowing"). If it fails, the box switches back to the previous version by itself
    (*rolled_back*).
@@ -47,13 +53,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.fleet.signing import SignatureError, verify_manifest
+from appliance.protocol.signing import SignatureError, check_binding, verify_manifest
 
 logger = logging.getLogger(__name__)
 
 KINDS = {"model": ".tflite", "config": ".json"}
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-"""Largest update the box accepts (a stage model is ~100 kB; this bounds a hostile or broken upload)."""
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+"""Largest update the box accepts (a stage model is ~20 kB; this bounds a hostile or broken upload)."""
+MAX_MANIFEST_CHARS = 1024 * 1024
+"""Longest manifest (JSON text) the ``update`` command takes: the shipped stage model's, with its model card,
+is ~16 kB; a card may grow (more features, a bigger transition table) by far before this bound."""
+MAX_CONFIG_PAYLOAD_BYTES = 256 * 1024
+"""Largest config update (a full configuration is ~3 kB)."""
 
 
 @dataclass
@@ -153,11 +164,26 @@ class UpdateManager:
         Called with each audit entry (a dict) after it is written, e.g. to publish it as an MQTT event.
     keep_versions : int
         Old version files kept per kind besides current and previous (bounded disk use).
+    box_id : str
+        This box's id: a manifest must name it, or one of ``box_groups``.
+    box_groups : sequence of str
+        This box's rollout groups (``box.groups``).
+    check_config : callable, optional
+        ``check_config(doc)`` for a config update (after its signature and binding are checked): raises
+        ``ConfigError``/``ValueError`` to refuse it, may return a list of ignored keys. Default
+        :func:`appliance.config.validate_config`.
+    clock : callable, optional
+        The box's clock, ``clock() -> aware UTC datetime`` (for expiry).
     """
 
-    def __init__(self, state_dir: str | Path, public_key_pem: str | bytes, *,
-                 health_check: HealthCheck | None = None, on_audit: Callable[[dict], None] | None = None,
-                 keep_versions: int = 2) -> None:
+    def __init__(self, state_dir: str | Path, public_key_pem: str | bytes, *, box_id: str,
+                 box_groups: Any = (), health_check: HealthCheck | None = None,
+                 on_audit: Callable[[dict], None] | None = None, keep_versions: int = 2,
+                 check_config: Callable[[Any], Any] | None = None,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.box_id, self.box_groups = box_id, tuple(box_groups)
+        self.check_config = check_config
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.root = Path(state_dir) / "updates"
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_key_pem = public_key_pem
@@ -187,6 +213,23 @@ class UpdateManager:
             return str(json.loads(sig.read_text())["version"])
         except (OSError, ValueError, KeyError):
             return path.stem
+
+    def highest_serial(self, kind: str) -> tuple[int, str]:
+        """(serial, sha256) of the newest update this box accepted for ``kind`` ((0, '') before the first)."""
+        try:
+            data = json.loads((self._dir(kind) / "serial.json").read_bytes()[:4096])
+            serial, sha = data["serial"], data["sha256"]
+            if isinstance(serial, int) and not isinstance(serial, bool) and isinstance(sha, str):
+                return serial, sha
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return 0, ""
+
+    def _record_serial(self, kind: str, serial: int, sha256: str, version: str) -> None:
+        d = self._dir(kind)
+        d.mkdir(parents=True, exist_ok=True)
+        self._write_atomic(d / "serial.json", json.dumps({"serial": serial, "sha256": sha256,
+                                                           "version": version}).encode())
 
     def current_version(self, kind: str) -> str:
         """Version string of the running model/config ('' before the first update)."""
@@ -228,22 +271,34 @@ class UpdateManager:
         running = self.current_version(kind) if kind in KINDS else ""
         if kind not in KINDS:
             return self._refuse(kind, running, f"unknown update kind {kind!r}; expected one of {sorted(KINDS)}")
-        if not isinstance(payload, (bytes, bytearray)) or len(payload) > MAX_PAYLOAD_BYTES:
-            return self._refuse(kind, running, f"payload missing or larger than {MAX_PAYLOAD_BYTES} bytes")
+        limit = MAX_CONFIG_PAYLOAD_BYTES if kind == "config" else MAX_PAYLOAD_BYTES
+        if not isinstance(payload, (bytes, bytearray)) or len(payload) > limit:
+            return self._refuse(kind, running, f"payload missing or larger than {limit} bytes")
+        if isinstance(signature, (str, bytes)) and len(signature) > MAX_MANIFEST_CHARS:
+            return self._refuse(kind, running, f"manifest longer than {MAX_MANIFEST_CHARS} characters")
         try:
             manifest = verify_manifest(bytes(payload), signature, self.public_key_pem, kind=kind)
+            highest, highest_sha = self.highest_serial(kind)
+            check_binding(manifest, box_id=self.box_id, groups=self.box_groups, now=self.clock(),
+                          highest_serial=highest, highest_sha256=highest_sha)
         except SignatureError as e:
             return self._refuse(kind, running, f"signature check failed: {e}")
+        except RecursionError:
+            return self._refuse(kind, running, "signature check failed: manifest nested too deeply")
         version, sha = manifest["version"], manifest["sha256"]
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", version):
-            return self._refuse(kind, running, f"version {version!r} is not a safe file name", version=version, sha256=sha)
+            return self._refuse(kind, running, f"version {version[:80]!r} is not a safe file name", sha256=sha)
+        ignored: list = []
         if kind == "config":
             from appliance.config import ConfigError, validate_config
 
             try:
-                validate_config(json.loads(payload))
-            except (ConfigError, ValueError) as e:
-                return self._refuse(kind, running, f"config invalid: {e}", version=version, sha256=sha)
+                doc = json.loads(payload)
+                checked = (self.check_config or validate_config)(doc)
+                ignored = checked if isinstance(checked, list) else []
+            except (ConfigError, ValueError, RecursionError) as e:
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:400]
+                return self._refuse(kind, running, f"config invalid: {why}", version=version, sha256=sha)
         card = manifest.get("model_card")
         if kind == "model":
             if not isinstance(card, dict):
@@ -252,7 +307,9 @@ class UpdateManager:
             if card.get("sha256") != sha:
                 return self._refuse(kind, running, f"model card sha256 {card.get('sha256')!r} is not the model's "
                                     f"sha256 {sha}: the card belongs to another model", version=version, sha256=sha)
-        self._audit("update.verified", kind=kind, version=version, sha256=sha, key_id=manifest["key_id"])
+        self._record_serial(kind, manifest["serial"], sha, version)  # from now on nothing older is accepted
+        self._audit("update.verified", kind=kind, version=version, sha256=sha, key_id=manifest["key_id"],
+                    serial=manifest["serial"], **({"ignored_local_keys": ignored} if ignored else {}))
 
         d = self._dir(kind)
         versions = d / "versions"
@@ -313,6 +370,7 @@ class UpdateManager:
 
     # ---- internals -------------------------------------------------------------------------------
     def _refuse(self, kind: str, running: str, reason: str, *, version: str = "", sha256: str = "") -> UpdateResult:
+        kind, reason, version, sha256 = str(kind)[:32], str(reason)[:600], str(version)[:64], str(sha256)[:64]
         self._audit("update.refused", kind=kind, version=version, sha256=sha256, reason=reason)
         logger.warning("update refused (%s): %s", kind, reason)
         return UpdateResult(False, "refused", kind, version, sha256, running_version=running,
@@ -446,9 +504,16 @@ def _register_command() -> None:
         "update",
         "Apply a signed model or config (verified against the pinned key; health-checked; rolled back on failure).",
         {"kind": Arg("str", required=True, choices=tuple(KINDS)),
-         "payload_b64": Arg("str", required=True, pattern=r"[A-Za-z0-9+/=\s]{1,100000000}"),
-         "manifest": Arg("str", required=True, pattern=r"(?s)\{.{1,8000}\}")},
+         "payload_b64": Arg("str", required=True, pattern=r"[A-Za-z0-9+/=\s]+",
+                             max_length=_b64_len(MAX_PAYLOAD_BYTES)),
+         "manifest": Arg("str", required=True, pattern=r"(?s)\{.*\}", max_length=MAX_MANIFEST_CHARS)},
+        max_bytes=_b64_len(MAX_PAYLOAD_BYTES) + 2 * MAX_MANIFEST_CHARS + 4096,
     ))
+
+
+def _b64_len(n: int) -> int:
+    """Characters of base64 for ``n`` bytes (with line breaks some encoders add: 1 in 64)."""
+    return (n + 2) // 3 * 4 * 65 // 64 + 4
 
 
 _register_command()

@@ -59,3 +59,12 @@ def postgres():
         pytest.skip(f"PostgreSQL unavailable: {e}")
     yield cluster
     cluster.stop()
+
+
+# The system tests (tests/system: a Debian root filesystem booted under a real systemd, amd64 and emulated arm64)
+# need root, debootstrap and systemd-nspawn and take minutes: `make system-test` / `make pi-test` run them,
+# a plain `make test` does not collect them.
+import os as _os  # noqa: E402
+
+if not _os.environ.get("BEDTIME_SYSTEM_TESTS"):
+    collect_ignore_glob = ["system/*"]

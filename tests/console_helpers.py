@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from appliance.fleet import auth, signing
+from appliance.fleet import auth
+from appliance.protocol import signing
 from appliance.fleet.web import ConsoleSettings, create_app
 from appliance.updates import HealthReport, UpdateManager, decode_update_args
 
@@ -65,7 +66,7 @@ class InProcessBoxes:
             if box_id not in self.managers:
                 fail = box_id in self.failing
                 self.managers[box_id] = UpdateManager(
-                    self.root / box_id, self.public_pem,
+                    self.root / box_id, self.public_pem, box_id=box_id,
                     health_check=lambda kind, path, fail=fail: HealthReport(
                         not fail, {"model_loads": not fail, "self_test": not fail, "stages_flowing": not fail},
                         "no stages for 90 s after the update" if fail else ""))
@@ -106,13 +107,13 @@ class SimBox:
     :class:`UpdateManager`, wired with :func:`appliance.updates.attach_to_link` as the daemon does."""
 
     def __init__(self, box_id: str, broker, folder: Path, public_pem: bytes, *, health_check=None,
-                 firmware: str = "1.4.2", models: dict | None = None) -> None:
+                 firmware: str = "1.4.2", models: dict | None = None, groups: tuple[str, ...] = ()) -> None:
         from appliance.mqtt import BoxLink
         from appliance.updates import attach_to_link
 
         folder.mkdir(parents=True, exist_ok=True)
         self.box_id = box_id
-        self.updates = UpdateManager(folder / "state", public_pem,
+        self.updates = UpdateManager(folder / "state", public_pem, box_id=box_id, box_groups=groups,
                                      **({"health_check": health_check} if health_check else {}))
         self.link = BoxLink(box_id=box_id, host=broker.host, port=broker.port, outbox_path=folder / "outbox.db",
                             firmware_version=firmware, model_versions=models or {"stager": "s-2026.10"},

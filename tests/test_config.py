@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import BoxConfig, ConfigError, describe_keys, load_config, merge_config, validate_config
+from appliance.config import (BoxConfig, ConfigError, check_local_files, describe_keys, load_config, merge_config,
+                              validate_config)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "bedtime.example.toml"
 
@@ -48,8 +49,8 @@ def test_defaults_round_trip():
     ({"box": {"id": "box/1"}}, "box.id"),
     ({"mqtt": {"tls_cert": "/c.pem"}}, "mqtt.tls_key"),
     ({"nonsense": {}}, "nonsense"),
-    ({"updates": {"public_key_file": "/no/such/clinic.pub"}}, "updates.public_key_file"),
     ({"updates": {"public_key_file": 5}}, "updates.public_key_file"),
+    ({"box": {"groups": ["a/b"]}}, "box.groups"),
 ])
 def test_bad_values_name_their_key(doc, key):
     with pytest.raises(ConfigError) as ei:
@@ -97,14 +98,49 @@ def test_example_breather_values_are_the_safety_defaults():
 
 
 def test_pinned_update_key_must_be_an_ed25519_public_key(tmp_path):
-    from appliance.fleet import signing
+    from appliance.protocol import signing
 
     priv, pub = tmp_path / "clinic.key", tmp_path / "clinic.pub"
     signing.generate_keypair(priv, pub)
     cfg = validate_config({"updates": {"public_key_file": str(pub)}})
+    check_local_files(cfg)
     assert cfg.updates.public_key_file == str(pub)
     for bad in (priv, EXAMPLE):  # a private key, or not a key at all
         with pytest.raises(ConfigError) as ei:
-            validate_config({"updates": {"public_key_file": str(bad)}})
+            check_local_files(validate_config({"updates": {"public_key_file": str(bad)}}))
         assert ei.value.key == "updates.public_key_file" and "not an Ed25519 public key" in str(ei.value)
     assert validate_config({}).updates.public_key_file == ""  # default: signed updates off
+    # the box's own file is checked with its files: a missing key file is named
+    toml = tmp_path / "b.toml"
+    toml.write_text('[updates]\npublic_key_file = "/no/such/clinic.pub"\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(toml)
+    assert ei.value.key == "updates.public_key_file" and "cannot read" in str(ei.value)
+
+
+def test_validation_never_reads_a_file_and_key_files_are_read_bounded(tmp_path, monkeypatch):
+    """Issue 11, High #2: validating a configuration read the file its updates.public_key_file named (2.25 GB of
+    /dev/zero in a second). Validation is now pure; the box's own file is checked by check_local_files, which
+    reads only a small regular file. (Fails on the old code: validate_config opened /dev/zero.)"""
+    import builtins
+    import io
+    import os
+
+    opened = []
+    real_open, real_os_open = builtins.open, os.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    monkeypatch.setattr(io, "open", builtins.open)
+    monkeypatch.setattr(os, "open", lambda f, *a, **k: (opened.append(str(f)), real_os_open(f, *a, **k))[1])
+    for path in ("/dev/zero", "/etc/passwd", str(tmp_path)):
+        cfg = validate_config({"updates": {"public_key_file": path}, "mqtt": {"password_file": path}})
+        assert cfg.updates.public_key_file == path
+    assert opened == []
+    monkeypatch.undo()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"x" * 100_000)
+    for path, why in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"),
+                      (str(tmp_path), "not a regular file"), (str(big), "larger than")):
+        with pytest.raises(ConfigError, match=why):
+            check_local_files(validate_config({"updates": {"public_key_file": path}}))

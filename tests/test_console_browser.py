@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.broker,
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 pytest.importorskip("uvicorn")
 
-from appliance.fleet import signing  # noqa: E402
+from appliance.protocol import signing  # noqa: E402
 from tests.console_helpers import PASSWORDS, SimBox, add_staff, console_settings, wait_for  # noqa: E402
 
 XSS_TITLE = '<img src=x onerror="window.pwned=1">Loop'
@@ -211,7 +211,8 @@ def test_rollout_failing_canary_stops_it(stack, tmp_path):
     assert "model_card" in page.inner_text(".error")
     # signed with its card by `bedtime-fleet sign` (model_card.json beside it), uploaded with its .sig.json
     (tmp_path / "model_card.json").write_text(json.dumps({"sha256": hashlib.sha256(broken.read_bytes()).hexdigest()}))
-    sig = signing.sign_file(broken, signing.load_private_key(stack.settings.signing_key_file), kind="model",
+    sig = signing.sign_file(broken, signing.load_private_key(stack.settings.signing_key_file), boxes=["ward-1", "ward-2", "ward-3"],
+                            kind="model",
                             version="s-2026.11")
     page.select_option("select[name=kind]", "model")
     page.set_input_files("input[name=payload]", str(broken))

@@ -6,7 +6,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from appliance.fleet import signing
+from appliance.protocol import signing
 from tests.console_helpers import (InProcessBoxes, add_staff, config_json, console_settings, create_app, csrf_of,
                                    login, wait_for)
 
@@ -158,7 +158,7 @@ def test_rollout_refuses_payload_not_matching_manifest(console, tmp_path):
     db.set_box_online("b1", True)
     key = signing.load_private_key(console.settings.signing_key_file)
     good = config_json().encode()
-    man = signing.sign_bytes(good, key, kind="config", name="c.json", version="v9")
+    man = signing.sign_bytes(good, key, boxes=["b1"], kind="config", name="c.json", version="v9")
     token = csrf_of(console.get("/rollouts").text)
     r = console.post("/rollouts", data={"kind": "config", "canary": "b1", "rest": "", "csrf_token": token},
                      files={"payload": ("c.json", config_json(interval_s=99.0).encode()),

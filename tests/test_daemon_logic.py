@@ -84,25 +84,27 @@ def test_breather_switched_off_by_the_clinic_alerts_directly_and_never_stimulate
 
 
 def test_a_pushed_config_is_kept_for_the_next_start(tmp_path):
-    from appliance.cli import _with_pushed_config
+    from appliance.pushed_config import PushedConfigStore
 
     cfg = box_config(tmp_path, port=None)
     d = Daemon.__new__(Daemon)  # only the handler's own state is needed
-    d.cfg, d.events, d.link, d.recorder = cfg, [], None, None
+    d.cfg, d.file_cfg, d.events, d.link, d.recorder, d.updates = cfg, cfg, [], None, None, None
+    d.pushed_store = PushedConfigStore(cfg.box.state_dir)
     import threading
 
     d._events_lock = threading.Lock()
     d.counters = {"frames": 0}
     d.fs_hz = 250
     d._events_file = open(tmp_path / "events.jsonl", "w")
-    pushed = validate_config({"box": {"id": "someone-else"}, "telemetry": {"interval_s": 5},
-                              "breather": {"cue_s": 30.0}})
-    d._on_pushed_config(pushed)
+    pushed = {"box": {"id": "someone-else"}, "telemetry": {"interval_s": 5}, "breather": {"cue_s": 30.0}}
+    d._on_pushed_config(d._validate_pushed_config(pushed))
     d._events_file.close()
     stored = json.loads((tmp_path / "state" / PUSHED_CONFIG).read_text())
-    assert stored["telemetry"]["interval_s"] == 5
-    merged = _with_pushed_config(cfg)
-    assert merged.telemetry.interval_s == 5 and merged.breather["cue_s"] == 30.0
+    assert stored["telemetry"]["interval_s"] == 5 and "id" not in stored.get("box", {})
+    assert d.events[-1]["ignored_local_keys"] == ["box.id"]
+    choice = PushedConfigStore(cfg.box.state_dir).choose(cfg)
+    merged = choice.config
+    assert choice.source == "pushed" and merged.telemetry.interval_s == 5 and merged.breather["cue_s"] == 30.0
     assert merged.box.id == cfg.box.id  # the box's identity stays the file's
 
 

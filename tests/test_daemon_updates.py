@@ -12,7 +12,7 @@ import pytest
 from appliance.commands import COMMANDS
 from appliance.daemon import PUSHED_CONFIG, SIGNED_UPDATES_REQUIRED, Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
-from appliance.fleet import signing
+from appliance.protocol import signing
 from appliance.updates import encode_update_args
 from tests.broker import Recorder, wait_until
 from tests.daemon_helpers import box_config
@@ -94,7 +94,7 @@ def test_pinned_key_refuses_the_unsigned_config_and_applies_a_signed_one(running
     assert not pushed.exists()
 
     payload = json.dumps({"telemetry": {"interval_s": 45.0}}).encode()
-    manifest = signing.sign_bytes(payload, key, kind="config", name="clinic.json", version="cfg-7")
+    manifest = signing.sign_bytes(payload, key, boxes=["box-a"], kind="config", name="clinic.json", version="cfg-7")
     reply = box.request("update", encode_update_args("config", payload, manifest))
     res = reply["result"]
     assert reply["ok"] and res["state"] == "applied" and res["running_version"] == "cfg-7"
@@ -106,7 +106,7 @@ def test_pinned_key_refuses_the_unsigned_config_and_applies_a_signed_one(running
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     evil = b'{"telemetry": {"interval_s": 9.0}}'
-    bad = signing.sign_bytes(evil, Ed25519PrivateKey.generate(), kind="config", name="x.json", version="evil")
+    bad = signing.sign_bytes(evil, Ed25519PrivateKey.generate(), boxes=["box-a"], kind="config", name="x.json", version="evil")
     res = box.request("update", encode_update_args("config", evil, bad))["result"]
     assert res["state"] == "refused" and "signature" in res["reason"]
     assert json.loads(pushed.read_text()) == {"telemetry": {"interval_s": 45.0}}
@@ -116,7 +116,7 @@ def test_a_signed_config_cannot_unpin_the_key(running, keys, tmp_path):
     key, pub = keys
     box = running(updates={"public_key_file": str(pub)})
     payload = json.dumps({"updates": {"public_key_file": ""}, "telemetry": {"interval_s": 30.0}}).encode()
-    manifest = signing.sign_bytes(payload, key, kind="config", name="clinic.json", version="cfg-8")
+    manifest = signing.sign_bytes(payload, key, boxes=["box-a"], kind="config", name="clinic.json", version="cfg-8")
     assert box.request("update", encode_update_args("config", payload, manifest))["result"]["state"] == "applied"
     stored = json.loads((tmp_path / "state" / PUSHED_CONFIG).read_text())
     assert "updates" not in stored and stored["telemetry"] == {"interval_s": 30.0}
@@ -128,7 +128,7 @@ def test_the_health_check_fails_when_stages_stop_flowing(running, keys, tmp_path
     box.daemon.hw.acquisition.acq.stop()  # the chip goes quiet: the daemon declares "no data from the chip"
     assert wait_until(lambda: box.daemon._fault_active is not None, 10)
     payload = json.dumps({"telemetry": {"interval_s": 20.0}}).encode()
-    manifest = signing.sign_bytes(payload, key, kind="config", name="clinic.json", version="cfg-9")
+    manifest = signing.sign_bytes(payload, key, boxes=["box-a"], kind="config", name="clinic.json", version="cfg-9")
     res = box.request("update", encode_update_args("config", payload, manifest))["result"]
     assert res["state"] == "rolled_back" and res["health"]["checks"]["stages_flowing"] is False
     assert "stages not flowing" in res["reason"]
@@ -184,8 +184,8 @@ def test_an_applied_model_is_the_stage_model_of_the_next_start(tmp_path, keys):
     cfg = box_config(tmp_path, port=None, updates={"public_key_file": str(pub)})
     model = DEFAULT_MODEL_PATH.read_bytes()
     card = json.loads(DEFAULT_MODEL_PATH.with_name("model_card.json").read_text())
-    mgr = UpdateManager(cfg.box.state_dir, pub.read_bytes())
-    res = mgr.apply("model", model, signing.sign_bytes(model, key, kind="model", name="stager.tflite", version="s-9",
+    mgr = UpdateManager(cfg.box.state_dir, pub.read_bytes(), box_id=cfg.box.id)
+    res = mgr.apply("model", model, signing.sign_bytes(model, key, boxes=["box-a"], kind="model", name="stager.tflite", version="s-9",
                                                        model_card=card))
     assert res.state == "applied", res
     applied = mgr.current_path("model")

@@ -38,7 +38,21 @@ def test_resampler_matches_textbook_zero_stuff_filter_decimate(fs):
     u = np.zeros(len(y) * pre.up)
     u[:: pre.up] = y
     ref = np.convolve(u, pre._h)[: len(u)][:: pre.down]
+    ref = np.concatenate([np.zeros(pre.delay_samples), ref])[: len(ref)]  # the alignment delay line
     np.testing.assert_allclose(preprocess(x, fs_hz=fs), np.clip(ref, -CLIP_UV, CLIP_UV), atol=1e-9)
+
+
+@pytest.mark.parametrize("fs", [50.0, 100.0, 128.0, 200.0, 250.0, 256.0, 500.0, 512.0])
+def test_every_rate_delays_the_signal_alike(fs):
+    """An impulse comes out at the same model-rate sample whatever the input rate (epochs hold the same EEG)."""
+    from appliance.dsp import ALIGN_DELAY_S
+
+    t_s = 5.0
+    x = np.zeros(int(10 * fs))
+    x[int(t_s * fs)] = 1000.0
+    y = preprocess(x, fs_hz=fs, notch_hz=None)
+    peak_s = np.argmax(np.abs(y[int(4 * MODEL_FS_HZ):])) / MODEL_FS_HZ + 4.0
+    assert abs(peak_s - t_s - ALIGN_DELAY_S) <= 0.03, (fs, peak_s)
 
 
 def _gain(freq_hz: float, fs: float = 250.0) -> float:

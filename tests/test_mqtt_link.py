@@ -286,3 +286,25 @@ def test_a_full_outbox_keeps_the_newest_alerts_and_says_what_it_dropped(broker, 
     assert [p["n"] for p in rec.of("/alert")] == [2, 3, 4, 5, 6]  # the newest five, in order
     assert [(e["kind"], e["dropped_total"]) for e in rec.of("/event")] == [("outbox_overflow", 3)]
     rec.close()
+
+
+def test_a_simulated_box_says_so_in_every_status_and_in_its_last_will(broker, tmp_path):
+    # A box on the chip simulator ([hardware] simulate = true) must never pass for a real one on the parent's
+    # phone or the clinic's console: simulated=true rides on the retained status, the last will included.
+    proxy = BlackholeProxy(broker.host, broker.port)
+    link = make_box(tmp_path, "box-a", proxy.host, proxy.port, keepalive_s=1, reconnect_min_s=30,
+                    status_fields={"simulated": True})
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        link.publish_status("recording")
+        probe = Recorder(broker.host, broker.port, ["bedtime/v1/+/status"])
+        assert probe.wait_for(lambda r: any(p["state"] == "recording" for p in r.of("/status")))
+        assert all(p["simulated"] is True for p in probe.of("/status"))
+        proxy.cut()  # vanishes without a goodbye: the broker publishes the will
+        assert probe.wait_for(lambda r: r.of("/status")[-1]["state"] == "offline", timeout_s=6)
+        assert probe.of("/status")[-1]["simulated"] is True
+        probe.close()
+    finally:
+        link.stop()
+        proxy.close()

@@ -1,14 +1,14 @@
-"""The MQTT schema, command validation, the outbox's disk policy and Home Assistant discovery (no broker)."""
+"""The MQTT schema, command validation and the outbox's disk policy (no broker; Home Assistant discovery is in
+tests/test_homeassistant.py)."""
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
-from appliance import commands, homeassistant
+from appliance import commands
 from appliance import mqtt_schema as schema
 from appliance.epoch import Epoch, SignalQuality
 from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox
@@ -93,9 +93,9 @@ def body(args=None, **extra) -> bytes:
 
 
 def test_commands_validate_names_payloads_and_arguments():
-    assert commands.parse_command("ping", body()) == {}
-    assert commands.parse_command("set_breather", body({"enabled": False})) == {"enabled": False}
-    assert commands.parse_command("report", body({"night": "2026-11-22"})) == {"night": "2026-11-22"}
+    assert commands.parse_command("ping", body(), now=T0) == {}
+    assert commands.parse_command("set_breather", body({"enabled": False}), now=T0) == {"enabled": False}
+    assert commands.parse_command("report", body({"night": "2026-11-22"}), now=T0) == {"night": "2026-11-22"}
     assert commands.parse_command("ping", b"") == {}
     cases = [
         ("format_disk", body(), "unknown_command"),
@@ -111,7 +111,7 @@ def test_commands_validate_names_payloads_and_arguments():
     ]
     for name, b, code in cases:
         with pytest.raises(commands.CommandError) as ei:
-            commands.parse_command(name, b)
+            commands.parse_command(name, b, now=T0)
         assert ei.value.code == code, (name, b)
 
 
@@ -156,51 +156,6 @@ def test_outbox_is_bounded_and_drops_events_before_alerts(tmp_path):
         small.put("t/alert", {"pad": "x" * 1000}, channel="alert")
 
 
-# ---- Home Assistant ---------------------------------------------------------------------------
-
-def test_home_assistant_discovery_is_well_formed_and_its_templates_render_real_payloads():
-    jinja2 = pytest.importorskip("jinja2")
-    env = jinja2.Environment()
-    payloads = homeassistant.discovery_payloads("box-7", firmware_version="0.1.0")
-    assert len(payloads) >= 6
-    uids = set()
-    status = schema.status_payload("box-7", T0, state="recording", firmware_version="0.1.0",
-                                   model_versions={}, outbox_depth=3)
-    offline = schema.status_payload("box-7", T0, state="offline", firmware_version="0.1.0", model_versions={})
-    stage = schema.stage_payload("box-7", T0, Epoch(index=5, start_sample=0, end_time_s=180.0,
-                                                   stage_probs=np.array([0, 0, 0.1, 0, 0.9]), p_loop=0.8))
-    alert = schema.alert_payload("box-7", T0, title="Loop", message="m", severity="warning")
-    telemetry = schema.telemetry_payload("box-7", T0, signal_quality_percent=87.5)
-    by_topic = {schema.topic("box-7", c): p for c, p in
-                [("status", status), ("stage", stage), ("alert", alert), ("telemetry", telemetry)]}
-    rendered = {}
-    for topic, cfg in payloads.items():
-        m = re.fullmatch(r"homeassistant/(sensor|binary_sensor)/box-7/([a-z_]+)/config", topic)
-        assert m, topic
-        json.dumps(cfg)  # serialisable
-        for key in ("name", "unique_id", "state_topic", "value_template", "device", "availability_topic"):
-            assert key in cfg, (topic, key)
-        assert cfg["unique_id"] not in uids
-        uids.add(cfg["unique_id"])
-        assert cfg["device"]["identifiers"] == ["bedtime_box-7"]
-        assert cfg["state_topic"].startswith("bedtime/v1/box-7/")
-        value_json = by_topic[cfg["state_topic"]]
-        rendered[m.group(2)] = env.from_string(cfg["value_template"]).render(value_json=value_json).strip()
-        if "json_attributes_template" in cfg:
-            json.loads(env.from_string(cfg["json_attributes_template"]).render(value_json=value_json))
-        if m.group(1) == "binary_sensor":
-            assert rendered[m.group(2)] in (cfg["payload_on"], cfg["payload_off"])
-        avail = env.from_string(cfg["availability_template"])
-        assert avail.render(value_json=status) == cfg["payload_available"]
-        assert avail.render(value_json=offline) == cfg["payload_not_available"]
-    assert rendered["sleep_stage"] == "REM"
-    assert float(rendered["loop_probability"]) == 80.0
-    assert rendered["nightmare_loop"] == "ON"
-    assert float(rendered["signal_quality"]) == 87.5
-    assert rendered["signal_problem"] == "OFF"
-    assert rendered["outbox_depth"] == "3"
-
-
 # ---- robustness: arbitrary input never escapes as anything but the documented error ----------
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
@@ -214,7 +169,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
                  max_leaves=10).map(lambda o: json.dumps({"args": o}).encode())))
 def test_any_command_input_is_either_valid_or_a_command_error(name, body):
     try:
-        args = commands.parse_command(name, body)
+        args = commands.parse_command(name, body, now=T0)
     except commands.CommandError as e:
         assert e.code in ("unknown_command", "bad_payload", "bad_args")
     else:
@@ -258,3 +213,85 @@ def test_a_valid_payload_with_any_field_replaced_is_valid_or_a_schema_error(chan
         schema.validate(channel, mutated)
     except schema.SchemaError:
         pass
+
+
+# ---- issue 11, lows: hostile commands get a bounded, typed answer -------------------------------
+
+def test_deeply_nested_command_is_bad_args_not_a_recursion_error():
+    """100k-deep nesting raised RecursionError out of parse_command (so the box sent no reply at all). A command
+    that may be large (update) parses it and says bad_args; a small one refuses the size first."""
+    import appliance.updates  # noqa: F401  (registers the update command)
+
+    for b in (b'{"args": {"manifest": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", b"[" * 100_000):
+        with pytest.raises(commands.CommandError) as ei:
+            commands.parse_command("update", b, now=T0)
+        assert ei.value.code == "bad_args" and "nested too deeply" in str(ei.value)
+        with pytest.raises(commands.CommandError) as ei:
+            commands.parse_command("restart", b, now=T0)
+        assert ei.value.code == "bad_payload" and "at most" in str(ei.value)
+    with pytest.raises(schema.SchemaError, match="nested too deeply"):
+        schema.decode(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_a_huge_argument_is_never_echoed_whole():
+    """A 10 MB argument came back in a 10 MB error reply and log line; now the body is refused by size, and any
+    argument is quoted in at most a few dozen characters."""
+    huge = "A" * 10_000_000
+    with pytest.raises(commands.CommandError) as ei:
+        commands.parse_command("restart", body({"reason": huge}), now=T0)
+    assert ei.value.code == "bad_payload" and len(str(ei.value)) <= commands.MAX_MESSAGE_CHARS + 60
+    big_but_allowed = "B" * 60_000  # under the size limit, over the argument's pattern
+    with pytest.raises(commands.CommandError) as ei:
+        commands.parse_command("restart", body({"reason": big_but_allowed}), now=T0)
+    assert ei.value.code == "bad_args" and len(str(ei.value)) <= commands.MAX_MESSAGE_CHARS + 60
+    with pytest.raises(commands.CommandError) as ei:
+        commands.parse_command("restart", body({"x" * 50_000: 1}), now=T0)
+    assert len(str(ei.value)) <= commands.MAX_MESSAGE_CHARS + 60
+    with pytest.raises(commands.CommandError) as ei:
+        commands.parse_command("set_breather", body({"enabled": [[["deep"]]] * 10_000}), now=T0)
+    assert len(str(ei.value)) <= commands.MAX_MESSAGE_CHARS + 60
+
+
+@pytest.mark.parametrize("v", [True, 1.0, "1", None, [1]])
+def test_schema_must_be_the_integer_one(v):
+    """``schema: true`` and ``1.0`` compared equal to 1 and passed."""
+    with pytest.raises(commands.CommandError) as ei:
+        commands.parse_command("ping", json.dumps({"schema": v}).encode(), now=T0)
+    assert ei.value.code == "bad_payload"
+    payload = schema.status_payload("b1", T0, state="idle", firmware_version="1", model_versions={}) | {"schema": v}
+    with pytest.raises(schema.SchemaError):
+        schema.validate("status", schema.decode(json.dumps(payload)))
+
+
+@pytest.mark.parametrize("when, ok", [("1970-01-01T00:00:00Z", False), ("2026-11-23T01:29:00Z", False),
+                                      ("2026-11-23T01:31:00Z", True), ("2026-11-23T02:39:00Z", True),
+                                      ("2026-11-23T02:41:00Z", False), ("2999-01-01T00:00:00Z", False)])
+def test_command_time_must_be_fresh(when, ok):
+    """A 1970 timestamp was accepted: a command older than an hour or more than 10 minutes ahead is refused."""
+    b = json.dumps({"schema": 1, "time_utc": when, "args": {}}).encode()
+    if ok:
+        assert commands.parse_command("ping", b, now=T0) == {}
+    else:
+        with pytest.raises(commands.CommandError, match="stale|future") as ei:
+            commands.parse_command("ping", b, now=T0)
+        assert ei.value.code == "bad_payload"
+
+
+def test_update_command_takes_a_model_manifest_with_its_card():
+    """Medium #8: the shipped stage model's manifest with its card was 11,059 characters, over the old bound of
+    8,000; a manifest at least that long (the card padded, since cards change with each model) passes."""
+    import appliance.updates  # noqa: F401  (registers the update command)
+    import base64
+    import hashlib
+
+    from appliance.stager import DEFAULT_MODEL_PATH
+
+    card = json.loads(DEFAULT_MODEL_PATH.with_name("model_card.json").read_text())
+    model = DEFAULT_MODEL_PATH.read_bytes()
+    assert card["sha256"] == hashlib.sha256(model).hexdigest()
+    base = json.dumps({"schema": "bedtime.signature/2", "kind": "model", "model_card": card, "x": ""})
+    manifest = json.dumps({"schema": "bedtime.signature/2", "kind": "model", "model_card": card,
+                           "x": "y" * max(100, 11_100 - len(base))})
+    assert len(manifest) > 11_059
+    args = {"kind": "model", "payload_b64": base64.b64encode(model).decode(), "manifest": manifest}
+    assert commands.parse_command("update", body(args), now=T0)["manifest"] == manifest

@@ -70,7 +70,7 @@ def test_crash_cut_file_is_readable_and_recovered(tmp_path):
         warnings.simplefilter("error")  # a recovered file is clean: no warnings at all
         edf = edfio.read_edf(p)
     assert edf.num_data_records == 19
-    assert read_annotations(p)[0][2] == "Sleep stage W"
+    assert (0.0, 30.0, "Sleep stage W") in read_annotations(p)  # beside the UTC-offset note at onset 0
 
 
 def test_annotation_burst_is_spread_over_records_not_lost(tmp_path):
@@ -119,3 +119,51 @@ def test_closing_puts_late_annotations_in_the_last_record(tmp_path):
     edf = edfio.read_edf(p)
     assert edf.num_data_records == 10  # not lengthened by the annotation
     assert (9.5, "night_ended") in [(a.onset, a.text) for a in edf.annotations]
+
+
+@pytest.mark.parametrize("zone, local, offset", [("Pacific/Auckland", dt.datetime(2026, 11, 30, 22, 8, 48), "+13:00"),
+                                                 ("America/New_York", dt.datetime(2026, 11, 30, 4, 8, 48), "-05:00"),
+                                                 ("UTC", dt.datetime(2026, 11, 30, 9, 8, 48), "+00:00")])
+def test_edf_start_is_local_time_and_says_its_utc_offset(tmp_path, monkeypatch, zone, local, offset):
+    import time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        start = dt.datetime(2026, 11, 30, 9, 8, 48, tzinfo=dt.timezone.utc)
+        with EdfPlusRecorder(tmp_path / "n.edf", channel_labels=["EEG Fpz-Cz"], fs_hz=FS, start=start) as rec:
+            rec.write(_signal(3.0, ch=1))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    head = (tmp_path / "n.edf").read_bytes()[:256]
+    assert head[168:176] == local.strftime("%d.%m.%y").encode() and head[176:184] == local.strftime("%H.%M.%S").encode()
+    assert head[88:88 + 21] == f"Startdate {local:%d-%b-%Y}".upper().replace("STARTDATE", "Startdate").encode()
+    edf = edfio.read_edf(tmp_path / "n.edf")
+    assert edf.startdate == local.date() and edf.starttime == local.time()
+    assert (0.0, None, f"Local time UTC{offset} (start 2026-11-30T09:08:48Z)") in read_annotations(tmp_path / "n.edf")
+    try:  # a second reader, when installed
+        import pyedflib
+    except ImportError:
+        return
+    with pyedflib.EdfReader(str(tmp_path / "n.edf")) as f:
+        assert f.getStartdatetime() == local and f.getSignalLabels() == ["EEG Fpz-Cz"]
+
+
+@pytest.mark.parametrize("labels", [["EEG Fpz-Cz-with-a-long-name"] + ["x"] * 7, ["EEG Fpz–Cz"] + ["x"] * 7,
+                                    [""] + ["x"] * 7, [3] + ["x"] * 7])
+def test_config_refuses_channel_labels_edf_cannot_hold(labels):
+    from appliance.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError) as ei:
+        validate_config({"acquisition": {"channel_labels": labels}})
+    assert ei.value.key.startswith("acquisition.channel_labels")
+
+
+def test_default_labels_carry_electrode_names():
+    from appliance.config import edf_channel_labels, validate_config
+
+    acq = validate_config({"acquisition": {"channels": 4}}).acquisition
+    assert edf_channel_labels(acq, n_channels=4) == ["EEG Fpz-Cz", "EEG Pz-Cz", "EEG C3-Cz", "EEG C4-Cz"]
+    mine = validate_config({"acquisition": {"channels": 4, "channel_labels": ["EEG C4-M1", "a", "b", "c"]}})
+    assert edf_channel_labels(mine.acquisition, n_channels=4)[0] == "EEG C4-M1"

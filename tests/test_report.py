@@ -81,7 +81,9 @@ def test_report_files_and_reload(tmp_path):
     iv = back["interventions"]
     assert iv["loops_detected"] == 1 and iv["alerts"] == 1
     assert iv["breather_sessions"][0]["outcome"] == "woke"
-    assert iv["breather_sessions"][0]["steps"] == ["light", "ended"]
+    # the session went through the sound cue (breather_started), then the light: what the demo prints too
+    assert iv["breather_sessions"][0]["steps"] == ["cue", "light", "ended"]
+    assert iv["breather_sessions"][0]["light_s"] == 1530.0 and iv["alert_times_s"] == [1700.0]
     # reload from the jsonl sidecars the daemon writes
     (tmp_path / "epochs.jsonl").write_text("".join(json.dumps({"stage": int(s), "ok": True}) + "\n" for s in h)
                                            + '{"stage": 2, "o')  # torn last line (crash) is skipped
@@ -89,3 +91,95 @@ def test_report_files_and_reload(tmp_path):
     again = load_night(tmp_path)
     assert np.array_equal(again.live_hypnogram, h)
     assert build_report(again)["interventions"]["loops_detected"] == 1
+
+
+@pytest.fixture
+def berlin_time(monkeypatch):
+    """The process's local time zone set to Europe/Berlin (UTC+1 in winter) for one test."""
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _parents_night():
+    import datetime as dt
+
+    h = np.array([W] * 20 + ([N1] * 4 + [N2] * 40 + [N3] * 30 + [N2] * 20 + [R] * 20 + [W] * 2) * 4 + [W] * 10,
+                 dtype=np.int8)
+    ok = np.ones(len(h), bool)
+    ok[200:230] = False  # 15 min of lost signal
+    h[200:230] = U
+    events = [{"time_s": 0.0, "kind": "night_started", "box_id": "b1", "box_name": "Mia's room", "simulated": True},
+              {"time_s": 9000.0, "kind": "loop_detected"}, {"time_s": 9030.0, "kind": "breather_started"},
+              {"time_s": 9090.0, "kind": "breather_light"}, {"time_s": 9300.0, "kind": "breather_ended",
+                                                             "outcome": "completed"},
+              {"time_s": 9600.0, "kind": "alert"}]
+    start = dt.datetime(2026, 11, 30, 21, 15, tzinfo=dt.timezone.utc)  # 22:15 in Berlin
+    return NightRecord(hypnogram=h, events=events, quality_ok=ok, start=start, box_id="b1", box_name="Mia's room")
+
+
+def test_the_png_reads_for_a_parent(tmp_path, berlin_time):
+    from appliance.report import (LEGEND_ALERT, LEGEND_CUE, LEGEND_LIGHT, LEGEND_LOOP, LEGEND_SIGNAL_LOST,
+                                  hypnogram_figure, plot_hypnogram)
+
+    night = _parents_night()
+    fig = hypnogram_figure(night)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    for label in ("Awake", "REM (dreaming)", "N1 light sleep", "N2 light sleep", "N3 deep sleep", LEGEND_LOOP,
+                  LEGEND_CUE, LEGEND_LIGHT, LEGEND_ALERT, LEGEND_SIGNAL_LOST):
+        assert label in legend
+    fig.canvas.draw()
+    ax, side = fig.axes
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert {"23:00", "00:00", "02:00"} <= set(ticks), ticks  # local clock times, one per hour
+    title = fig.texts[0].get_text() if not fig._suptitle else fig._suptitle.get_text()
+    assert "Mia's room" in title and "Mon 30" in title and "December 2026" in title, title
+    texts = " | ".join(t.get_text() for t in fig.texts + side.texts)
+    assert "lights out 22:15" in texts and "SIMULATED" in texts and "box b1" in texts
+    for label in ("Total sleep (TST)", "Sleep efficiency", "Awake in the night (WASO)", "Fell asleep after",
+                  "REM (% of sleep)", "Nightmare loops detected", "Breathers given", "Alerts sent"):
+        assert label in texts
+    assert "UTC+01:00" in ax.get_xlabel()
+    p = plot_hypnogram(night, tmp_path / "h.png")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_png_and_console_svg_draw_one_geometry(berlin_time):
+    import matplotlib.dates as mdates
+
+    from appliance.fleet.web.charts import hypnogram_svg
+    from appliance.hypnogram import stage_runs, step_polylines
+    from appliance.report import hypnogram_figure
+
+    night = _parents_night()
+    want = step_polylines(stage_runs(night.hypnogram))
+    assert len(want) == 2  # the lost stretch breaks the line
+    # the PNG's step line, back in (seconds, row)
+    fig = hypnogram_figure(night)
+    t0 = mdates.date2num(night.start)
+    got_png = [[(round((x - t0) * 86400.0, 3), int(y)) for x, y in line.get_xydata()]
+               for line in fig.axes[0].get_lines() if line.get_color() == "0.45"]
+    assert got_png == [[(float(t), r) for t, r in line] for line in want]
+    # the console's SVG polylines, back in (seconds, row)
+    svg = hypnogram_svg([int(s) for s in night.hypnogram])
+    total = len(night.hypnogram) * 30.0
+    s_per_px = total / (svg.width - 50)
+    assert len(svg.lines) == len(want)
+    for line, ref in zip(svg.lines, want):
+        pts = [tuple(map(float, p.split(","))) for p in line.split()]
+        assert [round((y - 8) / ((svg.height - 28) / 4)) for _, y in pts] == [r for _, r in ref]
+        # the SVG rounds to 0.1 px
+        assert [(x - 40) * s_per_px for x, _ in pts] == pytest.approx([t for t, _ in ref], abs=0.051 * s_per_px)
+
+
+def test_the_text_report_speaks_clock_time(berlin_time):
+    from appliance.report import format_report
+
+    text = format_report(build_report(_parents_night()))
+    assert "Night of Mon 30 Nov 2026, lights out 22:15 CET  Mia's room (box b1)" in text
+    assert "breather at 00:45 (+2.51 h): cue -> light -> ended (outcome: completed)" in text
+    assert "alerts sent        1, at 00:55 (+2.67 h)" in text

@@ -26,3 +26,14 @@ def test_selftest_fails_clearly_when_the_broker_is_unreachable():
     assert results["broker"].passed is False and "127.0.0.1" in results["broker"].detail
     assert results["chip ID"].passed and results["light"].passed
     assert "1 CHECK(S) FAILED" in format_table(list(results.values()))
+
+
+def test_selftest_speed_is_checked_and_reaches_the_simulator(capsys):
+    # --speed exists for emulated boxes (make pi-test runs it at 1x); a nonsense value is one line and exit 2
+    from appliance.cli import main
+
+    assert main(["selftest", "--simulate", "--no-broker", "--speed", "500"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--speed 500" in err[0]
+    rows = run_selftest(validate_config({}), simulate=True, check_broker=False, sim_speed=2.0)
+    assert [r.name for r in rows if r.passed is False] == []

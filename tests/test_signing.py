@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from appliance.fleet import signing
-from appliance.fleet.signing import SignatureError
+from appliance.protocol import signing
+from appliance.protocol.signing import SignatureError
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_encrypted_private_key_needs_passphrase(tmp_path):
 def test_sign_and_verify_roundtrip(keys):
     key, pub, kid = keys
     payload = b"\x00model bytes\xff" * 100
-    m = signing.sign_bytes(payload, key, kind="model", name="stager.tflite", version="2026.11.2")
+    m = signing.sign_bytes(payload, key, boxes=["box-a"], kind="model", name="stager.tflite", version="2026.11.2")
     assert m["sha256"] and m["key_id"] == kid and m["size_bytes"] == len(payload)
     assert signing.verify_manifest(payload, json.dumps(m), pub, kind="model")["version"] == "2026.11.2"
 
@@ -46,7 +46,7 @@ def test_sign_file_writes_detached_manifest(tmp_path, keys):
     key, pub, _ = keys
     f = tmp_path / "cfg.json"
     f.write_text('{"telemetry": {"interval_s": 30.0}}')
-    out = signing.sign_file(f, key, kind="config", version="c1")
+    out = signing.sign_file(f, key, boxes=["box-a"], kind="config", version="c1")
     assert out == tmp_path / "cfg.json.sig.json"
     signing.verify_manifest(f.read_bytes(), out.read_text(), pub, kind="config")
 
@@ -56,7 +56,7 @@ def test_sign_file_writes_detached_manifest(tmp_path, keys):
 def test_forgeries_refused(tmp_path, keys, attack):
     key, pub, _ = keys
     payload = b"the real model"
-    m = signing.sign_bytes(payload, key, kind="model", name="m.tflite", version="1")
+    m = signing.sign_bytes(payload, key, boxes=["box-a"], kind="model", name="m.tflite", version="1")
     kind = "model"
     if attack == "payload":
         payload = b"the evil model"
@@ -72,7 +72,7 @@ def test_forgeries_refused(tmp_path, keys, attack):
     elif attack == "other_key":
         other = signing.generate_keypair(tmp_path / "o.key", tmp_path / "o.pub")
         assert other
-        m = signing.sign_bytes(payload, signing.load_private_key(tmp_path / "o.key"), kind="model", name="m", version="1")
+        m = signing.sign_bytes(payload, signing.load_private_key(tmp_path / "o.key"), boxes=["box-a"], kind="model", name="m", version="1")
     elif attack == "wrong_kind":
         kind = "config"  # a signed model offered as a config
     elif attack == "garbage":
@@ -91,14 +91,28 @@ def test_cli_keys_and_sign(tmp_path, capsys):
     assert cli.main(["keys", "--dir", str(tmp_path)]) == 0
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"telemetry": {"interval_s": 30.0}}))
-    assert cli.main(["sign", str(cfg), "--version", "c7", "--key", str(tmp_path / "fleet-signing.key")]) == 0
+    assert cli.main(["sign", str(cfg), "--version", "c7", "--key", str(tmp_path / "fleet-signing.key"),
+                     "--box", "box-a"]) == 0
     man = json.loads((tmp_path / "c.json.sig.json").read_text())
     assert man["kind"] == "config" and man["version"] == "c7"
     signing.verify_manifest(cfg.read_bytes(), man, (tmp_path / "fleet-signing.pub").read_bytes(), kind="config")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"telemetry": {"interval_s": -5}}))  # the box would refuse it: so does sign
-    assert cli.main(["sign", str(bad), "--version", "x", "--key", str(tmp_path / "fleet-signing.key")]) == 2
+    assert cli.main(["sign", str(bad), "--version", "x", "--key", str(tmp_path / "fleet-signing.key"),
+                     "--box", "box-a"]) == 2
     assert not (tmp_path / "bad.json.sig.json").exists()
+    # a manifest is always bound: no box or group, a bad name, an endless life, a serial of 0 are one-line refusals
+    capsys.readouterr()
+    cfg2 = tmp_path / "c2.json"
+    cfg2.write_text(json.dumps({"telemetry": {"interval_s": 30.0}}))
+    for extra, why in (([], "name the boxes"), (["--box", "a/b"], "not a box id"),
+                       (["--box", "b1", "--expires-in-days", "1000"], "at most 366 days"),
+                       (["--box", "b1", "--serial", "0"], "serial")):
+        assert cli.main(["sign", str(cfg2), "--version", "c8", "--key", str(tmp_path / "fleet-signing.key"),
+                         *extra]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+    assert not (tmp_path / "c2.json.sig.json").exists()
 
 
 def test_model_card_signed_with_the_model(tmp_path, keys):
@@ -109,10 +123,10 @@ def test_model_card_signed_with_the_model(tmp_path, keys):
     model = tmp_path / "stager.tflite"
     model.write_bytes(b"TFL3 model bytes" * 10)
     with pytest.raises(FileNotFoundError, match="model card"):
-        signing.sign_file(model, key, kind="model", version="s1")
+        signing.sign_file(model, key, boxes=["box-a"], kind="model", version="s1")
     card = {"sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "context_epochs": 5}
     (tmp_path / "model_card.json").write_text(json.dumps(card))
-    m = json.loads(signing.sign_file(model, key, kind="model", version="s1").read_text())
+    m = json.loads(signing.sign_file(model, key, boxes=["box-a"], kind="model", version="s1").read_text())
     assert m["model_card"] == card
     assert signing.verify_manifest(model.read_bytes(), m, pub, kind="model")["model_card"] == card
     m["model_card"]["context_epochs"] = 6  # changed after signing
@@ -121,7 +135,7 @@ def test_model_card_signed_with_the_model(tmp_path, keys):
     other = tmp_path / "other_card.json"
     other.write_text(json.dumps(dict(card, sha256="0" * 64)))
     with pytest.raises(ValueError, match="wrong card"):
-        signing.sign_file(model, key, kind="model", version="s1", card=other)
+        signing.sign_file(model, key, boxes=["box-a"], kind="model", version="s1", card=other)
 
 
 def test_cli_sign_picks_up_the_card(tmp_path, keys, capsys):
@@ -134,7 +148,8 @@ def test_cli_sign_picks_up_the_card(tmp_path, keys, capsys):
     model.write_bytes(b"model")
     card = tmp_path / "card.json"
     card.write_text(json.dumps({"sha256": hashlib.sha256(b"model").hexdigest()}))
-    ns = argparse.Namespace(file=model, kind=None, version="s2", key=tmp_path / "k.key", out=None, card=None)
+    ns = argparse.Namespace(file=model, kind=None, version="s2", key=tmp_path / "k.key", out=None, card=None,
+                            box=["box-a"], group=[], serial=None, expires_in_days=None)
     assert cli.cmd_sign(ns) == 2 and "model card" in capsys.readouterr().err  # none beside it, none given
     ns.card = card
     assert cli.cmd_sign(ns) == 0

@@ -133,15 +133,18 @@ def test_smooth_hypnogram_gives_the_report_int8_stages_from_the_card(stager, nig
 
 
 # ---- the fast features equal the scipy-based original ------------------------------------------------------
-# The committed model was trained on these features; appliance.stager now computes the Welch spectrum with
-# appliance.dsp.welch_psd and sums bands with a matrix product. The original is kept here as the reference.
+# The committed model was trained on these features; appliance.stager computes the Welch spectrum with
+# appliance.dsp.welch_psd and sums bands with a matrix product. A plain scipy version is kept here as the reference.
 def _reference_features(epochs):
     from scipy import signal
 
-    from appliance.stager import _DELTA_SOS, _SIGMA_SOS, FEATURE_BANDS_HZ
+    from appliance.stager import _DELTA_SOS, _SIGMA_SOS, FEATURE_BANDS_HZ, FEATURE_MAX_HZ
 
     x = np.where(np.isfinite(epochs), epochs, 0.0)
     x = x - x.mean(axis=1, keepdims=True)
+    spec = np.fft.rfft(x, axis=1)
+    spec[:, np.fft.rfftfreq(x.shape[1], 0.01) > FEATURE_MAX_HZ] = 0.0  # band-limited: what a 50-Hz recording has
+    x = np.fft.irfft(spec, n=x.shape[1], axis=1)
     n, eps = len(x), 1e-6
     f, p = signal.welch(x, fs=100, nperseg=200, axis=-1)
     band_power = np.stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in FEATURE_BANDS_HZ], axis=1)

@@ -54,3 +54,71 @@ def test_systemd_analyze_verify(tmp_path):
     problems = [ln for ln in (r.stdout + r.stderr).splitlines()
                 if "bedtime.service" in ln and "not running as" not in ln.lower()]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
+
+
+def _values(key: str) -> list[str]:
+    """Every value of a key that may repeat (DeviceAllow=, Environment=...), in order."""
+    return [ln.split("=", 1)[1].strip() for ln in UNIT.read_text().splitlines() if ln.startswith(f"{key}=")]
+
+
+def test_lgpio_gets_a_writable_working_directory():
+    # lgpio (gpiozero's pin factory on Bookworm) makes its notification pipe in the working directory or
+    # $LG_WD; under ProtectSystem=strict only the state directory is writable (else: BadPinFactory, restart loop)
+    s = _unit()["Service"]
+    state = f"%S/{s['StateDirectory']}"
+    assert s["WorkingDirectory"] == state
+    assert f"LG_WD={state}" in _values("Environment")
+
+
+def test_devices_of_a_pi4_and_a_pi5_are_allowed():
+    allowed = {v.split()[0]: v.split()[1] for v in _values("DeviceAllow")}
+    assert _unit()["Service"]["DevicePolicy"] == "closed"
+    # spidev registers as "spi", the GPIO character devices as "gpiochip"; gpiomem (Pi 4) and gpiomem0..4 (Pi 5)
+    for dev in ("char-spi", "char-gpiochip", "/dev/gpiomem", *(f"/dev/gpiomem{i}" for i in range(5))):
+        assert allowed.get(dev) == "rw", dev
+
+
+def test_memory_is_capped_and_a_bad_config_does_not_loop():
+    s = _unit()["Service"]
+    assert s.get("MemoryMax") and s["MemoryMax"] != "infinity"
+    assert "2" in s["RestartPreventExitStatus"].split()  # exit 2 = bad configuration: restarting cannot help
+
+
+@pytest.mark.skipif(not Path(SYSTEMD_ANALYZE).exists(), reason="systemd-analyze not installed")
+def test_security_exposure_at_most_1_5(tmp_path):
+    unit = tmp_path / "bedtime.service"
+    unit.write_text(UNIT.read_text())
+    r = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)], capture_output=True,
+                       text=True, timeout=120)
+    line = next((ln for ln in r.stdout.splitlines() if "Overall exposure level" in ln), "")
+    assert line, r.stdout + r.stderr
+    exposure = float(line.split(":", 1)[1].split()[0])
+    assert exposure <= 1.5, line
+
+
+INSTALLER = UNIT.parent / "install-pi.sh"
+
+
+def test_installer_refuses_a_python_without_a_runtime_before_touching_anything(tmp_path):
+    # A Pi OS on Python 3.13 (no ai-edge-litert 1.4.0 wheel for aarch64, no tflite-runtime): stand-ins for
+    # python3 and uname on PATH play that machine; apt-get and pip stand-ins record whether they were reached.
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    called = tmp_path / "called"
+    stubs = {"python3": "echo 3.13", "uname": "echo aarch64",
+             "apt-get": f"echo apt-get >> {called}; exit 99", "useradd": f"echo useradd >> {called}; exit 99",
+             "groupadd": f"echo groupadd >> {called}; exit 99", "id": "echo 0"}
+    for name, body in stubs.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    env = {"PATH": f"{bin_}:/usr/bin:/bin"}
+    r = subprocess.run(["/bin/sh", str(INSTALLER)], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Python 3.13" in r.stderr and "Nothing was changed" in r.stderr, r.stderr
+    assert not called.exists(), called.read_text()
+
+
+def test_installer_installs_tracked_files_only_and_never_removes_its_own_source():
+    text = INSTALLER.read_text()
+    assert "ls-files" in text and "cp -a" not in text
+    assert 'rm -rf "$PREFIX/src"\n' not in text  # the old re-run-from-/opt/bedtime/src data loss

@@ -6,7 +6,9 @@
   (logout and password change bump it, revoking every old cookie) and the age on every request.
 * Every form carries a per-session CSRF token (:func:`csrf_token`), compared in constant time.
 * Logins are rate limited per user name and per client address from the ``login_attempts`` table, so the
-  limit holds across several console instances sharing one database.
+  limit holds across several console instances sharing one database; the count and the record of an
+  attempt are one atomic step (:meth:`FleetDB.reserve_login_attempt`), so parallel attempts cannot slip
+  past it.
 * Two roles: ``viewer`` sees everything; ``operator`` may also push configs and start rollouts.
 """
 from __future__ import annotations
@@ -124,9 +126,9 @@ def authenticate(db: FleetDB, username: str, password: str, *, remote: str,
         For an unknown user or a wrong password (same message for both).
     """
     since = utcnow() - dt.timedelta(seconds=policy.window_s)
-    if (db.failed_logins_since(since, username=username) >= policy.max_failures
-            or db.failed_logins_since(since, remote=remote) >= policy.max_failures):
-        db.record_login(username, remote, False)
+    # Check and record in one atomic step: parallel attempts cannot all pass the count (issue 11 #5).
+    attempt = db.reserve_login_attempt(username, remote, since=since, max_failures=policy.max_failures)
+    if attempt is None:
         logger.warning("login rate limit hit for user %r from %s", username, remote)
         raise RateLimited("too many failed logins; try again later")
     row = db.get_user(username=username)
@@ -135,9 +137,9 @@ def authenticate(db: FleetDB, username: str, password: str, *, remote: str,
         ok = row is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
-    db.record_login(username, remote, ok)
     if not ok:
         raise AuthError("wrong user name or password")
+    db.mark_login_ok(attempt)
     if _hasher.check_needs_rehash(row["password_hash"]):
         db.set_password_hash(row["id"], hash_password(password))
         row = db.get_user(user_id=row["id"])

@@ -7,6 +7,7 @@ Subcommands::
     bedtime-fleet push-config FILE --box ID... validate a TOML/JSON config and set it on boxes
     bedtime-fleet report --box ID [--night N]  request a night report and save it as JSON
     bedtime-fleet ping --box ID                check a box answers commands
+    bedtime-fleet family-acl --family N=BOX,.. broker ACL blocks of family (Home Assistant) accounts
 
 Broker options (``--host``, ``--port``, ``--username``, ``--password-file``, ``--ca``...) go before or after
 the subcommand and also read ``BEDTIME_MQTT_*`` environment variables. A broker that cannot be reached or
@@ -58,7 +59,7 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {}
 
 #: Modules imported before parsing so they can register subcommands (only if installed/present).
-PLUGIN_MODULES: tuple[str, ...] = ("appliance.fleet.web.cli",)
+PLUGIN_MODULES: tuple[str, ...] = ("appliance.fleet.web.cli", "appliance.fleet.broker_acl")
 
 
 def subcommand(name: str, *, help: str,
@@ -220,9 +221,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 # ---- push-config --------------------------------------------------------------------------------
 
 def _box_validator() -> Callable[[dict], object]:
-    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse."""
-    from appliance.config import validate_config
-    return validate_config
+    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse;
+    run offline (:mod:`appliance.fleet.configcheck`): paths in the config name the box's files, not ours."""
+    from appliance.fleet.configcheck import validate_offline
+    return validate_offline
 
 
 def load_config_file(path: Path) -> dict:

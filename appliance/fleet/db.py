@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,46 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+#: PostgreSQL advisory lock that serialises the login rate-limit check (count, then record) across every
+#: console instance sharing the database ("bedtime-login").
+LOGIN_LOCK_KEY = 0x62746C67
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite:///`` URL, or None for another engine or an in-memory database."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return None if not path or path == ":memory:" else path
+
+
+def secure_sqlite_file(path: str) -> None:
+    """Make the console's SQLite file private to its owner (0600): it holds password hashes and
+    patients' night reports.
+
+    A new file is created 0600 before SQLite opens it (SQLite gives its ``-wal``/``-shm`` files the same
+    mode); an existing file readable by others is fixed and a warning logged.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return
+    for p in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(p).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            try:
+                os.chmod(p, 0o600)
+            except OSError as e:  # not ours, or a read-only mount: say so, and go on
+                logger.warning("%s is readable by others (mode %o) and could not be fixed: %s", p, mode, e)
+            else:
+                logger.warning("%s was readable by others (mode %o): set to 0600", p, mode)
+
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings each backend needs.
@@ -328,6 +369,9 @@ class FleetDB:
 
     def __init__(self, url: str, *, migrate_schema: bool = True) -> None:
         self.url = url
+        path = sqlite_path(url)
+        if path is not None:
+            secure_sqlite_file(path)
         self.engine = make_engine(url)
         if migrate_schema:
             migrate(self.engine)
@@ -363,6 +407,46 @@ class FleetDB:
     def bump_session_epoch(self, user_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(users).where(users.c.id == user_id).values(session_epoch=users.c.session_epoch + 1))
+
+    def reserve_login_attempt(self, username: str, remote: str, *, since: dt.datetime,
+                              max_failures: int) -> int | None:
+        """The login rate limit's check and record, as one atomic step.
+
+        Under a lock every console instance shares (PostgreSQL: an advisory transaction lock; SQLite:
+        ``BEGIN IMMEDIATE``), count the failures since ``since`` for this user name and for this address,
+        and record this attempt as a failure *before* its password is checked. So N parallel attempts can
+        never all see "under the limit": at most ``max_failures`` passwords are checked per window.
+
+        Returns
+        -------
+        int or None
+            The attempt's id (call :meth:`mark_login_ok` when the password is right), or None when the
+            limit is reached (the attempt is still recorded as a failure).
+        """
+        username, remote = username[:64], remote[:64]
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(LOGIN_LOCK_KEY)))
+            elif conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, not at the insert
+            failed = select(func.count()).select_from(login_attempts).where(
+                login_attempts.c.at >= since, login_attempts.c.ok.is_(False))
+            limited = (conn.execute(failed.where(login_attempts.c.username == username)).scalar() >= max_failures
+                       or conn.execute(failed.where(login_attempts.c.remote == remote)).scalar() >= max_failures)
+            attempt_id = conn.execute(insert(login_attempts).values(
+                username=username, remote=remote, at=utcnow(), ok=False)).inserted_primary_key[0]
+        return None if limited else attempt_id
+
+    def mark_login_ok(self, attempt_id: int) -> None:
+        """The password of a reserved attempt was right: it no longer counts as a failure."""
+        with self.engine.begin() as conn:
+            conn.execute(update(login_attempts).where(login_attempts.c.id == attempt_id).values(ok=True))
+
+    def prune_login_attempts(self, older_than: dt.datetime) -> int:
+        """Delete login attempts older than ``older_than`` (the rate limit only looks at its window;
+        logins stay in the audit log); return how many went."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(login_attempts).where(login_attempts.c.at < older_than)).rowcount
 
     def record_login(self, username: str, remote: str, ok: bool) -> None:
         with self.engine.begin() as conn:

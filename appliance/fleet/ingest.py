@@ -17,12 +17,22 @@ A console with a stable ``client_id`` uses a persistent session (``clean_start=F
 expiry), so QoS 1 alerts sent while the console is restarting wait for it at the broker.
 
 Callbacks run on paho's network thread: keep them short (hand work to a queue or a database writer).
+
+Hostile or broken boxes: every box may publish anything on its own topics (docs/mosquitto/acl.conf), so
+nothing a message carries may stop the ingest. Each message is bounded (size, JSON nesting depth), decoded,
+validated and checked (``seq`` an integer, the payload's ``box_id`` the topic's) before it touches the
+fleet view or a callback; anything else is counted in :attr:`FleetIngest.stats` (``dropped`` and
+``dropped_<reason>``) and dropped, and the next message is handled as usual. A failing callback is
+counted (``callback_errors``) and logged, never raised into paho's thread. :meth:`FleetIngest.health`
+says whether the network thread is alive and how long ago the last message arrived (the console's
+``/healthz``).
 """
 from __future__ import annotations
 
 import collections
 import copy
 import logging
+import math
 import os
 import socket
 import ssl
@@ -48,6 +58,23 @@ log = logging.getLogger(__name__)
 Callback = Callable[[str, dict], object]
 
 SHARED_CHANNELS = ("alert", "event", "stage", "telemetry", "report")
+
+#: Largest payload decoded per channel, bytes. A night report with its hypnogram is tens of kB, every
+#: other box message well under 1 kB; anything larger is dropped unread.
+MAX_PAYLOAD_BYTES = {"report": 2 * 1024 * 1024}
+MAX_PAYLOAD_BYTES_DEFAULT = 256 * 1024
+#: Largest command reply decoded, bytes (a reply may carry a night report or an update result).
+MAX_REPLY_BYTES = 32 * 1024 * 1024
+#: Largest MQTT packet the console accepts at all, bytes (MQTT v5 Maximum Packet Size, told to the broker
+#: at connect): the broker drops larger ones for this client, so none is ever read into memory here.
+MAX_PACKET_BYTES = MAX_REPLY_BYTES + 64 * 1024
+#: Deepest JSON nesting accepted (box payloads are at most 4 levels deep). Bounded so that copying or
+#: serialising a payload later (fleet view snapshot, database JSON) cannot hit the recursion limit.
+MAX_JSON_DEPTH = 32
+#: ``seq`` is an outbox row id: a non-negative integer that fits a 64-bit column.
+MAX_SEQ = 2 ** 63 - 1
+#: Short text fields kept in the fleet view (versions, ids), characters.
+MAX_VIEW_TEXT = 64
 
 
 @dataclass
@@ -86,6 +113,42 @@ class TLSClientSettings:
     key_file: str | None = None
 
 
+def json_problem(obj: object, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, str] | None:
+    """What makes decoded JSON unsafe to keep, as ``(reason, detail)``, or None.
+
+    Unsafe: nested more than ``max_depth`` containers deep, or holding NaN/Infinity (Python's JSON parser
+    accepts them; PostgreSQL's ``json`` and every other JSON reader refuse them). Iterative: no recursion.
+    """
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        cur, depth = stack.pop()
+        if isinstance(cur, float) and not math.isfinite(cur):
+            return "invalid", "NaN or Infinity in JSON"
+        if isinstance(cur, dict):
+            children = cur.values()
+        elif isinstance(cur, list):
+            children = cur
+        else:
+            continue
+        if depth > max_depth:
+            return "too_deep", f"JSON nested deeper than {max_depth}"
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, float)))
+    return None
+
+
+def _view_text(value: object) -> str | None:
+    """A short string for the fleet view, or None when ``value`` is not a string."""
+    return value[:MAX_VIEW_TEXT] if isinstance(value, str) else None
+
+
+class DroppedMessage(Exception):
+    """A message the ingest refuses; ``reason`` names the counter (``dropped_<reason>``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class CommandTimeout(TimeoutError):
     """A box did not answer a command in time (offline, or the command is slow)."""
 
@@ -108,6 +171,8 @@ class FleetIngest:
     session_expiry_s : int
         How long the broker keeps this console's subscriptions and queued QoS 1 messages while it is
         away (persistent session only; with ``client_id=None`` the session is clean).
+    max_packet_bytes : int
+        Largest MQTT packet the broker may send this console, bytes (default :data:`MAX_PACKET_BYTES`).
     on_alert, on_event, on_status, on_report, on_stage, on_telemetry : callable or None
         ``callback(box_id, payload)`` for each valid, de-duplicated message of that channel, after the
         fleet view is updated; ``payload`` is the decoded JSON (see docs/mqtt.md).
@@ -117,6 +182,7 @@ class FleetIngest:
                  username: str | None = None, password: str | None = None,
                  group: str | None = "bedtime-fleet", client_id: str | None = None,
                  session_expiry_s: int = 3600, keepalive_s: int = 30,
+                 max_packet_bytes: int = MAX_PACKET_BYTES,
                  on_alert: Callback | None = None, on_event: Callback | None = None,
                  on_status: Callback | None = None, on_report: Callback | None = None,
                  on_stage: Callback | None = None, on_telemetry: Callback | None = None) -> None:
@@ -129,6 +195,7 @@ class FleetIngest:
         self.reply_tag = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in self.client_id)[:64]
         self.session_expiry_s = session_expiry_s
         self.keepalive_s = keepalive_s
+        self.max_packet_bytes = int(max_packet_bytes)
         self.callbacks: dict[str, Callback | None] = {
             "alert": on_alert, "event": on_event, "status": on_status, "report": on_report,
             "stage": on_stage, "telemetry": on_telemetry}
@@ -140,6 +207,9 @@ class FleetIngest:
         self._subscribed = threading.Event()
         self._refused: str | None = None  # the broker's CONNACK reason when it refused us
         self._started = False
+        self._thread: threading.Thread | None = None
+        self._last_message: float | None = None  # time.monotonic() of the last message received
+        self._last_drop_log = 0.0
         self.stats: collections.Counter = collections.Counter()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
         if username is not None:
@@ -153,6 +223,9 @@ class FleetIngest:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        # Defence in depth: should a callback still raise, paho logs it instead of ending its thread.
+        self._client.suppress_exceptions = True
+        self._client.enable_logger(log)
 
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self, *, wait_s: float | None = 10.0, fail_fast: bool = False) -> "FleetIngest":
@@ -177,6 +250,7 @@ class FleetIngest:
         self._started = True
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
+        props.MaximumPacketSize = self.max_packet_bytes
         where = f"{self.host}:{self.port}"
         if fail_fast:
             try:
@@ -189,6 +263,8 @@ class FleetIngest:
             self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s,
                                        clean_start=not self.persistent, properties=props)
         self._client.loop_start()
+        # paho keeps its network thread private; hold on to it so health() can tell whether it still runs.
+        self._thread = getattr(self._client, "_thread", None)
         if wait_s is None:
             return self
         deadline = time.monotonic() + wait_s
@@ -217,6 +293,24 @@ class FleetIngest:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def health(self) -> dict:
+        """Liveness of the ingest, for ``/healthz``.
+
+        Returns
+        -------
+        dict
+            ``thread_alive`` (paho's network thread runs), ``connected``, ``last_message_age_s``
+            (seconds since the last message of any kind, None before the first), ``messages`` (received)
+            and ``dropped`` (refused: malformed, too large, too deep, wrong ``seq``...).
+        """
+        thread = self._thread
+        last = self._last_message
+        return {"thread_alive": bool(thread is not None and thread.is_alive()),
+                "connected": self.connected,
+                "last_message_age_s": None if last is None else round(time.monotonic() - last, 3),
+                "messages": int(self.stats["received"]), "dropped": int(self.stats["dropped"]),
+                "callback_errors": int(self.stats["callback_errors"])}
 
     # ---- the fleet view -----------------------------------------------------------------------
     @property
@@ -304,41 +398,92 @@ class FleetIngest:
             log.warning("fleet console disconnected: %s (paho reconnects)", reason_code)
 
     def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
+        # Whatever a message holds, this returns normally: it is either handled or counted and dropped.
+        self._last_message = time.monotonic()
+        self.stats["received"] += 1
+        try:
+            self._handle(msg)
+        except DroppedMessage as e:
+            self._drop(e.reason, msg, str(e))
+        except Exception as e:  # noqa: BLE001 - the last line of defence for the whole fleet's feed
+            log.exception("fleet ingest: unexpected error on a message")
+            self._drop("internal", msg, type(e).__name__)
+
+    def _drop(self, reason: str, msg: paho.MQTTMessage, detail: str) -> None:
+        self.stats["dropped"] += 1
+        self.stats[f"dropped_{reason}"] += 1
+        try:
+            where = msg.topic
+        except Exception:  # noqa: BLE001 - a topic that is not UTF-8
+            where = repr(getattr(msg, "_topic", b""))
+        # A hostile box can send thousands a second: warn at most once a second, never echo the payload.
+        now = time.monotonic()
+        level = logging.WARNING if now - self._last_drop_log >= 1.0 else logging.DEBUG
+        if level == logging.WARNING:
+            self._last_drop_log = now
+        log.log(level, "dropped a message on %.200s (%s): %.300s [%d dropped so far]", where, reason, detail,
+                self.stats["dropped"])
+
+    def _handle(self, msg: paho.MQTTMessage) -> None:
         try:
             t = schema.parse_topic(msg.topic)
-        except schema.SchemaError as e:
-            self.stats["invalid"] += 1
-            log.warning("ignoring %s: %s", msg.topic, e)
-            return
-        if not msg.payload:
-            return  # a cleared retained message
+        except (schema.SchemaError, UnicodeDecodeError) as e:
+            raise DroppedMessage("topic", str(e)) from None
+        if t.channel != "reply" and t.channel not in self.callbacks:
+            raise DroppedMessage("topic", f"not a channel the ingest reads: {t.channel}")
         if t.channel == "reply":
-            self._on_reply(msg)
+            self._on_reply(msg)  # even an empty one: it answers (and fails) the command now, not at its timeout
             return
+        data = msg.payload
+        if not data:
+            return  # a cleared retained message
+        limit = MAX_PAYLOAD_BYTES.get(t.channel, MAX_PAYLOAD_BYTES_DEFAULT)
+        if len(data) > limit:
+            raise DroppedMessage("too_large", f"{len(data)} bytes > {limit}")
+        payload = self._decode(data)
         try:
-            payload = schema.validate(t.channel, schema.decode(msg.payload))
+            payload = schema.validate(t.channel, payload)
             if payload["box_id"] != t.box_id:
                 raise schema.SchemaError(f"payload box_id {payload['box_id']!r} on {t.box_id!r}'s topic")
         except schema.SchemaError as e:
             self.stats["invalid"] += 1
-            log.warning("invalid %s payload from %s: %s", t.channel, t.box_id, e)
-            return
-        if "seq" in payload and self._is_duplicate(t.box_id, t.channel, payload):
-            self.stats["duplicates"] += 1
-            return
+            raise DroppedMessage("invalid", f"{t.channel}: {e}") from None
+        if "seq" in payload:
+            seq = payload["seq"]
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+                self.stats["invalid"] += 1
+                raise DroppedMessage("invalid", f"{t.channel}.seq must be an integer 0..2^63-1, got {type(seq).__name__}")
+            if self._is_duplicate(t.box_id, t.channel, payload):
+                self.stats["duplicates"] += 1
+                return
         self.stats[t.channel] += 1
         self._update_view(t.box_id, t.channel, payload, retained=bool(msg.retain))
         cb = self.callbacks.get(t.channel)
         if cb is not None:
             try:
                 cb(t.box_id, payload)
-            except Exception:  # a console bug must not stop the ingest
-                log.exception("%s callback failed", t.channel)
+            except Exception:  # a console bug (or a database hiccup) must not stop the ingest
+                self.stats["callback_errors"] += 1
+                log.exception("%s callback failed for %s", t.channel, t.box_id)
+
+    @staticmethod
+    def _decode(data: bytes) -> dict:
+        """Decode a payload, bounded in nesting; raise :class:`DroppedMessage` for anything but a v1 object."""
+        try:
+            payload = schema.decode(data)
+        except schema.SchemaError as e:
+            raise DroppedMessage("invalid", str(e)) from None
+        except RecursionError:  # nested deeper than the JSON parser goes
+            raise DroppedMessage("too_deep", "JSON nested too deeply") from None
+        problem = json_problem(payload)
+        if problem is not None:
+            raise DroppedMessage(*problem)
+        return payload
 
     def _is_duplicate(self, box_id: str, channel: str, payload: dict) -> bool:
         """QoS 1 is at least once: a re-sent message has the same (outbox_id, seq) or an older seq."""
         key = (box_id, channel)
-        cur = (str(payload.get("outbox_id")), int(payload["seq"]))
+        cur = (str(payload.get("outbox_id"))[:MAX_VIEW_TEXT], payload["seq"])
         prev = self._last_seq.get(key)
         if prev is not None and prev[0] == cur[0] and cur[1] <= prev[1]:
             return True
@@ -351,29 +496,39 @@ class FleetIngest:
         return False
 
     def _update_view(self, box_id: str, channel: str, p: dict, *, retained: bool = False) -> None:
+        now = schema.utc_now()
         with self._lock:
             v = self._views.get(box_id)
             if v is None:
                 v = self._views[box_id] = BoxView(box_id)
-            # A retained message may be days old: it proves only that the box was there at its own time_utc.
-            seen = schema.parse_iso_utc(p["time_utc"]) if retained else schema.utc_now()
+            # A retained message may be days old: it proves only that the box was there at its own time_utc
+            # (never later than now: a box's clock in the future must not pin it "seen" for years).
+            seen = min(schema.parse_iso_utc(p["time_utc"]), now) if retained else now
             if v.last_seen_utc is None or seen > v.last_seen_utc:
                 v.last_seen_utc = seen
             if channel == "status":
                 v.state, v.online = p["state"], p["online"]
-                v.firmware_version, v.model_versions = p["firmware_version"], dict(p["model_versions"])
-                v.config_version = p.get("config_version", v.config_version)
-                v.outbox_depth = p.get("outbox_depth")
+                v.firmware_version = _view_text(p["firmware_version"])
+                v.model_versions = {str(k)[:MAX_VIEW_TEXT]: _view_text(val) for k, val in
+                                    list(p["model_versions"].items())[:16]}
+                if "config_version" in p:
+                    v.config_version = _view_text(p["config_version"])
+                depth = p.get("outbox_depth")
+                v.outbox_depth = depth if isinstance(depth, int) and not isinstance(depth, bool) else None
             else:
                 # Anything but a (possibly retained, possibly last-will) status proves the box is up.
                 if channel in ("stage", "event", "alert") and not v.online:
                     v.online, v.state = True, "online" if v.state in ("unknown", "offline") else v.state
             if channel == "stage":
-                v.last_stage, v.last_p_loop = p["stage"], p.get("p_loop")
+                p_loop = p.get("p_loop")
+                v.last_stage = p["stage"]
+                v.last_p_loop = float(p_loop) if isinstance(p_loop, (int, float)) and not isinstance(p_loop, bool) \
+                    and math.isfinite(p_loop) else None
             elif channel == "telemetry":
                 v.telemetry = {k: val for k, val in p.items() if k not in ("schema", "box_id")}
-                if isinstance(p.get("signal_quality_percent"), (int, float)):
-                    v.signal_quality_percent = float(p["signal_quality_percent"])
+                q = p.get("signal_quality_percent")
+                if isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q):
+                    v.signal_quality_percent = float(q)
             elif channel == "alert":
                 v.alerts += 1
                 v.last_alert = p
@@ -381,16 +536,20 @@ class FleetIngest:
                 v.events += 1
                 v.last_event = p
                 if p.get("kind") == "config_applied":
-                    v.config_version = p.get("config_version")
+                    v.config_version = _view_text(p.get("config_version"))
             elif channel == "report":
                 v.last_report = p
 
     def _on_reply(self, msg: paho.MQTTMessage) -> None:
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
-        fut = self._pending.get(bytes(corr)) if corr is not None else None
+        fut = self._pending.get(bytes(corr)) if isinstance(corr, (bytes, bytearray)) else None
         if fut is None or fut.done():
-            return
+            self.stats["replies_unmatched"] += 1
+            return  # nobody asked: never decoded
         try:
-            fut.set_result(schema.decode(msg.payload))
-        except schema.SchemaError as e:
-            fut.set_exception(e)
+            if len(msg.payload) > MAX_REPLY_BYTES:
+                raise DroppedMessage("too_large", f"reply of {len(msg.payload)} bytes > {MAX_REPLY_BYTES}")
+            fut.set_result(self._decode(msg.payload))
+        except DroppedMessage as e:
+            fut.set_exception(schema.SchemaError(f"unusable reply: {e}"))
+            raise

@@ -22,7 +22,7 @@ import logging
 from typing import Protocol
 
 from appliance.fleet.db import FleetDB
-from appliance.fleet.signing import SignatureError, verify_manifest
+from appliance.protocol.signing import SignatureError, verify_manifest
 from appliance.updates import encode_update_args
 
 logger = logging.getLogger(__name__)

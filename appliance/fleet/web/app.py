@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import logging
 import re
@@ -37,9 +38,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
@@ -47,18 +48,25 @@ from starlette.middleware.sessions import SessionMiddleware
 from appliance.fleet import auth
 from appliance.fleet.db import FleetDB, as_utc, utcnow
 from appliance.fleet.rollout import CommandChannel, RolloutRunner, create_rollout
-from appliance.fleet.signing import SignatureError, load_private_key, parse_manifest, sign_bytes
+from appliance.protocol.ids import BOX_ID_RE
+from appliance.protocol.signing import SignatureError, load_private_key, parse_manifest, sign_bytes
 from appliance.fleet.web.bridge import IngestBridge
 from appliance.fleet.web.charts import hypnogram_svg
 from appliance.fleet.web.settings import ConsoleSettings
+from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-BOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GROUP_RE = re.compile(r"^[a-z0-9_-]{0,32}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_PAYLOAD_BYTES  # what a box accepts; a larger upload could only be refused by every box
+CONFIG_PUSH_LIFETIME_S = 86400
+"""A config pushed from the editor is signed for one box and one day (it is sent at once)."""
+#: Largest request body for everything but a rollout upload, bytes (the config editor sends <= 200k chars).
+MAX_FORM_BYTES = 1024 * 1024
+#: Last-Event-ID / ``after``: a live_events row id (a 64-bit integer), plain ASCII digits only.
+EVENT_ID_RE = re.compile(r"[0-9]{1,18}")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -66,6 +74,46 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 class LoginRequired(Exception):
     """Raised by :func:`_user` when the request has no valid session."""
+
+
+class RequestTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body larger than {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over a size limit, reading at most one chunk past it.
+
+    Nothing is read here: the app reads the body when (and if) it needs it, after its own checks. Then a
+    declared ``Content-Length`` over the limit, or a body (chunked) that grows past it, raises
+    :class:`RequestTooLarge`, which the app turns into a 413 page like any other error. ``limits`` maps
+    an exact path to its own limit (the rollout upload); every other path gets ``default``.
+    """
+
+    def __init__(self, app: Any, *, default: int, limits: dict[str, int]) -> None:
+        self.app, self.default, self.limits = app, default, dict(limits)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope.get("path", ""), self.default)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = declared is not None and (not declared.isdigit() or len(declared) > 18 or int(declared) > limit)
+        seen = 0
+
+        async def bounded_receive() -> dict:
+            nonlocal seen
+            if too_large:
+                raise RequestTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise RequestTooLarge(limit)
+            return message
+
+        await self.app(scope, bounded_receive, send)
 
 
 class Notifier:
@@ -196,16 +244,20 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     public_pem = Path(settings.public_key_file).read_bytes() if settings.public_key_file else None
 
     housekeeping_stop = threading.Event()
+    trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
 
     def housekeeping() -> None:
-        """Flush coalesced telemetry every second; drop change-feed rows older than a day every 10 min."""
-        last_prune = 0.0
+        """Flush coalesced telemetry every second; every 10 min drop change-feed rows older than a day and
+        login attempts older than ``settings.login_attempts_keep_s``."""
+        last_prune = float("-inf")
         while not housekeeping_stop.wait(bridge.telemetry_flush_s):
             try:
                 bridge.flush()
                 if time.monotonic() - last_prune > 600:
                     last_prune = time.monotonic()
                     db.prune_live_events(utcnow() - dt.timedelta(days=1))
+                    keep_s = max(settings.login_attempts_keep_s, settings.login_window_s)
+                    db.prune_login_attempts(utcnow() - dt.timedelta(seconds=keep_s))
             except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping
                 logger.exception("console housekeeping failed")
 
@@ -242,9 +294,16 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    # Innermost (middleware added later wraps it): a body too large becomes an error page below.
+    app.add_middleware(BodyLimit, default=MAX_FORM_BYTES, limits={"/rollouts": settings.max_request_bytes})
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001 - answered here so that even a 500 carries the headers below
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = Response("internal error", status_code=500, media_type="text/plain")
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -283,6 +342,28 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                      "csrf_rejected", request.url.path)
             raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
 
+    def _is_trusted_proxy(host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in trusted_proxies)
+
+    def _remote(request: Request) -> str:
+        """The client's address: the TCP peer, or, when the peer is a configured trusted proxy, the
+        nearest address in ``X-Forwarded-For`` that is not itself a trusted proxy."""
+        peer = request.client.host if request.client else "unknown"
+        if not _is_trusted_proxy(peer):
+            return peer
+        hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not _is_trusted_proxy(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return peer  # garbage from the client side of the proxy: fall back to the proxy
+        return peer
+
     def render(request: Request, name: str, user: auth.User | None, status_code: int = 200, **ctx: Any):
         ctx.update(user=user, csrf=auth.csrf_token(request.session), nav=name.split(".")[0])
         return templates.TemplateResponse(request, name, ctx, status_code=status_code)
@@ -317,7 +398,7 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     def login(request: Request, username: Annotated[str, Form()] = "",
               password: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = ""):
         _csrf(request, csrf_token)
-        remote = request.client.host if request.client else "unknown"
+        remote = _remote(request)
         username, password = username[:64], password[:1024]
         try:
             user = auth.authenticate(db, username, password, remote=remote, policy=policy)
@@ -412,7 +493,8 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         user = _operator(request, f"config:{box_id}")
         _csrf(request, csrf_token)
         box = _box_or_404(box_id)
-        from appliance.config import ConfigError, validate_config
+        from appliance.config import ConfigError
+        from appliance.fleet.configcheck import validate_offline
 
         def again(error: str, status: int = 400):
             return render(request, "config.html", user, status_code=status, box=box, text=config_json, version=version,
@@ -426,9 +508,12 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
         try:
             doc = json.loads(config_json)
-            validate_config(doc)
+            # Never the plain validator here: it would read files the config names on *this* host.
+            validate_offline(doc)
         except json.JSONDecodeError as e:
             return again(f"not valid JSON: {e}")
+        except RecursionError:
+            return again("not valid JSON: nested too deeply")
         except ConfigError as e:
             return again(f"refused by the box's schema: {e}")
         if signing_key is None:
@@ -436,7 +521,9 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
         if channel is None:
             return again("not connected to the broker; nothing was sent", 503)
         payload = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-        manifest = sign_bytes(payload, signing_key, kind="config", name=f"{box_id}.json", version=version)
+        # bound to this box, with a short life: it is sent now, and a box refuses it anywhere else or later
+        manifest = sign_bytes(payload, signing_key, kind="config", name=f"{box_id}.json", version=version,
+                              boxes=[box_id], lifetime_s=CONFIG_PUSH_LIFETIME_S)
         push_id = db.add_config_push(box_id, version, doc, user.username)
         db.audit(user.username, "config.pushed", box_id, {"version": version, "sha256": manifest["sha256"],
                                                            "push_id": push_id})
@@ -468,13 +555,34 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
                       can_sign=signing_key is not None, last_event=db.last_live_event_id())
 
     @app.post("/rollouts", response_class=HTMLResponse)
-    def start_rollout(request: Request, kind: Annotated[str, Form()] = "", version: Annotated[str, Form()] = "",
-                      canary: Annotated[str, Form()] = "",
-                      rest: Annotated[str, Form()] = "",
-                      csrf_token: Annotated[str, Form()] = "",
-                      payload: Annotated[UploadFile | None, File()] = None,
-                      manifest: Annotated[UploadFile | None, File()] = None):
-        user = _operator(request, "rollout")
+    async def start_rollout(request: Request):
+        # Who is asking is settled before a byte of the (up to max_request_bytes) body is read or spooled:
+        # an anonymous or viewer upload, or one a browser says comes from another site's page, is refused
+        # unread. (Sec-Fetch-Site rather than Origin: behind a TLS proxy the app sees neither the scheme nor,
+        # often, the host the browser used.) The CSRF token, in the body, is checked once it is read.
+        user = await anyio.to_thread.run_sync(_operator, request, "rollout")
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            await anyio.to_thread.run_sync(db.audit, user.username, "csrf_rejected", "/rollouts")
+            raise HTTPException(status_code=403, detail="cross-site request refused")
+        try:
+            form = await request.form(max_files=2, max_fields=8)
+        except HTTPException:
+            raise
+        except Exception as e:  # noqa: BLE001 - a malformed multipart body
+            raise HTTPException(status_code=400, detail="malformed form") from e
+        try:
+            fields = {k: form.get(k) for k in ("kind", "version", "canary", "rest", "csrf_token")}
+            texts = {k: v if isinstance(v, str) else "" for k, v in fields.items()}
+            files = {k: form.get(k) for k in ("payload", "manifest")}
+            uploads = {k: v if hasattr(v, "file") and hasattr(v, "filename") else None for k, v in files.items()}
+            return await anyio.to_thread.run_sync(lambda: _start_rollout(
+                request, user, texts["kind"], texts["version"], texts["canary"], texts["rest"],
+                texts["csrf_token"], uploads["payload"], uploads["manifest"]))
+        finally:
+            await form.close()
+
+    def _start_rollout(request: Request, user: auth.User, kind: str, version: str, canary: str, rest: str,
+                       csrf_token: str, payload: UploadFile | None, manifest: UploadFile | None):
         _csrf(request, csrf_token)
 
         def again(error: str, status: int = 400):
@@ -504,14 +612,16 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
             return again("file empty or too large")
         if manifest is not None and manifest.filename:
             try:
-                man = parse_manifest(manifest.file.read(64_000))
+                man = parse_manifest(manifest.file.read(MAX_MANIFEST_CHARS))
             except SignatureError as e:
                 return again(f"signature manifest: {e}")
         elif signing_key is not None:
             version = version.strip()
             if not VERSION_RE.match(version):
                 return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
-            man = sign_bytes(data, signing_key, kind=kind, name=Path(payload.filename).name[:128], version=version)
+            # bound to exactly the boxes of this rollout
+            man = sign_bytes(data, signing_key, kind=kind, name=Path(payload.filename).name[:128], version=version,
+                             boxes=canary_ids + rest_ids)
         else:
             return again("upload the .sig.json manifest from `bedtime-fleet sign` (this console holds no key)")
         if channel is None:
@@ -550,10 +660,14 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
 
     # ---- live events -----------------------------------------------------------------------------
     @app.get("/events")
-    async def events(request: Request, after: int = 0):
+    async def events(request: Request, after: str = "0"):
         await anyio.to_thread.run_sync(_user, request)
-        last_header = request.headers.get("last-event-id", "")
-        last = int(last_header) if last_header.isdigit() else after
+        last_header = request.headers.get("last-event-id")
+        raw = after if last_header is None else last_header
+        # str.isdigit() accepts "²" and int() then fails (a 500); and a number past 64 bits breaks the query.
+        if not EVENT_ID_RE.fullmatch(raw):
+            raise HTTPException(status_code=400, detail="Last-Event-ID / after: a non-negative event number")
+        last = int(raw)
         poll_s = float(settings.extra.get("sse_poll_s", 1.0))
 
         async def stream():
@@ -597,7 +711,15 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
 
     @app.get("/healthz")
     def healthz():
-        return {"ok": True}
+        # Liveness for a load balancer or systemd: 503 when the MQTT ingest's thread is dead, because then
+        # no alert reaches this console however well the web side answers.
+        body: dict[str, Any] = {"ok": True}
+        if ingest is not None and hasattr(ingest, "health"):
+            body["ingest"] = ingest.health()
+            if not body["ingest"]["thread_alive"]:
+                body["ok"] = False
+                return JSONResponse(body, status_code=503)
+        return body
 
     return app
 

@@ -29,7 +29,14 @@ def _parse_time(value: Any) -> dt.datetime | None:
 
 
 def _short(value: Any, n: int = 64) -> str:
-    return "" if value is None else str(value)[:n]
+    """``value`` as at most ``n`` characters of storable text (any database, any driver)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = str(value)
+    # Lone surrogates (valid in JSON, not in UTF-8) and NUL (refused by PostgreSQL text) would make the
+    # write fail and the message be lost; replace them.
+    return value[:n].encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 class IngestBridge:
@@ -68,8 +75,8 @@ class IngestBridge:
             box_id, bool(payload.get("online", payload.get("state") != "offline")),
             last_seen=_parse_time(payload.get("time_utc")) or dt.datetime.now(dt.timezone.utc),
             firmware=_short(payload.get("firmware_version")), model_version=_short(model),
-            config_version=_short(payload.get("config_version")),
-            **({"group_name": _short(payload["group"], 32)} if isinstance(payload.get("group"), str) else {}))
+            # No group from here: rollout groups (canary) are set by operators only, never by a box's own word.
+            config_version=_short(payload.get("config_version")))
 
     def on_telemetry(self, box_id: str, payload: dict) -> None:
         q = payload.get("signal_quality_percent")
@@ -85,17 +92,19 @@ class IngestBridge:
 
     def on_alert(self, box_id: str, payload: dict) -> int:
         return self.db.add_alert(box_id, severity=_short(payload.get("severity"), 16) or "info",
-                                 title=_short(payload.get("title"), 200), message=str(payload.get("message", "")),
+                                 title=_short(payload.get("title"), 200), message=_short(payload.get("message", ""), 2000),
                                  payload=payload)
 
     def on_report(self, box_id: str, payload: dict) -> None:
         report = payload.get("report") if isinstance(payload.get("report"), dict) else payload
         night = _short(report.get("night_start") or payload.get("time_utc"), 10) or "unknown"
         self.db.add_report(box_id, night, report)
-        interventions = report.get("interventions") or {}
+        interventions = report.get("interventions")
+        interventions = interventions if isinstance(interventions, dict) else {}
         loops = interventions.get("loops_detected")
         sessions = interventions.get("breather_sessions")
-        self.db.upsert_box(box_id, loops_last_night=loops if isinstance(loops, int) else None,
+        loops_ok = isinstance(loops, int) and not isinstance(loops, bool) and 0 <= loops < 2 ** 31
+        self.db.upsert_box(box_id, loops_last_night=loops if loops_ok else None,
                            breathers_last_night=len(sessions) if isinstance(sessions, list) else None)
 
     def on_event(self, box_id: str, payload: dict) -> None:
@@ -116,9 +125,10 @@ class IngestBridge:
         result = reply.get("result") or {}
         if reply.get("ok") and result.get("ok"):
             push = self.db.get_config_push(push_id)
-            self.db.set_config_push_state(push_id, "acknowledged", f"running {result.get('running_version', '')}")
+            # The box's row first: whoever sees the push acknowledged must also see the box's new version.
             if push:
                 self.db.upsert_box(push["box_id"], config_version=_short(result.get("running_version")))
+            self.db.set_config_push_state(push_id, "acknowledged", f"running {_short(result.get('running_version'))}")
         else:
             err = reply.get("error") or {}
             detail = result.get("reason") or f"{err.get('code', '')}: {err.get('message', '')}"

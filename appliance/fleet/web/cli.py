@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
 import os
 import sys
@@ -49,7 +50,7 @@ def _keys_args(p: argparse.ArgumentParser) -> None:
 @subcommand("keys", help="make the clinic's Ed25519 signing keypair (NAME.key private, NAME.pub public)",
             add_arguments=_keys_args, uses_broker=False)
 def cmd_keys(args: argparse.Namespace) -> int:
-    from appliance.fleet.signing import PASSPHRASE_ENV, generate_keypair
+    from appliance.protocol.signing import PASSPHRASE_ENV, generate_keypair
 
     priv, pub = args.dir / f"{args.name}.key", args.dir / f"{args.name}.pub"
     passphrase = os.environ.get(PASSPHRASE_ENV)
@@ -70,25 +71,39 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"private key (default {DEFAULT_KEY})")
     p.add_argument("--out", type=Path, help="manifest path (default FILE.sig.json)")
     p.add_argument("--card", type=Path, help="a model's model card (default: model_card.json beside FILE)")
+    p.add_argument("--box", action="append", default=[], metavar="ID",
+                   help="a box this update is for (repeat; at least one --box or --group)")
+    p.add_argument("--group", action="append", default=[], metavar="NAME",
+                   help="a group of boxes (their box.groups) this update is for (repeat)")
+    p.add_argument("--serial", type=int, help="serial, above every earlier update of this kind (default: "
+                                              "microseconds since 1970 now)")
+    p.add_argument("--expires-in-days", type=float,
+                   help="days until boxes refuse it (default 14, at most 366)")
 
 
 @subcommand("sign", help="sign a model or config file: writes a detached FILE.sig.json manifest",
             add_arguments=_sign_args, uses_broker=False)
 def cmd_sign(args: argparse.Namespace) -> int:
-    from appliance.fleet.signing import load_private_key, sign_file
+    from appliance.protocol.signing import DEFAULT_LIFETIME_S, load_private_key, sign_file
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
-        from appliance.config import ConfigError, validate_config
+        from appliance.config import ConfigError
+        from appliance.fleet.configcheck import validate_offline
 
         try:
-            validate_config(json.loads(args.file.read_text()))
-        except (ValueError, ConfigError) as e:
+            validate_offline(json.loads(args.file.read_text()))
+        except (ValueError, ConfigError, RecursionError) as e:
             print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
             return 2
+    if not args.box and not args.group:
+        print(f"bedtime-fleet sign: {args.file}: name the boxes (--box ID) or groups (--group NAME) it is for",
+              file=sys.stderr)
+        return 2
     try:
         out = sign_file(args.file, load_private_key(args.key), kind=kind, version=args.version, out=args.out,
-                        card=args.card)
+                        card=args.card, boxes=args.box, groups=args.group, serial=args.serial,
+                        lifetime_s=DEFAULT_LIFETIME_S if args.expires_in_days is None else args.expires_in_days * 86400)
     except (OSError, ValueError) as e:  # no card / wrong card: the box would refuse the update
         print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
         return 2
@@ -147,6 +162,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-key", type=Path, help="clinic public key: refuse uploads that do not verify")
     p.add_argument("--share-group", default="bedtime-console", help="MQTT shared-subscription group")
     p.add_argument("--no-mqtt", action="store_true", help="serve the database only (no broker connection)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR[/BITS]",
+                   help="a reverse proxy whose X-Forwarded-For is believed (repeatable; default: none, the client "
+                        "address is the TCP peer)")
     p.add_argument("--plain-http", action="store_true",
                    help="session cookie without Secure (only behind no proxy, on loopback, for trying it out)")
 
@@ -158,17 +176,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from appliance.fleet.web import ConsoleSettings, create_app
 
     host, _, port = args.listen.rpartition(":")
+    for proxy in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            print(f"bedtime-fleet serve: --trusted-proxy {proxy!r}: not an IP address or network", file=sys.stderr)
+            return 2
     password = Path(args.password_file).read_text().strip() if args.password_file else None
     settings = ConsoleSettings(
         database_url=args.db, secret_key_file=args.secret_file, https_only=not args.plain_http,
         mqtt_host=None if args.no_mqtt else args.host, mqtt_port=args.port, mqtt_username=args.username,
         mqtt_password=password, mqtt_tls_ca=args.ca, share_group=args.share_group,
-        signing_key_file=args.signing_key, public_key_file=args.public_key)
+        signing_key_file=args.signing_key, public_key_file=args.public_key,
+        trusted_proxies=tuple(args.trusted_proxy))
     _open_db(args.db).close()  # creates the folder and migrates before the app starts
     app = create_app(settings)
-    uvicorn.run(app, host=host or "127.0.0.1", port=int(port), proxy_headers=True, log_level="info",
-                timeout_graceful_shutdown=3)
+    uvicorn.run(app, **uvicorn_options(host=host or "127.0.0.1", port=int(port)))
     return 0
+
+
+def uvicorn_options(*, host: str, port: int) -> dict:
+    """How ``serve`` runs uvicorn (the tests run the console the same way).
+
+    uvicorn's own ``X-Forwarded-For`` handling is off (by default it believes any client on 127.0.0.1, so
+    behind nothing, or on a host shared with others, anyone could name any address and lock it out): the
+    app decides from ``settings.trusted_proxies``, and ``request.client`` is always the TCP peer.
+    """
+    return {"host": host, "port": port, "proxy_headers": False, "log_level": "info", "timeout_graceful_shutdown": 3}
 
 
 # ---- rollout --------------------------------------------------------------------------------------
@@ -187,7 +221,7 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
 def cmd_rollout(args: argparse.Namespace) -> int:
     from appliance.fleet.cli import connect
     from appliance.fleet.rollout import RolloutRunner, create_rollout
-    from appliance.fleet.signing import SignatureError, parse_manifest
+    from appliance.protocol.signing import SignatureError, parse_manifest
 
     manifest_path = args.manifest or args.file.with_name(args.file.name + ".sig.json")
     try:

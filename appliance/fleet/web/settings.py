@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.fleet.db import default_database_url
+from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 
 
 @dataclass
@@ -46,6 +47,15 @@ class ConsoleSettings:
         the stager produce epochs after a model update), seconds.
     rollout_batch_size : int
         After the canaries, boxes are updated in batches of this size; a failure stops the rollout.
+    trusted_proxies : tuple of str
+        Addresses or networks (``10.0.0.5``, ``10.0.0.0/24``) of reverse proxies whose
+        ``X-Forwarded-For`` is believed. Default none: the client address is the TCP peer, because a
+        header anyone can send would let anyone pose as (and lock out) any address.
+    max_request_bytes : int
+        Largest rollout upload request accepted, bytes: the largest payload and manifest a box accepts,
+        plus 1 MiB for the form; larger is a 413 (every other request: 1 MiB).
+    login_attempts_keep_s : float
+        Login attempts older than this are deleted (the rate limit needs only its window), seconds.
     """
 
     database_url: str = field(default_factory=default_database_url)
@@ -66,6 +76,9 @@ class ConsoleSettings:
     command_timeout_s: float = 30.0
     rollout_health_timeout_s: float = 180.0
     rollout_batch_size: int = 10
+    trusted_proxies: tuple[str, ...] = ()
+    max_request_bytes: int = MAX_PAYLOAD_BYTES + MAX_MANIFEST_CHARS + 1024 * 1024
+    login_attempts_keep_s: float = 86400.0
     extra: dict = field(default_factory=dict)
 
     def resolved_secret_key(self) -> str:

@@ -3,10 +3,19 @@
 ``bedtime-fleet keys`` makes a keypair; ``bedtime-fleet sign FILE`` writes ``FILE.sig.json``, a detached
 *manifest* the box checks before it applies anything::
 
-    {"schema": "bedtime.signature/1", "kind": "model", "name": "stager.tflite", "version": "2026.11.2",
+    {"schema": "bedtime.signature/2", "kind": "model", "name": "stager.tflite", "version": "2026.11.2",
      "sha256": "<hex of the file>", "size_bytes": 41234, "signed_at": "2026-11-23T18:00:00Z",
+     "boxes": ["box-0007"], "groups": ["canary"], "serial": 1795456800123456,
+     "expires_at": "2026-12-07T18:00:00Z",
      "key_id": "<first 16 hex of sha256(raw public key)>", "signature": "<base64 Ed25519 signature>",
      "model_card": {...}}
+
+Every manifest is bound (all signed): to the boxes and/or groups it is for (``boxes``, ``groups``: a box applies
+it only when it is named or is in a named group, ``box.groups`` in its own file), to a ``serial`` that grows with
+every signature (default: microseconds since 1970 at signing; a box refuses a serial below the highest it has
+accepted for that kind, so an older update cannot be replayed to roll it back), and to a lifetime
+(``expires_at``; a box refuses an expired manifest, one signed in the future, or one living longer than
+:data:`MAX_LIFETIME_S`). The box's side of these checks is :func:`check_binding`.
 
 A model's manifest also carries its ``model_card`` (the ``model_card.json`` object the box's stager needs:
 standardisation constants, context length, transition matrix, and the model's own ``sha256``), so an update
@@ -24,15 +33,61 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-SCHEMA = "bedtime.signature/1"
+from appliance.protocol.ids import BOX_ID_RE
+
+SCHEMA = "bedtime.signature/2"
+"""Manifest format; /1 (no box or group, serial or expiry) is refused."""
 KINDS = ("model", "config")
 PASSPHRASE_ENV = "BEDTIME_SIGNING_PASSPHRASE"
+
+DEFAULT_LIFETIME_S = 14 * 86400
+"""How long a manifest stays valid unless the signer says otherwise (seconds): two weeks for a rollout."""
+MAX_LIFETIME_S = 366 * 86400
+"""Longest lifetime a box accepts (seconds): a signature is never good forever."""
+MAX_CLOCK_SKEW_S = 600
+"""How far in the future a ``signed_at`` may be (seconds) before a box refuses it: clocks differ a little."""
+AUDIENCE_RE = BOX_ID_RE
+"""Box ids and group names in a manifest's audience follow the one box-id rule."""
+MAX_AUDIENCE = 10_000
+"""Most boxes plus groups one manifest may name."""
+
+_last_serial = 0
+_serial_lock = threading.Lock()
+
+
+def next_serial() -> int:
+    """A serial above every earlier one from this signer: microseconds since 1970, strictly increasing here."""
+    global _last_serial
+    with _serial_lock:
+        _last_serial = max(time.time_ns() // 1000, _last_serial + 1)
+        return _last_serial
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: object, field: str) -> dt.datetime:
+    """A manifest time (``YYYY-MM-DDTHH:MM:SSZ``), aware UTC (raises :class:`SignatureError`)."""
+    if not isinstance(s, str) or len(s) > 40:
+        raise SignatureError(f"signature manifest field {field!r} must be a UTC time string")
+    try:
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise SignatureError(f"signature manifest field {field!r} is not an ISO-8601 time") from None
+    if t.tzinfo is None or t.utcoffset() != dt.timedelta(0):
+        raise SignatureError(f"signature manifest field {field!r} must be UTC")
+    return t
 
 
 class SignatureError(ValueError):
@@ -102,8 +157,10 @@ def _canonical(manifest: dict) -> bytes:
 
 
 def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, version: str,
-               model_card: dict | None = None) -> dict:
-    """A signed manifest for ``payload``.
+               boxes: Sequence[str] = (), groups: Sequence[str] = (), serial: int | None = None,
+               lifetime_s: float = DEFAULT_LIFETIME_S, model_card: dict | None = None,
+               now: dt.datetime | None = None) -> dict:
+    """A signed manifest for ``payload``, bound to its boxes or groups, a serial and a lifetime.
 
     Parameters
     ----------
@@ -114,6 +171,12 @@ def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, 
         File name, for people reading the manifest.
     version : str
         The version the box will report once it runs this payload.
+    boxes, groups : sequence of str
+        Who may apply it: these box ids, and boxes in these groups (``box.groups``). At least one of them.
+    serial : int, optional
+        Must grow with every update of a kind (default :func:`next_serial`).
+    lifetime_s : float
+        Seconds until it expires (at most :data:`MAX_LIFETIME_S`).
     model_card : dict, optional
         For a model: its ``model_card.json`` object, signed with it (the box refuses a model without one).
         Its ``sha256`` must be the payload's.
@@ -121,10 +184,25 @@ def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, 
     Raises
     ------
     ValueError
-        On an unknown kind, a card given for a config, or a card whose ``sha256`` is not the payload's.
+        On an unknown kind, a card given for a config, a card whose ``sha256`` is not the payload's, no box or
+        group, a malformed box or group name, a serial below 1 or a lifetime out of range.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    boxes, groups = sorted(set(boxes)), sorted(set(groups))
+    if not boxes and not groups:
+        raise ValueError("name the boxes or groups this update is for (a manifest for every box is not signed)")
+    bad = [b for b in boxes + groups if not isinstance(b, str) or not AUDIENCE_RE.match(b)]
+    if bad:
+        raise ValueError(f"not a box id or group name: {bad[0]!r}")
+    if len(boxes) + len(groups) > MAX_AUDIENCE:
+        raise ValueError(f"at most {MAX_AUDIENCE} boxes and groups per manifest")
+    serial = next_serial() if serial is None else serial
+    if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
+        raise ValueError("serial must be a positive integer")
+    if not 0 < lifetime_s <= MAX_LIFETIME_S:
+        raise ValueError(f"lifetime must be more than 0 and at most {MAX_LIFETIME_S // 86400} days")
+    signed = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     sha256 = hashlib.sha256(payload).hexdigest()
     if model_card is not None:
         if kind != "model":
@@ -139,7 +217,11 @@ def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, 
         "version": str(version),
         "sha256": sha256,
         "size_bytes": len(payload),
-        "signed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "signed_at": _iso(signed),
+        "expires_at": _iso(signed + dt.timedelta(seconds=int(lifetime_s))),
+        "boxes": boxes,
+        "groups": groups,
+        "serial": serial,
         "key_id": key_id(public_pem_of(key)),
     }
     if model_card is not None:
@@ -149,6 +231,8 @@ def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, 
 
 
 def sign_file(path: str | Path, key: Ed25519PrivateKey, *, kind: str, version: str,
+              boxes: Sequence[str] = (), groups: Sequence[str] = (), serial: int | None = None,
+              lifetime_s: float = DEFAULT_LIFETIME_S,
               out: str | Path | None = None, card: str | Path | None = None) -> Path:
     """Sign a file; write and return the manifest path (default ``<file>.sig.json``).
 
@@ -173,7 +257,8 @@ def sign_file(path: str | Path, key: Ed25519PrivateKey, *, kind: str, version: s
             raise ValueError(f"{card_path}: model card is not valid JSON: {e}") from None
     elif card:
         raise ValueError("only a model carries a model card")
-    manifest = sign_bytes(path.read_bytes(), key, kind=kind, name=path.name, version=version, model_card=model_card)
+    manifest = sign_bytes(path.read_bytes(), key, kind=kind, name=path.name, version=version, boxes=boxes,
+                          groups=groups, serial=serial, lifetime_s=lifetime_s, model_card=model_card)
     out = Path(out) if out else path.with_name(path.name + ".sig.json")
     out.write_text(json.dumps(manifest, indent=2) + "\n")
     return out
@@ -189,11 +274,16 @@ def parse_manifest(data: str | bytes | dict) -> dict:
     if not isinstance(data, dict):
         raise SignatureError("signature manifest must be a JSON object")
     if data.get("schema") != SCHEMA:
-        raise SignatureError(f"signature manifest schema must be {SCHEMA!r}")
+        raise SignatureError(f"signature manifest schema must be {SCHEMA!r} (bound to boxes or groups, a serial "
+                             "and an expiry): sign it again with this version of bedtime-fleet sign")
     for field, typ in (("kind", str), ("name", str), ("version", str), ("sha256", str),
-                       ("size_bytes", int), ("signature", str), ("key_id", str)):
-        if not isinstance(data.get(field), typ):
+                       ("size_bytes", int), ("signature", str), ("key_id", str), ("serial", int),
+                       ("boxes", list), ("groups", list), ("signed_at", str), ("expires_at", str)):
+        v = data.get(field)
+        if not isinstance(v, typ) or isinstance(v, bool):
             raise SignatureError(f"signature manifest field {field!r} missing or not a {typ.__name__}")
+    if not all(isinstance(b, str) for b in data["boxes"] + data["groups"]):
+        raise SignatureError("signature manifest boxes and groups must be strings")
     if "model_card" in data and not isinstance(data["model_card"], dict):
         raise SignatureError("signature manifest field 'model_card' must be a JSON object")
     return data
@@ -225,3 +315,46 @@ def verify_manifest(payload: bytes, manifest: str | bytes | dict, public_pem: st
         raise SignatureError("payload does not match the signed sha256 (tampered or truncated)")
     return m
 
+
+
+def check_binding(manifest: dict, *, box_id: str, groups: Sequence[str] = (), now: dt.datetime | None = None,
+                  highest_serial: int = 0, highest_sha256: str = "") -> None:
+    """The box's checks of a verified manifest's binding: for this box, not expired, not from the future, not
+    older than what it already accepted.
+
+    Parameters
+    ----------
+    manifest : dict
+        From :func:`verify_manifest` (its signature already checked).
+    box_id : str
+        This box's id.
+    groups : sequence of str
+        This box's groups (``box.groups``).
+    now : datetime, optional
+        The box's clock (aware UTC).
+    highest_serial, highest_sha256 : int, str
+        The highest serial this box accepted for the manifest's kind, and that update's sha256: the same one
+        again is fine (a retried rollout), anything below or another payload at the same serial is not.
+
+    Raises
+    ------
+    SignatureError
+        Saying which check failed.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if box_id not in manifest["boxes"] and not set(groups) & set(manifest["groups"]):
+        names = ", ".join((manifest["boxes"] + [f"group {g}" for g in manifest["groups"]])[:5])
+        raise SignatureError(f"signed for other boxes ({names[:200]}), not for {box_id}"
+                             + (f" (groups {', '.join(groups)})" if groups else ""))
+    signed, expires = parse_time(manifest["signed_at"], "signed_at"), parse_time(manifest["expires_at"], "expires_at")
+    if signed > now + dt.timedelta(seconds=MAX_CLOCK_SKEW_S):
+        raise SignatureError(f"signed in the future ({manifest['signed_at']}; this box's clock says {_iso(now)})")
+    if expires <= now:
+        raise SignatureError(f"expired at {manifest['expires_at']} (this box's clock says {_iso(now)})")
+    if (expires - signed).total_seconds() > MAX_LIFETIME_S:
+        raise SignatureError(f"lifetime longer than {MAX_LIFETIME_S // 86400} days")
+    serial = manifest["serial"]
+    if serial < highest_serial:
+        raise SignatureError(f"older than what this box runs (serial {serial} < {highest_serial}): a replay")
+    if serial == highest_serial and highest_sha256 and manifest["sha256"] != highest_sha256:
+        raise SignatureError(f"serial {serial} was already used for another {manifest['kind']}")

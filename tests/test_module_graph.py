@@ -1,0 +1,123 @@
+"""The module graph, read from the code's own imports (``ast``, function-level imports included).
+
+Rules (docs/architecture.md, "Layers"):
+
+1. The box (``appliance/*`` outside ``appliance/fleet``) never imports the clinic (``appliance.fleet``), the
+   training code (``models``), nor the clinic's or the trainer's third-party packages.
+2. The protocol layer (``appliance.protocol``) imports nothing of the box or the clinic.
+3. A box module imports only modules of its own layer or lower ones (:data:`LAYERS`, lowest first).
+
+Every box module must be placed in a layer: a new module fails here until it is put on the map (here and in
+docs/architecture.md), so the map cannot silently go stale.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+LAYERS: list[tuple[str, set[str]]] = [
+    ("protocol", {"appliance.protocol", "appliance.protocol.ids", "appliance.protocol.signing"}),
+    ("foundation", {"appliance", "appliance.hypnogram", "appliance.epoch", "appliance.safety", "appliance.audit",
+                    "appliance.cliparse", "appliance.tflite", "appliance.config"}),
+    ("hardware edge", {"appliance.ring", "appliance.ads1299", "appliance.ads1299_sim", "appliance.synthetic_eeg",
+                       "appliance.acquisition", "appliance.outputs", "appliance.hardware", "appliance.selftest"}),
+    ("signal and staging", {"appliance.dsp", "appliance.stager", "appliance.loop_model", "appliance.recorder"}),
+    ("loops and breather", {"appliance.loops", "appliance.breather"}),
+    ("services", {"appliance.mqtt_schema", "appliance.commands", "appliance.homeassistant", "appliance.outbox",
+                  "appliance.mqtt", "appliance.report", "appliance.updates", "appliance.pushed_config"}),
+    ("daemon", {"appliance.daemon"}),
+    ("cli", {"appliance.cli"}),
+    ("demo", {"appliance.demo"}),
+]
+"""Box modules by layer, lowest first: a module may import its own layer and the ones before it."""
+
+CLINIC = "appliance.fleet"
+TRAINING = "models"
+NOT_ON_A_BOX = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "psycopg", "jinja2", "argon2", "itsdangerous",
+                "tensorflow", "yasa")
+"""Third-party packages of the clinic's and the trainer's extras (pyproject.toml ``fleet``, ``train``, ``bench``)."""
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (top level, functions, ``try`` blocks), as absolute names.
+
+    ``from a import b`` counts as importing both ``a`` and ``a.b`` (``b`` may be a submodule).
+    """
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([node.module] if node.module else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+def graph(root: Path = REPO) -> dict[str, set[str]]:
+    """Module name -> the names it imports, for every module of the ``appliance`` package under ``root``."""
+    return {_module_name(p, root): imports_of(p, _module_name(p, root))
+            for p in sorted((root / "appliance").rglob("*.py"))}
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def box_modules(g: dict[str, set[str]]) -> list[str]:
+    return [m for m in g if not _within(m, CLINIC)]
+
+
+def test_imports_are_read_from_function_bodies_and_relative_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "appliance"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "x.py").write_text("def f():\n    try:\n        from .fleet import signing\n    except ImportError:\n"
+                              "        import models.stager.train\n")
+    assert {"appliance.fleet", "appliance.fleet.signing", "models.stager.train"} <= graph(tmp_path)["appliance.x"]
+
+
+def test_the_box_never_imports_the_clinic_or_the_training_code() -> None:
+    g = graph()
+    bad = sorted(f"{m} imports {i}" for m in box_modules(g) for i in g[m]
+                 if _within(i, CLINIC) or _within(i, TRAINING) or i.split(".")[0] in NOT_ON_A_BOX)
+    assert not bad, "the box must not import the clinic or the training code:\n" + "\n".join(bad)
+
+
+def test_the_protocol_layer_imports_neither_side() -> None:
+    g = graph()
+    bad = sorted(f"{m} imports {i}" for m in g if _within(m, "appliance.protocol") for i in g[m]
+                 if _within(i, "appliance") and not _within(i, "appliance.protocol"))
+    assert not bad, "appliance.protocol is shared by box and clinic and imports neither:\n" + "\n".join(bad)
+
+
+def test_every_box_module_is_on_the_map() -> None:
+    placed = set().union(*(mods for _, mods in LAYERS))
+    missing = sorted(set(box_modules(graph())) - placed)
+    assert not missing, (f"put {missing} in a layer in tests/test_module_graph.py (LAYERS) and in "
+                         "docs/architecture.md ('Layers')")
+
+
+@pytest.mark.parametrize("layer", [name for name, _ in LAYERS])
+def test_no_layer_imports_a_higher_one(layer: str) -> None:
+    rank = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
+    g = graph()
+    here = next(i for i, (name, _) in enumerate(LAYERS) if name == layer)
+    bad = sorted(f"{m} ({layer}) imports {i} ({LAYERS[rank[i]][0]})" for m in LAYERS[here][1] if m in g
+                 for i in g[m] if rank.get(i, -1) > here)
+    assert not bad, "a lower layer imports a higher one:\n" + "\n".join(bad)
