@@ -8,8 +8,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 EXTRAS ?= test,fleet
 
-.PHONY: all venv ha-venv demo test test-python test-native interop bench model evaluate system-deps install-pi clean \
-        system-test pi-test system-test-deps
+.PHONY: all venv ha-venv demo test test-python test-native interop bench model evaluate demo-deps test-deps \
+        system-deps install-pi clean system-test pi-test system-test-deps
 
 all: test
 
@@ -22,27 +22,44 @@ $(STAMP): pyproject.toml setup.py native/ring.c native/ring.h native/build_nativ
 
 venv: $(STAMP)
 
-# Debian packages the tests and the demo use: mosquitto (real broker, never mocked), chromium (browser
-# tests), postgresql (fleet console). Installed only when missing and only when we are root (CI is).
-system-deps:
-	@missing=""; \
-	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
-	command -v chromium  >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	  else \
-	    echo "note: missing Debian packages:$$missing (run: sudo apt-get install$$missing); tests that need them will skip"; \
-	  fi; \
-	fi
+# Debian packages, installed only when missing and only when we are root (CI is); otherwise the exact
+# apt-get line is printed. The demo needs only the broker; the tests also need chromium (browser tests) and
+# PostgreSQL (fleet console), which are large and pull system upgrades, so `make demo` never installs them.
+DEMO_DEBS := mosquitto
+TEST_DEBS := mosquitto chromium postgresql
+
+# $(call debs,PACKAGES): install those of PACKAGES that are missing (--no-install-recommends: only what they need)
+define debs
+@missing=""; \
+for pkg in $(1); do case $$pkg in \
+  mosquitto)  command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto";; \
+  chromium)   command -v chromium >/dev/null 2>&1 || missing="$$missing chromium";; \
+  postgresql) command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql";; \
+esac; done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ]; then \
+    echo "installing Debian packages:$$missing"; \
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+  else \
+    echo "note: missing Debian packages:$$missing (run: sudo apt-get install --no-install-recommends$$missing); what needs them will skip or fail"; \
+  fi; \
+fi
+endef
+
+demo-deps:
+	$(call debs,$(DEMO_DEBS))
+
+test-deps:
+	$(call debs,$(TEST_DEBS))
+
+system-deps: test-deps
 
 # ---- the contract -------------------------------------------------------------------------------
-demo: system-deps venv
+# The night goes to ./demo-output (git-ignored), replaced by the next run; nothing is left in /tmp.
+demo: demo-deps venv
 	$(PY) -m appliance.demo
 
-test: system-deps venv test-native test-python
+test: test-deps venv test-native test-python
 
 test-python: venv
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -69,7 +86,7 @@ $(HA_STAMP): $(HA_REQS) $(HA_CONS)
 ha-venv: $(HA_STAMP)
 
 # The box against that Home Assistant over the test mosquitto (tests/interop, not part of `make test`).
-interop: system-deps venv ha-venv
+interop: demo-deps venv ha-venv
 	BEDTIME_HA_VENV=$(HA_VENV) $(PY) -m pytest -q -p no:cacheprovider tests/interop
 
 # ---- the box where it lives: install-pi.sh and bedtime.service under a real systemd ----------------------
@@ -88,14 +105,14 @@ system-test-deps:
 	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-system-test: system-deps system-test-deps venv
+system-test: demo-deps system-test-deps venv
 	BEDTIME_SYSTEM_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -s tests/system/test_systemd_box.py
 
-pi-test: system-deps system-test-deps venv
+pi-test: demo-deps system-test-deps venv
 	BEDTIME_SYSTEM_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -s tests/system/test_pi_arm64.py
 
 # ---- measurement and models ---------------------------------------------------------------------
-bench: system-deps venv
+bench: test-deps venv
 	$(PIP) install -q -e '.[$(EXTRAS),bench]'
 	$(PY) -m bench --write docs/benchmarks.md
 
@@ -112,5 +129,5 @@ install-pi:
 	sudo systemd/install-pi.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c
+	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c demo-output
 	$(MAKE) -C native clean

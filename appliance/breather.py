@@ -94,6 +94,7 @@ class Breather:
         self.outcomes: Counter[str] = Counter()
         self.session_reports: list[dict[str, Any]] = []
         self.escalations = 0
+        self.audit_errors = 0  # audit writes that failed on a path that had to go on (see _audit_safely)
         self._loop_streak = 0
         self._n2_streak = 0
         self._last_epoch_index: int | None = None
@@ -247,22 +248,35 @@ class Breather:
         self.outcomes[outcome] += 1
         self._session_end = now
         self._session_start = None
-        self.audit.append("session_ended" if outcome in ("completed", "escalated") else "aborted",
-                          **rep, output_errors=errors)
         if outcome == "escalated":
             self.state = BreatherState.ESCALATE
             self.escalations += 1
             payload = {"session": self.sessions, "epoch": rep["end_epoch"], "p_loop": round(self._last_p_loop, 4),
                        "reason": reason}
-            self.audit.append("escalated", **payload)
+            # The parent's alert first, the audit records after: a failing audit write (a full disk)
+            # must not stop the alert, and a failing alert must not stop the audit.
+            alert_error = None
             if self.on_escalate is not None:
                 try:
                     self.on_escalate(payload)
                 except Exception as e:  # noqa: BLE001 - the alert path failing must not affect the outputs
                     logger.error("on_escalate failed: %r", e)
-                    self.audit.append("escalation_alert_failed", error=repr(e))
+                    alert_error = e
+            self._audit_safely("session_ended", **rep, output_errors=errors)
+            self._audit_safely("escalated", **payload)
+            if alert_error is not None:
+                self._audit_safely("escalation_alert_failed", error=repr(alert_error))
         else:
+            self.audit.append("session_ended" if outcome == "completed" else "aborted", **rep, output_errors=errors)
             self.state = BreatherState.REFRACTORY
+
+    def _audit_safely(self, event: str, **data: Any) -> None:
+        """Append to the audit log on a path that must go on if the log cannot be written: log, count."""
+        try:
+            self.audit.append(event, **data)
+        except Exception as e:  # noqa: BLE001 - e.g. OSError(ENOSPC), a closed log
+            self.audit_errors += 1
+            logger.error("could not audit %s: %r", event, e)
 
     def stop(self, reason: str, *, now_s: float | None = None) -> None:
         """Stop at once: all outputs off; a running session ends as ``aborted`` with ``reason``."""

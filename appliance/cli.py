@@ -6,7 +6,7 @@ Commands::
     bedtime selftest [--simulate] [--config FILE]
     bedtime report [NIGHT] [--config FILE] [--json]
     bedtime config check FILE
-    bedtime audit verify FILE [FILE...]
+    bedtime audit verify PATH [PATH...] [--reports DIR] [--expect-hash HASH]
     bedtime outputs-off [--simulate] [--config FILE]
 
 Exit codes: 0 success, 1 a check failed, 2 bad usage, a bad configuration or no box here (one line on stderr,
@@ -159,7 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="audit-log tools")
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     ver = au_sub.add_parser("verify", help="verify hash-chained audit logs")
-    ver.add_argument("files", nargs="+", type=Path, help="audit log files (state_dir/audit.log)")
+    ver.add_argument("files", nargs="+", type=Path, metavar="PATH",
+                     help="audit log file(s) (state_dir/audit.log), or folder(s) holding audit.log (the state "
+                          "directory)")
+    ver.add_argument("--reports", default=None, metavar="DIR",
+                     help="nights whose report.json promised audit heads (default: PATH's nights/)")
+    ver.add_argument("--expect-hash", action="append", default=[], metavar="HASH",
+                     help="a head hash the log must contain (the clinic's copy of a night report's)")
 
     off = sub.add_parser("outputs-off", help="force light and sound off (systemd ExecStopPost)")
     with_config(off)
@@ -443,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             from appliance.audit import main_verify
 
-            return main_verify([str(f) for f in args.files])
+            return main_verify([str(f) for f in args.files]
+                               + (["--reports", args.reports] if args.reports is not None else [])
+                               + [a for h in args.expect_hash for a in ("--expect-hash", h)])
         if args.command == "outputs-off":
             return _cmd_outputs_off(args)
     except ConfigError as e:

@@ -24,6 +24,7 @@ wedged pipeline, not only a dead process, gets restarted).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -105,6 +106,10 @@ class PipelineParts:
     link: Any = None
 
 
+#: How many of the newest night reports' audit heads the daemon checks its audit log against at start.
+AUDIT_ANCHORS_CHECKED = 3
+
+
 # ---- the daemon --------------------------------------------------------------------------------------
 class Daemon:
     """The whole appliance in one object: build it from a config and a hardware edge, then :meth:`run`.
@@ -174,6 +179,10 @@ class Daemon:
         self.link: Any = None
         self.recorder: EdfPlusRecorder | None = None
         self.alerts_sent: list[dict] = []
+        # Alerts the link could not take yet (it raised), queued again each epoch; and failures on paths
+        # that must go on regardless (a failed audit write, a failed publish), logged and counted.
+        self._unsent_alerts: list[dict] = []
+        self.errors: collections.Counter[str] = collections.Counter()
         self.output_trace: list[tuple[float, float, float]] = []
         self._acq_event_at: dict[str, float] = {}
         self.epoch_wall_s: list[float] = []  # time.monotonic() when each epoch's last sample had been processed
@@ -215,10 +224,14 @@ class Daemon:
             self.hw.start()
             self._open_night()
             self._event("night_started", 0.0, box_id=cfg.box.id, box_name=cfg.box.name,
-                        simulated=bool(self.hw.simulated))
+                        night_start=self.start.strftime("%Y-%m-%dT%H:%M:%SZ"), simulated=bool(self.hw.simulated))
             for r in self._start_reports:  # a pushed config this start could not use, and what it fell back to
                 self._event("config_rejected", 0.0, **r)
-            self._publish_status("recording")
+            try:
+                self._publish_status("recording")
+            except Exception as e:  # noqa: BLE001 - reporting must never take the night down
+                self.errors["status_publish"] += 1
+                logger.error("could not publish the recording status: %s", e)
             self._pipeline_loop()
         except BaseException as e:
             self._fault(f"daemon error: {type(e).__name__}: {e}", self._signal_s())
@@ -240,7 +253,9 @@ class Daemon:
                     self._events_file.close()
                 if self.link is not None:
                     try:
-                        self._publish_status("idle", breather_state="off")
+                        # The audit head goes out with the status too (retained): a copy out of the box's reach.
+                        self._publish_status("idle", breather_state="off",
+                                             **({"audit_head": head} if (head := self._audit_head()) else {}))
                     except Exception as e:  # the night is recorded; a status that cannot go out waits for next time
                         logger.error("could not publish the idle status: %s", e)
                     if self._own_link:
@@ -404,25 +419,49 @@ class Daemon:
         return ignored
 
     def _make_breather(self) -> Any:
-        from appliance.audit import AuditError, AuditLog
+        from appliance.audit import LOG_NAME, AuditError, AuditLog, head_path
         from appliance.breather import Breather
         from appliance.safety import BreatherConfig
 
-        path = Path(self.cfg.box.state_dir) / "audit.log"
+        path = Path(self.cfg.box.state_dir) / LOG_NAME
         try:
             self.audit = AuditLog(path)
+            self._check_audit_against_reports(path)
         except AuditError as e:
-            # never append to a broken chain: keep it aside for `bedtime audit verify`, start a new one
+            if getattr(self, "audit", None) is not None:
+                self.audit.close()
+            # Never append to a broken chain, nor write a new head over the evidence (a truncated log
+            # or a missing/rewritten head): keep both aside for `bedtime audit verify`, start a new log,
+            # and report it.
             broken = path.with_name(f"audit.broken-{time.strftime('%Y%m%dT%H%M%S')}.log")
-            path.replace(broken)
-            head = path.with_name(path.name + ".head")
-            if head.exists():
-                head.replace(broken.with_name(broken.name + ".head"))
+            head = head_path(path)
+            for src, dst in ((path, broken), (head, head_path(broken))):
+                if src.exists():
+                    src.replace(dst)
             self.audit = AuditLog(path)
+            logger.error("audit log broken (%s); kept as %s, a new log started", e, broken.name)
             self._event("fault", 0.0, reason=f"audit log broken ({e}); kept as {broken.name}", fault_kind="audit")
         return Breather(light=self.outputs.light, speaker=self.outputs.speaker, button=self.outputs.button,
                         config=BreatherConfig.from_dict(self.cfg.breather), audit=self.audit,
                         clock=self._signal_s, on_escalate=self._on_escalate)
+
+    def _check_audit_against_reports(self, path: Path) -> None:
+        """Raise AuditError if the log lacks a record the last night reports promised (``audit_head``).
+
+        The head alone cannot catch a truncation whose head was rewritten to match; the reports' copies
+        can. Only anchors about this log count (their ``first`` matches), so a log set aside earlier
+        does not condemn the new one.
+        """
+        from appliance.audit import AuditError, anchors_from_reports, first_hash, verify
+
+        mine = first_hash(path)
+        anchors = [a for a in anchors_from_reports(self.cfg.recording_dir)
+                   if a.first is None or a.first == mine][-AUDIT_ANCHORS_CHECKED:]
+        if not anchors:
+            return
+        rep = verify(path, anchors=anchors)
+        if not rep.ok:
+            raise AuditError("; ".join(rep.problems))
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -522,8 +561,13 @@ class Daemon:
                 epoch_fill += take
                 pos += take
                 self.counters["frames"] += take
-                self._tick_breather()
-                if epoch_fill == self.samples_per_epoch:
+                if epoch_fill < self.samples_per_epoch:
+                    self._tick_breather()
+                else:
+                    # At an epoch boundary the breather first sees the epoch that just ended, then the clock
+                    # reaches the boundary: a session whose light is due at the same second as an epoch staged
+                    # W (or N3, or bad signal) ends instead of turning the light on for an instant.
+                    self._tick_breather(up_to_now=False)
                     need = int(EPOCH_S * MODEL_FS_HZ)
                     ym = np.concatenate(model_buf) if len(model_buf) > 1 else model_buf[0]
                     if len(ym) < need:  # the resampler lags by a few samples at the very start
@@ -535,6 +579,7 @@ class Daemon:
                     self._epoch_done(epoch_raw, ym[:need], end_s=self._signal_s(), frames_lost=epoch_lost,
                                      loff_bits=epoch_loff)
                     epoch_fill = epoch_lost = epoch_loff = 0
+                    self._tick_breather()
             sig_s = self._signal_s()
             if sig_s >= next_telemetry_s:
                 cpu_mark = self._telemetry(sig_s, cpu_mark)
@@ -545,18 +590,21 @@ class Daemon:
         if total_s and self.progress:
             self.progress(self._signal_s(), total_s)
 
-    def _tick_breather(self) -> None:
-        """Tick the breather at every whole second of signal passed since the last tick, then at now."""
+    def _tick_breather(self, *, up_to_now: bool = True) -> None:
+        """Tick the breather at every whole second of signal passed since the last tick, then at now
+        (``up_to_now=False``: only the whole seconds before now, so that an epoch ending now is seen first)."""
         now = self._signal_s()
         t = self._last_tick_s + 1.0
         while t < now:
             self.breather.tick(t)
             self._trace_outputs(t)
+            self._last_tick_s = t
             t += 1.0
-        self.breather.tick(now)
-        self._trace_outputs(now)
-        self._last_tick_s = now
-        self._check_breather(now)
+        if up_to_now:
+            self.breather.tick(now)
+            self._trace_outputs(now)
+            self._last_tick_s = now
+        self._check_breather(self._last_tick_s)
 
     def _trace_outputs(self, t: float) -> None:
         """Keep every change of the light/sound level with its signal time (the report and tests read it), and
@@ -657,6 +705,8 @@ class Daemon:
                 self.recorder.annotate(end_s - EPOCH_S, "Bad signal: " + ",".join(sorted(quality.flags)), EPOCH_S)
         if self.link is not None:
             self.link.publish_stage(epoch)
+            if self._unsent_alerts:
+                self._retry_unsent_alerts()
         self._notify(f"STATUS=epoch {index} {STAGE_NAMES[stage] if stage >= 0 else '?'} p_loop={p_loop:.2f} "
                      f"signal {'ok' if quality.ok else 'bad'}")
         if self.progress is not None and self.hw.total_signal_s:
@@ -667,15 +717,16 @@ class Daemon:
         st = getattr(self.breather, "state", None)
         return str(getattr(st, "value", st)).lower() if st is not None else "?"
 
-    def _publish_status(self, state: str, *, breather_state: str | None = None) -> None:
+    def _publish_status(self, state: str, *, breather_state: str | None = None, **fields: Any) -> None:
         """The retained status, with the breather's state (``disabled`` when the clinic turned it off), which
-        Home Assistant shows as the box's "Breather" sensor (appliance/homeassistant.py)."""
+        Home Assistant shows as the box's "Breather" sensor (appliance/homeassistant.py), and ``fields``
+        (e.g. ``audit_head`` when the night ends)."""
         self._box_state = state
         if self.link is None:
             return
         if breather_state is None:
             breather_state = self._breather_state() if self.breather_enabled else "disabled"
-        self.link.publish_status(state, breather_state=breather_state)
+        self.link.publish_status(state, breather_state=breather_state, **fields)
 
     def _check_breather(self, t: float, index: int | None = None) -> None:
         """Turn the breather's state changes into events (for MQTT, the EDF+ annotations and the report)."""
@@ -719,12 +770,22 @@ class Daemon:
         if self._persist_epochs >= LOOP_PERSIST_EPOCHS:
             self._alerted_this_loop = True
             t = self._signal_s()
-            self.audit_append("alert", reason="loop_persists_after_session", session=last.get("session"),
-                              epoch=index, p_loop=round(p_loop, 4))
+            # The alert first: a failing audit write (a full disk) must not hold it back.
             self._alert("loop_persists_after_breather", "Nightmare loop: please check",
                         f"{self.cfg.box.name}: a nightmare loop went on after a gentle breather "
                         f"({t / 3600:.1f} h into the night). Sound and light are off.",
                         p_loop=round(p_loop, 4), session=last.get("session"), epoch_index=index)
+            self.audit_append("alert", reason="loop_persists_after_session", session=last.get("session"),
+                              epoch=index, p_loop=round(p_loop, 4))
+
+    def _audit_head(self) -> dict | None:
+        """The audit log's head (``seq``, ``hash``, ``records``, ``first``) for the report and status."""
+        audit = getattr(self, "audit", None)
+        try:
+            return audit.head() if audit is not None else None
+        except Exception as e:  # noqa: BLE001 - the report must come out regardless
+            logger.error("could not read the audit head: %s", e)
+            return None
 
     def audit_append(self, event: str, **data: Any) -> None:
         """Add a record to the hash-chained audit log the breather writes (alerts are decisions too)."""
@@ -733,6 +794,7 @@ class Daemon:
             try:
                 audit.append(event, **data)
             except Exception as e:  # the alert must still go out
+                self.errors["audit_write"] += 1
                 logger.error("could not audit %s: %s", event, e)
 
     def _on_escalate(self, payload: dict | None = None, *args: Any) -> None:
@@ -747,14 +809,34 @@ class Daemon:
                     epoch_index=payload.get("epoch"))
 
     def _alert(self, kind: str, title: str, message: str, **fields: Any) -> None:
+        """Tell the parent: queue the alert on the link (QoS 1 via the outbox) and record it.
+
+        A link that raises (a closed or broken outbox) neither loses the alert nor stops the caller: the
+        alert is recorded and written to events.jsonl/EDF+ regardless, and kept to be queued again at the
+        next epoch (:meth:`_retry_unsent_alerts`); each failure is logged and counted (``errors``).
+        """
         t = self._signal_s()
         fields = {"kind": kind, "night_time_s": round(t, 1), **fields}
         wall = time.monotonic()
-        if self.link is not None:
-            self.link.publish_alert(title=title, message=message, severity="warning", **fields)
         self.alerts_sent.append({"time_s": t, "wall_s": wall, "title": title, "message": message, **fields})
+        if self.link is not None:
+            self._unsent_alerts.append({"title": title, "message": message, "severity": "warning", **fields})
+            self._retry_unsent_alerts()
         self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k not in ("kind", "night_time_s")},
                     alert_kind=kind)
+
+    def _retry_unsent_alerts(self) -> None:
+        """Queue the alerts the link refused so far, oldest first; stop at the first that fails again."""
+        while self._unsent_alerts and self.link is not None:
+            alert = self._unsent_alerts[0]
+            try:
+                self.link.publish_alert(**alert)
+            except Exception as e:  # noqa: BLE001 - whatever the link raises, the alert is kept
+                self.errors["alert_publish"] += 1
+                logger.error("could not queue the alert %r (%d waiting; retried next epoch): %s",
+                             alert.get("kind"), len(self._unsent_alerts), e)
+                return
+            self._unsent_alerts.pop(0)
 
     # ---- commands and config from the clinic ----------------------------------------------------
     def _register_link_handlers(self) -> None:
@@ -793,15 +875,23 @@ class Daemon:
 
     def _cmd_report(self, args: dict) -> dict:
         from appliance.recorder import list_nights
-        from appliance.report import build_report, load_night
+        from appliance.report import NightError, build_report, load_night, read_saved_report
 
         night = args.get("night", "latest")
         nights = [n for n in list_nights(self.cfg.recording_dir) if n != self.night_dir]
         if night != "latest":
             nights = [n for n in nights if n.name.startswith(night.replace("-", ""))]
-        if not nights:
-            raise ValueError(f"no finished night {night!r} on this box")
-        return build_report(load_night(nights[-1]))
+        for d in reversed(nights):
+            # the report the daemon wrote that morning is the record; a night without one is rebuilt, and a
+            # folder without a recording (a failed start of an older version) is passed over for "latest"
+            try:
+                saved = read_saved_report(d)
+                return saved if saved is not None else build_report(load_night(d))
+            except NightError as e:
+                if night != "latest":
+                    raise ValueError(str(e)) from None
+                logger.warning("report command: skipping %s: %s", d.name, e)
+        raise ValueError(f"no finished night {night!r} with a recording on this box")
 
     def _cmd_set_breather(self, args: dict) -> dict:
         self.breather_enabled = bool(args["enabled"])
@@ -921,7 +1011,8 @@ class Daemon:
         night = NightRecord(hypnogram=hyp, live_hypnogram=live, events=list(self.events),
                             quality_ok=np.array([e.quality.ok for e in self.epochs]), quality_flags=flags,
                             counters={**self.counters, "frames_dropped": c.dropped, "frames_corrupt": c.corrupt},
-                            start=self.start, box_id=self.cfg.box.id, box_name=self.cfg.box.name)
+                            start=self.start, box_id=self.cfg.box.id, box_name=self.cfg.box.name,
+                            audit_head=self._audit_head())
         try:
             rep, js, _ = write_report(night, self.night_dir, png=False)
         except Exception as e:

@@ -7,6 +7,9 @@
    staged, watched for loops, answered by the breather on gpiozero mock pins, recorded as EDF+ and reported;
 4. prints where the EDF+, the report PNG and the JSON are, and the alerts the phone received.
 
+The output goes to ``./demo-output`` (ignored by git), which the next run replaces and ``make clean`` removes, so
+runs do not pile up in ``/tmp``.
+
 Only the hardware edge is simulated (the chip and the pins); everything downstream is the appliance's code.
 """
 from __future__ import annotations
@@ -18,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -196,8 +198,48 @@ class PhoneSubscriber:
         return len(self.messages) >= n
 
     def close(self) -> None:
+        self.client.disconnect()  # a clean DISCONNECT first, while the network loop can still send it
         self.client.loop_stop()
-        self.client.disconnect()
+
+
+DEFAULT_OUT = Path("demo-output")
+"""Where ``make demo`` writes (relative to the checkout it runs in; listed in .gitignore)."""
+
+DEMO_MARKER = ".bedtime-demo"
+"""File that marks a folder as the demo's own, so that only such a folder is ever emptied."""
+
+
+class DemoOutputError(Exception):
+    """The output folder holds something that is not the demo's: it is left alone."""
+
+
+def prepare_output(out: Path) -> Path:
+    """Make ``out`` an empty folder for this run, removing a previous run's output only.
+
+    Parameters
+    ----------
+    out : Path
+        The output folder; created when missing.
+
+    Returns
+    -------
+    Path
+        ``out``, empty but for the marker file.
+
+    Raises
+    ------
+    DemoOutputError
+        When ``out`` exists, is not empty and was not made by the demo (no marker file): it is not touched.
+    """
+    if out.exists():
+        if not out.is_dir():
+            raise DemoOutputError(f"{out} exists and is not a folder")
+        if any(out.iterdir()) and not (out / DEMO_MARKER).is_file():
+            raise DemoOutputError(f"{out} is not empty and was not made by the demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / DEMO_MARKER).write_text("made by python -m appliance.demo; the next run replaces this folder\n")
+    return out
 
 
 _last_bar = [0.0]
@@ -218,9 +260,10 @@ def _progress_bar(done_s: float, total_s: float, t0: float, *, width: int = 40) 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m appliance.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=None, help="where the night goes (default: a new temp dir)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help=f"where the night goes, replaced at each run (default ./{DEFAULT_OUT})")
     ap.add_argument("--speed", type=float, default=float("inf"), help="replay speed (default: as fast as it runs)")
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=7, help="synthetic subject seed (default 7)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -228,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.daemon import Daemon
     from appliance.hardware import SimulationSource, open_hardware
 
-    out = args.out or Path(tempfile.mkdtemp(prefix="bedtime-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = prepare_output(args.out)
+    except DemoOutputError as e:
+        print(f"python -m appliance.demo: {e}", file=sys.stderr)
+        return 2
     hyp, loop, name = scripted_night()
     print(f"bedtime demo: {len(hyp) * 30 / 3600:.1f} h night from {name}, scripted nightmare loop at "
           f"{loop.start * 30 / 3600:.2f}-{loop.stop * 30 / 3600:.2f} h")
@@ -268,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    [{m.get('severity')}] {m.get('title')}: {m.get('message')}")
         if not phone.messages:
             print("    (none)")
+        size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+        print(f"\n  output kept in {out}/ ({size_mb:.0f} MB; ignored by git, replaced by the next run, "
+              f"removed by make clean)")
         return 0
     finally:
         if phone is not None:

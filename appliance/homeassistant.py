@@ -21,9 +21,6 @@ from appliance import mqtt_schema as schema
 
 DISCOVERY_PREFIX = "homeassistant"
 
-#: Home Assistant's own birth/will topic (its MQTT integration's default); a family account writes it.
-HA_STATUS_TOPIC = f"{DISCOVERY_PREFIX}/status"
-
 #: p_loop at or above this turns the "nightmare loop" binary sensor on. It only mirrors the box's
 #: own decision threshold for display; the alert itself comes from the loop detector.
 LOOP_DISPLAY_THRESHOLD = 0.5

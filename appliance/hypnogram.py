@@ -136,13 +136,13 @@ DREAMS_CODE_S = 5.0
 def shared_dir() -> Path | None:
     """The read-only ``shared/`` folder beside the project checkout, or None when absent.
 
-    Looked up as ``../shared`` relative to the repository root, or from ``$BEDTIME_SHARED``.
+    ``$BEDTIME_SHARED``, when set, is the only place looked at (so ``BEDTIME_SHARED=/none make test`` shows what
+    a checkout without the data does); otherwise ``../shared`` relative to the repository root.
     """
     import os
 
     env = os.environ.get("BEDTIME_SHARED")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent.parent / "shared")
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent.parent / "shared"]
     for c in candidates:
         if c.is_dir():
             return c

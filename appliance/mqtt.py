@@ -40,9 +40,11 @@ import concurrent.futures
 import hashlib
 import logging
 import random
+import os
 import re
 import select
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -60,7 +62,7 @@ from appliance import commands as cmds
 from appliance import homeassistant
 from appliance import mqtt_schema as schema
 from appliance.epoch import Epoch
-from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox, OutboxRow
+from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox, OutboxFullError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ log = logging.getLogger(__name__)
 INFLIGHT_WINDOW = 20
 MAX_CONFIG_BYTES = 256 * 1024
 """Largest retained config message the box parses (a full configuration is ~3 kB)."""
+
+#: Alerts held in memory when even the full-disk outbox cannot store them (oldest go first beyond this).
+MEMORY_ALERTS_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,14 @@ class BoxLink:
         self._inflight: dict[int, int] = {}
         self._last_sent_row = 0
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        # Alerts the outbox refused (disk full, nothing droppable left): kept in memory, sent after the
+        # outbox's rows; their own outbox_id and seq so a console neither drops them as duplicates nor
+        # reports a gap. _inflight maps a mid to an outbox row id (int) or to such an alert (tuple).
+        self._memory_alerts: collections.deque[tuple[str, bytes, int, bool]] = collections.deque(
+            maxlen=MEMORY_ALERTS_MAX)
+        self._memory_id = f"mem-{os.urandom(5).hex()}"
+        self._memory_seq = 0
+        self._reported_problem: str | None = None
         self.stats = collections.Counter()
         # The one lock around every use of the paho client (see the module docstring), and the socket
         # pair that wakes the link thread's select when a publisher left bytes for it to write.
@@ -297,9 +310,24 @@ class BoxLink:
         self._config_handler = handler
 
     # ---- internals: payloads ------------------------------------------------------------------
+    def outbox_problem(self) -> str | None:
+        """What is wrong with the outbox's storage (a full disk), as the status reports it; None if fine."""
+        problem = self.outbox.problem
+        held = len(self._memory_alerts)
+        if held:
+            problem = f"{problem or 'outbox full'}; {held} alerts held in memory only"
+        return problem
+
     def _status_payload(self, state: str, **fields: Any) -> dict:
-        extra = {"config_version": self.config_version,
-                 "outbox_depth": len(self.outbox) if state != "offline" else None, **self.status_fields}
+        try:
+            depth = len(self.outbox) if state != "offline" else None
+        except sqlite3.Error as e:  # a broken outbox must not also silence the status
+            log.error("outbox depth unknown: %s", e)
+            depth = None
+        extra = {"config_version": self.config_version, "outbox_depth": depth, **self.status_fields}
+        problem = self.outbox_problem() if state != "offline" else None
+        if problem is not None:
+            extra["outbox_problem"] = problem
         extra.update(fields)  # the daemon's own fields win over the link's defaults
         for reserved in ("firmware_version", "model_versions", "schema", "box_id", "time_utc", "online"):
             extra.pop(reserved, None)
@@ -339,9 +367,26 @@ class BoxLink:
             pass
 
     def _enqueue(self, channel: str, payload: dict, priority: int) -> int:
+        """Store in the outbox and pump; return the seq (0 for an event the full disk refused)."""
         qos, retain = schema.CHANNELS[channel]
-        seq = self.outbox.put(schema.topic(self.box_id, channel), payload, channel=channel,
-                              priority=priority, qos=qos, retain=retain)
+        topic = schema.topic(self.box_id, channel)
+        try:
+            seq = self.outbox.put(topic, payload, channel=channel, priority=priority, qos=qos, retain=retain)
+        except OutboxFullError as e:
+            self.stats["outbox_refused"] += 1
+            if priority < PRIORITY_ALERT:
+                log.warning("%s not stored: %s", channel, e)
+                seq = 0
+            else:
+                # Nothing droppable left on a full disk: keep the alert in memory rather than lose it.
+                with self._pump_lock:
+                    self._memory_seq += 1
+                    seq = self._memory_seq
+                    if len(self._memory_alerts) == self._memory_alerts.maxlen:
+                        self.stats["memory_alerts_dropped"] += 1
+                    self._memory_alerts.append((topic, schema.encode(
+                        {**payload, "outbox_id": self._memory_id, "seq": seq}), qos, retain))
+                log.error("alert held in memory only (%d held): %s", len(self._memory_alerts), e)
         self._pump()
         return seq
 
@@ -357,25 +402,48 @@ class BoxLink:
                     # A broker that refuses a message (e.g. not authorised) will refuse it again;
                     # keeping it would block every later alert behind it.
                     self.stats["rejected"] += 1
-                    log.error("broker refused outbox row %d; dropped", row_id)
-                self.outbox.ack(row_id)
+                    log.error("broker refused outbox row %s; dropped", row_id if isinstance(row_id, int) else "(memory)")
+                if isinstance(row_id, int):
+                    try:
+                        # Never raises for a full disk: the row is marked delivered and never sent again.
+                        self.outbox.ack(row_id)
+                    except sqlite3.Error:
+                        log.exception("could not delete delivered outbox row %d", row_id)
+            try:
+                self.outbox.retry_pending()
+            except sqlite3.Error:
+                log.exception("outbox retry failed")
             client = self._client
             if client is None or not self._connected.is_set():
                 return
             room = INFLIGHT_WINDOW - len(self._inflight)
-            if room <= 0:
-                return
             alert_topic = schema.topic(self.box_id, "alert")
-            for row in self.outbox.peek(after_row_id=self._last_sent_row, limit=room):
-                if row.topic == alert_topic:
-                    self._publish_alert_text(client, row)
-                info = self._send(client, row.topic, row.payload, qos=row.qos, retain=row.retain)
+            if room > 0:
+                for row in self.outbox.peek(after_row_id=self._last_sent_row, limit=room):
+                    if row.topic == alert_topic:
+                        self._publish_alert_text(client, row.payload, qos=row.qos)
+                    info = self._send(client, row.topic, row.payload, qos=row.qos, retain=row.retain)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        return  # connection going down; the next session re-sends from the outbox
+                    self._inflight[info.mid] = row.row_id
+                    self._last_sent_row = row.row_id
+                    room -= 1
+            while room > 0 and self._memory_alerts:
+                item = self._memory_alerts.popleft()
+                if item[0] == alert_topic:
+                    self._publish_alert_text(client, item[1], qos=item[2])
+                info = self._send(client, item[0], item[1], qos=item[2], retain=item[3])
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break  # connection going down; the next session re-sends from the outbox
-                self._inflight[info.mid] = row.row_id
-                self._last_sent_row = row.row_id
+                    self._memory_alerts.appendleft(item)
+                    return
+                self._inflight[info.mid] = item
+                room -= 1
+        problem = self.outbox_problem()
+        if problem != self._reported_problem and self._connected.is_set():
+            self._reported_problem = problem  # the status says what is wrong (and when it is over)
+            self.publish_status(**self._status)
 
-    def _publish_alert_text(self, client: paho.Client, row: OutboxRow) -> None:
+    def _publish_alert_text(self, client: paho.Client, payload: bytes, *, qos: int) -> None:
         """Publish an outbox alert's plain-text copy, just *before* the alert itself.
 
         Why no outbox row of its own: it would double the rows (and halve the alerts) the outbox's bounds
@@ -384,12 +452,12 @@ class BoxLink:
         both are sent again from the outbox. At least once, like the alert.
         """
         try:
-            alert = schema.decode(row.payload)
+            alert = schema.decode(payload)
             text = schema.alert_text(alert["title"], alert["message"])
-        except (schema.SchemaError, KeyError, TypeError) as e:  # rows are written by publish_alert: never here
-            log.error("outbox alert row %d has no title/message for its text copy: %s", row.row_id, e)
+        except (schema.SchemaError, KeyError, TypeError) as e:  # alerts are written by publish_alert: never here
+            log.error("an outbox alert has no title/message for its text copy: %s", e)
             return
-        self._send(client, schema.alert_text_topic(self.box_id), text, qos=row.qos, retain=False)
+        self._send(client, schema.alert_text_topic(self.box_id), text, qos=qos, retain=False)
 
     def _send_discovery(self, client: paho.Client | None) -> None:
         if client is None:
@@ -438,6 +506,9 @@ class BoxLink:
             self._subscribed.clear()
             with self._pump_lock:
                 self._client = None
+                # Alerts held in memory and not acknowledged go back to the front, in order.
+                for item in reversed([v for v in self._inflight.values() if not isinstance(v, int)]):
+                    self._memory_alerts.appendleft(item)
                 self._inflight.clear()
                 self._acks.clear()
                 self._last_sent_row = 0
@@ -525,16 +596,20 @@ class BoxLink:
         self.stats["connects"] += 1
         client.subscribe([(f"{self.prefix}/cmd/+", 1), (schema.topic(self.box_id, "config"), 1)])
         qos, retain = schema.CHANNELS["status"]
+        self._reported_problem = self.outbox_problem()
         self._send(client, schema.topic(self.box_id, "status"), schema.encode(self._status_payload(**self._status)),
                    qos=qos, retain=retain)
         if self._discovery:
             self._send_discovery(client)
         self._connected.set()
-        dropped = self.outbox.take_unreported_drops()
-        if dropped:
-            self.outbox.put(schema.topic(self.box_id, "event"),
-                            schema.event_payload(self.box_id, self.clock(), kind="outbox_overflow",
-                                                 dropped_total=dropped), channel="event", over_bound=True)
+        try:
+            dropped = self.outbox.take_unreported_drops()
+            if dropped:
+                self.outbox.put(schema.topic(self.box_id, "event"),
+                                schema.event_payload(self.box_id, self.clock(), kind="outbox_overflow",
+                                                     dropped_total=dropped), channel="event", over_bound=True)
+        except (OutboxFullError, sqlite3.Error) as e:  # a full disk must not cost the connection
+            log.warning("outbox_overflow notice not stored: %s", e)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [rc for rc in reason_codes if rc.is_failure]
@@ -544,7 +619,10 @@ class BoxLink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected.is_set():
-            log.warning("disconnected from broker: %s", reason_code)
+            if self._stop.is_set():  # our own goodbye from stop(): the end of a night, not a fault
+                log.info("disconnected from broker: %s", reason_code)
+            else:
+                log.warning("disconnected from broker: %s", reason_code)
         self._connected.clear()
         self._session_dead = True
 

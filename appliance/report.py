@@ -120,6 +120,9 @@ class NightRecord:
         The box that recorded the night (its MQTT id).
     box_name : str
         The box's human name (``box.name``, e.g. the bedroom), for the parent's report.
+    audit_head : dict or None
+        The breather audit log's head when the report was written (``seq``, ``hash``, ``records``,
+        ``first``): a copy of it out of the box's reach lets ``bedtime audit verify`` catch a truncation.
     """
 
     hypnogram: np.ndarray
@@ -131,6 +134,7 @@ class NightRecord:
     start: dt.datetime | None = None
     box_id: str = ""
     box_name: str = ""
+    audit_head: dict | None = None
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -200,6 +204,8 @@ def build_report(night: NightRecord) -> dict[str, Any]:
         "signal_quality": quality,
         "hypnogram": [int(s) for s in night.hypnogram],
     }
+    if night.audit_head is not None:
+        rep["audit_head"] = dict(night.audit_head)
     if night.live_hypnogram is not None:
         live = np.asarray(night.live_hypnogram)
         n = min(len(live), len(night.hypnogram))
@@ -595,6 +601,8 @@ def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None 
         except ValueError:
             pass
     events = _read_jsonl(d / EVENTS_JSONL, _check_event) if (d / EVENTS_JSONL).is_file() else []
+    if start is None:  # a night folder that was renamed or copied: its start event still knows
+        start = next((_parse_iso(e.get("night_start")) for e in events if e.get("kind") == "night_started"), None)
     box_id, box_name = _night_identity(events, saved)
     counters = {k: v for k, v in ((saved or {}).get("signal_quality") or {}).items()
                 if isinstance(v, int) and not isinstance(v, bool)}
@@ -622,7 +630,8 @@ def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None 
     try:
         anns = read_annotations(edf)
     except Exception as e:  # edfio raises a variety of errors on a damaged header
-        raise NightError(f"{edf}: not a readable EDF+ file ({type(e).__name__}: {str(e)[:80]})") from None
+        detail = "".join(c if c.isascii() and c.isprintable() else "?" for c in str(e))[:80]  # one clean line
+        raise NightError(f"{edf}: not a readable EDF+ file ({type(e).__name__}: {detail})") from None
     stages = sorted((on, ANNOTATION_STAGE[t]) for on, _, t in anns if t in ANNOTATION_STAGE)
     if not stages:
         raise NightError(f"{d}: the recording ended before its first 30-s epoch was scored; nothing to report")
@@ -634,7 +643,8 @@ def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None 
     return NightRecord(hypnogram=hyp, live_hypnogram=hyp, **common)
 
 
-def report_night(night_dir: str | Path, *, progress: Callable[[str], None] | None = None) -> tuple[dict, Path, Path, bool]:
+def report_night(night_dir: str | Path, *,
+                 progress: Callable[[str], None] | None = None) -> tuple[dict, Path, Path, bool]:
     """The morning report of a recorded night, rebuilt only when the daemon did not leave one.
 
     The daemon's own ``report.json`` is the record of the night (its box, its acquisition counters, its
@@ -692,8 +702,19 @@ def format_report(rep: dict) -> str:
         v = s.get(key)
         return "n/a" if v is None else f"{v:.1f} min"
 
+    start = _parse_iso(rep.get("night_start"))
+    local = start.astimezone() if start is not None else None
+
+    def at(t_s: float) -> str:  # clock time (the box's zone) and hours since lights out
+        if local is None:
+            return f"{t_s / 3600:.2f} h"
+        return f"{local + dt.timedelta(seconds=float(t_s)):%H:%M} (+{t_s / 3600:.2f} h)"
+
+    when = f"{local:%a %-d %b %Y, lights out %H:%M %Z}" if local is not None else "(start unknown)"
+    who = f"{rep['box_name']} (box {rep.get('box_id') or '?'})" if rep.get("box_name") else \
+        f"box {rep.get('box_id') or '?'}"
     lines = [
-        f"Night {rep.get('night_start') or '?'}  box {rep.get('box_id') or '?'}",
+        f"Night of {when}  {who}",
         f"  time in bed        {m('time_in_bed_min')}",
         f"  total sleep time   {m('total_sleep_time_min')}",
         f"  sleep efficiency   {s['sleep_efficiency_pct']:.1f} %",
@@ -706,11 +727,13 @@ def format_report(rep: dict) -> str:
     iv = rep["interventions"]
     lines.append(f"  loops detected     {iv['loops_detected']}")
     for sess in iv["breather_sessions"]:
-        lines.append(f"  breather at {sess['start_s'] / 3600:.2f} h: {' -> '.join(sess['steps']) or 'started'}"
+        lines.append(f"  breather at {at(sess['start_s'])}: {' -> '.join(sess['steps']) or 'started'}"
                      f" (outcome: {sess['outcome']})")
-    lines.append(f"  alerts sent        {iv['alerts']}")
+    alert_times = iv.get("alert_times_s") or []
+    lines.append(f"  alerts sent        {iv['alerts']}" + (f", at {', '.join(at(t) for t in alert_times)}"
+                                                          if alert_times else ""))
     for f in iv["faults"]:
-        lines.append(f"  fault at {f['time_s']} s: {f['reason']}")
+        lines.append(f"  fault at {at(f['time_s'] or 0.0)}: {f['reason']}")
     q = rep["signal_quality"]
     if q.get("epochs_ok_pct") is not None:
         lines.append(f"  signal ok          {q['epochs_ok_pct']:.1f} % of epochs; flags {q['flags_epochs']}")
@@ -723,4 +746,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "png":
         print("usage: python -m appliance.report png NIGHT_DIR", file=sys.stderr)
         sys.exit(2)
-    print(render_png(sys.argv[2]))
+    try:
+        print(render_png(sys.argv[2]))
+    except NightError as e:
+        print(f"appliance.report: {e}", file=sys.stderr)
+        sys.exit(2)

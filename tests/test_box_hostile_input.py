@@ -25,10 +25,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from appliance import mqtt_schema as schema
 from appliance.commands import COMMANDS
 from appliance.config import _SECTIONS, describe_keys
-from appliance.daemon import SIGNED_UPDATES_REQUIRED, Daemon
+from appliance.daemon import SIGNED_UPDATES_REQUIRED, Daemon, make_link
 from appliance.protocol import signing
 from appliance.hardware import SimulationSource, open_hardware
-from appliance.mqtt import BoxLink
 from appliance.updates import attach_to_link
 from tests.daemon_helpers import box_config
 
@@ -73,20 +72,20 @@ class OpenSpy:
 
 
 class Box:
-    """The daemon's handlers on a BoxLink that is never started (messages are handed to it directly)."""
+    """The daemon's handlers on the BoxLink ``daemon.make_link`` builds, never started (messages are handed to it
+    directly)."""
 
     def __init__(self, root: Path, *, pinned: bool, key_pem: Path | None) -> None:
         self.root = root
         root.mkdir(parents=True)
         sections = {"updates": {"public_key_file": str(key_pem)}} if pinned else {}
-        self.cfg = box_config(root, port=None, **sections)
+        self.cfg = box_config(root, port=9, **sections)  # the link is built as the daemon builds it, never started
         hw = open_hardware(self.cfg, simulate=True, source=SimulationSource(hypnogram=np.full(2, N2, np.int8)),
                            speed=60.0)
         d = Daemon(self.cfg, hardware=hw)
         d._events_file = open(root / "events.jsonl", "a")  # noqa: SIM115
         d.updates = d._make_update_manager()
-        d.link = BoxLink(box_id=self.cfg.box.id, host="127.0.0.1", port=9, outbox_path=root / "outbox.sqlite",
-                         firmware_version="test", model_versions={})
+        d.link = make_link(self.cfg, model_versions={})
         d._register_link_handlers()
         if d.updates is not None:
             attach_to_link(d.updates, d.link)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,8 +10,6 @@ from appliance.fleet import auth
 from tests.console_helpers import (PASSWORDS, InProcessBoxes, add_staff, config_json, console_settings, create_app,
                                    csrf_of, login)
 from tests.postgres import db_url_for
-
-warnings.filterwarnings("ignore", message=".*httpx.*")
 
 PROTECTED = ["/", "/alerts", "/boxes/b1", "/boxes/b1/config", "/rollouts", "/rollouts/1", "/audit"]
 

@@ -148,3 +148,22 @@ def test_offline_validator_still_refuses_what_the_box_refuses():
 def test_deeply_nested_config_is_refused_not_a_crash(console):
     r, _ = push(console, "[" * 60_000 + "]" * 60_000)
     assert r.status_code == 400 and "nested too deeply" in r.text
+
+
+def test_sign_cli_does_not_open_paths_in_the_config(files, tmp_path, capsys):
+    """``bedtime-fleet sign`` checks a config as the box would, without opening what it names."""
+    import json
+
+    from appliance.fleet import cli
+
+    target = str(files / "secret.txt")
+    cfg = tmp_path / "ward3.json"
+    cfg.write_text(json.dumps({"updates": {"public_key_file": target}, "mqtt": {"tls_ca": target}}))
+    _opened.clear()
+    _recording.set()
+    try:
+        rc = cli.main(["sign", str(cfg), "--version", "c1", "--key", str(files / "real.key"), "--box", "ward3-07"])
+    finally:
+        _recording.clear()
+    assert target not in _opened
+    assert rc == 0 and (tmp_path / "ward3.json.sig.json").exists(), capsys.readouterr().err

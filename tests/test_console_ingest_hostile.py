@@ -5,16 +5,16 @@ generated with hypothesis: wrong types in every field (``seq`` as a string was t
 huge payloads, deeply nested JSON, binary and non-UTF-8 bytes, retained or not. Each must be counted and
 dropped (or handled), and a valid alert from another box must still arrive afterwards.
 
-Two levels: the ingest's message handler directly (fast, many examples), and the real thing: a real
-mosquitto with the project's ACL, hostile messages from box-b's own credentials, the console app with its
-real :class:`FleetIngest`, and box-a's real :class:`BoxLink` alert reaching the console's database.
+Two levels: the ingest's message handler directly (fast, many examples), and the real thing: mosquitto
+started from the shipped docs/mosquitto/mosquitto.conf and ACL (tests/broker.py ``DocsBroker``), hostile
+messages from box-b's own credentials, the console app with its real :class:`FleetIngest`, and box-a's
+real :class:`BoxLink` alert reaching the console's database.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import math
-import time
 
 import paho.mqtt.client as paho
 import pytest
@@ -137,32 +137,44 @@ def test_non_integer_seq_is_counted_and_dropped():
     assert statuses == ["box-b"]
 
 
-# ---- the real thing: mosquitto + ACL, the console app, real boxes ----------------------------------
+# ---- the real thing: the shipped mosquitto config and ACL, the console app, real boxes ---------------
+@pytest.fixture
+def shipped(tmp_path, mqtt_pki):
+    """mosquitto from docs/mosquitto/mosquitto.conf (password + ACL listener on ``plain_port``)."""
+    from tests.broker import DocsBroker
+
+    with DocsBroker(tmp_path / "docs-broker", mqtt_pki) as b:
+        yield b
+
+
 def _client(broker, user: str) -> paho.Client:
+    from tests.broker import USERS
+
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=paho.MQTTv5)
-    c.username_pw_set(user, broker.users[user])
-    c.connect(broker.host, broker.auth_port, keepalive=30)
+    c.username_pw_set(user, USERS[user])
+    c.connect(broker.host, broker.plain_port, keepalive=30)
     c.loop_start()
     assert wait_for(c.is_connected, 10)
     return c
 
 
 @pytest.mark.broker
-def test_console_survives_hostile_box_over_real_broker(broker, tmp_path):
-    from tests.broker import make_box
+def test_console_survives_hostile_box_over_real_broker(shipped, tmp_path):
+    from tests.broker import USERS, make_box
 
+    broker = shipped
     settings_ = console_settings(f"sqlite:///{tmp_path}/fleet.db", tmp_path)
 
     def new_console():
-        ingest = FleetIngest(broker.host, broker.auth_port, username="fleet", password=broker.users["fleet"],
+        ingest = FleetIngest(broker.host, broker.plain_port, username="fleet", password=USERS["fleet"],
                              group="bedtime-console")
         return create_app(settings_, ingest=ingest), ingest
 
     app, ingest = new_console()
     db = app.state.db
     hostile = _client(broker, "box-b")
-    box_a = make_box(tmp_path, "box-a", broker.host, broker.auth_port, username="box-a",
-                     password=broker.users["box-a"])
+    box_a = make_box(tmp_path, "box-a", broker.host, broker.plain_port, username="box-a",
+                     password=USERS["box-a"])
     box_a.start()
     assert box_a.wait_connected(10)
     sent = {"n": 0}
@@ -182,6 +194,8 @@ def test_console_survives_hostile_box_over_real_broker(broker, tmp_path):
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
             @given(topic=hostile_topics, payload=hostile_payloads, retain=st.booleans())
             def one(topic, payload, retain):
+                if topic.endswith("/reply/anything"):  # replies to this very console, asked for or not
+                    topic = topic.replace("anything", ingest.reply_tag)
                 info = hostile.publish(topic, payload, qos=1, retain=retain)
                 info.wait_for_publish(10)
                 alert_arrives(client)
@@ -207,9 +221,11 @@ def test_console_survives_hostile_box_over_real_broker(broker, tmp_path):
 
 
 @pytest.mark.broker
-def test_healthz_fails_when_the_ingest_thread_is_dead(broker, tmp_path):
+def test_healthz_fails_when_the_ingest_thread_is_dead(shipped, tmp_path):
+    from tests.broker import USERS
+
     settings_ = console_settings(f"sqlite:///{tmp_path}/fleet.db", tmp_path)
-    ingest = FleetIngest(broker.host, broker.auth_port, username="fleet", password=broker.users["fleet"])
+    ingest = FleetIngest(shipped.host, shipped.plain_port, username="fleet", password=USERS["fleet"])
     app = create_app(settings_, ingest=ingest)
     with TestClient(app) as client:
         ok = client.get("/healthz")
@@ -275,10 +291,13 @@ def test_a_box_cannot_put_itself_in_a_rollout_group(tmp_path):
 
 
 @pytest.mark.broker
-def test_the_broker_never_sends_the_console_a_packet_over_its_limit(broker, tmp_path):
+def test_the_broker_never_sends_the_console_a_packet_over_its_limit(shipped, tmp_path):
     """MQTT v5 Maximum Packet Size: an oversized message is dropped by the broker, never read here."""
+    from tests.broker import USERS
+
+    broker = shipped
     alerts = []
-    ingest = FleetIngest(broker.host, broker.auth_port, username="fleet", password=broker.users["fleet"],
+    ingest = FleetIngest(broker.host, broker.plain_port, username="fleet", password=USERS["fleet"],
                          group=None, max_packet_bytes=512 * 1024,
                          on_alert=lambda b, p: alerts.append((b, p["seq"]))).start()
     hostile, box_a = _client(broker, "box-b"), _client(broker, "box-a")
@@ -295,3 +314,26 @@ def test_the_broker_never_sends_the_console_a_packet_over_its_limit(broker, tmp_
             c.disconnect()
             c.loop_stop()
         ingest.stop()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(payload=hostile_payloads)
+def test_a_hostile_reply_to_a_pending_command_fails_that_command_only(payload):
+    from concurrent.futures import Future
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    ingest = FleetIngest("127.0.0.1", 1, group=None)
+    corr = b"0123456789abcdef"
+    fut: Future = Future()
+    ingest._pending[corr] = fut  # what request() registers before it publishes the command
+    m = message(f"{schema.TOPIC_PREFIX}/box-b/reply/{ingest.reply_tag}", payload)
+    m.properties = Properties(PacketTypes.PUBLISH)
+    m.properties.CorrelationData = corr
+    ingest._client.on_message(ingest._client, None, m)  # must not raise
+    assert fut.done()
+    if fut.exception() is None:
+        assert isinstance(fut.result(), dict)  # a decodable v1 object: the caller checks the rest
+    else:
+        assert isinstance(fut.exception(), schema.SchemaError)

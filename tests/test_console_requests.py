@@ -78,7 +78,7 @@ def test_viewer_and_cross_site_uploads_are_refused_unread(app):
     with TestClient(app) as client:
         login(client, "olivia")
         r = upload(client, size=2 * 1024 * 1024, csrf=csrf_of(client.get("/rollouts").text),
-                   headers={"Origin": "https://evil.example"})
+                   headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
         assert r.status_code == 403 and _spooled == []
         assert_headers(r)
 

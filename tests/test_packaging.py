@@ -55,3 +55,27 @@ def test_an_installed_copy_loads_both_models_away_from_the_source_tree(wheel, tm
     where, status = r.stdout.split()[-2:]
     assert Path(where).is_relative_to(target), where  # the installed copy, not the checkout
     assert status == "loaded"
+
+
+def test_editable_install_prints_no_build_backend_warning(wheel, tmp_path):
+    """`make venv` is `pip install -e`; setuptools' import-hook editable mode printed a BuildBackendWarning
+    ("Editable installation ...") every time. The hook pip calls, run on the same clean copy."""
+    src = wheel.parent / "src"
+    code = ("import sys; from setuptools import build_meta as b; "
+            f"print(b.build_editable({str(tmp_path)!r}))")
+    r = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=src, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "BuildBackendWarning" not in r.stderr and "Editable installation" not in r.stderr, r.stderr[-3000:]
+    (editable,) = tmp_path.glob("bedtime-*.whl")
+    names = zipfile.ZipFile(editable).namelist()
+    assert any(n.endswith(".pth") for n in names), names  # a plain path entry for the checkout
+
+
+def test_the_test_extra_gives_starlette_its_http_client_without_a_deprecation_warning():
+    """With only httpx installed, Starlette's TestClient warned on every pytest run (StarletteDeprecationWarning);
+    the test extra now carries httpx2, which it uses."""
+    pytest.importorskip("fastapi")
+    r = subprocess.run([sys.executable, "-W", "error", "-c", "import fastapi.testclient"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

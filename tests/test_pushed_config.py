@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from appliance.pushed_config import PushedConfigStore
 from tests.broker import Recorder, wait_until
 
 pytestmark = pytest.mark.broker
@@ -114,13 +113,13 @@ def test_a_pushed_recording_dir_no_longer_bricks_the_box(box):
     clinic.push_config(BOX, {"recording": {"dir": "/proc/no-such-dir/nights"}, "telemetry": {"interval_s": 5.0}},
                        config_version="brick-1")
     assert events.wait_for(lambda r: any(e.get("kind") == "config_applied" for e in r.of("/event")), 30)
+    assert first.stop() == 0
+    second = start()
+    wait_started(second, 2)  # it runs: the pushed config (without the folder) is this start's
     stored = of_kind(events, "config_stored")[-1]
     assert stored["ignored_local_keys"] == ["recording.dir"]
     assert json.loads((tmp / "state" / "clinic-config.json").read_text()) == {"recording": {},
                                                                              "telemetry": {"interval_s": 5.0}}
-    assert first.stop() == 0
-    second = start()
-    wait_started(second, 2)  # it runs: the pushed config (without the folder) is this start's
     assert wait_until(lambda: (tmp / "state" / "clinic-config.good.json").exists(), 30), second.output()[-2000:]
     assert not list(Path("/proc").glob("no-such-dir*"))
     assert len(list((tmp / "nights").iterdir())) == 2
@@ -132,6 +131,8 @@ def test_a_config_the_daemon_cannot_start_with_falls_back_by_itself(box):
     passes; the box itself (RLIMIT_AS 600 MB) cannot start with it (the ring fits, then threads cannot start).
     The start falls back to the box's own file (the same process, started again by itself: systemd sees no exit)
     and runs, reports config_rejected once, and refuses the same config when it is pushed again."""
+    from appliance.pushed_config import PushedConfigStore
+
     start, events, clinic, kinds, wait_started, tmp = box
     first = start()
     wait_started(first, 1)
@@ -164,6 +165,8 @@ def test_a_config_the_daemon_cannot_start_with_falls_back_by_itself(box):
 def test_a_start_that_died_with_a_pushed_config_is_not_repeated(box):
     """SIGKILL while a start with a new pushed config is under way (before the daemon runs): the next start
     rejects that config and runs with the last known good one, saying so."""
+    from appliance.pushed_config import PushedConfigStore
+
     start, events, clinic, kinds, wait_started, tmp = box
     store = PushedConfigStore(tmp / "state")
     first = start()

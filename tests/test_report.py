@@ -174,3 +174,12 @@ def test_png_and_console_svg_draw_one_geometry(berlin_time):
         assert [round((y - 8) / ((svg.height - 28) / 4)) for _, y in pts] == [r for _, r in ref]
         # the SVG rounds to 0.1 px
         assert [(x - 40) * s_per_px for x, _ in pts] == pytest.approx([t for t, _ in ref], abs=0.051 * s_per_px)
+
+
+def test_the_text_report_speaks_clock_time(berlin_time):
+    from appliance.report import format_report
+
+    text = format_report(build_report(_parents_night()))
+    assert "Night of Mon 30 Nov 2026, lights out 22:15 CET  Mia's room (box b1)" in text
+    assert "breather at 00:45 (+2.51 h): cue -> light -> ended (outcome: completed)" in text
+    assert "alerts sent        1, at 00:55 (+2.67 h)" in text

@@ -176,11 +176,18 @@ def test_a_torn_last_line_is_still_reported(tmp_path):
     assert json.loads((d / REPORT_JSON).read_text())["statistics"]["n_epochs"] == 20
 
 
-@pytest.mark.parametrize("make", ["empty_night", "not_a_night", "missing"])
+@pytest.mark.parametrize("make", ["empty_night", "not_a_night", "missing", "garbage_edf", "empty_sidecars"])
 def test_a_folder_without_a_night_is_one_line_exit_2(tmp_path, make):
     d = tmp_path / "20261201T213000Z"
     if make == "empty_night":
         d.mkdir()
+    elif make == "garbage_edf":  # only an EDF+, and not one
+        d.mkdir()
+        (d / "night.edf").write_bytes(b"0       " + bytes(range(256)) * 3)
+    elif make == "empty_sidecars":  # the start got as far as opening its files
+        d.mkdir()
+        (d / EPOCHS_JSONL).write_bytes(b"")
+        (d / EVENTS_JSONL).write_bytes(b"")
     elif make == "not_a_night":
         d = tmp_path / "photos"
         d.mkdir()
@@ -237,3 +244,32 @@ def test_the_daemon_edf_names_its_electrodes_and_says_its_utc_offset(daemon_nigh
     labels = [s.label for s in edf.signals]
     assert labels[0] == "EEG Fpz-Cz" and labels == [f"EEG {m}" for m in DEFAULT_MONTAGE[:len(labels)]]
     assert any(a.onset == 0 and a.text.startswith("Local time UTC") for a in edf.annotations)
+
+
+def test_the_clinics_report_command_returns_the_daemons_report(daemon_night, tmp_path):
+    """The MQTT ``report`` command a clinic sends: the saved report as written, past a failed start's folder."""
+    import shutil
+
+    cfg = box_config(tmp_path, port=None, box_id="other-box")
+    shutil.copytree(daemon_night, cfg.recording_dir / daemon_night.name)
+    (cfg.recording_dir / "20991231T220000Z").mkdir()  # an empty folder an older version left
+    hyp, _ = short_night_with_loop()
+    hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=3), speed=float("inf"))
+    daemon = Daemon(cfg, hardware=hw)
+    daemon.night_dir = cfg.recording_dir / "21000101T000000Z"  # the night being recorded (not reported)
+    rep = daemon._cmd_report({})
+    assert rep == json.loads((daemon_night / REPORT_JSON).read_text())
+    with pytest.raises(ValueError, match="no recording"):
+        daemon._cmd_report({"night": "2099-12-31"})
+
+
+@pytest.mark.parametrize("damage", [b"\x00\xff binary", b'{"schema": 1, "hypnogram": "W"}', b"[1, 2]"])
+def test_a_damaged_report_json_is_not_overwritten(daemon_night, tmp_path, damage):
+    import shutil
+
+    d = tmp_path / daemon_night.name
+    shutil.copytree(daemon_night, d)
+    (d / REPORT_JSON).write_bytes(damage)
+    rc, out, err = _run(["report", str(d), "--config", os.devnull])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and REPORT_JSON in err, err
+    assert (d / REPORT_JSON).read_bytes() == damage

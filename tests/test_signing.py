@@ -101,6 +101,18 @@ def test_cli_keys_and_sign(tmp_path, capsys):
     assert cli.main(["sign", str(bad), "--version", "x", "--key", str(tmp_path / "fleet-signing.key"),
                      "--box", "box-a"]) == 2
     assert not (tmp_path / "bad.json.sig.json").exists()
+    # a manifest is always bound: no box or group, a bad name, an endless life, a serial of 0 are one-line refusals
+    capsys.readouterr()
+    cfg2 = tmp_path / "c2.json"
+    cfg2.write_text(json.dumps({"telemetry": {"interval_s": 30.0}}))
+    for extra, why in (([], "name the boxes"), (["--box", "a/b"], "not a box id"),
+                       (["--box", "b1", "--expires-in-days", "1000"], "at most 366 days"),
+                       (["--box", "b1", "--serial", "0"], "serial")):
+        assert cli.main(["sign", str(cfg2), "--version", "c8", "--key", str(tmp_path / "fleet-signing.key"),
+                         *extra]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+    assert not (tmp_path / "c2.json.sig.json").exists()
 
 
 def test_model_card_signed_with_the_model(tmp_path, keys):

@@ -267,8 +267,12 @@ def secure_sqlite_file(path: str) -> None:
         except FileNotFoundError:
             continue
         if mode & 0o077:
-            logger.warning("%s was readable by others (mode %o): set to 0600", p, mode)
-            os.chmod(p, 0o600)
+            try:
+                os.chmod(p, 0o600)
+            except OSError as e:  # not ours, or a read-only mount: say so, and go on
+                logger.warning("%s is readable by others (mode %o) and could not be fixed: %s", p, mode, e)
+            else:
+                logger.warning("%s was readable by others (mode %o): set to 0600", p, mode)
 
 
 def make_engine(url: str) -> Engine:

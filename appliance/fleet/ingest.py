@@ -431,12 +431,12 @@ class FleetIngest:
             raise DroppedMessage("topic", str(e)) from None
         if t.channel != "reply" and t.channel not in self.callbacks:
             raise DroppedMessage("topic", f"not a channel the ingest reads: {t.channel}")
+        if t.channel == "reply":
+            self._on_reply(msg)  # even an empty one: it answers (and fails) the command now, not at its timeout
+            return
         data = msg.payload
         if not data:
             return  # a cleared retained message
-        if t.channel == "reply":
-            self._on_reply(msg)
-            return
         limit = MAX_PAYLOAD_BYTES.get(t.channel, MAX_PAYLOAD_BYTES_DEFAULT)
         if len(data) > limit:
             raise DroppedMessage("too_large", f"{len(data)} bytes > {limit}")

@@ -201,7 +201,7 @@ def sign_bytes(payload: bytes, key: Ed25519PrivateKey, *, kind: str, name: str, 
     if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
         raise ValueError("serial must be a positive integer")
     if not 0 < lifetime_s <= MAX_LIFETIME_S:
-        raise ValueError(f"lifetime must be between 0 and {MAX_LIFETIME_S} seconds")
+        raise ValueError(f"lifetime must be more than 0 and at most {MAX_LIFETIME_S // 86400} days")
     signed = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     sha256 = hashlib.sha256(payload).hexdigest()
     if model_card is not None:

@@ -116,23 +116,41 @@ def read_dreams_excerpt(path: Path) -> tuple[np.ndarray, float, str]:
     return x, fs, channel
 
 
+EQUAL_INPUT_MIN_FS_HZ = 100.0
+"""Both stagers get every excerpt at >= this rate: YASA refuses rates under 80 Hz (DREAMS excerpt3 is 50 Hz),
+so excerpt3 is up-sampled to 100 Hz once, here, and both score that same signal (equal inputs)."""
+
+DEVELOPMENT_EXCERPTS = (1, 2, 3, 4)
+"""DREAMS excerpts used to choose between designs (look as often as needed; ../shared/README.md)."""
+HELD_OUT_EXCERPTS = (5, 6, 7, 8)
+"""DREAMS excerpts scored once, at the end, for the model that ships."""
+
+
+def equal_input(x_uv: np.ndarray, fs_hz: float) -> tuple[np.ndarray, float]:
+    """The excerpt as both stagers see it: up-sampled to :data:`EQUAL_INPUT_MIN_FS_HZ` when slower.
+
+    Up-sampling adds no information; it only lets YASA run at all, and gives ours the very same samples.
+    """
+    if fs_hz >= EQUAL_INPUT_MIN_FS_HZ:
+        return x_uv, fs_hz
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(EQUAL_INPUT_MIN_FS_HZ / fs_hz).limit_denominator(1000)
+    return resample_poly(x_uv, ratio.numerator, ratio.denominator), EQUAL_INPUT_MIN_FS_HZ
+
+
 def yasa_stage(x_uv: np.ndarray, fs_hz: float, channel: str) -> tuple[np.ndarray, float]:
-    """YASA's pre-trained EEG-only stager on one recording: (probabilities (n, 5) W..REM, CPU seconds)."""
+    """YASA's pre-trained EEG-only stager on one recording: (probabilities (n, 5) W..REM, CPU seconds).
+
+    ``fs_hz`` must be >= 80 Hz (YASA's own limit; see :func:`equal_input`).
+    """
     import mne
     import yasa
 
     mne.set_log_level("ERROR")
     t0 = time.process_time()
-    if fs_hz < 80.0:
-        # YASA refuses rates under 80 Hz (DREAMS excerpt3 is 50 Hz): up-sample to 100 Hz, which adds no
-        # information (our stager's preprocessing does the same).
-        from fractions import Fraction
-
-        from scipy.signal import resample_poly
-
-        ratio = Fraction(100.0 / fs_hz).limit_denominator(1000)
-        x_uv = resample_poly(x_uv, ratio.numerator, ratio.denominator)
-        fs_hz = 100.0
     raw = mne.io.RawArray(x_uv[None, :] * 1e-6, mne.create_info([channel], fs_hz, ch_types="eeg"), verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -144,17 +162,26 @@ def yasa_stage(x_uv: np.ndarray, fs_hz: float, channel: str) -> tuple[np.ndarray
     return p, time.process_time() - t0
 
 
-def synthetic_test_nights(card: dict) -> list[tuple[str, np.ndarray, int]]:
-    """(name, trimmed hypnogram, generator seed) of the held-out synthetic test nights in the card."""
+def synthetic_test_nights(card: dict) -> list[tuple[str, np.ndarray, int, float]]:
+    """(name, trimmed hypnogram, generator seed, sampling rate) of the held-out synthetic test nights in the card.
+
+    Drawn as the card's training drew its nights: the same population, and the rate :func:`synthetic_rate`
+    gives (250 Hz for models trained before the rates varied).
+    """
     from models.stager.train import synthetic_seed, trim_to_sleep
 
     hyps = real_hypnograms()
+    varied = bool(card.get("training", {}).get("synthetic_rates_hz"))
     out = []
     for entry in card.get("training", {}).get("nights", {}).get("test", []):
         name, _, render = entry.partition("#")
         if name in hyps:
             hyp = hyps[name]
-            out.append((entry, hyp[trim_to_sleep(hyp)], synthetic_seed(name, int(render or 0))))
+            r = int(render or 0)
+            if varied:
+                from models.stager.train import synthetic_rate
+            out.append((entry, hyp[trim_to_sleep(hyp)], synthetic_seed(name, r),
+                        synthetic_rate(name, r) if varied else 250.0))
     return out
 
 
@@ -162,31 +189,53 @@ def synthetic_test_nights(card: dict) -> list[tuple[str, np.ndarray, int]]:
 def evaluate_synthetic(stager: Stager, card: dict, *, max_nights: int | None = None) -> dict:
     y_true, y_pred, y_smooth, cpu, n_ep = [], [], [], 0.0, 0
     nights = synthetic_test_nights(card)[:max_nights]
-    for name, hyp, seed in nights:
-        x = SyntheticSleepEEG(hyp, fs_hz=250.0, n_channels=1, seed=seed).render_channel(0)
+    population = card.get("training", {}).get("synthetic_population", "typical")
+    for name, hyp, seed, fs in nights:
+        wide = {"population": population} if population != "typical" else {}  # models from before the knob
+        x = SyntheticSleepEEG(hyp, fs_hz=fs, n_channels=1, seed=seed, **wide).render_channel(0)
         t0 = time.process_time()
-        p = stager.stage_night(x, fs_hz=250.0)
+        p = stager.stage_night(x, fs_hz=fs)
         cpu += time.process_time() - t0
         n_ep += len(p)
         keep = hyp[:len(p)] >= 0
         y_true.append(hyp[:len(p)][keep])
         y_pred.append(p.argmax(1)[keep])
         y_smooth.append(stager.smooth_night(p).argmax(1)[keep])
-        logger.info("synthetic %s: %d epochs", name, len(p))
+        logger.info("synthetic %s (%g Hz): %d epochs", name, fs, len(p))
     if not nights:
         return {}
     yt = np.concatenate(y_true)
     labels = list(range(5))
     return {
-        "data": "SYNTHETIC (appliance.synthetic_eeg, following real Sleep-EDF hypnograms of held-out subjects)",
-        "nights": [n for n, _, _ in nights],
+        "data": f"SYNTHETIC (appliance.synthetic_eeg, population {population!r}, following real Sleep-EDF "
+                "hypnograms of held-out subjects)",
+        "population": population,
+        "nights": [n for n, _, _, _ in nights],
         "causal": scores(yt, np.concatenate(y_pred), labels=labels),
         "smoothed_offline": scores(yt, np.concatenate(y_smooth), labels=labels),
-        "cpu_s_per_8h_night_from_250sps": round(cpu / n_ep * NIGHT_S / 30.0, 2),
+        "cpu_s_per_8h_night": round(cpu / n_ep * NIGHT_S / 30.0, 2),
     }
 
 
-def evaluate_dreams(stager: Stager, *, with_yasa: bool = True) -> dict:
+def _dreams_scores(rows: dict, n_excerpts: int) -> dict:
+    """Scores of the concatenated epochs of some excerpts (``rows``: per-excerpt probs and labels)."""
+    p, yt, un = np.concatenate(rows["p"]), np.concatenate(rows["true"]), np.concatenate(rows["unan"])
+    scored = yt >= 0
+    res = {"cpu_s_total": round(rows["cpu"], 2),
+           "cpu_s_per_8h_night_extrapolated": round(rows["cpu"] / (n_excerpts * DREAMS_EXCERPT_S) * NIGHT_S, 2)}
+    for subset, mask in (("majority", scored), ("unanimous", un & scored)):
+        res[f"{subset}_5class"] = scores(yt[mask], p[mask].argmax(1), labels=list(range(5)))
+        four = mask & (yt <= 3)
+        res[f"{subset}_4class"] = scores(yt[four], p[four][:, :4].argmax(1), labels=list(range(4)))
+    return res
+
+
+def evaluate_dreams(stager: Stager, *, with_yasa: bool = True,
+                    excerpts: tuple[int, ...] = DEVELOPMENT_EXCERPTS + HELD_OUT_EXCERPTS) -> dict:
+    """Score ours (and YASA) on DREAMS ``excerpts``; results for them all and per set (development, held out).
+
+    Every excerpt goes through :func:`equal_input` first, so both stagers score the very same samples.
+    """
     root = shared_dir()
     folder = root / "data" / "dreams-spindles" if root else None
     if folder is None or not folder.is_dir():
@@ -194,42 +243,48 @@ def evaluate_dreams(stager: Stager, *, with_yasa: bool = True) -> dict:
         return {}
     if with_yasa:  # warm-up: YASA's first call pays for imports and numba compilation; do not time that
         yasa_stage(np.random.default_rng(0).standard_normal(100 * 600) * 20.0, 100.0, "C3-A1")
-    rows = {"ours": {"true": [], "unan": [], "p": [], "cpu": 0.0}, "yasa": {"true": [], "unan": [], "p": [], "cpu": 0.0}}
-    excerpts = []
-    for k in range(1, 9):
-        x, fs, channel = read_dreams_excerpt(folder / f"excerpt{k}.txt")
+    per: dict[int, dict] = {}
+    info = []
+    for k in excerpts:
+        x, fs_file, channel = read_dreams_excerpt(folder / f"excerpt{k}.txt")
+        x, fs = equal_input(x, fs_file)
         majority, unanimous = dreams_to_epochs(read_dreams_codes(folder / f"Hypnogram_excerpt{k}.txt"))
         t0 = time.process_time()
         p_ours = stager.stage_night(x, fs_hz=fs)
-        cpu_ours = time.process_time() - t0
+        entries = {"ours": (p_ours, time.process_time() - t0)}
         n = min(len(p_ours), len(majority))
-        entries = [("ours", p_ours, cpu_ours)]
         if with_yasa:
             p_y, cpu_y = yasa_stage(x, fs, channel)
             n = min(n, len(p_y))
-            entries.append(("yasa", p_y, cpu_y))
-        for key, p, c in entries:
-            rows[key]["p"].append(p[:n])
-            rows[key]["true"].append(majority[:n])
-            rows[key]["unan"].append(unanimous[:n])
-            rows[key]["cpu"] += c
-        excerpts.append({"excerpt": k, "channel": channel, "fs_hz": fs, "epochs": n})
-        logger.info("DREAMS excerpt%d (%s, %g Hz): %d epochs", k, channel, fs, n)
-    out = {"data": "REAL EEG: DREAMS Spindles database, 8 excerpts x 30 min, one central channel; "
+            entries["yasa"] = (p_y, cpu_y)
+        per[k] = {key: (p[:n], majority[:n], unanimous[:n], c) for key, (p, c) in entries.items()}
+        info.append({"excerpt": k, "channel": channel, "fs_hz_file": fs_file, "fs_hz_scored": fs, "epochs": n,
+                     "set": "development" if k in DEVELOPMENT_EXCERPTS else "held_out"})
+        logger.info("DREAMS excerpt%d (%s, %g Hz, scored at %g Hz): %d epochs", k, channel, fs_file, fs, n)
+
+    def combine(ks: list[int]) -> dict:
+        res = {}
+        for key in ("ours", "yasa"):
+            got = [per[k][key] for k in ks if key in per[k]]
+            if got:
+                rows = {"p": [g[0] for g in got], "true": [g[1] for g in got], "unan": [g[2] for g in got],
+                        "cpu": sum(g[3] for g in got)}
+                res[key] = _dreams_scores(rows, len(got))
+        return res
+
+    out = {"data": f"REAL EEG: DREAMS Spindles database, excerpts {', '.join(map(str, excerpts))} (30 min each), one "
+                   "central channel, every excerpt at >= 100 Hz for both stagers (excerpt3 up-sampled from 50 Hz); "
                    "expert stages from 5-s codes (majority per 30-s epoch; 'unanimous' = all 5-s codes agree)",
-           "excerpts": excerpts}
-    for key, r in rows.items():
-        if not r["p"]:
-            continue
-        p, yt, un = np.concatenate(r["p"]), np.concatenate(r["true"]), np.concatenate(r["unan"])
-        scored = yt >= 0
-        res = {"cpu_s_total": round(r["cpu"], 2),
-               "cpu_s_per_8h_night_extrapolated": round(r["cpu"] / (len(r["p"]) * DREAMS_EXCERPT_S) * NIGHT_S, 2)}
-        for subset, mask in (("majority", scored), ("unanimous", un & scored)):
-            res[f"{subset}_5class"] = scores(yt[mask], p[mask].argmax(1), labels=list(range(5)))
-            four = mask & (yt <= 3)
-            res[f"{subset}_4class"] = scores(yt[four], p[four][:, :4].argmax(1), labels=list(range(4)))
-        out[key] = res
+           "excerpts": info, "excerpt_ids": list(excerpts)}
+    out.update(combine(list(excerpts)))
+    out["by_set"] = {}
+    for name, ids in (("development", DEVELOPMENT_EXCERPTS), ("held_out", HELD_OUT_EXCERPTS)):
+        ks = [k for k in ids if k in per]
+        if ks:
+            out["by_set"][name] = {"excerpts": ks, **combine(ks)}
+    out["per_excerpt"] = {str(k): {key: {m: round(v, 4) for m, v in _dreams_scores(
+        {"p": [per[k][key][0]], "true": [per[k][key][1]], "unan": [per[k][key][2]], "cpu": per[k][key][3]}, 1
+    )["majority_5class"].items() if m in ("accuracy", "kappa")} for key in per[k]} for k in per}
     return out
 
 
@@ -243,9 +298,12 @@ def report_markdown(ev: dict) -> str:
     lines = []
     d = ev.get("dreams", {})
     if d.get("ours"):
-        lines += ["### REAL EEG: DREAMS Spindles (8 x 30 min, central channel), causal stager vs YASA", "",
-                  "Both score the very same 30-s epochs. CPU seconds per 8-h night are extrapolated from the "
-                  "480 DREAMS epochs (preprocessing and features included).", ""]
+        ids = d.get("excerpt_ids", list(range(1, 9)))
+        lines += [f"### REAL EEG: DREAMS Spindles (excerpts {', '.join(map(str, ids))}: {len(ids)} x 30 min, central "
+                  "channel), causal stager vs YASA", "",
+                  "Both score the very same 30-s epochs (every excerpt at >= 100 Hz for both). CPU seconds per 8-h "
+                  f"night are extrapolated from the {len(ids) * 60} DREAMS epochs (preprocessing and features "
+                  "included).", ""]
         for subset in ("majority_5class", "majority_4class", "unanimous_5class", "unanimous_4class"):
             lines += [f"**{subset.replace('_', ', ')}**", "",
                       "| stager | epochs | accuracy | kappa | macro-F1 | CPU s / 8-h night |", "|---|---|---|---|---|---|"]
@@ -253,6 +311,29 @@ def report_markdown(ev: dict) -> str:
             if d.get("yasa"):
                 lines.append(_row("YASA 0.8 (EEG only, sees the future)", d["yasa"][subset],
                                   d["yasa"]["cpu_s_per_8h_night_extrapolated"]))
+            lines.append("")
+        by_set = d.get("by_set", {})
+        if by_set:
+            lines += ["**By set, majority, 5 classes** (development = excerpts 1-4, used to choose designs; "
+                      "held out = 5-8, scored once for the shipped model)", "",
+                      "| set | epochs | ours acc | ours kappa | YASA acc | YASA kappa |", "|---|---|---|---|---|---|"]
+            for name in ("development", "held_out"):
+                if name in by_set:
+                    o, y = by_set[name]["ours"]["majority_5class"], by_set[name].get("yasa", {}).get("majority_5class")
+                    ys = f"{y['accuracy']:.3f} | {y['kappa']:.3f}" if y else "- | -"
+                    lines.append(f"| {name.replace('_', ' ')} ({', '.join(map(str, by_set[name]['excerpts']))}) | "
+                                 f"{o['n_epochs']} | {o['accuracy']:.3f} | {o['kappa']:.3f} | {ys} |")
+            o, y = d["ours"]["majority_5class"], d.get("yasa", {}).get("majority_5class")
+            ys = f"{y['accuracy']:.3f} | {y['kappa']:.3f}" if y else "- | -"
+            lines += [f"| all scored ({', '.join(map(str, d.get('excerpt_ids', [])))}) | {o['n_epochs']} | "
+                      f"{o['accuracy']:.3f} | {o['kappa']:.3f} | {ys} |", ""]
+        if d.get("per_excerpt"):
+            lines += ["Per excerpt (majority, 5 classes; kappa is undefined-ish on 60 epochs of one or two stages):", "",
+                      "| excerpt | ours acc / kappa | YASA acc / kappa |", "|---|---|---|"]
+            for k, r in d["per_excerpt"].items():
+                y = r.get("yasa")
+                lines.append(f"| {k} | {r['ours']['accuracy']:.3f} / {r['ours']['kappa']:.3f} | "
+                             + (f"{y['accuracy']:.3f} / {y['kappa']:.3f} |" if y else "- |"))
             lines.append("")
         lines += ["Per-class F1, majority, 5 classes: "
                   + "; ".join(f"{k}: ours {d['ours']['majority_5class']['f1'][st]:.2f}"
@@ -269,7 +350,7 @@ def report_markdown(ev: dict) -> str:
         lines += ["### SYNTHETIC held-out nights (not real EEG)", "",
                   f"{len(s['nights'])} nights of held-out subjects ({', '.join(s['nights'])}).", "",
                   "| stager | epochs | accuracy | kappa | macro-F1 | CPU s / 8-h night |", "|---|---|---|---|---|---|",
-                  _row("bedtime causal", s["causal"], s["cpu_s_per_8h_night_from_250sps"]),
+                  _row("bedtime causal", s["causal"], s.get("cpu_s_per_8h_night", s.get("cpu_s_per_8h_night_from_250sps"))),
                   _row("bedtime + offline look-ahead smoothing", s["smoothed_offline"]), "",
                   "Per-class F1 (causal): " + ", ".join(f"{k} {v:.2f}" for k, v in s["causal"]["f1"].items()), "",
                   confusion_markdown(s["causal"]["confusion"], list(range(5))), ""]
@@ -279,15 +360,45 @@ def report_markdown(ev: dict) -> str:
 def _history_markdown(history: list[dict]) -> str:
     if not history:
         return "None: this is the first evaluated model."
-    lines = ["| model sha256 | evaluated | DREAMS majority 5-class acc / kappa (ours) | (YASA) | synthetic acc | note |",
-             "|---|---|---|---|---|---|"]
+
+    def ak(h: dict, key: str) -> str:
+        v = h.get(key) or {}
+        return f"{v['accuracy']:.3f} / {v['kappa']:.3f}" if v else "-"
+
+    lines = ["DREAMS, majority labels, 5 classes, accuracy / kappa. Development = excerpts 1-4, held out = 5-8.", "",
+             "| model sha256 | evaluated | ours, all scored | ours, development | ours, held out | YASA, all scored "
+             "| synthetic acc | note |", "|---|---|---|---|---|---|---|---|"]
     for h in history:
-        o, y = h.get("dreams_ours_majority_5class", {}), h.get("dreams_yasa_majority_5class", {})
+        syn = h.get("synthetic_causal_accuracy")
         lines.append(f"| `{str(h.get('model_sha256'))[:12]}` | {h.get('evaluated_utc')} | "
-                     f"{o.get('accuracy', float('nan')):.3f} / {o.get('kappa', float('nan')):.3f} | "
-                     f"{y.get('accuracy', float('nan')):.3f} / {y.get('kappa', float('nan')):.3f} | "
-                     f"{h.get('synthetic_causal_accuracy') or float('nan'):.3f} | {h.get('note', '')} |")
+                     f"{ak(h, 'dreams_ours_majority_5class')} | {ak(h, 'dreams_ours_development_majority_5class')} | "
+                     f"{ak(h, 'dreams_ours_held_out_majority_5class')} | {ak(h, 'dreams_yasa_majority_5class')} | "
+                     f"{'-' if syn is None else f'{syn:.3f}'} | {h.get('note', '')} |")
     return "\n".join(lines)
+
+
+def _log_markdown(log: list[dict]) -> str:
+    if not log:
+        return "Nothing recorded."
+    return "\n".join(f"- {e.get('utc', '?')}: {e.get('text', '')}" for e in log)
+
+
+def _norm_row(card: dict) -> str:
+    if "norm_prior_mean" not in card:
+        return "none: the features are standardised with fixed training constants only"
+    return (f"causal, per recording: each feature also enters as its deviation from the mean of the night so far "
+            f"(`appliance.stager.causal_relative`), which starts from the training population's mean weighted as "
+            f"{card.get('norm_prior_epochs')} epochs")
+
+
+def _population_text(tr: dict) -> str:
+    if tr.get("synthetic_population") != "wide":
+        return " (young adults on a central lead, drawn at 250 Hz)"
+    return (": adults 18-85 on C3-A2, Cz-A1, Fpz-Cz or forehead derivations, amplitude, 1/f slope, alpha "
+            "frequency and reactivity, spindle density/frequency/amplitude, age-dependent slow waves, mains, muscle, "
+            "movements and electrode pops each drawn over its published range "
+            "(`appliance.synthetic_eeg.SubjectTraits.draw_wide`, ranges cited there), at "
+            f"{', '.join(f'{r:g}' for r in tr.get('synthetic_rates_hz', []))} Hz")
 
 
 def write_model_card_md(card: dict) -> str:
@@ -311,7 +422,8 @@ offline pass (`Stager.smooth_night`, HMM forward-backward) adds look-ahead for t
 | input | {card['input']} |
 | output | {card['output']} |
 | features | {', '.join(card['feature_names'])} (`appliance.stager.epoch_features`) |
-| preprocessing | `appliance.dsp.StreamingPreprocessor`: band-pass 0.3-35 Hz, 50 Hz notch, resample to 100 Hz, clip +-400 uV |
+| preprocessing | `appliance.dsp.StreamingPreprocessor`: band-pass 0.3-35 Hz, 50 Hz notch, resample to 100 Hz, the same 0.24-s delay at every input rate, clip +-400 uV; features band-limited to 0.5-18 Hz (what a 50-Hz recording carries) |
+| normalisation | {_norm_row(card)} |
 | one epoch's inference | {lat.get('inference_ms_median', 'n/a')} ms median (model only); {lat.get('stage_epoch_ms_median', 'n/a')} ms with feature extraction |
 
 ## Training data: SYNTHETIC only (this file)
@@ -319,7 +431,8 @@ offline pass (`Stager.smooth_night`, HMM forward-backward) adds look-ahead for t
 The committed model was trained **only on synthetic EEG** (sources: {', '.join(tr.get('data', []))}): one night of
 `appliance.synthetic_eeg.SyntheticSleepEEG` per real expert hypnogram in `../shared/data/hypnograms`
 (Sleep-EDF SC and YASA; {tr.get('synthetic_renders_per_training_night')} renders per training night with different
-subject traits), trimmed to 30 min of wake around the sleep period. No real EEG was available for
+subject traits), trimmed to 30 min of wake around the sleep period. Synthetic population:
+**{tr.get('synthetic_population', 'typical')}**{_population_text(tr)}. No real EEG was available for
 training. Splits are by subject:
 
 - train: {', '.join(tr.get('subjects', {}).get('train', []))}
@@ -360,12 +473,22 @@ numbers say the pipeline works, not that it stages real people well.
 
 {_history_markdown(card.get('evaluation_history', []))}
 
+## What was looked at, and when
+
+{_log_markdown(card.get('development_log', []))}
+
+## Target: kappa >= 0.50 on all eight DREAMS excerpts (majority labels, 5 classes)
+
+{card.get('target_note', 'Not assessed for this model.')}
+
 ## Limits, honestly
 
 {ev.get('verdict', 'Not evaluated yet.')}
 
-- Trained on synthetic signals only: its notion of each stage is our generator's, which is a textbook
-  caricature. Retrain on real EEG (Sleep-EDF command above) before trusting it with sleepers.
+- Trained on synthetic signals only: its notion of each stage is our generator's. The wide population spans
+  the published ranges of each knob, but they are drawn independently, the waveforms are still textbook
+  shapes, and the real sleepers' spectra differ (see the development log). Retrain on real EEG (Sleep-EDF
+  command above) before trusting it with sleepers.
 - The DREAMS test set is small (8 patients x 30 min), N2-heavy, and has almost no REM.
 - Electrode montage differs: the box's central channel, Sleep-EDF's Fpz-Cz, DREAMS' C3-A1/Cz-A1.
 - Not a medical device.
@@ -406,10 +529,11 @@ def verdict(ev: dict) -> str:
         parts.append(f"{subset.replace('_', ', ')}: accuracy {o['accuracy']:.3f} vs YASA {y['accuracy']:.3f} "
                      f"({da:+.3f}), kappa {o['kappa']:.3f} vs {y['kappa']:.3f} ({dk:+.3f})")
     o, y = d["ours"]["majority_5class"], d["yasa"]["majority_5class"]
+    where = f"DREAMS excerpts {', '.join(map(str, d.get('excerpt_ids', range(1, 9))))}"
     if o["accuracy"] >= y["accuracy"] and o["kappa"] >= y["kappa"]:
-        head = "On the real DREAMS epochs the causal stager is at least as accurate as YASA."
+        head = f"On the real {where} the causal stager is at least as accurate as YASA."
     else:
-        head = ("On the real DREAMS epochs the causal stager LOSES to YASA. Why: it has never seen real EEG "
+        head = (f"On the real {where} the causal stager LOSES to YASA. Why: it has never seen real EEG "
                 "(trained on synthetic nights only), while YASA's classifier was trained on thousands of real "
                 "nights; and YASA sees 7.5 min of future context while ours sees none.")
     conf = np.asarray(o["confusion"])
@@ -423,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-yasa", action="store_true", help="skip YASA (when the bench extra is absent)")
     ap.add_argument("--max-synthetic-nights", type=int, help="evaluate only the first N synthetic test nights")
     ap.add_argument("--no-write", action="store_true", help="print only; leave the card and docs as they are")
+    ap.add_argument("--excerpts", choices=("development", "held-out", "all"), default="all",
+                    help="DREAMS excerpts to score: development (1-4, for choosing designs), held-out (5-8) or all "
+                         "(default; score the held-out excerpts once, for the model that ships)")
+    ap.add_argument("--json", type=Path, help="also write the evaluation (as it would go into the card) here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stager = Stager()
@@ -437,11 +565,15 @@ def main(argv: list[str] | None = None) -> int:
     ev = {"run_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model_sha256": stager.sha256,
           "latency": measure_latency(stager),
           "synthetic": evaluate_synthetic(stager, card, max_nights=args.max_synthetic_nights),
-          "dreams": evaluate_dreams(stager, with_yasa=with_yasa)}
+          "dreams": evaluate_dreams(stager, with_yasa=with_yasa, excerpts={
+              "development": DEVELOPMENT_EXCERPTS, "held-out": HELD_OUT_EXCERPTS,
+              "all": DEVELOPMENT_EXCERPTS + HELD_OUT_EXCERPTS}[args.excerpts])}
     ev["verdict"] = verdict(ev)
     body = report_markdown(ev)
     print(body)
     print(ev["verdict"])
+    if args.json:
+        args.json.write_text(json.dumps(ev, indent=1) + "\n")
     if args.no_write:
         return 0
     card["evaluation"] = ev

@@ -164,6 +164,11 @@ def evaluation_summary(card: dict) -> dict:
             s = ev.get("dreams", {}).get(who, {}).get(subset)
             if s:
                 out[f"dreams_{who}_{subset}"] = {k: round(s[k], 3) for k in ("accuracy", "kappa", "macro_f1")}
+        for name, by in ev.get("dreams", {}).get("by_set", {}).items():
+            s = by.get(who, {}).get("majority_5class")
+            if s:
+                out[f"dreams_{who}_{name}_majority_5class"] = {k: round(s[k], 3) for k in ("accuracy", "kappa")}
+    out["dreams_excerpts_scored"] = ev.get("dreams", {}).get("excerpt_ids")
     return out
 
 
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     # Keep the record of earlier models' evaluations: a later model's real-EEG numbers are only
     # meaningful beside what came before (and whether anyone looked at them before retraining).
     card["evaluation_history"] = old.get("evaluation_history", [])
+    card["development_log"] = old.get("development_log", [])  # what was looked at, when (MODEL_CARD.md)
     if "evaluation" in old and old.get("sha256") == card["sha256"]:
         card["evaluation"] = old["evaluation"]
     elif "evaluation" in old:

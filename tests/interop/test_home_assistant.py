@@ -1,8 +1,9 @@
 """The box against a real Home Assistant Core (2024.3.x from PyPI, its own venv: `make interop`).
 
 Nothing of Home Assistant is imitated: `hass` runs on loopback with its own config folder, the test mosquitto
-(tests/broker.py) runs with the project's ACL plus one family's read-only account, and Home Assistant is set
-up the way a family would, only through its own APIs: the onboarding API creates the owner and yields a
+(tests/broker.py) runs with the shipped ACL and listener options and the families' read-only accounts made by
+`bedtime-fleet family-acl`'s generator, and Home Assistant is set up the way a family would, only through its
+own APIs: the onboarding API creates the owner and yields a
 token, the config-flow REST API adds the MQTT integration with the family's broker account. Then a real box
 (`bedtime run --simulate`, a subprocess) sleeps through a night with a nightmare loop, and the test shows
 
@@ -12,7 +13,8 @@ token, the config-flow REST API adds the MQTT integration with the family's brok
   config folder's automations.yaml before start) turn it into a persistent notification; the plain-text copy
   reaches a phone app logged in with the family account;
 - `kill -9` of the box fires its last will and every entity goes `unavailable`;
-- the family account sees nothing of another box on the same broker.
+- the family account sees nothing of another family's box on the same broker, and Home Assistant writes
+  nothing but its birth message `homeassistant/status`.
 
 Not collected by `make test` (pyproject's norecursedirs); run `make interop`, which builds the venv first.
 """
@@ -32,8 +34,8 @@ import pytest
 from appliance import __version__
 from appliance import homeassistant as ha
 from appliance import mqtt_schema as schema
-from tests.broker import (ACL, USERS, MosquittoBroker, RawRecorder, _die_with_parent, free_port, make_box,
-                          mosquitto_available)
+from tests.broker import (DOCS_MOSQUITTO, FAMILIES, USERS, MosquittoBroker, RawRecorder, _die_with_parent,
+                          free_port, make_box, mosquitto_available)
 
 ROOT = Path(__file__).resolve().parents[2]
 HA_VENV = Path(os.environ.get("BEDTIME_HA_VENV", "build/ha-venv"))
@@ -42,19 +44,16 @@ HA_PYTHON = HA_VENV / "bin" / "python"
 HASS = HA_VENV / "bin" / "hass"
 WS_HELPER = Path(__file__).with_name("ha_ws.py")
 
+# The test broker's families (tests/broker.py): smith owns box-a, jones owns box-b. This family's Home
+# Assistant logs in with the account `bedtime-fleet family-acl` made for smith, which reads box-a only and
+# writes only Home Assistant's birth/will topic (docs/mqtt.md, "A family's Home Assistant").
 BOX, BOX_PW = "box-a", USERS["box-a"]
 OTHER_BOX, OTHER_PW = "box-b", USERS["box-b"]
-FAMILY, FAMILY_PW = "family-smith", "pw-family-smith"
-
-#: What a family's Home Assistant needs on the broker, and nothing more (docs/mqtt.md, "Home Assistant"):
-#: its box's topics and discovery configs, read-only; write only Home Assistant's own birth/will topic.
-FAMILY_ACL = f"""
-# a family's Home Assistant: one box, read-only; it writes only its own birth/last-will topic
-user {FAMILY}
-topic read bedtime/v1/{BOX}/#
-topic read homeassistant/+/{BOX}/#
-topic write {ha.HA_STATUS_TOPIC}
-"""
+FAMILY = "family-smith"
+FAMILY_PW = USERS[FAMILY]
+# The family's phone app needs an account of its own: the broker makes the client id the user name
+# (use_username_as_clientid), so a second login as family-smith would take over Home Assistant's connection.
+PHONE_FAMILY, PHONE_PW = "smith-phone", "pw-smith-phone"
 
 HA_START_S = 420.0  # hass on a loaded 2-core machine: 1-2 min is usual; bounded generously
 ENTITIES = {  # entity id -> (component, object id)
@@ -76,7 +75,8 @@ def _need_ha() -> None:
 
 
 def until(fn: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.5) -> Any:
-    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout_s``. An exception
+    that ``fn`` raises or returns means "not yet", and the last one is reported."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -91,12 +91,16 @@ def until(fn: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.
 
 
 class FamilyBroker(MosquittoBroker):
-    """The test mosquitto with the project's ACL plus one family's Home Assistant account."""
+    """The test mosquitto (shipped ACL and listener options, the test families), plus one more family entry for
+    the smith family's phone app, made by the same generator as every family block."""
 
     def _write_files(self, extra_conf: str) -> None:
-        self.users = {**USERS, FAMILY: FAMILY_PW}
+        from appliance.fleet.broker_acl import family_acl, family_user
+
+        self.users = {**USERS, family_user(PHONE_FAMILY): PHONE_PW}
         super()._write_files(extra_conf)
-        self.acl_file.write_text(ACL + FAMILY_ACL)
+        self.acl_file.write_text(family_acl([*FAMILIES.items(), (PHONE_FAMILY, [BOX])],
+                                            base=(DOCS_MOSQUITTO / "acl.conf").read_text()))
 
 
 class HomeAssistant:
@@ -116,7 +120,7 @@ class HomeAssistant:
             "  unit_system: metric\n  time_zone: UTC\n  country: NL\n  currency: EUR\n"
             f"http:\n  server_host: 127.0.0.1\n  server_port: {self.port}\n"
             "api:\nconfig:\nonboarding:\nwebsocket_api:\nautomation: !include automations.yaml\n"
-            "logger:\n  default: warning\n  logs:\n    homeassistant.components.mqtt: info\n")
+            "logger:\n  default: warning\n  logs:\n    homeassistant.components.mqtt: info\n    homeassistant.components.automation: info\n")
         (self.dir / "automations.yaml").write_text(json.dumps(automations, indent=1))  # JSON is YAML
         self.proc: subprocess.Popen | None = None
         self.token: str | None = None
@@ -270,6 +274,12 @@ def _add_mqtt_integration(hass: HomeAssistant, broker: MosquittoBroker) -> dict:
     done = hass.api("POST", f"/api/config/config_entries/flow/{flow['flow_id']}",
                     json={"broker": broker.host, "port": broker.auth_port, "username": FAMILY, "password": FAMILY_PW})
     assert done["type"] == "create_entry", done
+    # An automation whose MQTT trigger was loaded before MQTT existed is not armed, and automation.reload
+    # skips automations whose config did not change: turning them off and on again arms the trigger. (A
+    # family writing automations after adding the integration never meets this; this test, which writes
+    # them before start, does.)
+    for service in ("turn_off", "turn_on"):
+        hass.api("POST", f"/api/services/automation/{service}", json={"entity_id": "all"})
     return done
 
 
@@ -299,6 +309,9 @@ def _start_box(world: dict, *, tail_epochs: int, speed: float) -> subprocess.Pop
 def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
     hass, broker, tmp = world["hass"], world["broker"], world["tmp"]
     print(f"\n[interop] Home Assistant answered after {world['started_s']:.0f} s")
+    # Everything anyone publishes, heard on the test broker's open loopback listener: what did Home Assistant
+    # write? (Boxes write only under their own bedtime/v1/<box>/ and homeassistant/+/<box>/.)
+    wire = RawRecorder(broker.host, broker.port, ["#"])
     _add_mqtt_integration(hass, broker)
 
     # Another family's box on the same broker: this family's Home Assistant must never see it.
@@ -311,7 +324,7 @@ def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
 
     # A phone app on the family account, showing raw payloads.
     phone = RawRecorder(broker.host, broker.auth_port, [schema.alert_text_topic(BOX), schema.alert_text_topic(OTHER_BOX)],
-                 username=FAMILY, password=FAMILY_PW)
+                        username=f"family-{PHONE_FAMILY}", password=PHONE_PW)
     box = _start_box(world, tail_epochs=1200, speed=30)
 
     # 1. one device, its entities, units and classes (device and entity registries, websocket API)
@@ -319,7 +332,9 @@ def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
         devices, entities = hass.ws({"type": "config/device_registry/list"}, {"type": "config/entity_registry/list"})
         ours = [d for d in devices if ["mqtt", ha.device_identifier(BOX)] in d["identifiers"]]
         mine = {e["entity_id"] for e in entities if ours and e["device_id"] == ours[0]["id"]}
-        return (devices, ours, entities) if mine == set(ENTITIES) else None
+        if mine != set(ENTITIES):
+            return Exception(f"devices {[d['identifiers'] for d in devices]}, box entities {sorted(mine)}")
+        return devices, ours, entities
     devices, ours, entities = until(registered, 120, "the box's device and all its entities in the registries")
     assert len(ours) == 1
     dev = ours[0]
@@ -361,9 +376,11 @@ def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
     assert any(v not in ("unknown", "unavailable") and 0 <= float(v) <= 100 for v in loop_seen), loop_seen
 
     # 3. the alert: an event entity and an MQTT message, both turned into a notification by automations
-    notes = until(lambda: (n := hass.notifications()) and {k for k in n if k.startswith("bedtime_alert_")}
-                  and {k for k in n if k.startswith("bedtime_mqtt_")} and n, 420,
-                  "the box's alert to become persistent notifications")
+    def alerted():
+        n = hass.notifications()
+        kinds = {k.rsplit("_", 1)[0] for k in n}
+        return n if {"bedtime_alert", "bedtime_mqtt"} <= kinds else Exception(f"notifications so far: {n}")
+    notes = until(alerted, 420, "the box's alert to become persistent notifications")
     ev = [n for k, n in notes.items() if k.startswith("bedtime_alert_")]
     mq = [n for k, n in notes.items() if k.startswith("bedtime_mqtt_")]
     for n in ev + mq:
@@ -381,6 +398,15 @@ def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
     assert texts[0].split("\n", 1)[1].startswith("Kid's room: a nightmare loop")
     assert not [t for t, _, _ in phone.messages if OTHER_BOX in t]
     phone.close()
+
+    # Home Assistant wrote exactly one thing, with the family account: its birth message.
+    def from_a_box(topic: str) -> bool:
+        parts = topic.split("/")
+        return (parts[:2] == ["bedtime", "v1"] and parts[2:3] in ([BOX], [OTHER_BOX])) or \
+            (parts[0] == "homeassistant" and len(parts) > 3 and parts[2] in (BOX, OTHER_BOX))
+    ha_wrote = {(t, m) for t, m, _ in wire.messages if not from_a_box(t)}
+    assert ha_wrote == {("homeassistant/status", b"online")}, ha_wrote
+    wire.close()
 
     # 4. kill -9: the broker publishes the box's last will, every entity goes unavailable
     assert box.poll() is None, "the box's night ended before the test could pull its plug"

@@ -298,7 +298,8 @@ def test_lgpio_imports_under_the_units_sandbox(box):
 
 
 def test_stop_start_keeps_the_night_readable(box):
-    before = {p.name for p in box.path(f"{STATE}/nights").iterdir()}
+    nights_dir = box.path(f"{STATE}/nights")
+    before = {p.name for p in nights_dir.iterdir()} if nights_dir.is_dir() else set()
     _restart_clean(box)
     # a night worth a report: at least one scored 30-s epoch (real time: sim_speed = 1.0)
     def first_epoch_in_a_new_night(listing: str) -> bool:

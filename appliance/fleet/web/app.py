@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -82,7 +82,7 @@ class RequestTooLarge(HTTPException):
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body over a size limit, never reading more than the limit.
+    """ASGI middleware: refuse a request body over a size limit, reading at most one chunk past it.
 
     Nothing is read here: the app reads the body when (and if) it needs it, after its own checks. Then a
     declared ``Content-Length`` over the limit, or a body (chunked) that grows past it, raises
@@ -557,10 +557,11 @@ def create_app(settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: 
     @app.post("/rollouts", response_class=HTMLResponse)
     async def start_rollout(request: Request):
         # Who is asking is settled before a byte of the (up to max_request_bytes) body is read or spooled:
-        # an anonymous or viewer upload, or one from another site's page, is refused unread.
+        # an anonymous or viewer upload, or one a browser says comes from another site's page, is refused
+        # unread. (Sec-Fetch-Site rather than Origin: behind a TLS proxy the app sees neither the scheme nor,
+        # often, the host the browser used.) The CSRF token, in the body, is checked once it is read.
         user = await anyio.to_thread.run_sync(_operator, request, "rollout")
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             await anyio.to_thread.run_sync(db.audit, user.username, "csrf_rejected", "/rollouts")
             raise HTTPException(status_code=403, detail="cross-site request refused")
         try:

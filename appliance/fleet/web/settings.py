@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.fleet.db import default_database_url
+from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 
 
 @dataclass
@@ -51,8 +52,8 @@ class ConsoleSettings:
         ``X-Forwarded-For`` is believed. Default none: the client address is the TCP peer, because a
         header anyone can send would let anyone pose as (and lock out) any address.
     max_request_bytes : int
-        Largest request body accepted, bytes (a model upload plus its manifest); larger is a 413 before
-        anything is read.
+        Largest rollout upload request accepted, bytes: the largest payload and manifest a box accepts,
+        plus 1 MiB for the form; larger is a 413 (every other request: 1 MiB).
     login_attempts_keep_s : float
         Login attempts older than this are deleted (the rate limit needs only its window), seconds.
     """
@@ -76,7 +77,7 @@ class ConsoleSettings:
     rollout_health_timeout_s: float = 180.0
     rollout_batch_size: int = 10
     trusted_proxies: tuple[str, ...] = ()
-    max_request_bytes: int = 70 * 1024 * 1024
+    max_request_bytes: int = MAX_PAYLOAD_BYTES + MAX_MANIFEST_CHARS + 1024 * 1024
     login_attempts_keep_s: float = 86400.0
     extra: dict = field(default_factory=dict)
 
