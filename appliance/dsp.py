@@ -29,7 +29,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
-from scipy import signal
+from appliance import filters as signal  # scipy.signal's designs stored, its filters native: not ~80 MB of scipy
 
 from appliance.epoch import ArousalFeatures, SignalQuality
 

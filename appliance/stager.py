@@ -30,7 +30,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
+from appliance import filters as signal  # scipy.signal's designs stored, its filters native: not ~80 MB of scipy
 
 from appliance.dsp import MODEL_FS_HZ, preprocess, welch_psd
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES

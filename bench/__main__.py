@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-AREAS = ["acquisition", "staging", "loops", "mqtt_load", "daemon", "console"]
+AREAS = ["acquisition", "staging", "loops", "mqtt_load", "daemon", "coldstart", "console"]
 
 
 def _replace_section(doc: str, area: str, body: str) -> str:

@@ -1,8 +1,9 @@
 """The box against a real Home Assistant Core (2024.3.x from PyPI, its own venv: `make interop`).
 
 Nothing of Home Assistant is imitated: `hass` runs on loopback with its own config folder, the test mosquitto
-(tests/broker.py) runs with the project's ACL plus one family's read-only account, and Home Assistant is set
-up the way a family would, only through its own APIs: the onboarding API creates the owner and yields a
+(tests/broker.py) runs with the shipped ACL and listener options and the families' read-only accounts made by
+`bedtime-fleet family-acl`'s generator, and Home Assistant is set up the way a family would, only through its
+own APIs: the onboarding API creates the owner and yields a
 token, the config-flow REST API adds the MQTT integration with the family's broker account. Then a real box
 (`bedtime run --simulate`, a subprocess) sleeps through a night with a nightmare loop, and the test shows
 
@@ -12,7 +13,8 @@ token, the config-flow REST API adds the MQTT integration with the family's brok
   config folder's automations.yaml before start) turn it into a persistent notification; the plain-text copy
   reaches a phone app logged in with the family account;
 - `kill -9` of the box fires its last will and every entity goes `unavailable`;
-- the family account sees nothing of another box on the same broker.
+- the family account sees nothing of another family's box on the same broker, and Home Assistant writes
+  nothing but its birth message `homeassistant/status`.
 
 Not collected by `make test` (pyproject's norecursedirs); run `make interop`, which builds the venv first.
 """

@@ -1,0 +1,112 @@
+"""appliance.filters against scipy.signal itself: bit-identical results, so the box's stages do not move."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+scipy_signal = pytest.importorskip("scipy.signal")
+
+from appliance import dsp, filters  # noqa: E402
+from appliance.config import AcquisitionSection  # noqa: E402
+
+FINITE = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=64)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.array_equal(a, b), f"max difference {np.max(np.abs(a - b))}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 400)), elements=FINITE),
+       which=st.sampled_from(["band", "band+notch", "sigma", "hp"]), with_zi=st.booleans(), axis=st.sampled_from([-1, 0]),
+       z=FINITE)
+def test_sosfilt_is_scipys(x: np.ndarray, which: str, with_zi: bool, axis: int, z: float) -> None:
+    sos = {"band": scipy_signal.butter(2, [0.3, 35.0], btype="bandpass", fs=250.0, output="sos"),
+           "band+notch": np.vstack([scipy_signal.butter(2, [0.3, 35.0], btype="bandpass", fs=250.0, output="sos"),
+                                    scipy_signal.tf2sos(*scipy_signal.iirnotch(50.0, Q=30.0, fs=250.0))]),
+           "sigma": scipy_signal.butter(4, [11.0, 16.0], btype="bandpass", fs=100.0, output="sos"),
+           "hp": scipy_signal.butter(4, 20.0, btype="highpass", fs=250.0, output="sos")}[which]
+    if with_zi:
+        shape = list(x.shape)
+        shape[axis] = 2
+        zi = np.full((len(sos), *shape), z)
+        y, zf = filters.sosfilt(sos, x, axis=axis, zi=zi)
+        y0, zf0 = scipy_signal.sosfilt(sos, x, axis=axis, zi=zi)
+        _same(y, y0)
+        _same(zf, zf0)
+    else:
+        _same(filters.sosfilt(sos, x, axis=axis), scipy_signal.sosfilt(sos, x, axis=axis))
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=hnp.arrays(np.float64, st.integers(1, 300), elements=FINITE), n_taps=st.integers(1, 130),
+       up=st.integers(1, 7), down=st.integers(1, 11), seed=st.integers(0, 2**32 - 1))
+def test_upfirdn_is_scipys(x: np.ndarray, n_taps: int, up: int, down: int, seed: int) -> None:
+    h = np.random.default_rng(seed).normal(size=n_taps)
+    _same(filters.upfirdn(h, x, up=up, down=down), scipy_signal.upfirdn(h, x, up=up, down=down))
+
+
+@pytest.mark.parametrize("n", [*range(1, 40), 199, 200, 500, 4000, 32000])
+def test_hann_window_is_scipys(n: int) -> None:
+    _same(filters.get_window("hann", n), scipy_signal.get_window("hann", n))
+
+
+def test_an_empty_window_is_refused_as_scipy_does() -> None:
+    for f in (filters.get_window, scipy_signal.get_window):
+        with pytest.raises(ValueError):
+            f("hann", 0)
+
+
+def test_stored_designs_are_scipys_and_complete() -> None:
+    # regenerating with this scipy gives the committed file byte for byte: the stored designs are scipy's, and
+    # every design the box asks for at every chip rate and notch is there
+    from pathlib import Path
+
+    assert filters._regenerate() == Path(filters.__file__).with_name("filter_designs.py").read_text(), \
+        "run python -m appliance.filters"
+
+
+def test_an_unstored_design_falls_back_to_scipy() -> None:
+    _same(filters.butter(3, [1.0, 7.0], btype="bandpass", fs=123.0),
+          scipy_signal.butter(3, [1.0, 7.0], btype="bandpass", fs=123.0, output="sos"))
+    _same(filters.firwin(31, 5.0, fs=77.0), scipy_signal.firwin(31, 5.0, fs=77.0))
+
+
+@pytest.mark.parametrize("fs", [*next(f.metadata["choices"] for f in dataclasses.fields(AcquisitionSection)
+                                      if f.name == "sample_rate_sps")])
+def test_preprocessing_at_every_chip_rate_is_scipys(fs: int) -> None:
+    # the whole preprocessor (stored designs + native filter + numpy resampler) against the same steps in scipy
+    x = np.random.default_rng(fs).normal(0.0, 30.0, fs * 7)
+    pre = dsp.StreamingPreprocessor(float(fs), notch_hz=50.0)
+    got = np.concatenate([pre.process(c) for c in np.array_split(x, 5)])
+    sos = scipy_signal.butter(2, [dsp.BANDPASS_HZ[0], min(dsp.BANDPASS_HZ[1], 0.9 * fs / 2)], btype="bandpass",
+                              fs=float(fs), output="sos")
+    sos = np.vstack([sos, scipy_signal.tf2sos(*scipy_signal.iirnotch(50.0, Q=30.0, fs=float(fs)))])
+    _same(pre._sos, sos)
+    up, down = pre.up, pre.down
+    h = scipy_signal.firwin(24 * max(up, down) + 1, 0.85 * min(fs, dsp.MODEL_FS_HZ) / 2, fs=fs * up) * up
+    _same(pre._h, h)
+    y = scipy_signal.sosfilt(sos, x)
+    want = scipy_signal.upfirdn(h, y, up=up, down=down)[: len(got) + pre.delay_samples]
+    want = np.clip(np.concatenate([np.zeros(pre.delay_samples), want])[: len(got)], -pre.clip_uv, pre.clip_uv)
+    _same(got, want)
+
+
+def test_the_box_runtime_does_not_import_scipy() -> None:
+    code = ("import sys, numpy as np\n"
+            "from appliance import dsp, stager\n"
+            "pre = dsp.StreamingPreprocessor(250.0, notch_hz=50.0)\n"
+            "y = pre.process(np.random.default_rng(0).normal(0, 20, 250 * 60))\n"
+            "dsp.epoch_quality(np.zeros(7500) + 1.0, fs_hz=250.0); dsp.arousal_features(np.ones(7500), fs_hz=250.0)\n"
+            "stager.epoch_features(y[:3000])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
