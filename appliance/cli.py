@@ -325,8 +325,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from appliance.recorder import NIGHT_EDF, list_nights
-    from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightError, format_report, report_night
+    from appliance.nightfolder import EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF, list_nights
+    from appliance.report import format_report
+    from appliance.report_load import NightError, report_night
 
     cfg = _load(args.config)
 
