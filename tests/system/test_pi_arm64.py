@@ -132,14 +132,14 @@ def test_stager_probabilities_match_x86_64(pi, tmp_path):
     gen = SyntheticSleepEEG(builtin_hypnogram()[:240], fs_hz=fs, n_channels=1, seed=11)
     x = gen.read(gen.remaining)[:, 0].astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    pi.copy_in(tmp_path / "x.npy", "/tmp/stager-in.npy")
+    pi.copy_in(tmp_path / "x.npy", "/root/stager-in.npy")
     script = ("import numpy as np; from appliance.stager import Stager; "
-              "x = np.load('/tmp/stager-in.npy'); p = Stager().stage_night(x, fs_hz=100.0); "
-              "np.save('/tmp/stager-out.npy', p)")
+              "x = np.load('/root/stager-in.npy'); p = Stager().stage_night(x, fs_hz=100.0); "
+              "np.save('/root/stager-out.npy', p)")
     t0 = time.monotonic()
     pi.run(f"{PY} -c \"{script}\"", timeout=1800)
     RESULTS["stager_240_epochs_s"] = round(time.monotonic() - t0, 1)
-    arm = np.load(pi.path("/tmp/stager-out.npy"))
+    arm = np.load(pi.path("/root/stager-out.npy"))
     x86 = Stager().stage_night(x, fs_hz=fs)
     assert arm.shape == x86.shape and len(arm) > 200
     diff = float(np.max(np.abs(arm - x86)))
