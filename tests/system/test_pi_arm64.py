@@ -78,7 +78,7 @@ def test_install_pi_completes_with_the_pinned_runtime(pi):
     versions = json.loads(pi.run(f"{PY} -c 'import json, importlib.metadata as m; print(json.dumps("
                                  "{d: m.version(d) for d in (\"ai-edge-litert\", \"numpy\", \"scipy\", \"lgpio\")}))'").stdout)
     RESULTS["versions"] = versions
-    assert versions["ai-edge-litert"] == "1.4.0"  # 2.x crashes on Cortex-A53/A72 (docs/pi.md)
+    assert versions["ai-edge-litert"] == "1.4.0"  # the aarch64 pin (pyproject.toml, docs/pi.md)
     # the cffi extension was compiled inside, for aarch64
     so = pi.run(f"{PY} -c 'import appliance._native as n; print(n.__file__)'").stdout.strip()
     e_machine = struct.unpack_from("<H", pi.path(so).read_bytes(), 18)[0]
