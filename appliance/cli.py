@@ -26,11 +26,15 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance import __version__
 from appliance.cliparse import OneLineParser, one_line
 from appliance.config import (DEFAULT_CONFIG_PATH, EXAMPLE_BOX_ID, BoxConfig, ConfigError, check_on_this_machine,
                               load_config, permission_warnings, simulation_state_dir, validate_config)
+
+if TYPE_CHECKING:
+    from appliance.hardware import SimulationSource
 
 logger = logging.getLogger("bedtime")
 
@@ -219,7 +223,7 @@ def _start_again() -> None:
     os.execv(sys.executable, list(sys.orig_argv))
 
 
-def _simulation_source(args: argparse.Namespace, *, seed: int) -> object:
+def _simulation_source(args: argparse.Namespace, *, seed: int) -> SimulationSource:
     """What the simulated chip plays, read and checked now so that a bad file is a one-line refusal."""
     from appliance.hardware import SimulationSource
 
@@ -321,8 +325,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from appliance.recorder import NIGHT_EDF, list_nights
-    from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightError, format_report, report_night
+    from appliance.nightfolder import EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF, list_nights
+    from appliance.report import format_report
+    from appliance.report_load import NightError, report_night
 
     cfg = _load(args.config)
 

@@ -49,11 +49,18 @@ from appliance.epoch import Epoch
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES
 from appliance.pushed_config import PUSHED_CONFIG, PushedConfigStore  # PUSHED_CONFIG: re-exported for the tests
-from appliance.recorder import (NIGHT_EDF, STAGE_ANNOTATION, EdfPlusRecorder, enforce_retention, night_id,
-                                recover_nights)
-from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, NightRecord, write_report
+from appliance.edfplus import STAGE_ANNOTATION, EdfPlusRecorder
+from appliance.jsonl import JsonlWriter
+from appliance.nightfolder import (EPOCHS_JSONL, EVENTS_JSONL, HYPNOGRAM_PNG, NIGHT_EDF, enforce_retention, night_id,
+                                   recover_nights)
+from appliance.report import NightRecord
+from appliance.report_load import write_report
 
 logger = logging.getLogger(__name__)
+
+PNG_CHILD_TIMEOUT_S = 300.0
+"""Longest wait for the child process drawing the morning PNG (a loaded Pi Zero draws it in ~20 s); past it the
+child is killed and the night ends without a picture (its report.json is already on disk)."""
 
 NO_DATA_FAULT_S = 2.0
 """Wall-clock seconds without a single frame before the pipeline itself declares a fault (the driver's own
@@ -276,8 +283,8 @@ class Daemon:
         root = cfg.recording_dir
         self.night_dir.mkdir(parents=True)
         try:
-            self._epochs_file = open(self.night_dir / EPOCHS_JSONL, "a", buffering=1)  # noqa: SIM115
-            self._events_file = open(self.night_dir / EVENTS_JSONL, "a", buffering=1)  # noqa: SIM115
+            self._epochs_file = JsonlWriter(self.night_dir / EPOCHS_JSONL)
+            self._events_file = JsonlWriter(self.night_dir / EVENTS_JSONL)
             if cfg.recording.enabled:
                 labels = edf_channel_labels(cfg.acquisition, n_channels=self.n_channels)
                 self.recorder = EdfPlusRecorder(self.night_dir / NIGHT_EDF, channel_labels=labels,
@@ -692,10 +699,10 @@ class Daemon:
                         f"{self.cfg.box.name}: a nightmare loop is under way ({end_s / 3600:.1f} h into the night). "
                         "The breather is switched off on this box.", epoch_index=index, p_loop=round(p_loop, 4))
         stage = epoch.stage
-        self._epochs_file.write(json.dumps({
+        self._epochs_file.write({
             "index": index, "end_time_s": end_s, "stage": int(stage), "probs": [round(float(p), 5) for p in probs],
             "p_loop": round(p_loop, 5), "ok": quality.ok, "flags": sorted(quality.flags),
-        }) + "\n")
+        })
         if self.recorder is not None:
             self.recorder.annotate(end_s - EPOCH_S, STAGE_ANNOTATION[int(stage)], EPOCH_S)
             if not quality.ok:
@@ -871,8 +878,9 @@ class Daemon:
         self._event("config_stored", self._signal_s(), applies="next start", ignored_local_keys=ignored)
 
     def _cmd_report(self, args: dict) -> dict:
-        from appliance.recorder import list_nights
-        from appliance.report import NightError, build_report, load_night, read_saved_report
+        from appliance.nightfolder import list_nights
+        from appliance.report import build_report
+        from appliance.report_load import NightError, load_night, read_saved_report
 
         night = args.get("night", "latest")
         nights = [n for n in list_nights(self.cfg.recording_dir) if n != self.night_dir]
@@ -942,7 +950,7 @@ class Daemon:
             self.events.append(ev)
             f = getattr(self, "_events_file", None)  # None until the night's folder exists
             if f is not None and not f.closed:
-                f.write(json.dumps(ev) + "\n")
+                f.write(ev)
         if self.recorder is not None and not getattr(self.recorder, "_closed", True):
             detail = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("title",))
             self.recorder.annotate(time_s, f"{kind} {detail}".strip()[:200])
@@ -1026,18 +1034,21 @@ class Daemon:
 
 
 def _render_png_child(night_dir: Path) -> Path | None:
+    """Run ``python -m appliance.report_draw NIGHT_DIR`` and wait at most :data:`PNG_CHILD_TIMEOUT_S`.
+
+    ``report.json`` is written before this runs: a child that fails or hangs (killed at the timeout) costs the
+    morning its picture, never its report. Returns the PNG's path, or None when there is none.
+    """
     import subprocess
     import sys
 
     try:
-        subprocess.run([sys.executable, "-m", "appliance.report", "png", str(night_dir)], check=True,
-                       capture_output=True, text=True, timeout=300)
+        subprocess.run([sys.executable, "-m", "appliance.report_draw", str(night_dir)], check=True,
+                       capture_output=True, text=True, timeout=PNG_CHILD_TIMEOUT_S)
     except (subprocess.SubprocessError, OSError) as e:
         err = getattr(e, "stderr", "") or ""
         logger.error("could not draw the hypnogram: %s %s", e, err[-500:])
         return None
-    from appliance.report import HYPNOGRAM_PNG
-
     return night_dir / HYPNOGRAM_PNG
 
 

@@ -393,6 +393,7 @@ class BoxLink:
     def _pump(self) -> None:
         """Apply received PUBACKs, then publish outbox rows in order while the window allows."""
         with self._pump_lock:
+            acked: list[int] = []
             while self._acks:
                 mid, ok = self._acks.popleft()
                 row_id = self._inflight.pop(mid, None)
@@ -404,11 +405,14 @@ class BoxLink:
                     self.stats["rejected"] += 1
                     log.error("broker refused outbox row %s; dropped", row_id if isinstance(row_id, int) else "(memory)")
                 if isinstance(row_id, int):
-                    try:
-                        # Never raises for a full disk: the row is marked delivered and never sent again.
-                        self.outbox.ack(row_id)
-                    except sqlite3.Error:
-                        log.exception("could not delete delivered outbox row %d", row_id)
+                    acked.append(row_id)
+            if acked:
+                try:
+                    # One transaction for all acknowledged rows; never raises for a full disk (the rows
+                    # are marked delivered and never sent again).
+                    self.outbox.ack_many(acked)
+                except sqlite3.Error:
+                    log.exception("could not delete %d delivered outbox rows", len(acked))
             try:
                 self.outbox.retry_pending()
             except sqlite3.Error:

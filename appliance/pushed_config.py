@@ -261,6 +261,8 @@ class PushedConfigStore:
         A pushed configuration that a previous start was trying when it died (the marker is still there), or
         that no longer validates or pre-flights, is rejected here and the next candidate is taken.
         """
+        if not (self.pushed.exists() or self.good.exists() or self.trying.exists()):
+            return self._finish(StartChoice(file_config, "box_file"))  # nothing pushed: touch nothing on disk
         marker = _read_json(self.trying)
         died_with = marker.get("config_sha256") if isinstance(marker, dict) else None
         self.trying.unlink(missing_ok=True)

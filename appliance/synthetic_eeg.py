@@ -40,6 +40,21 @@ DISTRESS_WINDOW_EPOCHS = 2
 """A W epoch at most this many epochs after a REM epoch may be drawn as a distressed arousal."""
 
 
+MONTAGES: dict[str, tuple[float, float, float]] = {
+    # name: (cortical gain, eye pick-up, muscle pick-up) relative to a central referential lead.
+    # Central leads (C3-A2, Cz-A1) are the AASM staging derivations (Iber et al. 2007). Amplitude falls with
+    # inter-electrode distance for bipolar pairs: Fpz-Cz (Sleep-EDF) shows sleep EEG at roughly 0.5-0.8 of
+    # C3-A2's amplitude (Kemp et al. 2000 record ~ half the delta power), sees the eyes strongly, and
+    # forehead headbands (Fp1-Fp2 / Fpz-M; e.g. Dreem, Muse, Zmax: Arnal et al. 2020, Sleep 43) carry
+    # little cortical signal, strong EOG and frontalis EMG (Lucey et al. 2016, J Sleep Res 25).
+    "C3-A2": (1.0, 0.15, 1.0),
+    "Cz-A1": (1.05, 0.15, 0.8),
+    "Fpz-Cz": (0.65, 0.8, 1.5),
+    "forehead": (0.45, 1.6, 2.5),
+}
+"""Derivations the wide population draws from (:meth:`SubjectTraits.draw_wide`)."""
+
+
 @dataclass(frozen=True)
 class SubjectTraits:
     """Per-subject variation of the synthetic EEG (drawn once from the generator's ``seed``).
@@ -53,9 +68,29 @@ class SubjectTraits:
     delta_scale : float
         Extra gain of slow waves (deep-sleep amplitude falls with age).
     background_exponent : float
-        Exponent b of the 1/f^b background power spectrum.
+        Exponent b of the 1/f^b background power spectrum (in wake).
     alpha_strength : float
         Gain of the waking alpha rhythm (some people have hardly any).
+    exponent_sleep_shift : float
+        How much steeper (larger b) the background gets from wake to N3; N1, N2 and REM take a share.
+    spindles_per_epoch, n3_spindles_per_epoch : float
+        Mean number of spindles in an N2 and in an N3 epoch.
+    spindle_uv : tuple of float
+        Range (uV) spindle amplitudes are drawn from.
+    eyes_open_p : float
+        Probability that a wake epoch is eyes open (alpha blocked: alpha reactivity).
+    eyes_open_alpha : float
+        Fraction of the alpha amplitude left with eyes open.
+    emg_scale, eye_scale : float
+        Gains of the muscle and eye components (montage, chin tension).
+    mains_uv, mains_hz : float
+        Mains hum amplitude (uV) and frequency (Hz) when artefacts are on.
+    artefact_scale : float
+        Multiplies the rate of movements and electrode pops.
+    montage : str
+        Name of the derivation (:data:`MONTAGES`), for the record.
+    age_years : float
+        The subject's age, for the record (it sets ``delta_scale`` in the wide population).
     """
 
     amplitude_scale: float
@@ -65,9 +100,23 @@ class SubjectTraits:
     delta_scale: float
     background_exponent: float
     alpha_strength: float = 1.0
+    exponent_sleep_shift: float = 0.0
+    spindles_per_epoch: float = 2.2
+    n3_spindles_per_epoch: float = 0.6
+    spindle_uv: tuple[float, float] = (18.0, 40.0)
+    eyes_open_p: float = 0.35
+    eyes_open_alpha: float = 0.15
+    emg_scale: float = 1.0
+    eye_scale: float = 1.0
+    mains_uv: float = 2.0
+    mains_hz: float | None = None
+    artefact_scale: float = 1.0
+    montage: str = "C3-A2"
+    age_years: float = 30.0
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "SubjectTraits":
+        """The "typical" population: young adults on a central lead, mild variation (the demo's sleepers)."""
         return cls(
             amplitude_scale=float(np.exp(rng.normal(0.0, 0.25))),
             alpha_hz=float(rng.uniform(8.5, 11.5)),
@@ -77,6 +126,63 @@ class SubjectTraits:
             background_exponent=float(rng.uniform(1.6, 2.2)),
             alpha_strength=float(np.exp(rng.normal(0.0, 0.5))),
         )
+
+    @classmethod
+    def draw_wide(cls, rng: np.random.Generator) -> "SubjectTraits":
+        """The "wide" population: adults 18-85 on any of :data:`MONTAGES`, every knob over its published range.
+
+        Ranges and where they come from:
+
+        - amplitude: sleep-EEG amplitude varies about 2-3x between adults (skull thickness, sex, age; Carrier
+          et al. 2011, Sleep 34:1511 report slow-wave amplitude of 60-120+ uV across ages on C3): log-normal,
+          sd 0.35, times the montage gain.
+        - 1/f exponent: fitted aperiodic exponents of scalp EEG are about 1-2.5 in wake and grow by ~0.5-1.5
+          towards N3 (Lendner et al. 2020, eLife 9:e55092; Donoghue et al. 2020, Nat Neurosci 23:1655):
+          wake b ~ U(1.0, 2.2), sleep shift ~ U(0.2, 1.2).
+        - alpha: individual alpha frequency 10 +- 1 Hz in adults, falling with age (Klimesch 1999, Brain Res
+          Rev 29:169): U(8, 12) minus 0.02 Hz/year over 40; about 10 % of adults have a low-voltage alpha
+          (Niedermeyer's EEG, 6th ed., ch. 9): log-normal strength with sd 0.7; reactivity (eyes-open
+          blocking) to 5-50 % of the eyes-closed amplitude (Barry et al. 2007, Clin Neurophysiol 118:2765).
+        - spindles: density 1-8 per min of N2 (Purcell et al. 2017, Nat Commun 8:15930; Warby et al. 2014,
+          Nat Methods 11:385) = 0.5-4 per epoch; frequency 11-16 Hz (AASM), subject peak U(11, 15);
+          amplitude 10-50 uV on central leads (Purcell 2017), subject range lower bound U(6, 18).
+        - slow waves: amplitude falls ~ 25-50 % from young to old adults (Carrier 2011; Mander et al. 2017,
+          Neuron 94:19): delta_scale = exp(N(0, 0.25)) x (1 - 0.008 x (age - 20)), age U(18, 85).
+        - montage: :data:`MONTAGES` (C3-A2, Cz-A1, Fpz-Cz, forehead), with their eye and muscle pick-up.
+        - mains: 50 or 60 Hz, 0-20 uV at the amplifier input with dry or loose electrodes (Usakli 2010,
+          Comput Intell Neurosci 630649); muscle x exp(N(0, 0.5)) (chin and frontalis tone vary widely).
+        - movements and electrode pops: x U(0.3, 3) of the typical rates.
+        """
+        age = float(rng.uniform(18.0, 85.0))
+        montage = str(rng.choice(list(MONTAGES)))
+        gain, eye, muscle = MONTAGES[montage]
+        return cls(
+            amplitude_scale=gain * float(np.exp(rng.normal(0.0, 0.35))),
+            alpha_hz=float(rng.uniform(8.0, 12.0) - 0.02 * max(0.0, age - 40.0)),
+            spindle_hz=float(rng.uniform(11.0, 15.0)),
+            theta_hz=float(rng.uniform(4.0, 7.0)),
+            delta_scale=float(np.exp(rng.normal(0.0, 0.25)) * (1.0 - 0.008 * (age - 20.0))),
+            background_exponent=float(rng.uniform(1.0, 2.2)),
+            alpha_strength=float(np.exp(rng.normal(0.0, 0.7))),
+            exponent_sleep_shift=float(rng.uniform(0.2, 1.2)),
+            spindles_per_epoch=(spe := float(rng.uniform(0.5, 4.0))),
+            n3_spindles_per_epoch=spe * float(rng.uniform(0.15, 0.35)),
+            spindle_uv=(lambda lo: (lo, lo * float(rng.uniform(1.5, 3.0))))(float(rng.uniform(6.0, 18.0))),
+            eyes_open_p=float(rng.uniform(0.1, 0.6)),
+            eyes_open_alpha=float(rng.uniform(0.05, 0.5)),
+            emg_scale=muscle * float(np.exp(rng.normal(0.0, 0.5))),
+            eye_scale=eye / 0.15 * float(np.exp(rng.normal(0.0, 0.3))) if eye > 0.15 else 1.0,
+            mains_uv=float(rng.uniform(0.0, 20.0)),
+            mains_hz=float(rng.choice([50.0, 60.0])),
+            artefact_scale=float(rng.uniform(0.3, 3.0)),
+            montage=montage,
+            age_years=age,
+        )
+
+
+# Share of the wake-to-N3 steepening of the 1/f background per stage (Lendner et al. 2020, fig. 2:
+# the exponent orders W ~ REM < N1 < N2 < N3).
+_EXPONENT_SHARE = {Stage.W: 0.0, Stage.N1: 0.3, Stage.N2: 0.7, Stage.N3: 1.0, Stage.REM: 0.1}
 
 
 def _spectral_noise(rng: np.random.Generator, n: int, fs_hz: float, shape: tuple) -> np.ndarray:
@@ -166,7 +272,12 @@ class SyntheticSleepEEG:
         True (default): every W epoch within ``DISTRESS_WINDOW_EPOCHS`` after a REM epoch is a distressed
         arousal. False: none are. A boolean array (one per epoch) chooses them explicitly.
     mains_hz : float
-        Mains frequency of the hum drawn when ``artefacts`` is True (50 Hz in Europe, 60 Hz in America).
+        Mains frequency of the hum drawn when ``artefacts`` is True (50 Hz in Europe, 60 Hz in America);
+        the wide population draws its own.
+    population : {"typical", "wide"}
+        "typical" (default): young adults on a central lead (:meth:`SubjectTraits.draw`), the demo's sleepers.
+        "wide": the real world's spread of amplitude, spectral slope, alpha, spindles, age, montage, mains,
+        muscle and artefacts (:meth:`SubjectTraits.draw_wide`); what the stage model trains on.
 
     Attributes
     ----------
@@ -186,7 +297,8 @@ class SyntheticSleepEEG:
 
     def __init__(self, hypnogram: np.ndarray, *, fs_hz: float = 250.0, n_channels: int = 8, seed: int = 0,
                  epoch_s: float = 30.0, artefacts: bool = True,
-                 distressed_arousals: bool | np.ndarray = True, mains_hz: float = 50.0) -> None:
+                 distressed_arousals: bool | np.ndarray = True, mains_hz: float = 50.0,
+                 population: str = "typical") -> None:
         hyp = np.asarray(hypnogram).astype(np.int8).ravel()
         if hyp.size == 0:
             raise ValueError("hypnogram is empty")
@@ -204,7 +316,13 @@ class SyntheticSleepEEG:
         self.mains_hz = float(mains_hz)
         self.samples_per_epoch = int(round(self.epoch_s * self.fs_hz))
         self.n_samples = len(hyp) * self.samples_per_epoch
-        self.traits = SubjectTraits.draw(np.random.default_rng([self.seed, 0x5EED]))
+        if population not in ("typical", "wide"):
+            raise ValueError(f"population must be 'typical' or 'wide', got {population!r}")
+        self.population = population
+        trait_rng = np.random.default_rng([self.seed, 0x5EED])
+        self.traits = SubjectTraits.draw(trait_rng) if population == "typical" else SubjectTraits.draw_wide(trait_rng)
+        if self.traits.mains_hz is not None:
+            self.mains_hz = float(self.traits.mains_hz)
         self.distressed = self._distressed_mask(distressed_arousals)
         # Fixed per-subject channel mixing: every channel shares the cortical source with its own gain.
         mix_rng = np.random.default_rng([self.seed, 0x313])
@@ -324,7 +442,8 @@ class SyntheticSleepEEG:
             emg = (1 - w) * emg + w * o_emg
             movement = (1 - w) * movement + w * o_move
         t = (e * n + np.arange(n)) / fs  # absolute time keeps the mains hum phase-continuous
-        hum = 2.0 * np.sin(2 * np.pi * self.mains_hz * t) if self.artefacts and self.mains_hz < fs / 2 else 0.0
+        hum = (self.traits.mains_uv * np.sin(2 * np.pi * self.mains_hz * t)
+               if self.artefacts and self.mains_hz < fs / 2 else 0.0)
         chans = np.asarray(channels, dtype=int)
         # Same operations in the same order for every channel as a per-channel sum, so channel 0 (the
         # staging channel, whose statistics the models were trained and evaluated on) is unchanged.
@@ -373,7 +492,8 @@ class SyntheticSleepEEG:
         def j() -> float:
             return float(np.exp(rng.normal(0.0, 0.3)))
 
-        pink = _spectral_noise(rng, n, fs, _pink(tr.background_exponent))
+        exponent = tr.background_exponent + tr.exponent_sleep_shift * _EXPONENT_SHARE[stage]
+        pink = _spectral_noise(rng, n, fs, _pink(exponent))
         x = np.zeros(n)
         eyes = np.zeros(n)
         # Background RMS per stage (uV): deeper sleep is more synchronised, hence larger.
@@ -385,8 +505,8 @@ class SyntheticSleepEEG:
 
         if stage == Stage.W:
             # Alpha is an eyes-closed rhythm; with eyes open wake is low-amplitude, mixed and beta-rich.
-            eyes_open = rng.random() < 0.35
-            alpha_uv = 14.0 * tr.alpha_strength * (0.15 if eyes_open else 1.0)
+            eyes_open = rng.random() < tr.eyes_open_p
+            alpha_uv = 14.0 * tr.alpha_strength * (tr.eyes_open_alpha if eyes_open else 1.0)
             x += alpha_uv * j() * _slow_envelope(rng, n, fs) * _spectral_noise(rng, n, fs, _band(tr.alpha_hz, 0.7))
             if eyes_open:
                 beta_uv *= 1.5
@@ -403,14 +523,14 @@ class SyntheticSleepEEG:
             x += 7.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
             x += 6.0 * j() * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
             x += self._slow_waves(rng, rng.uniform(0.0, 0.2))  # N2 may hold slow waves, < 20 % of the epoch
-            _add_events(x, rng, fs, 2.2, lambda r: self._spindle(r))
+            _add_events(x, rng, fs, tr.spindles_per_epoch, lambda r: self._spindle(r))
             _add_events(x, rng, fs, 0.9, lambda r: self._k_complex(r))
         elif stage == Stage.N3:
             # AASM N3 / R&K S3+S4: slow waves over 20 % (S3) to more than 50 % (S4) of the epoch.
             x += self._slow_waves(rng, rng.uniform(0.2, 1.0))
             x += 8.0 * j() * _spectral_noise(rng, n, fs, _box(0.5, 2.0))
             x += 5.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
-            _add_events(x, rng, fs, 0.6, lambda r: self._spindle(r))
+            _add_events(x, rng, fs, tr.n3_spindles_per_epoch, lambda r: self._spindle(r))
         elif stage == Stage.REM:
             x += 5.0 * j() * _spectral_noise(rng, n, fs, _band(tr.theta_hz, 1.2))
             x += 2.5 * j() * _spectral_noise(rng, n, fs, _band(tr.alpha_hz - 1.0, 0.8))
@@ -425,13 +545,13 @@ class SyntheticSleepEEG:
         emg = emg_uv * _spectral_noise(rng, n, fs, _box(20.0, min(120.0, fs / 2)))
         if self.artefacts:
             # Ordinary sleepers move too, mostly while awake.
-            if rng.random() < (0.15 if stage == Stage.W else 0.02):
+            if rng.random() < (0.15 if stage == Stage.W else 0.02) * tr.artefact_scale:
                 _add_events(movement, rng, fs, 1.0, lambda r: self._movement(r))
-            if rng.random() < 0.01:
+            if rng.random() < 0.01 * tr.artefact_scale:
                 movement += self._electrode_pop(rng)
         else:
             eyes[:] = 0.0
-        return a * x, a * eyes, emg, movement
+        return a * x, a * tr.eye_scale * eyes, tr.emg_scale * emg, movement
 
     # ---- transient waveforms (shapes after R&K 1968 / AASM 2007 descriptions) ------------------------
     def _t(self, duration_s: float) -> np.ndarray:
@@ -451,7 +571,7 @@ class SyntheticSleepEEG:
     def _spindle(self, rng: np.random.Generator) -> np.ndarray:
         t = self._t(rng.uniform(0.5, 1.8))
         f = self.traits.spindle_hz + rng.normal(0.0, 0.4)
-        return rng.uniform(18.0, 40.0) * np.hanning(len(t)) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+        return rng.uniform(*self.traits.spindle_uv) * np.hanning(len(t)) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
 
     def _k_complex(self, rng: np.random.Generator) -> np.ndarray:
         # A sharp negative wave followed by a slower positive one; >= 0.5 s in all (AASM).

@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.jsonl import append_row
 from appliance.protocol.signing import SignatureError, check_binding, verify_manifest
 
 logger = logging.getLogger(__name__)
@@ -244,11 +245,7 @@ class UpdateManager:
     def _audit(self, action: str, **fields: Any) -> None:
         entry = {"time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                  "action": action, **fields}
-        line = json.dumps(entry, sort_keys=True, default=str)
-        with open(self.audit_path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = append_row(self.audit_path, entry, sort_keys=True, default=str, fsync=True)
         logger.info("update audit: %s", line)
         if self.on_audit is not None:
             try:

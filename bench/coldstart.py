@@ -75,9 +75,10 @@ MEMORY_STEPS = [
     ("cryptography (Ed25519 verification of updates)", ["cryptography.hazmat.primitives.asymmetric.ed25519"]),
     ("edfio (EDF+ recording)", ["edfio"]),
     ("TFLite runtime (ai-edge-litert)", ["appliance.tflite", "appliance.tflite:_interpreter_class"]),
-    ("the box's own modules (daemon, DSP, stager, loops, breather, MQTT, recorder...)",
+    ("the box's own modules (daemon, DSP, stager, loops, breather, MQTT, EDF+ writer...)",
      ["appliance.daemon", "appliance.dsp", "appliance.stager", "appliance.loop_model", "appliance.breather",
-      "appliance.mqtt", "appliance.recorder", "appliance.updates", "appliance.hardware", "appliance.ads1299_sim"]),
+      "appliance.mqtt", "appliance.edfplus", "appliance.nightfolder", "appliance.updates", "appliance.hardware",
+      "appliance.ads1299_sim"]),
 ]
 
 

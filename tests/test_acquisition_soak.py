@@ -173,14 +173,17 @@ def test_drdy_path_under_load_accounts_for_every_frame(mock_pins):
     load.stop.set()
     load.join(10)
     truth, c = board.sim.truth, acq.counters
-    assert acq.exception is None and c.reinits == 0
+    assert acq.exception is None
+    # a reader starved long enough looks like a stalled chip: it may re-initialise (and must say so by a stall),
+    # and each re-init can hide one frame from the edge-gap count
+    assert c.reinits <= c.stalls
     assert c.missed_drdy >= 1                                   # at least the injected one
     # nothing lost silently: every overwritten frame was counted, except those the chip made before the
     # first frame read or after the last one (no edge gap to see them by)
     period = acq.tracker.period_ns
     before_first_read = round((consumer.first_ts - clock0) / period) + 1
     after_last_read = round((board.sim._edge_ns - acq.last_edge_ns) / period)
-    assert 0 <= truth.overwritten - overwritten0 - c.missed_drdy <= before_first_read + after_last_read
+    assert -c.reinits <= truth.overwritten - overwritten0 - c.missed_drdy <= before_first_read + after_last_read + c.reinits
     assert c.frames_read == truth.frames_read
     assert consumer.n == c.frames_read - c.corrupt
     assert ring.counters.dropped == 0 and consumer.gaps == 0

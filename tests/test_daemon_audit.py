@@ -15,7 +15,7 @@ import pytest
 from appliance.audit import head_path, main_verify, verify
 from appliance.daemon import Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
-from appliance.report import REPORT_JSON
+from appliance.nightfolder import REPORT_JSON
 from tests.daemon_helpers import box_config
 from tests.test_daemon_logic import N2, R, W, ScriptedLoops, ScriptedStager
 

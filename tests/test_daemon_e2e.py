@@ -19,8 +19,10 @@ from appliance.daemon import Daemon
 from appliance.hardware import SimulationSource, open_hardware
 from appliance.demo import scripted_night
 from appliance.hypnogram import Stage
-from appliance.recorder import ANNOTATION_STAGE
-from appliance.report import EPOCHS_JSONL, load_night, sleep_statistics
+from appliance.edfplus import ANNOTATION_STAGE
+from appliance.nightfolder import EPOCHS_JSONL
+from appliance.report import sleep_statistics
+from appliance.report_load import load_night
 from tests.daemon_helpers import Subscriber, box_config, pipeline_parts
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]

@@ -20,7 +20,8 @@ import pytest
 
 from appliance.daemon import Daemon
 from appliance.hardware import SIM_OUTPUTS_FILE, ScriptedFault, SimulationSource, open_hardware, read_sim_outputs
-from appliance.recorder import ANNOTATION_STAGE, NIGHT_EDF, list_nights
+from appliance.edfplus import ANNOTATION_STAGE
+from appliance.nightfolder import NIGHT_EDF, list_nights
 from tests.daemon_helpers import Subscriber, box_config, pipeline_parts, short_night_with_loop
 
 REPO = Path(__file__).resolve().parent.parent

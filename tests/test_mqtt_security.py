@@ -293,3 +293,29 @@ def test_family_acl_cli_writes_blocks_and_refuses_bad_input_with_one_line(tmp_pa
         assert r.returncode == 2, (bad, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
         assert out.read_bytes() == before
+
+
+def test_the_shipped_broker_drops_a_client_sending_an_oversized_packet(tmp_path, mqtt_pki):
+    """docs/mosquitto/mosquitto.conf's max_packet_size: a client (MQTT 3.1.1, which is never told the limit)
+    sending a packet over 32 MiB + 64 KiB is disconnected and nothing reaches the console; 1 MB passes."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    with DocsBroker(tmp_path / "docs-broker", mqtt_pki) as db:
+        fleet = Recorder(db.host, db.plain_port, ["bedtime/v1/+/reply/#"], username="fleet", password="pw-fleet")
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id="box-a", protocol=paho.MQTTv311)
+        c.username_pw_set("box-a", "pw-a")
+        gone = threading.Event()
+        c.on_disconnect = lambda *a: gone.set()
+        c.connect(db.host, db.plain_port, keepalive=30)
+        c.loop_start()
+        try:
+            assert wait_until(c.is_connected, 10)
+            c.publish("bedtime/v1/box-a/reply/ok", b"{}" + b" " * 1_000_000, qos=1).wait_for_publish(30)
+            assert fleet.wait_for(lambda r: any(t.endswith("/reply/ok") for t, _, _ in r.messages), 30)
+            c.publish("bedtime/v1/box-a/reply/big", b"{}" + b" " * (33619968 + 1), qos=1)
+            assert gone.wait(60), "the broker kept a client that sent an oversized packet"
+            assert not wait_until(lambda: any(t.endswith("/reply/big") for t, _, _ in fleet.messages), 2)
+        finally:
+            c.loop_stop()
+            fleet.close()

@@ -259,11 +259,15 @@ def test_box_on_a_full_disk_keeps_alerts_reports_it_and_delivers_each_row_once(s
         for i in range(21):
             link.publish_alert(title="Loop", message=f"alert {i}", severity="warning", n=i)
         assert link.stats["outbox_refused"] == 0  # every alert was stored
+        # What the box says at its next connect (the retained status): what is wrong.
+        assert "disk full" in link._status_payload("online")["outbox_problem"]
         broker.start()
         assert link.wait_connected(15)
         assert link.wait_delivered(60)
         assert rec.wait_for(lambda r: len(r.of("/alert")) == 21, 30)
-        assert rec.wait_for(lambda r: any(p.get("outbox_problem") for p in r.of("/status")), 10)
+        # Delivered rows freed room in the database: the problem is over, and the status says so.
+        assert rec.wait_for(lambda r: r.of("/status") and "outbox_problem" not in r.of("/status")[-1], 10)
+        assert link.outbox.problem is None
         delivered = len(rec.messages)
         # No storm: nothing is sent again (the old link re-sent the same rows every ~3 s).
         assert not wait_until(lambda: len([m for m in rec.messages if not m[0].endswith("/status")])
@@ -277,3 +281,38 @@ def test_box_on_a_full_disk_keeps_alerts_reports_it_and_delivers_each_row_once(s
     assert [p["n"] for p in alerts] == list(range(21))
     keys = [(t, p["outbox_id"], p["seq"]) for t, p, _ in rec.messages if p and not t.endswith("/status")]
     assert len(keys) == len(set(keys)), "a row was delivered twice"
+
+
+@pytest.mark.broker
+def test_alerts_the_full_disk_cannot_store_are_held_in_memory_and_delivered(small_disk, broker):
+    """Nothing droppable left (the disk is full of alerts): a further alert is held in memory (its own
+    outbox_id, so a console neither drops it as a duplicate nor sees a gap) and delivered after the stored
+    ones; the status says so meanwhile."""
+    from tests.broker import Recorder, make_box
+
+    rec = Recorder(broker.host, broker.port, ["bedtime/v1/box-a/alert"], persistent=True)
+    broker.stop()
+    link = make_box(small_disk, "box-a", broker.host, broker.port)
+    link.start()
+    try:
+        n = 0
+        while link.stats["outbox_refused"] < 3:
+            link.publish_alert(title="Loop", message=f"alert {n}", severity="warning", n=n, pad="x" * 3000)
+            n += 1
+            assert n < 5000, "the disk never filled"
+        fill(small_disk)
+        for _ in range(2):
+            link.publish_alert(title="Loop", message=f"alert {n}", severity="warning", n=n, pad="x" * 3000)
+            n += 1
+        assert "held in memory" in link._status_payload("online")["outbox_problem"]
+        broker.start()
+        assert link.wait_connected(15) and link.wait_delivered(60)
+        assert rec.wait_for(lambda r: len({p["n"] for p in r.of("/alert")}) == n, 60), len(rec.of("/alert"))
+    finally:
+        link.stop()
+        rec.close()
+    alerts = rec.of("/alert")
+    assert sorted({p["n"] for p in alerts}) == list(range(n))
+    memory = [p for p in alerts if p["outbox_id"].startswith("mem-")]
+    assert len(memory) >= 5 and len({p["outbox_id"] for p in memory}) == 1
+    assert [p["seq"] for p in memory] == list(range(1, len(memory) + 1))

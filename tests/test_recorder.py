@@ -1,4 +1,5 @@
-"""EDF+ recording: read-back with edfio, annotations, crash-cut files, recovery and retention."""
+"""EDF+ recording: read-back with edfio, annotations (the TAL encoder/decoder), crash-cut files, recovery and
+retention."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,9 +10,11 @@ import warnings
 import edfio
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from appliance.recorder import (EdfPlusRecorder, enforce_retention, list_nights, read_annotations, recover_edf,
-                                recover_nights)
+from appliance.edfplus import EdfPlusRecorder, decode_tals, encode_tal, read_annotations, recover_edf, tal_text
+from appliance.nightfolder import enforce_retention, list_nights, recover_nights
 
 FS = 250
 
@@ -167,3 +170,64 @@ def test_default_labels_carry_electrode_names():
     assert edf_channel_labels(acq, n_channels=4) == ["EEG Fpz-Cz", "EEG Pz-Cz", "EEG C3-Cz", "EEG C4-Cz"]
     mine = validate_config({"acquisition": {"channels": 4, "channel_labels": ["EEG C4-M1", "a", "b", "c"]}})
     assert edf_channel_labels(mine.acquisition, n_channels=4)[0] == "EEG C4-M1"
+
+
+# ---- TALs: the one encoder and decoder ---------------------------------------------------------------
+_onsets = st.integers(min_value=0, max_value=100_000_000).map(lambda ms: ms / 1000.0)
+_durations = st.none() | st.integers(min_value=0, max_value=9_999_999).map(lambda ms: ms / 1000.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(onset=_onsets, duration=_durations, text=st.text(max_size=60))
+def test_a_tal_decodes_to_what_was_encoded(onset, duration, text):
+    raw = encode_tal(onset, text, duration)
+    assert raw.endswith(b"\x14\x00") and raw.count(b"\x00") == 1  # one TAL, NUL-terminated
+    ((got_onset, got_duration, got_text),) = decode_tals(raw)
+    assert got_onset == onset
+    assert got_text == tal_text(text) and got_text.isascii() and "\x14" not in got_text and "\x15" not in got_text
+    if duration is None:
+        assert got_duration is None
+    else:  # an 8-character field: exact to the shortest decimal that fits
+        assert got_duration == pytest.approx(duration, abs=0.5 * 10 ** -max(0, 6 - len(str(int(duration)))))
+
+
+def test_an_empty_text_is_the_time_keeping_tal():
+    assert encode_tal(0.0, "") == b"+0\x14\x14\x00"
+    assert encode_tal(61.5, "") == b"+61.5\x14\x14\x00"
+    assert decode_tals(b"+61.5\x14\x14\x00" + b"\x00" * 20) == [(61.5, None, "")]
+
+
+def test_decoding_the_records_gives_what_edfio_reads(tmp_path):
+    """Every record's annotation signal, decoded here, holds exactly the annotations edfio finds in the file."""
+    p = tmp_path / "n.edf"
+    with EdfPlusRecorder(p, channel_labels=["a", "b"], fs_hz=FS) as rec:
+        for i in range(40):
+            rec.annotate(i * 0.75, f"event {i} \u00e9t\u00e9\x14", 1.5 if i % 3 else None)
+        rec.write(_signal(12.4, ch=2))
+    data = p.read_bytes()
+    header_bytes, rec_bytes, spr = int(data[184:192]), 2 * (2 * FS) + 240, 2 * FS
+    ours = []
+    for r in range(header_bytes, len(data), rec_bytes):
+        tals = decode_tals(data[r + 2 * spr:r + rec_bytes])
+        assert tals[0][2] == "" and tals[0][0] == (r - header_bytes) // rec_bytes  # time-keeping TAL first
+        ours += [(on, dur, text) for on, dur, text in tals[1:]]
+    assert sorted(ours) == sorted(read_annotations(p))  # edfio gives them by onset
+    assert ("event 7 ?t? " in {t for _, _, t in ours})
+
+
+@pytest.mark.parametrize("block", [b"12\x14x\x14\x00", b"+a\x14x\x14\x00", b"+1\x15z\x14x\x14\x00"])
+def test_a_damaged_tal_is_an_error(block):
+    with pytest.raises(ValueError):
+        decode_tals(block)
+
+
+def test_a_nul_in_an_annotation_text_does_not_break_the_file(tmp_path):
+    """Regression: a NUL in a text (e.g. an event detail echoing a hostile value) went into the file as is, where
+    by the EDF+ spec it ends the TAL (readers that follow the spec cut the annotation there)."""
+    p = tmp_path / "n.edf"
+    with EdfPlusRecorder(p, channel_labels=["a"], fs_hz=FS) as rec:
+        rec.annotate(1.0, "config_rejected reason=bad\x00value", 2.0)
+        rec.annotate(2.0, "Sleep stage 2", 30)
+        rec.write(_signal(3.0, ch=1))
+    texts = [t for _, _, t in read_annotations(p) if not t.startswith("Local time UTC")]
+    assert texts == ["config_rejected reason=bad value", "Sleep stage 2"]

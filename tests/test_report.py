@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from appliance.hypnogram import Stage
-from appliance.report import NightRecord, build_report, load_night, sleep_statistics, write_report
+from appliance.report import NightRecord, build_report, sleep_statistics
+from appliance.report_load import load_night, write_report
 
 W, N1, N2, N3, R, U = Stage.W, Stage.N1, Stage.N2, Stage.N3, Stage.REM, Stage.UNSCORED
 
@@ -123,8 +124,8 @@ def _parents_night():
 
 
 def test_the_png_reads_for_a_parent(tmp_path, berlin_time):
-    from appliance.report import (LEGEND_ALERT, LEGEND_CUE, LEGEND_LIGHT, LEGEND_LOOP, LEGEND_SIGNAL_LOST,
-                                  hypnogram_figure, plot_hypnogram)
+    from appliance.report_draw import (LEGEND_ALERT, LEGEND_CUE, LEGEND_LIGHT, LEGEND_LOOP, LEGEND_SIGNAL_LOST,
+                                       hypnogram_figure, plot_hypnogram)
 
     night = _parents_night()
     fig = hypnogram_figure(night)
@@ -153,7 +154,7 @@ def test_png_and_console_svg_draw_one_geometry(berlin_time):
 
     from appliance.fleet.web.charts import hypnogram_svg
     from appliance.hypnogram import stage_runs, step_polylines
-    from appliance.report import hypnogram_figure
+    from appliance.report_draw import hypnogram_figure
 
     night = _parents_night()
     want = step_polylines(stage_runs(night.hypnogram))

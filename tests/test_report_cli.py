@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from appliance.cli import main
 from appliance.daemon import Daemon
 from appliance.hardware import SimulationSource, open_hardware
-from appliance.recorder import list_nights
-from appliance.report import EPOCHS_JSONL, EVENTS_JSONL, REPORT_JSON
+from appliance.nightfolder import EPOCHS_JSONL, EVENTS_JSONL, REPORT_JSON, list_nights
 from tests.daemon_helpers import box_config, pipeline_parts, short_night_with_loop
 
 

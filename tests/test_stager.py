@@ -10,7 +10,8 @@ import pytest
 from appliance.dsp import StreamingPreprocessor
 from appliance.hypnogram import Stage
 from appliance.stager import (
-    DEFAULT_MODEL_PATH, EPOCH_SAMPLES, N_FEATURES, Stager, context_windows, epoch_features, forward_backward,
+    DEFAULT_MODEL_PATH, EPOCH_SAMPLES, N_FEATURES, N_MODEL_FEATURES, Stager, causal_relative, context_windows,
+    epoch_features, forward_backward,
 )
 from appliance.synthetic_eeg import SyntheticSleepEEG
 from appliance.tflite import ModelIntegrityError, file_sha256
@@ -34,7 +35,8 @@ def test_committed_model_is_small_int8_and_matches_its_card():
     card = json.loads(DEFAULT_MODEL_PATH.with_name("model_card.json").read_text())
     assert DEFAULT_MODEL_PATH.stat().st_size < 150 * 1024
     assert file_sha256(DEFAULT_MODEL_PATH) == card["sha256"]
-    assert card["future_epochs"] == 0 and len(card["feature_mean"]) == N_FEATURES
+    n_inputs = N_MODEL_FEATURES if "norm_prior_mean" in card else N_FEATURES
+    assert card["future_epochs"] == 0 and len(card["feature_mean"]) == n_inputs
 
 
 def test_tampered_model_is_refused(tmp_path):
@@ -58,6 +60,16 @@ def test_stages_a_synthetic_night_it_never_saw(stager, night):
     assert np.mean(smoothed.argmax(1) == HYP) >= acc - 0.05
 
 
+@pytest.mark.parametrize("seed, fs", [(987654, 128.0), (24680, 512.0)])
+def test_stages_wide_population_sleepers_it_never_saw(stager, seed, fs):
+    """Sleepers from the wide population (any montage, age, slope, spindles, mains, rate), never trained on."""
+    gen = SyntheticSleepEEG(HYP, seed=seed, n_channels=1, fs_hz=fs, population="wide")
+    probs = stager.stage_night(gen.render_channel(0), fs_hz=fs)
+    acc = np.mean(probs.argmax(1) == HYP)
+    print(f"\n[wide population] {gen.traits.montage}, age {gen.traits.age_years:.0f}, {fs:g} Hz: accuracy {acc:.2f}")
+    assert acc > 0.7, f"accuracy {acc:.2f} on a held-out wide-population night ({gen.traits.montage})"
+
+
 def test_live_path_equals_offline_night_and_is_causal(stager, night):
     offline = stager.stage_night(night, fs_hz=250.0)
     stager.reset()
@@ -77,6 +89,21 @@ def test_live_path_equals_offline_night_and_is_causal(stager, night):
     first = stager.stage_epoch(StreamingPreprocessor(250.0).process(night[:7500]))
     np.testing.assert_allclose(first, offline[0], atol=1e-6)
     stager.reset()
+
+
+def test_running_normalisation_is_causal_and_forgets_a_constant_offset():
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((200, N_FEATURES)).astype(np.float32)
+    prior = np.zeros(N_FEATURES)
+    rel = causal_relative(f, prior, prior_epochs=30)
+    np.testing.assert_allclose(causal_relative(f[:50], prior, prior_epochs=30), rel[:50], atol=1e-6)  # causal
+    # by hand: epoch t minus the mean of (30 prior epochs at 0, and epochs 0..t)
+    t = 17
+    np.testing.assert_allclose(rel[t], f[t] - f[:t + 1].sum(axis=0) / (30 + t + 1), atol=1e-5)
+    # a sleeper whose features all sit 2.0 higher (gain, montage): the offset fades as the night goes on
+    shifted = causal_relative(f + 2.0, prior, prior_epochs=30)
+    residual = (shifted - rel)[:, 0]
+    np.testing.assert_allclose(residual, 2.0 * 30 / (30 + np.arange(1, 201)), rtol=1e-4)
 
 
 def test_context_windows_pad_with_the_first_epoch_and_end_with_the_current():
@@ -115,12 +142,23 @@ def test_training_pipeline_smoke(tmp_path, shared):
     from models.stager import train
 
     out = tmp_path / "stager.tflite"
-    assert train.main(["--max-nights", "3", "--renders", "1", "--epochs", "1", "--out", str(out)]) == 0
+    # the variant tried for issue 13: wide population, causal per-recording normalisation, mid-night starts
+    assert train.main(["--max-nights", "3", "--renders", "1", "--epochs", "1", "--out", str(out), "--population",
+                       "wide", "--normalise", "--mid-night-starts", "1"]) == 0
     card = json.loads((tmp_path / "model_card.json").read_text())
     assert card["sha256"] == file_sha256(out)
     assert not set(card["training"]["subjects"]["train"]) & set(card["training"]["subjects"]["val"])
-    probs = Stager(out).stage_night(SyntheticSleepEEG(HYP[:8], seed=1, n_channels=1).render_channel(0), fs_hz=250.0)
+    assert card["training"]["synthetic_population"] == "wide" and len(card["norm_prior_mean"]) == N_FEATURES
+    trained = Stager(out)
+    assert trained.normalised and trained.n_inputs == N_MODEL_FEATURES
+    x = SyntheticSleepEEG(HYP[:8], seed=1, n_channels=1).render_channel(0)
+    probs = trained.stage_night(x, fs_hz=250.0)
     assert probs.shape == (8, 5)
+    # the live path keeps the night's running mean and gives the offline answer
+    pre = StreamingPreprocessor(250.0)
+    y = pre.process(x)
+    live = [trained.stage_epoch(y[i * EPOCH_SAMPLES:(i + 1) * EPOCH_SAMPLES]) for i in range(len(y) // EPOCH_SAMPLES)]
+    np.testing.assert_allclose(np.array(live), probs[:len(live)], atol=1e-6)
 
 
 def test_smooth_hypnogram_gives_the_report_int8_stages_from_the_card(stager, night):

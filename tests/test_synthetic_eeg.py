@@ -149,3 +149,76 @@ def test_other_channels_own_backgrounds_are_independent_unit_rms_pink_noise():
         assert np.all(np.abs(c[np.triu_indices(7, 1)]) < 0.5)  # no two channels share samples
     f, p = signal.welch(gen._own_table, fs=FS, nperseg=1024)
     assert p[(f > 1) & (f < 2)].mean() > 10 * p[(f > 10) & (f < 20)].mean()  # 1/f^b, b ~ 2
+
+
+# ---- the wide population: the real world's spread, each knob over its published range (issue 13) --------------
+def test_typical_population_is_the_default_and_unchanged():
+    from appliance.synthetic_eeg import SubjectTraits
+
+    hyp = np.array([W, N2, N3])
+    gen = SyntheticSleepEEG(hyp, seed=5, n_channels=1)
+    assert gen.population == "typical"
+    assert gen.traits == SubjectTraits.draw(np.random.default_rng([5, 0x5EED]))
+    assert (gen.traits.montage, gen.traits.spindles_per_epoch, gen.traits.mains_uv) == ("C3-A2", 2.2, 2.0)
+    with pytest.raises(ValueError, match="population"):
+        SyntheticSleepEEG(hyp, population="martian")
+
+
+def test_wide_population_spans_the_cited_ranges():
+    from appliance.synthetic_eeg import MONTAGES, SubjectTraits
+
+    traits = [SubjectTraits.draw_wide(np.random.default_rng([s, 0x5EED])) for s in range(400)]
+
+    def span(name):
+        v = np.array([getattr(t, name) for t in traits])
+        return v.min(), v.max()
+
+    assert {t.montage for t in traits} == set(MONTAGES)
+    assert {t.mains_hz for t in traits} == {50.0, 60.0}
+    lo, hi = span("age_years")
+    assert lo < 25 and hi > 75 and 18 <= lo and hi <= 85
+    lo, hi = span("background_exponent")
+    assert 1.0 <= lo < 1.2 and 2.0 < hi <= 2.2
+    lo, hi = span("alpha_hz")
+    assert 7.0 < lo < 8.5 and 11.5 < hi <= 12.0
+    lo, hi = span("spindles_per_epoch")  # 1-8 per minute of N2
+    assert 0.5 <= lo < 0.7 and 3.7 < hi <= 4.0
+    lo, hi = span("spindle_hz")
+    assert 11.0 <= lo and hi <= 15.0
+    lo, hi = span("mains_uv")
+    assert 0.0 <= lo < 1.0 and 19.0 < hi <= 20.0
+    # slow waves shrink with age (Carrier 2011): the oldest third has smaller delta_scale than the youngest
+    ages = np.array([t.age_years for t in traits])
+    delta = np.array([t.delta_scale for t in traits])
+    assert delta[ages > 62].mean() < 0.75 * delta[ages < 40].mean()
+    # a forehead band carries less cortex and more eye/muscle than a central lead
+    fh = [t for t in traits if t.montage == "forehead"]
+    c3 = [t for t in traits if t.montage == "C3-A2"]
+    assert np.median([t.amplitude_scale for t in fh]) < 0.6 * np.median([t.amplitude_scale for t in c3])
+    assert min(t.eye_scale for t in fh) > max(t.eye_scale for t in c3)
+
+
+@pytest.mark.parametrize("fs", [100.0, 128.0, 200.0, 256.0, 512.0])
+def test_wide_population_renders_at_any_rate_with_its_traits(fs):
+    hyp = np.array([W, W, N2, N2, N3, N3, REM])
+    gen = SyntheticSleepEEG(hyp, seed=17, n_channels=1, fs_hz=fs, population="wide")
+    x = gen.render_channel(0)
+    assert x.shape == (len(hyp) * int(30 * fs),) and np.isfinite(x).all()
+    assert 2.0 < x.std() < 400.0
+    assert gen.mains_hz == gen.traits.mains_hz
+    # streaming equals bulk in the wide population too
+    streamed = SyntheticSleepEEG(hyp, seed=17, n_channels=1, fs_hz=fs, population="wide").read(len(x))[:, 0]
+    np.testing.assert_array_equal(streamed, x)
+
+
+def test_spindle_density_knob_changes_the_n2_sigma_power():
+    from dataclasses import replace
+
+    hyp = np.full(20, N2)
+    gens = []
+    for density in (0.5, 4.0):
+        g = SyntheticSleepEEG(hyp, seed=3, n_channels=1, artefacts=False, population="wide")
+        g.traits = replace(g.traits, spindles_per_epoch=density, spindle_uv=(20.0, 30.0))
+        gens.append(g.render_channel(0))
+    low, high = (_rel_power(x.reshape(20, -1), 11.0, 16.0) for x in gens)
+    assert high > 1.5 * low

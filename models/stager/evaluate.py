@@ -171,7 +171,7 @@ def synthetic_test_nights(card: dict) -> list[tuple[str, np.ndarray, int, float]
     from models.stager.train import synthetic_seed, trim_to_sleep
 
     hyps = real_hypnograms()
-    varied = bool(card.get("training", {}).get("synthetic_rates_hz"))
+    varied = card.get("training", {}).get("synthetic_population") == "wide"
     out = []
     for entry in card.get("training", {}).get("nights", {}).get("test", []):
         name, _, render = entry.partition("#")

@@ -38,7 +38,10 @@ import numpy as np
 
 from appliance.dsp import preprocess
 from appliance.hypnogram import STAGE_NAMES, Stage, real_hypnograms, subject_of
-from appliance.stager import FEATURE_NAMES, N_FEATURES, context_windows, night_features
+from appliance.stager import (
+    FEATURE_NAMES, MODEL_FEATURE_NAMES, N_FEATURES, N_MODEL_FEATURES, NORM_PRIOR_EPOCHS, context_windows, model_inputs,
+    night_features,
+)
 from appliance.synthetic_eeg import SyntheticSleepEEG
 from models.tflite_export import export_int8
 
@@ -84,16 +87,30 @@ def synthetic_seed(name: str, render: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{name}/{render}".encode()).digest()[:4], "little")
 
 
-def synthetic_night(name: str, hyp: np.ndarray, *, render: int = 0, fs_hz: float = 250.0) -> Night:
-    """Render one synthetic night that follows ``hyp`` and compute its features."""
+SYNTHETIC_RATES_HZ = (100.0, 128.0, 200.0, 250.0, 256.0, 500.0, 512.0)
+"""Rates ``--population wide`` nights are drawn at (PSG systems record EEG at 100-512 Hz; the box at 250 SPS)."""
+
+
+def synthetic_rate(name: str, render: int) -> float:
+    """The sampling rate of one wide-population night, fixed by (recording, render) like its seed."""
+    return SYNTHETIC_RATES_HZ[synthetic_seed(name, render) % len(SYNTHETIC_RATES_HZ)]
+
+
+def synthetic_night(name: str, hyp: np.ndarray, *, render: int = 0, population: str = "typical") -> Night:
+    """Render one synthetic night that follows ``hyp`` and compute its features.
+
+    ``population="typical"``: drawn at 250 Hz (the shipped model's recipe); ``"wide"``: the real world's
+    spread of sleepers (:meth:`appliance.synthetic_eeg.SubjectTraits.draw_wide`) at :func:`synthetic_rate`.
+    """
     hyp = hyp[trim_to_sleep(hyp)]
-    gen = SyntheticSleepEEG(hyp, fs_hz=fs_hz, n_channels=1, seed=synthetic_seed(name, render))
+    fs_hz = synthetic_rate(name, render) if population == "wide" else 250.0
+    gen = SyntheticSleepEEG(hyp, fs_hz=fs_hz, n_channels=1, seed=synthetic_seed(name, render), population=population)
     x = gen.render_channel(0)
     feats = night_features(preprocess(x, fs_hz=fs_hz))
     return Night(f"{name}#{render}", subject_of(name), "synthetic", feats, hyp[:len(feats)])
 
 
-def synthetic_nights(*, renders: int = 2, max_nights: int | None = None) -> list[Night]:
+def synthetic_nights(*, renders: int = 2, max_nights: int | None = None, population: str = "typical") -> list[Night]:
     """Synthetic nights for every real hypnogram in ../shared (extra renders only for training subjects)."""
     hyps = real_hypnograms()
     if not hyps:
@@ -105,7 +122,7 @@ def synthetic_nights(*, renders: int = 2, max_nights: int | None = None) -> list
         n_r = renders if subj not in TEST_SUBJECTS + VAL_SUBJECTS else 1
         for r in range(n_r):
             t0 = time.process_time()
-            nights.append(synthetic_night(name, hyp, render=r))
+            nights.append(synthetic_night(name, hyp, render=r, population=population))
             logger.info("[%d/%d] %s render %d: %d epochs, %.1f s CPU", i + 1, len(items), name, r,
                         len(nights[-1].labels), time.process_time() - t0)
     return nights
@@ -127,16 +144,43 @@ def sleep_edf_nights(directory: Path) -> list[Night]:
     return nights
 
 
-def windows_and_labels(nights: list[Night]) -> tuple[np.ndarray, np.ndarray]:
-    """Causal context windows (flattened) and labels of all scored epochs of the nights."""
+MID_NIGHT_STARTS = 2
+"""``--mid-night-starts``' usual value: extra copies of each training night that start part-way through it (a
+box restarted at 3 am, a PSG excerpt), so the per-recording normalisation sees nights that did not begin
+with wake. Off by default (the shipped model's recipe)."""
+
+MIN_CROP_EPOCHS = 120
+
+
+def night_starts(night: Night, crops: int) -> list[int]:
+    """Where the copies of a night start: 0, then ``crops`` random epochs (seeded by the night's name)."""
+    n = len(night.features)
+    if crops <= 0 or n <= MIN_CROP_EPOCHS:
+        return [0]
+    rng = np.random.default_rng(synthetic_seed(night.name, 0xC0))
+    return [0] + sorted(int(v) for v in rng.integers(1, n - MIN_CROP_EPOCHS, size=crops))
+
+
+def windows_and_labels(nights: list[Night], prior_mean: np.ndarray | None, *,
+                       crops: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Causal context windows (flattened) of the model inputs, and labels, of all scored epochs of the nights.
+
+    The model inputs are each epoch's features, and with a ``prior_mean`` also their deviation from the
+    night-so-far mean (:func:`appliance.stager.model_inputs`), as the box computes them; with ``crops``, also
+    of that many copies of each night started part-way (:func:`night_starts`).
+    """
     xs, ys = [], []
     for n in nights:
-        w = context_windows(n.features, CONTEXT_EPOCHS)
-        keep = n.labels >= 0
-        xs.append(w[keep].reshape(int(keep.sum()), -1))
-        ys.append(n.labels[keep])
+        for start in night_starts(n, crops):
+            feats, labels = n.features[start:], n.labels[start:]
+            inputs = feats if prior_mean is None else model_inputs(feats, prior_mean)
+            w = context_windows(inputs, CONTEXT_EPOCHS)
+            keep = labels >= 0
+            xs.append(w[keep].reshape(int(keep.sum()), -1))
+            ys.append(labels[keep])
     if not xs:
-        return np.empty((0, CONTEXT_EPOCHS * N_FEATURES), np.float32), np.empty(0, np.int64)
+        n_in = N_FEATURES if prior_mean is None else N_MODEL_FEATURES
+        return np.empty((0, CONTEXT_EPOCHS * n_in), np.float32), np.empty(0, np.int64)
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
@@ -173,7 +217,7 @@ def evaluation_summary(card: dict) -> dict:
 
 
 def build_model(n_inputs: int, *, seed: int = 0):
-    """A small MLP over the flattened causal window: 10x18 features -> 64 -> 32 -> 5."""
+    """A small MLP over the flattened causal window: 10 epochs x 32 inputs -> 64 -> 32 -> 5."""
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
@@ -195,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-synthetic", action="store_true", help="train on --sleep-edf recordings only")
     ap.add_argument("--renders", type=int, default=2, help="synthetic renders per training night (default 2)")
     ap.add_argument("--max-nights", type=int, help="use only the first N hypnograms (smoke test)")
+    ap.add_argument("--population", choices=("typical", "wide"), default="typical",
+                    help="synthetic sleepers: typical (default, the shipped model) or wide (the real world's spread)")
+    ap.add_argument("--normalise", action="store_true",
+                    help="add causal per-recording normalisation (each feature's deviation from the night-so-far mean)")
+    ap.add_argument("--mid-night-starts", type=int, default=0,
+                    help=f"with --normalise: extra copies of each training night started part-way (tried: {MID_NIGHT_STARTS})")
     ap.add_argument("--epochs", type=int, default=40, help="training epochs (early stopping on validation)")
     ap.add_argument("--out", type=Path, default=MODEL_PATH, help="where to write the .tflite (card beside it)")
     args = ap.parse_args(argv)
@@ -208,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nights: list[Night] = []
     if not args.no_synthetic:
-        nights += synthetic_nights(renders=args.renders, max_nights=args.max_nights)
+        nights += synthetic_nights(renders=args.renders, max_nights=args.max_nights, population=args.population)
     if args.sleep_edf:
         nights += sleep_edf_nights(args.sleep_edf)
     if not nights:
@@ -226,10 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     if split["train"] is not split["val"]:
         assert not set(subjects["train"]) & (set(subjects["val"]) | set(subjects["test"])), "subject leak"
 
-    x_tr, y_tr = windows_and_labels(split["train"])
-    x_va, y_va = windows_and_labels(split["val"])
-    mean = x_tr.reshape(-1, CONTEXT_EPOCHS, N_FEATURES).mean(axis=(0, 1))
-    std = x_tr.reshape(-1, CONTEXT_EPOCHS, N_FEATURES).std(axis=(0, 1)) + 1e-3
+    # The population mean the per-night running mean starts from: every training epoch's raw features.
+    prior_mean = (np.concatenate([n.features for n in split["train"]]).astype(np.float64).mean(axis=0)
+                  if args.normalise else None)
+    x_tr, y_tr = windows_and_labels(split["train"], prior_mean, crops=args.mid_night_starts)
+    x_va, y_va = windows_and_labels(split["val"], prior_mean)
+    n_in = N_MODEL_FEATURES if args.normalise else N_FEATURES
+    mean = x_tr.reshape(-1, CONTEXT_EPOCHS, n_in).mean(axis=(0, 1))
+    std = x_tr.reshape(-1, CONTEXT_EPOCHS, n_in).std(axis=(0, 1)) + 1e-3
     tile_m, tile_s = np.tile(mean, CONTEXT_EPOCHS), np.tile(std, CONTEXT_EPOCHS)
     z_tr, z_va = (x_tr - tile_m) / tile_s, (x_va - tile_m) / tile_s
     counts = np.bincount(y_tr, minlength=5).astype(float)
@@ -256,12 +310,19 @@ def main(argv: list[str] | None = None) -> int:
         "sha256": hashlib.sha256(blob).hexdigest(),
         "size_bytes": len(blob),
         "format": "TFLite, int8 weights and activations, int8 input and output",
-        "input": f"({CONTEXT_EPOCHS} epochs x {N_FEATURES} features) flattened, standardised with feature_mean/std; current epoch last",
+        "input": (f"({CONTEXT_EPOCHS} epochs x {N_MODEL_FEATURES} inputs: {N_FEATURES} features and their deviation "
+                  f"from the night-so-far mean) flattened, standardised with feature_mean/std; current epoch last"
+                  if args.normalise else
+                  f"({CONTEXT_EPOCHS} epochs x {N_FEATURES} features) flattened, standardised with feature_mean/std; "
+                  "current epoch last"),
         "output": "probabilities of W, N1, N2, N3, REM for the last epoch",
         "stage_names": list(STAGE_NAMES),
         "context_epochs": CONTEXT_EPOCHS,
         "future_epochs": 0,
         "feature_names": list(FEATURE_NAMES),
+        "input_feature_names": list(MODEL_FEATURE_NAMES if args.normalise else FEATURE_NAMES),
+        **({"norm_prior_mean": [float(v) for v in prior_mean], "norm_prior_epochs": NORM_PRIOR_EPOCHS}
+           if args.normalise else {}),
         "feature_mean": [float(v) for v in mean],
         "feature_std": [float(v) for v in std],
         "transition_matrix": transition.round(6).tolist(),
@@ -269,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         "training": {
             "data": sorted({n.source for n in nights}),
             "synthetic_renders_per_training_night": None if args.no_synthetic else args.renders,
+            "synthetic_population": args.population,
+            "mid_night_starts_per_training_night": args.mid_night_starts,
+            "synthetic_rates_hz": list(SYNTHETIC_RATES_HZ) if args.population == "wide" else [250.0],
             "sleep_edf_dir": str(args.sleep_edf) if args.sleep_edf else None,
             "subjects": subjects,
             "nights": {k: [n.name for n in v] for k, v in split.items()},

@@ -81,7 +81,8 @@ def test_install_pi_completes_with_the_pinned_runtime(pi):
     assert versions["ai-edge-litert"] == "1.4.0"  # 2.x crashes on Cortex-A53/A72 (docs/pi.md)
     # the cffi extension was compiled inside, for aarch64
     so = pi.run(f"{PY} -c 'import appliance._native as n; print(n.__file__)'").stdout.strip()
-    assert "aarch64" in so, so
+    e_machine = struct.unpack_from("<H", pi.path(so).read_bytes(), 18)[0]
+    assert e_machine == 183, (so, e_machine)  # EM_AARCH64
 
 
 def test_selftest_simulate_passes(pi):

@@ -185,8 +185,9 @@ def test_a_stalled_pipeline_is_killed_by_the_watchdog_and_restarted(box):
     restarts = int(box.show(UNIT, "NRestarts")["NRestarts"])
     box.run(f"kill -STOP {pid}")  # everything stops, the consumer loop with it: no more WATCHDOG=1
     t0 = time.monotonic()
-    # WatchdogSec=30, then SIGABRT (pending on a stopped process), SIGKILL after TimeoutAbortSec, RestartSec=5
-    new = _wait_active(box, timeout_s=180, not_pid=pid)
+    # WatchdogSec=30, then SIGABRT (pending on a stopped process), SIGKILL after TimeoutAbortSec (= TimeoutStopSec
+    # = 90), RestartSec=5
+    new = _wait_active(box, timeout_s=300, not_pid=pid)
     TIMINGS["watchdog_restart_s"] = time.monotonic() - t0
     assert new != pid
     assert int(box.show(UNIT, "NRestarts")["NRestarts"]) > restarts

@@ -1,4 +1,4 @@
-"""EDF+ recording of the night: the raw channels in microvolts plus annotations (stages, loops, breathers, faults).
+"""EDF+ (EDF+C) writing and reading: the raw channels in microvolts plus annotations (TALs), nothing about nights.
 
 Why a hand-written streaming writer rather than edfio (which the project uses everywhere else for EDF): edfio
 builds and writes a whole file from in-memory signals, so a night would sit in RAM until morning and a power cut
@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ STAGE_ANNOTATION = {0: "Sleep stage W", 1: "Sleep stage 1", 2: "Sleep stage 2", 
 """EDF+ standard texts for scored stages (EDF+ spec, 'standard texts'), by :class:`appliance.hypnogram.Stage`."""
 ANNOTATION_STAGE = {v: k for k, v in STAGE_ANNOTATION.items()}
 
-NIGHT_EDF = "night.edf"
 UTC_OFFSET_PREFIX = "Local time UTC"
 """Start of the annotation (onset 0) that says which UTC offset the header's local start time has."""
 
@@ -71,6 +69,66 @@ def _num_field(x: float) -> str:
 def _onset_text(onset_s: float) -> str:
     text = f"{onset_s:+.3f}".rstrip("0").rstrip(".")
     return text if text not in ("+", "-") else "+0"
+
+
+# ---- TALs (EDF+ spec section 2.2.2): the one encoder and the one decoder -------------------------------
+TAL_DURATION = "\x15"
+"""Separates a TAL's onset from its duration."""
+TAL_TEXT = "\x14"
+"""Ends the onset (or duration) and each annotation text of a TAL."""
+
+
+def tal_text(text: str) -> str:
+    """``text`` as an annotation can hold it: ASCII only (others become ``?``), no separator and no NUL inside.
+
+    A NUL ends a TAL, so one inside a text (an event detail echoing a hostile value) would cut the annotation
+    there and leave the rest to be read as a TAL of its own.
+    """
+    clean = text.encode("ascii", "replace").decode("ascii")
+    return clean.replace(TAL_TEXT, " ").replace(TAL_DURATION, " ").replace("\x00", " ")
+
+
+def encode_tal(onset_s: float, text: str, duration_s: float | None = None) -> bytes:
+    """One Time-stamped Annotation List: ``+onset[\\x15duration]\\x14text\\x14\\x00``.
+
+    With an empty ``text`` this is the time-keeping TAL that opens every record's annotation signal.
+
+    Parameters
+    ----------
+    onset_s : float
+        Seconds since the recording start (written to the millisecond, trailing zeros dropped).
+    text : str
+        The annotation; passed through :func:`tal_text`.
+    duration_s : float, optional
+        Seconds; written in at most 8 characters.
+    """
+    dur = f"{TAL_DURATION}{_num_field(duration_s)}" if duration_s is not None else ""
+    return (_onset_text(onset_s) + dur + TAL_TEXT + tal_text(text) + TAL_TEXT + "\x00").encode("ascii")
+
+
+def decode_tals(block: bytes) -> list[tuple[float, float | None, str]]:
+    """The TALs of one record's annotation signal as ``(onset_s, duration_s, text)``, in order.
+
+    The time-keeping TAL comes out with an empty text; a TAL with several texts gives one tuple per text; the
+    zero padding after the last TAL is ignored.
+
+    Raises
+    ------
+    ValueError
+        When a TAL's onset or duration is not a number (a damaged block).
+    """
+    out: list[tuple[float, float | None, str]] = []
+    for raw in block.split(b"\x00"):
+        if not raw:
+            continue
+        parts = raw.decode("ascii", "replace").split(TAL_TEXT)
+        when, texts = parts[0], parts[1:-1] if len(parts) > 2 else [""]
+        onset, _, dur = when.partition(TAL_DURATION)
+        if not onset or onset[0] not in "+-":
+            raise ValueError(f"TAL onset {onset!r:.20} does not start with a sign")
+        for text in texts:
+            out.append((float(onset), float(dur) if dur else None, text))
+    return out
 
 
 @dataclass(frozen=True)
@@ -189,8 +247,7 @@ class EdfPlusRecorder:
             Free text (EDF+ standard texts for stages: see :data:`STAGE_ANNOTATION`). Non-ASCII is replaced.
         duration_s : float, optional
         """
-        clean = text.encode("ascii", "replace").decode("ascii").replace("\x14", " ").replace("\x15", " ")
-        self._annotations.append((max(0.0, float(onset_s)), duration_s, clean))
+        self._annotations.append((max(0.0, float(onset_s)), duration_s, tal_text(text)))
 
     def write(self, samples_uv: np.ndarray) -> None:
         """Append samples (shape ``(n, n_channels)``, microvolts); complete records go to the file."""
@@ -209,16 +266,15 @@ class EdfPlusRecorder:
 
     def _tal_block(self, record_index: int) -> bytes:
         onset = record_index * self.record_duration_s
-        out = (_onset_text(onset) + "\x14\x14\x00").encode("ascii")
+        out = encode_tal(onset, "")  # the record's time-keeping TAL
         while self._annotations:
             on, dur, text = self._annotations[0]
-            tal = _onset_text(on) + (f"\x15{_num_field(dur)}" if dur is not None else "") + "\x14" + text + "\x14\x00"
-            raw = tal.encode("ascii")
+            raw = encode_tal(on, text, dur)
             room = ANNOTATION_BYTES_PER_RECORD - len(out)
             if len(raw) > room:
                 if len(out) > 16:  # wait for the next record
                     break
-                raw = raw[: room - 2] + b"\x14\x00"  # a single over-long text: shortened rather than lost
+                raw = raw[: room - 2] + (TAL_TEXT + "\x00").encode("ascii")  # a single over-long text: shortened rather than lost
             out += raw
             self._annotations.pop(0)
         return out.ljust(ANNOTATION_BYTES_PER_RECORD, b"\x00")
@@ -254,8 +310,7 @@ class EdfPlusRecorder:
         extra = b""
         while self._annotations:
             on, dur, text = self._annotations[0]
-            raw = (_onset_text(on) + (f"\x15{_num_field(dur)}" if dur is not None else "") + "\x14" + text
-                   + "\x14\x00").encode("ascii")
+            raw = encode_tal(on, text, dur)
             if used + len(extra) + len(raw) > ANNOTATION_BYTES_PER_RECORD:
                 break
             extra += raw
@@ -353,57 +408,3 @@ def read_annotations(path: str | os.PathLike) -> list[tuple[float, float | None,
         warnings.simplefilter("ignore")  # a crash-cut file warns about its record count; that is expected here
         edf = edfio.read_edf(path)
     return [(float(a.onset), None if a.duration is None else float(a.duration), a.text) for a in edf.annotations]
-
-
-# ---- nights on disk ---------------------------------------------------------------------------------
-def night_id(start: dt.datetime) -> str:
-    """Directory name of a night: its UTC start, sortable (``20261123T221500Z``)."""
-    return start.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def list_nights(root: str | os.PathLike) -> list[Path]:
-    """Night directories under ``root``, oldest first."""
-    r = Path(root)
-    if not r.is_dir():
-        return []
-    return sorted(p for p in r.iterdir() if p.is_dir() and len(p.name) == 16 and p.name.endswith("Z"))
-
-
-def _dir_bytes(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-
-
-def enforce_retention(root: str | os.PathLike, *, max_nights: int, max_bytes: float,
-                      keep: str | os.PathLike | None = None) -> list[Path]:
-    """Delete whole nights, oldest first, until at most ``max_nights`` and ``max_bytes`` remain.
-
-    The night ``keep`` (the one being recorded) is never deleted. Returns the deleted directories.
-    """
-    nights = list_nights(root)
-    keep_p = Path(keep).resolve() if keep else None
-    sizes = {p: _dir_bytes(p) for p in nights}
-    deleted = []
-    for p in nights:
-        if len(nights) - len(deleted) <= max_nights and sum(sizes.values()) <= max_bytes:
-            break
-        if keep_p is not None and p.resolve() == keep_p:
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        sizes.pop(p)
-        deleted.append(p)
-        logger.info("retention: deleted night %s", p.name)
-    return deleted
-
-
-def recover_nights(root: str | os.PathLike) -> list[Path]:
-    """Run :func:`recover_edf` on every night under ``root``; returns the files that needed it."""
-    fixed = []
-    for night in list_nights(root):
-        edf = night / NIGHT_EDF
-        if edf.is_file():
-            try:
-                if recover_edf(edf) is not None:
-                    fixed.append(edf)
-            except (ValueError, OSError) as e:
-                logger.error("cannot recover %s: %s", edf, e)
-    return fixed
