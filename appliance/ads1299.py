@@ -142,11 +142,6 @@ def channel_set_byte(*, gain: int = 24, mux: int = MUX_NORMAL, srb2: bool = True
     return (CHSET_PD if power_down else 0) | (GAIN_BITS[gain] << 4) | (CHSET_SRB2 if srb2 else 0) | mux
 
 
-def status_fields(status: int) -> tuple[int, int, int]:
-    """Split a 24-bit status word into (LOFF_STATP, LOFF_STATN, GPIOD) [ref 4]."""
-    return (status >> 12) & 0xFF, (status >> 4) & 0xFF, status & 0xF
-
-
 @dataclass(frozen=True)
 class TestSignalResult:
     """Internal test signal as measured on each channel."""
