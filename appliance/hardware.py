@@ -179,7 +179,7 @@ class SimulationSource:
 
     hypnogram: np.ndarray | None = None
     edf_path: Path | None = None
-    edf_channels: list[str | int] | None = None  # None: the file's EEG signals (ads1299_sim.select_edf_signals)
+    edf_channels: list[str | int] | None = None  # None: the file's EEG signals (signal_sources.select_edf_signals)
     seed: int = 0
     distressed_arousals: Any = True
     faults: list[ScriptedFault] = field(default_factory=list)
@@ -187,7 +187,7 @@ class SimulationSource:
     def open(self, *, fs_hz: int, n_channels: int) -> Any:
         """A signal source (``read(n) -> (n, n_channels)`` microvolts, ``fs_hz``, ``n_channels``, ``n_samples``)."""
         if self.edf_path is not None:
-            from appliance.ads1299_sim import EdfSource
+            from appliance.signal_sources import EdfSource
 
             edf = EdfSource(self.edf_path, fs_hz=fs_hz, channels=self.edf_channels, loop=False)
             return _ChannelAdapter(edf, n_channels=n_channels, n_samples=edf.samples.shape[0])

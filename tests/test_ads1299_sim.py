@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from appliance import ads1299 as ads
-from appliance.ads1299_sim import (EdfSource, Fault, NoiseSource, SimulatedADS1299, SimulatedSpiDev, SineSource,
-                                   simulated_board)
+from appliance.ads1299_sim import Fault, SimulatedADS1299, SimulatedSpiDev, simulated_board
+from appliance.signal_sources import EdfSource, NoiseSource, SineSource
 
 
 def powered_spi(**kw) -> SimulatedSpiDev:
