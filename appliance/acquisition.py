@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from appliance.ads1299 import ADS1299, ADS1299Error
+from appliance.ads1299_frame import LOFF_BITS_MASK, is_synced, lead_off_bits, status_words
 from appliance.ring import FrameRing
 
 logger = logging.getLogger(__name__)
@@ -364,7 +365,8 @@ class Acquisition:
         ts = tracker.stamp(edge_ns, k)
         self._last_edge_ns = edge_ns
         stored = self.ring.push_raw(raw, ts)
-        if raw[0] & 0xF0 != 0xC0:
+        status = int.from_bytes(raw[:3], "big")
+        if not is_synced(status):
             self.counters.corrupt += 1
             self._corrupt_run += 1
             if self._corrupt_run == 1 or self._corrupt_run % 100 == 0:
@@ -377,8 +379,8 @@ class Acquisition:
             self.counters.frames_stored += 1
         else:
             self.counters.dropped += 1
-        if raw[0] != 0xC0 or raw[1] or raw[2] & 0xF0:
-            self._loff_seen |= ((raw[0] & 0x0F) << 12) | (raw[1] << 4) | (raw[2] >> 4)
+        if status & LOFF_BITS_MASK:
+            self._loff_seen |= lead_off_bits(status)
         self._since_health += 1
         if self._since_health >= self.health_every_frames:
             self._health_check()
@@ -432,7 +434,8 @@ class Acquisition:
             self.counters.missed_drdy += lost
             self._fault("missed_drdy", f"{lost} frame(s) not read ({int(missing.sum())} DRDY edge gap(s))")
         # corrupt frames and runs of them
-        bad = (b[:, 0] & 0xF0) != 0xC0
+        status = status_words(b)
+        bad = ~is_synced(status)
         n_bad = int(bad.sum())
         if n_bad:
             self.counters.corrupt += n_bad
@@ -444,7 +447,7 @@ class Acquisition:
         # push contiguous segments (split at edge gaps, so every frame gets its own edge's time base)
         cuts = np.flatnonzero(np.diff(edges) > 1.5 * period) + 1 if n > 1 else np.zeros(0, np.int64)
         bounds = [0, *cuts.tolist(), n]
-        loff = ((b[:, 0].astype(np.int64) & 0x0F) << 12) | (b[:, 1].astype(np.int64) << 4) | (b[:, 2] >> 4)
+        loff = lead_off_bits(status)
         loff[bad] = 0
         stored = 0
         for s0, s1 in zip(bounds[:-1], bounds[1:]):

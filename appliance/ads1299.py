@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from appliance.ads1299_frame import V_REF, frame_bytes, loff_statn, loff_statp, uv_per_count
+
 logger = logging.getLogger(__name__)
 
 # ---- timing (ref 1, 2, 6) ------------------------------------------------------------------------
@@ -105,32 +107,13 @@ GAIN_BITS = {1: 0b000, 2: 0b001, 4: 0b010, 6: 0b011, 8: 0b100, 12: 0b101, 24: 0b
 GAIN_FROM_BITS = {v: k for k, v in GAIN_BITS.items()}
 MUX_NORMAL, MUX_SHORTED, MUX_BIAS_MEAS, MUX_MVDD, MUX_TEMP, MUX_TEST, MUX_BIAS_DRP, MUX_BIAS_DRN = range(8)
 
-# ---- data (ref 4, 5) -----------------------------------------------------------------------------
-STATUS_BYTES = 3
-BYTES_PER_CHANNEL = 3
-V_REF = 4.5                              # internal reference, volts [DS]
-FULL_SCALE_CODE = 2**23 - 1              # LSB = VREF / gain / (2^23 - 1) [DS][OBCI][BF], ref 5
+# ---- data (ref 4, 5): frame layout and scaling live in appliance.ads1299_frame -----------------------
 TEST_SIGNAL_AMPLITUDE_V = V_REF / 2.4e3  # +-1 x (VREFP - VREFN)/2.4 mV = 1.875 mV [ref 3, CONFIG2]
 LOFF_EXCITATION_A = 6e-9                 # 6 nA lead-off current used for impedance [ref 7]
 
 
-def uv_per_count_at_gain(gain: int | np.ndarray) -> float | np.ndarray:
-    """Input-referred microvolts per ADC count at PGA ``gain``: VREF / gain / (2^23 - 1) [DS], ref 5."""
-    return V_REF / np.asarray(gain, dtype=np.float64) / FULL_SCALE_CODE * 1e6
-
-
 class ADS1299Error(RuntimeError):
     """The chip did not answer as the datasheet says (wrong ID, a write that did not stick, no DRDY)."""
-
-
-def frame_bytes(n_channels: int) -> int:
-    """Bytes per RDATAC frame: 3 status + 3 per channel (27 for 8 channels)."""
-    return STATUS_BYTES + BYTES_PER_CHANNEL * n_channels
-
-
-def uv_per_count(gain: int | float) -> float:
-    """Microvolts per ADC count at ``gain``: ``4.5 V / gain / (2**23 - 1)`` (0.02235 uV at gain 24)."""
-    return V_REF / float(gain) / FULL_SCALE_CODE * 1e6
 
 
 def channel_set_byte(*, gain: int = 24, mux: int = MUX_NORMAL, srb2: bool = True, power_down: bool = False) -> int:
@@ -140,11 +123,6 @@ def channel_set_byte(*, gain: int = 24, mux: int = MUX_NORMAL, srb2: bool = True
     if not 0 <= mux <= 7:
         raise ValueError(f"mux must be 0..7, got {mux}")
     return (CHSET_PD if power_down else 0) | (GAIN_BITS[gain] << 4) | (CHSET_SRB2 if srb2 else 0) | mux
-
-
-def status_fields(status: int) -> tuple[int, int, int]:
-    """Split a 24-bit status word into (LOFF_STATP, LOFF_STATN, GPIOD) [ref 4]."""
-    return (status >> 12) & 0xFF, (status >> 4) & 0xFF, status & 0xF
 
 
 @dataclass(frozen=True)
@@ -267,13 +245,9 @@ class ADS1299:
         """True between :meth:`start_streaming` and :meth:`stop_streaming` (RDATAC + START)."""
         return self._streaming
 
-    def uv_per_count(self) -> np.ndarray:
-        """Microvolts per count for each channel at its gain."""
-        return uv_per_count_at_gain(self.gains)
-
     def counts_to_uv(self, counts: np.ndarray) -> np.ndarray:
         """Convert counts, shape (n, n_channels), to input-referred microvolts (float64)."""
-        return np.asarray(counts, dtype=np.float64) * self.uv_per_count()
+        return np.asarray(counts, dtype=np.float64) * uv_per_count(self.gains)
 
     # ---- low-level SPI -------------------------------------------------------------------------
     def command(self, opcode: int) -> None:
@@ -581,8 +555,8 @@ class ADS1299:
             self._configure()
             if was:
                 self.start_streaming()
-        p = np.bitwise_or.reduce((status >> 12) & 0xFF) if status.size else 0
-        m = np.bitwise_or.reduce((status >> 4) & 0xFF) if status.size else 0
+        p = np.bitwise_or.reduce(loff_statp(status)) if status.size else 0
+        m = np.bitwise_or.reduce(loff_statn(status)) if status.size else 0
         bits = 1 << np.arange(self.n_channels)
         return LeadOffStatus(positive_off=(p & bits) != 0, negative_off=(m & bits) != 0)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance import ads1299 as ads
+from appliance import ads1299_frame as layout
 from appliance.signal_sources import SineSource
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class SimulatedADS1299:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.n_channels = variant_channels
-        self.frame_bytes = ads.frame_bytes(variant_channels)
+        self.frame_bytes = layout.frame_bytes(variant_channels)
         self.source = source if source is not None else SineSource(n_channels=variant_channels, amplitude_uv=20.0)
         self._src = _SourceBuffer(_RateAdapter(self.source))
         self._block: np.ndarray | None = None      # frames rendered ahead for the DRDY thread
@@ -481,25 +482,25 @@ class SimulatedADS1299:
                 x[:, c] += 145_300.0                  # ~145 mV at 25 C [UNVERIFIED]
             elif m == ads.MUX_MVDD:
                 x[:, c] += 2.5e6 / gains[c]
-        x *= (1.0 / np.array([ads.uv_per_count(g) for g in gains]))[None, :]
-        np.clip(x, -2**23, 2**23 - 1, out=x)
+        x *= (1.0 / np.array([layout.uv_per_count(g) for g in gains]))[None, :]
+        np.clip(x, layout.MIN_CODE, layout.FULL_SCALE_CODE, out=x)
         counts = np.rint(x).astype(np.int64)
         counts[:, (chset & ads.CHSET_PD) != 0] = 0
         for f, lo, hi in self._active_faults(k0, n, "rail"):
-            counts[lo:hi, f.channel] = 2**23 - 1
+            counts[lo:hi, f.channel] = layout.FULL_SCALE_CODE
         for f, lo, hi in self._active_faults(k0, n, "stuck"):
             key = id(f)
             if key not in self._stuck_value:
                 self._stuck_value[key] = int(counts[lo, f.channel])
             counts[lo:hi, f.channel] = self._stuck_value[key]
         # status word: 1100 | LOFF_STATP | LOFF_STATN | GPIOD [ref 4]
-        status = np.full(n, 0xC00000, np.int64)
+        status = np.full(n, layout.STATUS_SYNC, np.int64)
         if off is not None and self.regs[ads.REG_CONFIG4] & ads.CONFIG4_PD_LOFF_COMP and sensp:
             p = (off.astype(np.int64) << np.arange(nch)).sum(axis=1) & sensp
-            status |= p << 12
+            status |= p << layout.LOFF_STATP_SHIFT
         status |= (self.regs[ads.REG_GPIO] >> 4) & 0x0F
         # 24-bit big-endian encoding, byte by byte (3x faster than a '>u4' view and a strided copy)
-        frames = np.empty((n, 3 + 3 * nch), np.uint8)
+        frames = np.empty((n, layout.frame_bytes(nch)), np.uint8)
         frames[:, 0] = status >> 16
         frames[:, 1] = status >> 8
         frames[:, 2] = status
