@@ -176,13 +176,13 @@ class Acquisition:
         self.backpressure = backpressure
         self.gil_switch_interval_s = gil_switch_interval_s
         self.health_every_frames = int(health_every_frames or max(1, chip.sample_rate_sps // 4))
-        speed = float(getattr(chip.spi, "speed", 1.0))
+        speed = float(chip.board.speed)
         self.speed = speed
-        has_burst = callable(getattr(chip.spi, "read_frames", None))
+        has_burst = chip.board.can_burst
         if mode == "auto":
             mode = "burst" if has_burst and (speed >= burst_min_speed or chip.drdy is None) else "drdy"
         if mode == "burst" and not has_burst:
-            raise ValueError("burst mode needs an SPI object with read_frames() (the simulator)")
+            raise ValueError("burst mode needs a board with a burst path (the simulator)")
         if mode in ("drdy", "poll") and chip.drdy is None:
             raise ValueError(f"{mode} mode needs the chip's DRDY input (gpiozero DigitalInputDevice)")
         self.mode = mode
@@ -387,7 +387,7 @@ class Acquisition:
 
     # ---- burst path ----------------------------------------------------------------------------
     def _run_burst(self) -> None:
-        chip, ring, spi = self.chip, self.ring, self.chip.spi
+        chip, ring, board = self.chip, self.ring, self.chip.board
         fb = self._fb
         period_nominal = self.tracker.nominal_period_ns
         sim_start = chip.clock_ns()
@@ -403,8 +403,8 @@ class Acquisition:
                     self._stop.wait(ahead_s)
             if self._stop.is_set():
                 break             # do not read a burst there may be no room for
-            data = spi.read_frames(self.burst_frames)
-            edges = spi.last_edges_ns
+            data = board.read_frames(self.burst_frames)
+            edges = board.last_edges_ns
             now = chip.clock_ns()
             if not data:
                 if now - last_data_ns > self.stall_periods * period_nominal:

@@ -648,6 +648,7 @@ class SimulatedSpiDev:
     """
 
     MAX_HZ = 20_000_000      # tSCLK >= 50 ns at DVDD 2.7-3.6 V [ref 1]
+    can_burst = True         # it is also the simulated board (:class:`appliance.ads1299.Board`)
 
     def __init__(self, chip: SimulatedADS1299 | None = None, **chip_kwargs) -> None:
         self.chip = chip if chip is not None else SimulatedADS1299(**chip_kwargs)
@@ -768,5 +769,5 @@ def simulated_board(*, variant_channels: int = 8, source=None, speed: float = 1.
             time.sleep(seconds * scale)
 
     driver_kwargs.setdefault("sleep", sleep)
-    chip = ads.ADS1299(spi, drdy=drdy, **driver_kwargs)
+    chip = ads.ADS1299(spi, drdy=drdy, board=spi, **driver_kwargs)
     return SimulatedBoard(chip=chip, spi=spi, sim=spi.chip, drdy=drdy)

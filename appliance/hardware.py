@@ -307,7 +307,8 @@ def open_chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any = None, speed:
     drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory) if drdy else None
     # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
     chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
-                   max_speed_hz=a.spi_max_speed_hz, wait_power_on=True, sleep=lambda s: time.sleep(s / speed))
+                   max_speed_hz=a.spi_max_speed_hz, wait_power_on=True, sleep=lambda s: time.sleep(s / speed),
+                   board=spi)
     return chip, spi
 
 

@@ -34,7 +34,7 @@ class SpyingSpi(SimulatedSpiDev):
 def test_bring_up_follows_the_reference_sequence():
     spi = SpyingSpi(speed=1.0)
     spi.open()
-    chip = ADS1299(spi, drdy=None)
+    chip = ADS1299(spi, drdy=None, board=spi)
     log = spi.log
     first_t, *_ = log[0]
     assert first_t >= ads.T_POR_S                              # nothing before tPOR (2^18 tCLK)

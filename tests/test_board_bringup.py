@@ -51,3 +51,42 @@ def test_open_chip_brings_the_simulator_up_as_configured() -> None:
     finally:
         spi.close()
         spi.chip.close()
+
+
+def test_driver_and_acquisition_do_not_sniff_for_the_simulator() -> None:
+    # they used getattr(spi, "drdy_edge_ns"/"clock_ns"/"speed"/"read_frames"); now they ask chip.board
+    for name in ("ads1299.py", "acquisition.py"):
+        calls = [n for n in ast.walk(ast.parse((APPLIANCE / name).read_text()))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "hasattr")]
+        assert not calls, f"{name} line {calls[0].lineno}"
+
+
+def test_the_real_board_has_the_host_clock_and_no_burst_path() -> None:
+    import time
+
+    import pytest
+
+    from appliance.ads1299 import ADS1299Error, HostBoard
+    from appliance.ads1299_sim import SimulatedSpiDev
+
+    board = HostBoard(None)
+    assert board.speed == 1.0 and board.can_burst is False
+    t0 = time.monotonic_ns()
+    assert t0 <= board.clock_ns() <= time.monotonic_ns() and t0 <= board.drdy_edge_ns() <= time.monotonic_ns()
+    with pytest.raises(ADS1299Error, match="no burst path"):
+        board.read_frames(10)
+    assert SimulatedSpiDev.can_burst is True   # the simulated board behind the same interface
+
+
+def test_open_chip_gives_the_simulated_chip_its_own_board() -> None:
+    from appliance.acquisition import Acquisition
+    from appliance.ring import FrameRing
+
+    cfg = validate_config({})
+    chip, spi = open_chip(cfg, simulate=True, pin_factory=mock_pin_factory(), speed=1e9, drdy=False)
+    try:
+        assert chip.board is spi and chip.clock_ns() == spi.clock_ns()
+        assert Acquisition(chip, FrameRing(100, chip.n_channels)).mode == "burst"
+    finally:
+        spi.close()
+        spi.chip.close()
