@@ -246,6 +246,10 @@ def _regenerate() -> str:
 
     rates = next(f.metadata["choices"] for f in dataclasses.fields(AcquisitionSection) if f.name == "sample_rate_sps")
     _RECORD = {}
+    # dsp caches its per-rate designs: a design an earlier caller (a test in the same process) already asked
+    # for would come from the cache and never be recorded
+    dsp._hann_periodic.cache_clear()
+    dsp._filtfilt_design.cache_clear()
     try:
         import appliance.stager as stager
 
