@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from appliance.ads1299 import ADS1299, ADS1299Error
+from appliance.ads1299_frame import LOFF_BITS_MASK, is_synced, lead_off_bits, status_words
 from appliance.ring import FrameRing
 
 logger = logging.getLogger(__name__)
@@ -175,13 +176,13 @@ class Acquisition:
         self.backpressure = backpressure
         self.gil_switch_interval_s = gil_switch_interval_s
         self.health_every_frames = int(health_every_frames or max(1, chip.sample_rate_sps // 4))
-        speed = float(getattr(chip.spi, "speed", 1.0))
+        speed = float(chip.board.speed)
         self.speed = speed
-        has_burst = callable(getattr(chip.spi, "read_frames", None))
+        has_burst = chip.board.can_burst
         if mode == "auto":
             mode = "burst" if has_burst and (speed >= burst_min_speed or chip.drdy is None) else "drdy"
         if mode == "burst" and not has_burst:
-            raise ValueError("burst mode needs an SPI object with read_frames() (the simulator)")
+            raise ValueError("burst mode needs a board with a burst path (the simulator)")
         if mode in ("drdy", "poll") and chip.drdy is None:
             raise ValueError(f"{mode} mode needs the chip's DRDY input (gpiozero DigitalInputDevice)")
         self.mode = mode
@@ -378,7 +379,8 @@ class Acquisition:
         ts = tracker.stamp(edge_ns, k)
         self._last_edge_ns = edge_ns
         stored = self.ring.push_raw(raw, ts)
-        if raw[0] & 0xF0 != 0xC0:
+        status = int.from_bytes(raw[:3], "big")
+        if not is_synced(status):
             self.counters.corrupt += 1
             self._corrupt_run += 1
             if self._corrupt_run == 1 or self._corrupt_run % 100 == 0:
@@ -391,15 +393,15 @@ class Acquisition:
             self.counters.frames_stored += 1
         else:
             self.counters.dropped += 1
-        if raw[0] != 0xC0 or raw[1] or raw[2] & 0xF0:
-            self._loff_seen |= ((raw[0] & 0x0F) << 12) | (raw[1] << 4) | (raw[2] >> 4)
+        if status & LOFF_BITS_MASK:
+            self._loff_seen |= lead_off_bits(status)
         self._since_health += 1
         if self._since_health >= self.health_every_frames:
             self._health_check()
 
     # ---- burst path ----------------------------------------------------------------------------
     def _run_burst(self) -> None:
-        chip, ring, spi = self.chip, self.ring, self.chip.spi
+        chip, ring, board = self.chip, self.ring, self.chip.board
         fb = self._fb
         period_nominal = self.tracker.nominal_period_ns
         sim_start = chip.clock_ns()
@@ -415,8 +417,8 @@ class Acquisition:
                     self._stop.wait(ahead_s)
             if self._stop.is_set():
                 break             # do not read a burst there may be no room for
-            data = spi.read_frames(self.burst_frames)
-            edges = spi.last_edges_ns
+            data = board.read_frames(self.burst_frames)
+            edges = board.last_edges_ns
             now = chip.clock_ns()
             if not data:
                 if now - last_data_ns > self.stall_periods * period_nominal:
@@ -446,7 +448,8 @@ class Acquisition:
             self.counters.missed_drdy += lost
             self._fault("missed_drdy", f"{lost} frame(s) not read ({int(missing.sum())} DRDY edge gap(s))")
         # corrupt frames and runs of them
-        bad = (b[:, 0] & 0xF0) != 0xC0
+        status = status_words(b)
+        bad = ~is_synced(status)
         n_bad = int(bad.sum())
         if n_bad:
             self.counters.corrupt += n_bad
@@ -458,7 +461,7 @@ class Acquisition:
         # push contiguous segments (split at edge gaps, so every frame gets its own edge's time base)
         cuts = np.flatnonzero(np.diff(edges) > 1.5 * period) + 1 if n > 1 else np.zeros(0, np.int64)
         bounds = [0, *cuts.tolist(), n]
-        loff = ((b[:, 0].astype(np.int64) & 0x0F) << 12) | (b[:, 1].astype(np.int64) << 4) | (b[:, 2] >> 4)
+        loff = lead_off_bits(status)
         loff[bad] = 0
         stored = 0
         for s0, s1 in zip(bounds[:-1], bounds[1:]):

@@ -18,9 +18,11 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
+
+from appliance.ads1299_frame import V_REF, frame_bytes, loff_statn, loff_statp, uv_per_count
 
 logger = logging.getLogger(__name__)
 
@@ -105,32 +107,81 @@ GAIN_BITS = {1: 0b000, 2: 0b001, 4: 0b010, 6: 0b011, 8: 0b100, 12: 0b101, 24: 0b
 GAIN_FROM_BITS = {v: k for k, v in GAIN_BITS.items()}
 MUX_NORMAL, MUX_SHORTED, MUX_BIAS_MEAS, MUX_MVDD, MUX_TEMP, MUX_TEST, MUX_BIAS_DRP, MUX_BIAS_DRN = range(8)
 
-# ---- data (ref 4, 5) -----------------------------------------------------------------------------
-STATUS_BYTES = 3
-BYTES_PER_CHANNEL = 3
-V_REF = 4.5                              # internal reference, volts [DS]
-FULL_SCALE_CODE = 2**23 - 1              # LSB = VREF / gain / (2^23 - 1) [DS][OBCI][BF], ref 5
+# ---- data (ref 4, 5): frame layout and scaling live in appliance.ads1299_frame -----------------------
 TEST_SIGNAL_AMPLITUDE_V = V_REF / 2.4e3  # +-1 x (VREFP - VREFN)/2.4 mV = 1.875 mV [ref 3, CONFIG2]
 LOFF_EXCITATION_A = 6e-9                 # 6 nA lead-off current used for impedance [ref 7]
-
-
-def uv_per_count_at_gain(gain: int | np.ndarray) -> float | np.ndarray:
-    """Input-referred microvolts per ADC count at PGA ``gain``: VREF / gain / (2^23 - 1) [DS], ref 5."""
-    return V_REF / np.asarray(gain, dtype=np.float64) / FULL_SCALE_CODE * 1e6
 
 
 class ADS1299Error(RuntimeError):
     """The chip did not answer as the datasheet says (wrong ID, a write that did not stick, no DRDY)."""
 
 
-def frame_bytes(n_channels: int) -> int:
-    """Bytes per RDATAC frame: 3 status + 3 per channel (27 for 8 channels)."""
-    return STATUS_BYTES + BYTES_PER_CHANNEL * n_channels
+class Board(Protocol):
+    """What the driver and the acquisition thread need from the board beyond its SPI bus (BrainFlow's sense).
+
+    Two implementations: :class:`HostBoard`, the real chip on the Pi (host clock, DRDY edge times from
+    gpiozero, no burst path), and :class:`appliance.ads1299_sim.SimulatedSpiDev`, the simulator (its own,
+    possibly accelerated clock, and a burst path). ``appliance.hardware.open_chip`` builds either.
+
+    Attributes
+    ----------
+    speed : float
+        The chip clock in multiples of real time (1.0 for a real chip).
+    can_burst : bool
+        :meth:`read_frames` can return many frames per call (the simulator only).
+    last_edges_ns : ndarray of int64
+        DRDY edge times (ns, on :meth:`clock_ns`'s time base) of the frames the last :meth:`read_frames` returned.
+    """
+
+    speed: float
+    can_burst: bool
+    last_edges_ns: np.ndarray
+
+    def clock_ns(self) -> int:
+        """The board's monotonic time, ns."""
+        ...
+
+    def drdy_edge_ns(self) -> int:
+        """Time of the latest DRDY falling edge, ns (same time base as :meth:`clock_ns`)."""
+        ...
+
+    def read_frames(self, n: int) -> bytes:
+        """Burst path: up to ``n`` consecutive RDATAC frames (only when :attr:`can_burst`)."""
+        ...
 
 
-def uv_per_count(gain: int | float) -> float:
-    """Microvolts per ADC count at ``gain``: ``4.5 V / gain / (2**23 - 1)`` (0.02235 uV at gain 24)."""
-    return V_REF / float(gain) / FULL_SCALE_CODE * 1e6
+class HostBoard:
+    """The real ADS1299 on the host's SPI bus: ``time.monotonic_ns`` and gpiozero's DRDY edge times.
+
+    Parameters
+    ----------
+    drdy : gpiozero.DigitalInputDevice or None
+        The DRDY input (active = low); None: edge times are "now".
+    """
+
+    speed = 1.0
+    can_burst = False
+
+    def __init__(self, drdy=None) -> None:
+        self.drdy = drdy
+        self.last_edges_ns = np.zeros(0, np.int64)
+
+    def clock_ns(self) -> int:
+        """Host monotonic time, ns."""
+        return time.monotonic_ns()
+
+    def drdy_edge_ns(self) -> int:
+        """Now minus gpiozero's ``active_time`` (the pin factory timestamps the edge when it sees it), ns."""
+        now = time.monotonic_ns()
+        if self.drdy is not None:
+            active = self.drdy.active_time
+            if active is not None:
+                return now - int(active * 1e9)
+        return now
+
+    def read_frames(self, n: int) -> bytes:
+        """A real chip has no burst path: each frame needs its own DRDY."""
+        raise ADS1299Error("a real ADS1299 has no burst path: read one frame per DRDY")
 
 
 def channel_set_byte(*, gain: int = 24, mux: int = MUX_NORMAL, srb2: bool = True, power_down: bool = False) -> int:
@@ -140,11 +191,6 @@ def channel_set_byte(*, gain: int = 24, mux: int = MUX_NORMAL, srb2: bool = True
     if not 0 <= mux <= 7:
         raise ValueError(f"mux must be 0..7, got {mux}")
     return (CHSET_PD if power_down else 0) | (GAIN_BITS[gain] << 4) | (CHSET_SRB2 if srb2 else 0) | mux
-
-
-def status_fields(status: int) -> tuple[int, int, int]:
-    """Split a 24-bit status word into (LOFF_STATP, LOFF_STATN, GPIOD) [ref 4]."""
-    return (status >> 12) & 0xFF, (status >> 4) & 0xFF, status & 0xF
 
 
 @dataclass(frozen=True)
@@ -205,6 +251,9 @@ class ADS1299:
         Run :meth:`bring_up` now.
     sleep : callable
         ``sleep(seconds)``; a stand-in for tests.
+    board : Board or None
+        The board's clock, DRDY edge times and burst path: the simulator passes its ``SimulatedSpiDev``;
+        default :class:`HostBoard` (the real chip).
     """
 
     def __init__(
@@ -222,6 +271,7 @@ class ADS1299:
         wait_power_on: bool = True,
         bring_up: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        board: Board | None = None,
     ) -> None:
         if sample_rate_sps not in DATA_RATES_SPS:
             raise ValueError(f"sample_rate_sps must be one of {sorted(DATA_RATES_SPS)}, got {sample_rate_sps}")
@@ -229,6 +279,7 @@ class ADS1299:
             raise ValueError(f"max_speed_hz must be in (0, {MAX_SPI_HZ}], got {max_speed_hz}")
         self.spi = spi
         self.drdy = drdy
+        self.board: Board = board if board is not None else HostBoard(drdy)
         self.sample_rate_sps = int(sample_rate_sps)
         self._gains_arg = gains
         self.srb2 = srb2
@@ -267,13 +318,9 @@ class ADS1299:
         """True between :meth:`start_streaming` and :meth:`stop_streaming` (RDATAC + START)."""
         return self._streaming
 
-    def uv_per_count(self) -> np.ndarray:
-        """Microvolts per count for each channel at its gain."""
-        return uv_per_count_at_gain(self.gains)
-
     def counts_to_uv(self, counts: np.ndarray) -> np.ndarray:
         """Convert counts, shape (n, n_channels), to input-referred microvolts (float64)."""
-        return np.asarray(counts, dtype=np.float64) * self.uv_per_count()
+        return np.asarray(counts, dtype=np.float64) * uv_per_count(self.gains)
 
     # ---- low-level SPI -------------------------------------------------------------------------
     def command(self, opcode: int) -> None:
@@ -441,25 +488,16 @@ class ADS1299:
         return self.drdy.wait_for_active(timeout_s)
 
     def drdy_edge_ns(self) -> int:
-        """Monotonic time (ns) of the latest DRDY falling edge.
+        """Monotonic time (ns) of the latest DRDY falling edge, from the board (:meth:`Board.drdy_edge_ns`).
 
         The simulator reports its exact (possibly accelerated) edge time; with a real pin the edge time
         is now minus gpiozero's ``active_time`` (the pin factory timestamps the edge when it sees it).
         """
-        sim_edge = getattr(self.spi, "drdy_edge_ns", None)
-        if sim_edge is not None:
-            return sim_edge()
-        now = time.monotonic_ns()
-        if self.drdy is not None:
-            active = self.drdy.active_time
-            if active is not None:
-                return now - int(active * 1e9)
-        return now
+        return self.board.drdy_edge_ns()
 
     def clock_ns(self) -> int:
         """The time base of :meth:`drdy_edge_ns` (the simulator's, or ``time.monotonic_ns``)."""
-        clock = getattr(self.spi, "clock_ns", None)
-        return clock() if clock is not None else time.monotonic_ns()
+        return self.board.clock_ns()
 
     def read_frames(self, n_frames: int, *, timeout_s: float = 1.0) -> bytes:
         """Read ``n_frames`` frames the protocol way (DRDY, then one frame per transfer)."""
@@ -581,8 +619,8 @@ class ADS1299:
             self._configure()
             if was:
                 self.start_streaming()
-        p = np.bitwise_or.reduce((status >> 12) & 0xFF) if status.size else 0
-        m = np.bitwise_or.reduce((status >> 4) & 0xFF) if status.size else 0
+        p = np.bitwise_or.reduce(loff_statp(status)) if status.size else 0
+        m = np.bitwise_or.reduce(loff_statn(status)) if status.size else 0
         bits = 1 << np.arange(self.n_channels)
         return LeadOffStatus(positive_off=(p & bits) != 0, negative_off=(m & bits) != 0)
 

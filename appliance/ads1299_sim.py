@@ -16,22 +16,22 @@ such path (each frame needs its own DRDY), so only the simulator offers it.
 
 Signal sources follow one protocol: attributes ``fs_hz`` and ``n_channels`` and ``read(n_samples)``
 returning float64 microvolts of shape (n_samples, n_channels). :class:`SineSource`, :class:`NoiseSource`,
-:class:`EdfSource` live here; :class:`appliance.synthetic_eeg.SyntheticSleepEEG` fits unchanged.
+:class:`EdfSource` live in :mod:`appliance.signal_sources`; :class:`appliance.synthetic_eeg.SyntheticSleepEEG` fits unchanged.
 
 Daisy-chained chips (DAISY_EN) are not simulated.
 """
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from appliance import ads1299 as ads
+from appliance import ads1299_frame as layout
+from appliance.signal_sources import SineSource
 
 logger = logging.getLogger(__name__)
 
@@ -59,228 +59,7 @@ BLOCK_FRAMES = 128   # frames rendered ahead for the DRDY thread (numpy per bloc
 FAULT_KINDS = ("bitflip", "drop_drdy", "stuck", "electrode_off", "rail", "stall")
 
 
-# ---- signal sources -----------------------------------------------------------------------------
-class SineSource:
-    """Sine waves, one per channel, in microvolts (phase continues across reads)."""
-
-    def __init__(self, *, fs_hz: float = 250.0, n_channels: int = 8, frequency_hz: float | list = 10.0,
-                 amplitude_uv: float | list = 50.0, offset_uv: float = 0.0) -> None:
-        self.fs_hz = float(fs_hz)
-        self.n_channels = int(n_channels)
-        self.frequency_hz = np.broadcast_to(np.asarray(frequency_hz, float), (self.n_channels,))
-        self.amplitude_uv = np.broadcast_to(np.asarray(amplitude_uv, float), (self.n_channels,))
-        self.offset_uv = float(offset_uv)
-        self._n = 0
-
-    def read(self, n_samples: int) -> np.ndarray:
-        t = (self._n + np.arange(n_samples))[:, None] / self.fs_hz
-        self._n += n_samples
-        return self.offset_uv + self.amplitude_uv * np.sin(2 * np.pi * self.frequency_hz * t)
-
-
-class NoiseSource:
-    """White Gaussian noise, ``rms_uv`` microvolts on every channel."""
-
-    def __init__(self, *, fs_hz: float = 250.0, n_channels: int = 8, rms_uv: float = 10.0, seed: int = 0) -> None:
-        self.fs_hz = float(fs_hz)
-        self.n_channels = int(n_channels)
-        self.rms_uv = float(rms_uv)
-        self._rng = np.random.default_rng(seed)
-
-    def read(self, n_samples: int) -> np.ndarray:
-        return self._rng.normal(0.0, self.rms_uv, (n_samples, self.n_channels))
-
-
-_SCALE_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
-"""Voltage units an EDF signal may carry (case-insensitive) and their factor to microvolts."""
-
-# 10-20 / 10-10 electrode names (and the mastoid/ear references) that make a signal label an EEG derivation.
-_EEG_ELECTRODES = frozenset(
-    "FP1 FP2 FPZ AF3 AF4 AF7 AF8 AFZ F1 F2 F3 F4 F5 F6 F7 F8 FZ FC1 FC2 FC3 FC4 FC5 FC6 FCZ C1 C2 C3 C4 C5 C6 CZ "
-    "CP1 CP2 CP3 CP4 CP5 CP6 CPZ P1 P2 P3 P4 P5 P6 P7 P8 PZ PO3 PO4 POZ O1 O2 OZ T3 T4 T5 T6 T7 T8 "
-    "A1 A2 M1 M2".split())
-_CENTRAL = frozenset({"C3", "C4", "CZ", "C1", "C2"})  # AASM's recommended staging derivations come first
-_OTHER_MODALITY = ("EOG", "EMG", "ECG", "EKG", "LOC", "ROC", "CHIN", "LEG", "RESP", "SAO2", "SPO2", "PULSE")
-
-
-def _label_tokens(label: str) -> list[str]:
-    return [t for t in re.split(r"[^A-Z0-9]+", label.upper()) if t]
-
-
-def _eeg_kind(label: str) -> str | None:
-    """``"central"``, ``"eeg"`` or None (not recognisably EEG) for a signal label such as ``C3-A1``."""
-    tokens = _label_tokens(label)
-    if any(t.startswith(_OTHER_MODALITY) for t in tokens):
-        return None
-    if any(t in _CENTRAL for t in tokens):
-        return "central"
-    if "EEG" in tokens or any(t in _EEG_ELECTRODES for t in tokens):
-        return "eeg"
-    return None
-
-
-@dataclass(frozen=True)
-class EdfSelection:
-    """Which signals of an EDF file are replayed as EEG, and why the others are not.
-
-    Attributes
-    ----------
-    indices : tuple of int
-        Signal indices (in the file, annotations excluded) to replay, in replay order: the first goes to
-        chip channel 0, the staging channel by default.
-    labels : tuple of str
-        Their labels.
-    skipped : tuple of (str, str)
-        ``(label, reason)`` of every signal left out.
-    """
-
-    indices: tuple[int, ...]
-    labels: tuple[str, ...]
-    skipped: tuple[tuple[str, str], ...]
-
-
-def select_edf_signals(signals: list, *, channels: list[str | int] | None = None,
-                       source: str = "EDF") -> EdfSelection:
-    """Choose the EEG signals of a recording (a PSG carries respiration, SaO2, ECG... beside its EEG).
-
-    Parameters
-    ----------
-    signals : list of edfio.EdfSignal
-        The file's signals (``edf.signals``).
-    channels : list of str or int, optional
-        Explicit choice: labels (case-insensitive) or 0-based indices, replayed in this order. Each must be
-        a voltage (uV, mV, V). Default: every voltage signal whose label names an EEG derivation (``EEG``
-        or a 10-20 electrode such as C3, Cz, Fp1, O1, A1), central ones (C3/C4/Cz) first; EOG, EMG and ECG
-        are left out. A file with no such label falls back to all its voltage signals that are not EOG,
-        EMG or ECG.
-    source : str
-        Name used in error messages (the file's path).
-
-    Returns
-    -------
-    EdfSelection
-
-    Raises
-    ------
-    ValueError
-        A one-line reason: an unknown label or index, a chosen signal that is not a voltage, or no
-        EEG-like signal at all.
-    """
-    def unit(s) -> str:
-        return str(s.physical_dimension).strip().lower()
-
-    labels = [str(s.label).strip() for s in signals]
-    shown = [" ".join(lab.split()) or repr(lab) for lab in labels]  # one line, whatever a header holds
-    if channels:
-        chosen = []
-        for c in channels:
-            if isinstance(c, int) or (isinstance(c, str) and c.strip().isdigit()):
-                i = int(c)
-                if not 0 <= i < len(signals):
-                    raise ValueError(f"{source}: no signal {i} (the file has {len(signals)}: {', '.join(shown)})")
-            else:
-                matches = [i for i, lab in enumerate(labels) if lab.upper() == str(c).strip().upper()]
-                if not matches:
-                    raise ValueError(f"{source}: no signal labelled {c!r} (signals: {', '.join(shown)})")
-                i = matches[0]
-            if unit(signals[i]) not in _SCALE_TO_UV:
-                raise ValueError(f"{source}: signal {shown[i]!r} has unit {signals[i].physical_dimension!r}, "
-                                 "not a voltage")
-            chosen.append(i)
-        skipped = tuple((labels[i], "not in --channels") for i in range(len(signals)) if i not in chosen)
-        return EdfSelection(tuple(chosen), tuple(labels[i] for i in chosen), skipped)
-    central, eeg, other_voltage, skipped = [], [], [], []
-    for i, s in enumerate(signals):
-        if unit(s) not in _SCALE_TO_UV:
-            skipped.append((labels[i], f"unit {s.physical_dimension!r} is not a voltage"))
-            continue
-        kind = _eeg_kind(labels[i])
-        if kind == "central":
-            central.append(i)
-        elif kind == "eeg":
-            eeg.append(i)
-        elif any(t.startswith(_OTHER_MODALITY) for t in _label_tokens(labels[i])):
-            skipped.append((labels[i], "not EEG (EOG/EMG/ECG)"))
-        else:
-            other_voltage.append(i)
-    chosen = central + eeg
-    if chosen:
-        skipped += [(labels[i], "voltage, but its label names no EEG electrode") for i in other_voltage]
-    else:
-        chosen = other_voltage  # an unlabelled montage ("ch1", "ch2"): all that is left is EEG-like
-    if not chosen:
-        raise ValueError(f"{source}: no EEG signal (voltage signals labelled EEG or by a 10-20 electrode); "
-                         f"signals: {', '.join(shown) or 'none'}; choose with --channels")
-    return EdfSelection(tuple(chosen), tuple(labels[i] for i in chosen), tuple(skipped))
-
-
-class EdfSource:
-    """Replay the EEG signals of an EDF/EDF+ file (e.g. a whole PSG), resampled to ``fs_hz``, in microvolts.
-
-    Parameters
-    ----------
-    path : str or Path
-        EDF or EDF+ file (read with edfio).
-    fs_hz : float
-        Output rate (the chip's, 250 SPS by default).
-    channels : list of str or int, optional
-        Signal labels or indices to replay; default: its EEG signals (:func:`select_edf_signals`), the
-        others (respiration, SaO2, ECG...) skipped and logged.
-    loop : bool
-        Start again at the end; otherwise zeros follow and :attr:`exhausted` turns True.
-
-    Raises
-    ------
-    ValueError
-        When the file holds no usable EEG signal or ``channels`` names one it does not have.
-    """
-
-    def __init__(self, path: str | Path, *, fs_hz: float = 250.0, channels: list | None = None,
-                 loop: bool = True) -> None:
-        import edfio
-        from scipy.signal import resample_poly
-        from fractions import Fraction
-
-        edf = edfio.read_edf(str(path))
-        signals = list(edf.signals)
-        self.selection = select_edf_signals(signals, channels=channels, source=str(path))
-        logger.info("%s: replaying %s", path, ", ".join(self.selection.labels))
-        if self.selection.skipped:
-            logger.info("%s: skipped %s", path, "; ".join(f"{lab} ({why})" for lab, why in self.selection.skipped))
-        data = []
-        for i in self.selection.indices:
-            s = signals[i]
-            x = np.asarray(s.data, dtype=np.float64) * _SCALE_TO_UV[str(s.physical_dimension).strip().lower()]
-            ratio = Fraction(float(fs_hz) / s.sampling_frequency).limit_denominator(1000)
-            if ratio != 1:
-                x = resample_poly(x, ratio.numerator, ratio.denominator)
-            data.append(x)
-        n = min(len(x) for x in data)
-        self.samples = np.stack([x[:n] for x in data], axis=1)
-        self.labels = list(self.selection.labels)
-        self.fs_hz = float(fs_hz)
-        self.n_channels = self.samples.shape[1]
-        self.loop = loop
-        self._pos = 0
-        self.exhausted = False
-
-    def read(self, n_samples: int) -> np.ndarray:
-        out = np.zeros((n_samples, self.n_channels))
-        done = 0
-        total = self.samples.shape[0]
-        while done < n_samples:
-            if self._pos >= total:
-                if not self.loop:
-                    self.exhausted = True
-                    break
-                self._pos = 0
-            k = min(n_samples - done, total - self._pos)
-            out[done:done + k] = self.samples[self._pos:self._pos + k]
-            done += k
-            self._pos += k
-        return out
-
-
+# ---- chip-rate feed ------------------------------------------------------------------------------
 class _SourceBuffer:
     """Source samples indexed by conversion number, so a block rendered ahead can be re-rendered after a
     register change without consuming the source twice."""
@@ -406,7 +185,7 @@ class SimulatedADS1299:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.n_channels = variant_channels
-        self.frame_bytes = ads.frame_bytes(variant_channels)
+        self.frame_bytes = layout.frame_bytes(variant_channels)
         self.source = source if source is not None else SineSource(n_channels=variant_channels, amplitude_uv=20.0)
         self._src = _SourceBuffer(_RateAdapter(self.source))
         self._block: np.ndarray | None = None      # frames rendered ahead for the DRDY thread
@@ -703,25 +482,25 @@ class SimulatedADS1299:
                 x[:, c] += 145_300.0                  # ~145 mV at 25 C [UNVERIFIED]
             elif m == ads.MUX_MVDD:
                 x[:, c] += 2.5e6 / gains[c]
-        x *= (1.0 / np.array([ads.uv_per_count(g) for g in gains]))[None, :]
-        np.clip(x, -2**23, 2**23 - 1, out=x)
+        x *= (1.0 / np.array([layout.uv_per_count(g) for g in gains]))[None, :]
+        np.clip(x, layout.MIN_CODE, layout.FULL_SCALE_CODE, out=x)
         counts = np.rint(x).astype(np.int64)
         counts[:, (chset & ads.CHSET_PD) != 0] = 0
         for f, lo, hi in self._active_faults(k0, n, "rail"):
-            counts[lo:hi, f.channel] = 2**23 - 1
+            counts[lo:hi, f.channel] = layout.FULL_SCALE_CODE
         for f, lo, hi in self._active_faults(k0, n, "stuck"):
             key = id(f)
             if key not in self._stuck_value:
                 self._stuck_value[key] = int(counts[lo, f.channel])
             counts[lo:hi, f.channel] = self._stuck_value[key]
         # status word: 1100 | LOFF_STATP | LOFF_STATN | GPIOD [ref 4]
-        status = np.full(n, 0xC00000, np.int64)
+        status = np.full(n, layout.STATUS_SYNC, np.int64)
         if off is not None and self.regs[ads.REG_CONFIG4] & ads.CONFIG4_PD_LOFF_COMP and sensp:
             p = (off.astype(np.int64) << np.arange(nch)).sum(axis=1) & sensp
-            status |= p << 12
+            status |= p << layout.LOFF_STATP_SHIFT
         status |= (self.regs[ads.REG_GPIO] >> 4) & 0x0F
         # 24-bit big-endian encoding, byte by byte (3x faster than a '>u4' view and a strided copy)
-        frames = np.empty((n, 3 + 3 * nch), np.uint8)
+        frames = np.empty((n, layout.frame_bytes(nch)), np.uint8)
         frames[:, 0] = status >> 16
         frames[:, 1] = status >> 8
         frames[:, 2] = status
@@ -869,6 +648,7 @@ class SimulatedSpiDev:
     """
 
     MAX_HZ = 20_000_000      # tSCLK >= 50 ns at DVDD 2.7-3.6 V [ref 1]
+    can_burst = True         # it is also the simulated board (:class:`appliance.ads1299.Board`)
 
     def __init__(self, chip: SimulatedADS1299 | None = None, **chip_kwargs) -> None:
         self.chip = chip if chip is not None else SimulatedADS1299(**chip_kwargs)
@@ -989,5 +769,5 @@ def simulated_board(*, variant_channels: int = 8, source=None, speed: float = 1.
             time.sleep(seconds * scale)
 
     driver_kwargs.setdefault("sleep", sleep)
-    chip = ads.ADS1299(spi, drdy=drdy, **driver_kwargs)
+    chip = ads.ADS1299(spi, drdy=drdy, board=spi, **driver_kwargs)
     return SimulatedBoard(chip=chip, spi=spi, sim=spi.chip, drdy=drdy)

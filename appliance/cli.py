@@ -96,7 +96,7 @@ def _check_edf(path: Path, channels: list[str | int] | None) -> str | None:
     """
     import edfio
 
-    from appliance.ads1299_sim import select_edf_signals
+    from appliance.signal_sources import select_edf_signals
 
     if not path.is_file():
         return f"{path}: no such file"

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from appliance import __version__
-from appliance.ads1299 import uv_per_count_at_gain
+from appliance.ads1299_frame import uv_per_count
 from appliance.config import BoxConfig, edf_channel_labels
 from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
@@ -165,7 +165,7 @@ class Daemon:
         self._stop = threading.Event()
         self.fs_hz = int(hardware.sample_rate_sps)
         self.n_channels = int(hardware.n_channels)
-        self.uv_per_count = float(uv_per_count_at_gain(hardware.gain))
+        self.uv_per_count = float(uv_per_count(hardware.gain))
         self.samples_per_epoch = int(round(EPOCH_S * self.fs_hz))
         self.events: list[dict] = []
         self.epochs: list[Epoch] = []
@@ -334,12 +334,9 @@ class Daemon:
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
-        try:
-            from appliance.safety import BreatherConfig
+        from appliance.safety import BreatherConfig
 
-            self._p_loop_threshold = BreatherConfig.from_dict(cfg.breather).p_loop_threshold
-        except ImportError:
-            self._p_loop_threshold = 0.7
+        self._p_loop_threshold = BreatherConfig.from_dict(cfg.breather).p_loop_threshold
 
     def _make_update_manager(self) -> Any:
         """The signed-update manager when ``updates.public_key_file`` pins a clinic key, else None."""

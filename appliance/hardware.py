@@ -179,7 +179,7 @@ class SimulationSource:
 
     hypnogram: np.ndarray | None = None
     edf_path: Path | None = None
-    edf_channels: list[str | int] | None = None  # None: the file's EEG signals (ads1299_sim.select_edf_signals)
+    edf_channels: list[str | int] | None = None  # None: the file's EEG signals (signal_sources.select_edf_signals)
     seed: int = 0
     distressed_arousals: Any = True
     faults: list[ScriptedFault] = field(default_factory=list)
@@ -187,7 +187,7 @@ class SimulationSource:
     def open(self, *, fs_hz: int, n_channels: int) -> Any:
         """A signal source (``read(n) -> (n, n_channels)`` microvolts, ``fs_hz``, ``n_channels``, ``n_samples``)."""
         if self.edf_path is not None:
-            from appliance.ads1299_sim import EdfSource
+            from appliance.signal_sources import EdfSource
 
             edf = EdfSource(self.edf_path, fs_hz=fs_hz, channels=self.edf_channels, loop=False)
             return _ChannelAdapter(edf, n_channels=n_channels, n_samples=edf.samples.shape[0])
@@ -256,6 +256,62 @@ def mock_pin_factory() -> Any:
     return MockFactory(pin_class=MockPWMPin)
 
 
+def open_chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any = None, speed: float = 1.0, drdy: bool = True,
+              **sim_kwargs: Any) -> tuple[Any, Any]:
+    """Bring the ADS1299 up: the real chip on spidev with DRDY on the GPIO, or the protocol-level simulator.
+
+    The one place the chip is opened (the daemon's acquisition, real and simulated, and ``bedtime selftest``).
+    A real box's callers first check the SPI node and make the GPIO pin factory (:func:`check_spi`,
+    :func:`gpio_pin_factory`), so a machine without the hardware fails in one line before this.
+
+    Parameters
+    ----------
+    cfg : BoxConfig
+        Its ``acquisition`` section: SPI bus/device and clock (Hz), DRDY pin, sample rate (SPS), gain.
+    simulate : bool
+        The simulator (:class:`appliance.ads1299_sim.SimulatedSpiDev`) instead of ``spidev``.
+    pin_factory : gpiozero pin factory, optional
+        Simulation only: the mock factory the simulator drives DRDY on.
+    speed : float
+        Simulation only: the simulated chip's clock in multiples of real time; the driver's datasheet waits
+        (tPOR, RESET) are scaled by it, so bring-up takes simulated time.
+    drdy : bool
+        Simulation only: wire DRDY (False: no DRDY line, for the simulator's burst path).
+    **sim_kwargs
+        Simulation only: passed to the simulator (``source``, ``faults``, ``seed``).
+
+    Returns
+    -------
+    (ADS1299, spi)
+        The brought-up driver and its opened SPI device (the caller closes it).
+    """
+    from gpiozero import DigitalInputDevice
+
+    from appliance.ads1299 import ADS1299
+
+    a = cfg.acquisition
+    if not simulate:
+        import spidev
+
+        spi = spidev.SpiDev()
+        spi.open(a.spi_bus, a.spi_device)
+        drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True)  # DRDY is active low
+        chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
+                       max_speed_hz=a.spi_max_speed_hz)
+        return chip, spi
+    from appliance.ads1299_sim import SimulatedSpiDev
+
+    spi = SimulatedSpiDev(variant_channels=a.channels, drdy_pin=pin_factory.pin(a.drdy_pin) if drdy else None,
+                          speed=speed, **sim_kwargs)
+    spi.open(a.spi_bus, a.spi_device)
+    drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory) if drdy else None
+    # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
+    chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
+                   max_speed_hz=a.spi_max_speed_hz, wait_power_on=True, sleep=lambda s: time.sleep(s / speed),
+                   board=spi)
+    return chip, spi
+
+
 def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | None = None,
                   speed: float = 1.0) -> HardwareEdge:
     """Build the hardware edge: the real ADS1299 on spidev + GPIO, or the simulator on mock pins.
@@ -268,21 +324,13 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
     ring = FrameRing(a.ring_capacity_frames, a.channels)
     if not simulate:
         from appliance.acquisition import Acquisition
-        from appliance.ads1299 import ADS1299
 
         # before any night folder exists: a machine without the box fails here, in one line
         pins = gpio_pin_factory()
         check_spi(cfg)
 
         def bring_up() -> tuple[Any, Any]:
-            import spidev
-            from gpiozero import DigitalInputDevice
-
-            spi = spidev.SpiDev()
-            spi.open(a.spi_bus, a.spi_device)
-            drdy = DigitalInputDevice(a.drdy_pin, pull_up=True)  # DRDY is active low
-            chip = ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
-                           max_speed_hz=a.spi_max_speed_hz)
+            chip, spi = open_chip(cfg, simulate=False)
             return Acquisition(chip, ring, mode="drdy"), spi
 
         acq = _AcquisitionAdapter(bring_up)
@@ -309,8 +357,7 @@ def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source
     fast as the pipeline.
     """
     from appliance.acquisition import Acquisition
-    from appliance.ads1299 import ADS1299
-    from appliance.ads1299_sim import Fault, SimulatedSpiDev
+    from appliance.ads1299_sim import Fault
 
     a = cfg.acquisition
     fs = a.sample_rate_sps
@@ -323,19 +370,8 @@ def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source
     def bring_up() -> tuple[Any, Any]:
         # Built when the daemon is ready to read: a real (and a faithful simulated) chip converts from START
         # on whether or not anyone reads, so bringing it up earlier would lose the start of the night.
-        drdy_dev = drdy_pin = None
-        if realtime:
-            from gpiozero import DigitalInputDevice
-
-            drdy_pin = pin_factory.pin(a.drdy_pin)
-        spi = SimulatedSpiDev(variant_channels=a.channels, source=signal_source, drdy_pin=drdy_pin, speed=sim_speed,
-                              faults=faults, seed=source.seed)
-        spi.open(a.spi_bus, a.spi_device)
-        if realtime:
-            drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
-        # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
-        chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=fs, gains=a.gain, max_speed_hz=a.spi_max_speed_hz,
-                       wait_power_on=True, sleep=lambda s: time.sleep(s / sim_speed))
+        chip, spi = open_chip(cfg, simulate=True, pin_factory=pin_factory, speed=sim_speed, drdy=realtime,
+                              source=signal_source, faults=faults, seed=source.seed)
         acq = Acquisition(chip, ring, mode="drdy" if realtime else "burst", backpressure=not np.isfinite(speed),
                           burst_frames=2500)
         return acq, spi

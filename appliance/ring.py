@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appliance.ads1299_frame import frame_bytes, gpio_bits, loff_statn, loff_statp
+
 try:
     from appliance._native import ffi, lib
 except ImportError as exc:  # pragma: no cover - only without a compiled extension
@@ -25,13 +27,6 @@ except ImportError as exc:  # pragma: no cover - only without a compiled extensi
 
 logger = logging.getLogger(__name__)
 
-STATUS_SYNC_MASK = 0xF00000  # datasheet: status word starts with binary 1100
-STATUS_SYNC = 0xC00000
-
-
-def frame_bytes(n_channels: int) -> int:
-    """Bytes in one RDATAC frame: 3 status bytes + 3 per channel (27 for an ADS1299-8)."""
-    return 3 + 3 * n_channels
 
 
 @dataclass(frozen=True)
@@ -71,17 +66,17 @@ class Frames:
     @property
     def loff_statp(self) -> np.ndarray:
         """LOFF_STATP per frame (bit n-1 = channel n positive electrode off), uint8."""
-        return ((self.status >> 12) & 0xFF).astype(np.uint8)
+        return loff_statp(self.status).astype(np.uint8)
 
     @property
     def loff_statn(self) -> np.ndarray:
         """LOFF_STATN per frame (bit n-1 = channel n negative electrode off), uint8."""
-        return ((self.status >> 4) & 0xFF).astype(np.uint8)
+        return loff_statn(self.status).astype(np.uint8)
 
     @property
     def gpio(self) -> np.ndarray:
         """GPIOD[4:1] data bits per frame, uint8."""
-        return (self.status & 0xF).astype(np.uint8)
+        return gpio_bits(self.status).astype(np.uint8)
 
 
 def empty_frames(n: int, n_channels: int) -> Frames:

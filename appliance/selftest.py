@@ -50,32 +50,15 @@ reads too few of the simulator's DRDY edges at 4x and the checks judge a thinned
 
 
 def _chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any, speed: float = SIM_SELFTEST_SPEED) -> Any:
-    from appliance.ads1299 import ADS1299
+    from appliance.hardware import check_spi, gpio_pin_factory, open_chip
 
-    a = cfg.acquisition
     if simulate:
-        from gpiozero import DigitalInputDevice
-
-        from appliance.ads1299_sim import SimulatedSpiDev
-
         # 4x real time keeps the check short; faster, a loaded host misses DRDY edges (frames overwritten, as on
         # a real chip) and the measured test-signal frequency comes out high
-        spi = SimulatedSpiDev(variant_channels=a.channels, drdy_pin=pin_factory.pin(a.drdy_pin), speed=speed)
-        spi.open(a.spi_bus, a.spi_device)
-        drdy = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory)
-        return ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
-                       max_speed_hz=a.spi_max_speed_hz, sleep=lambda s: time.sleep(s / speed))
-    from appliance.hardware import check_spi, gpio_pin_factory
-
+        return open_chip(cfg, simulate=True, pin_factory=pin_factory, speed=speed)[0]
     check_spi(cfg)  # names /dev/spidevB.D and --simulate, instead of spidev's bare FileNotFoundError
     gpio_pin_factory()
-    import spidev
-    from gpiozero import DigitalInputDevice
-
-    spi = spidev.SpiDev()
-    spi.open(a.spi_bus, a.spi_device)
-    drdy = DigitalInputDevice(a.drdy_pin, pull_up=True)
-    return ADS1299(spi, drdy=drdy, sample_rate_sps=a.sample_rate_sps, gains=a.gain, max_speed_hz=a.spi_max_speed_hz)
+    return open_chip(cfg, simulate=False)[0]
 
 
 def _chans(mask: np.ndarray) -> str:

@@ -13,7 +13,8 @@ import numpy as np
 
 from appliance.acquisition import Acquisition
 from appliance.ads1299 import decode_frames_numpy
-from appliance.ads1299_sim import NoiseSource, SimulatedADS1299, simulated_board
+from appliance.ads1299_sim import SimulatedADS1299, simulated_board
+from appliance.signal_sources import NoiseSource
 from appliance.ring import FrameRing
 
 FS = 250

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Mirrors appliance/ads1299_frame.py (STATUS_SYNC_MASK, STATUS_SYNC, FULL_SCALE_CODE, MIN_CODE);
+ * tests/test_frame_layout.py reads these lines and fails if they differ. */
 #define BT_SYNC_MASK 0xF00000u  /* top nibble of the 24-bit status word */
 #define BT_SYNC_BITS 0xC00000u  /* must read binary 1100 (datasheet: status word format) */
 #define BT_CODE_MAX 0x7FFFFF    /* positive full scale; the ADC clips here (datasheet: "Data Format") */

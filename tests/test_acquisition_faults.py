@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from appliance.acquisition import Acquisition, DriftTracker
-from appliance.ads1299_sim import Fault, NoiseSource, simulated_board
+from appliance.ads1299_sim import Fault, simulated_board
+from appliance.signal_sources import NoiseSource
 from appliance.ring import FrameRing
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from appliance.acquisition import Acquisition
-from appliance.ads1299_sim import Fault, NoiseSource, SineSource, simulated_board
+from appliance.ads1299_sim import Fault, simulated_board
+from appliance.signal_sources import NoiseSource, SineSource
 from appliance.ring import FrameRing, empty_frames
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance import ads1299 as ads
 from appliance.ads1299 import ADS1299, ADS1299Error
+from appliance.ads1299_frame import uv_per_count
 from appliance.ads1299_sim import Fault, SimulatedSpiDev, simulated_board
 
 
@@ -33,7 +34,7 @@ class SpyingSpi(SimulatedSpiDev):
 def test_bring_up_follows_the_reference_sequence():
     spi = SpyingSpi(speed=1.0)
     spi.open()
-    chip = ADS1299(spi, drdy=None)
+    chip = ADS1299(spi, drdy=None, board=spi)
     log = spi.log
     first_t, *_ = log[0]
     assert first_t >= ads.T_POR_S                              # nothing before tPOR (2^18 tCLK)
@@ -75,8 +76,8 @@ def test_per_channel_gains_rates_and_uv_scale():
     regs = chip.read_registers(ads.REG_CH1SET, 8)
     assert [ads.GAIN_FROM_BITS[(r >> 4) & 7] for r in regs] == gains
     assert chip.read_register(ads.REG_CONFIG1) == 0x94
-    assert ads.uv_per_count(24) == pytest.approx(0.0223517, rel=1e-5)
-    assert ads.uv_per_count(1) == pytest.approx(0.536442, rel=1e-5)
+    assert uv_per_count(24) == pytest.approx(0.0223517, rel=1e-5)
+    assert uv_per_count(1) == pytest.approx(0.536442, rel=1e-5)
     assert chip.counts_to_uv(np.full((1, 8), 2**23 - 1))[0, 0] == pytest.approx(4.5e6)
     assert chip.counts_to_uv(np.full((1, 8), 2**23 - 1))[0, 6] == pytest.approx(187_500)
     board.close()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from appliance import ads1299 as ads
-from appliance.ads1299_sim import (EdfSource, Fault, NoiseSource, SimulatedADS1299, SimulatedSpiDev, SineSource,
-                                   simulated_board)
+from appliance.ads1299_frame import uv_per_count
+from appliance.ads1299_sim import Fault, SimulatedADS1299, SimulatedSpiDev, simulated_board
+from appliance.signal_sources import EdfSource, NoiseSource, SineSource
 
 
 def powered_spi(**kw) -> SimulatedSpiDev:
@@ -208,7 +209,7 @@ def test_test_signal_shorted_and_gains_scale_counts():
         chip.write_register(ads.REG_CH1SET + c, ads.channel_set_byte(gain=[1, 24][c % 2], mux=ads.MUX_TEST))
     chip.start_streaming()
     st, counts = ads.decode_frames_numpy(spi.read_frames(1000), 8)
-    uv = counts * np.array([ads.uv_per_count([1, 24][c % 2]) for c in range(8)])   # gains written by hand
+    uv = counts * np.array([uv_per_count([1, 24][c % 2]) for c in range(8)])   # gains written by hand
     assert np.percentile(uv, 95, axis=0) == pytest.approx(3750, rel=0.01)
     assert np.percentile(uv, 5, axis=0) == pytest.approx(-3750, rel=0.01)
     board.close()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.ads1299_sim import EdfSource, select_edf_signals
+from appliance.signal_sources import EdfSource, select_edf_signals
 from appliance.cli import main
 
 FS = 100.0
@@ -49,7 +49,7 @@ def psg(tmp_path):
 
 
 def test_psg_replays_its_eeg_central_first_and_logs_what_it_skipped(psg, caplog):
-    with caplog.at_level(logging.INFO, logger="appliance.ads1299_sim"):
+    with caplog.at_level(logging.INFO, logger="appliance.signal_sources"):
         src = EdfSource(psg, fs_hz=250.0, loop=False)
     assert src.labels == ["EEG C4-M1", "EEG O1-M2"]  # central first: the staging channel
     x = src.read(250 * 60)

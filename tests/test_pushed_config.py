@@ -64,6 +64,13 @@ class BoxProcess:
             self.proc.kill()
             return self.proc.wait(10)
 
+    def vm_peak_bytes(self) -> int:
+        """The process's peak address-space size so far (VmPeak)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmPeak")
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
@@ -128,7 +135,8 @@ def test_a_pushed_recording_dir_no_longer_bricks_the_box(box):
 
 def test_a_config_the_daemon_cannot_start_with_falls_back_by_itself(box):
     """A ring buffer of 4 Mi frames (218 MB) is a valid value, and this host has the memory, so the pre-flight
-    passes; the box itself (RLIMIT_AS 600 MB) cannot start with it (the ring fits, then threads cannot start).
+    passes; the box itself (RLIMIT_AS: what a running daemon takes plus 110 MB) cannot start with it (the ring
+    does not fit, or it does and then threads cannot start).
     The start falls back to the box's own file (the same process, started again by itself: systemd sees no exit)
     and runs, reports config_rejected once, and refuses the same config when it is pushed again."""
     from appliance.pushed_config import PushedConfigStore
@@ -139,12 +147,14 @@ def test_a_config_the_daemon_cannot_start_with_falls_back_by_itself(box):
     big = {"acquisition": {"ring_capacity_frames": 4_194_304}, "telemetry": {"interval_s": 7.0}}
     clinic.push_config(BOX, big, config_version="big-ring-1")
     assert events.wait_for(lambda r: any(e.get("kind") == "config_applied" for e in r.of("/event")), 30)
+    # The box's memory: what a running daemon took, plus 110 MB (the 4 Mi-frame ring needs 218 MB more)
+    limit = first.vm_peak_bytes() + 110 * 1024 * 1024
     assert first.stop() == 0
 
-    small = start(memory_limit_bytes=600 * 1024 * 1024)
+    small = start(memory_limit_bytes=limit)
     wait_started(small, 2)
     # the start's own report: which config, why, and what it runs instead
-    assert events.wait_for(lambda r: any("fallback" in e for e in of_kind(r, "config_rejected")), 30)
+    assert events.wait_for(lambda r: any("fallback" in e for e in of_kind(r, "config_rejected")), 30), kinds()
     report = [e for e in of_kind(events, "config_rejected") if "fallback" in e]
     assert len(report) == 1 and report[0]["fallback"] == "box_file"
     assert report[0]["config_version"] == "big-ring-1"
@@ -156,7 +166,7 @@ def test_a_config_the_daemon_cannot_start_with_falls_back_by_itself(box):
                                          for e in of_kind(r, "config_rejected")), 30)
     assert small.proc.pid == small.proc.pid and small.proc.poll() is None  # the same process, still running
     assert small.stop() == 0
-    third = start(memory_limit_bytes=600 * 1024 * 1024)
+    third = start(memory_limit_bytes=limit)
     wait_started(third, 3)  # no loop: the box's own file, straight away
     assert not store.pushed.exists()
     assert third.stop() == 0

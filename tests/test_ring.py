@@ -6,7 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from appliance.ring import FrameRing, empty_frames, frame_bytes
+from appliance.ads1299_frame import frame_bytes
+from appliance.ring import FrameRing, empty_frames
 
 
 def frame(values, status=0xC00000, n_channels=8) -> bytes:

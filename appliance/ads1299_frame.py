@@ -1,0 +1,107 @@
+"""The ADS1299's RDATAC frame: layout, status bits and scaling, defined once.
+
+One frame is what the chip shifts out after one DRDY in RDATAC mode (``../shared/reference/ads1299.md``
+section 4, datasheet SBAS499 "Data Output Format"): a 24-bit status word
+``1100 | LOFF_STATP[7:0] | LOFF_STATN[7:0] | GPIOD[4:1]``, then ``n_channels`` 24-bit two's-complement
+big-endian channel codes. Counts become input-referred microvolts by ``VREF / gain / (2^23 - 1)``
+(section 5).
+
+The C decoder (``native/ring.c``) repeats the sync and full-scale values as ``#define``; a test
+(``tests/test_frame_layout.py``) reads them from the C source and checks them against these, and checks
+``bt_frame_bytes`` against :func:`frame_bytes`, so the two sides cannot drift.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+STATUS_BYTES = 3
+"""Bytes of the status word at the start of each frame."""
+BYTES_PER_CHANNEL = 3
+"""Bytes of one channel's 24-bit code."""
+
+STATUS_SYNC_MASK = 0xF00000
+"""Top nibble of the 24-bit status word ..."""
+STATUS_SYNC = 0xC00000
+"""... which must read binary 1100 (otherwise the frame is corrupt)."""
+LOFF_STATP_SHIFT = 12
+"""LOFF_STATP[7:0] sits in status bits 19..12 (bit n-1 = channel n's positive electrode off)."""
+LOFF_STATN_SHIFT = 4
+"""LOFF_STATN[7:0] sits in status bits 11..4 (bit n-1 = channel n's negative electrode off)."""
+LOFF_MASK = 0xFF
+"""Width of LOFF_STATP and LOFF_STATN (one bit per channel, up to 8)."""
+GPIO_MASK = 0xF
+"""GPIOD[4:1] in status bits 3..0."""
+
+V_REF = 4.5
+"""Internal reference, volts [DS]."""
+FULL_SCALE_CODE = 2**23 - 1
+"""Positive full-scale code (0x7FFFFF); LSB = VREF / gain / (2^23 - 1) [DS][OBCI][BF], ref 5."""
+MIN_CODE = -2**23
+"""Negative full-scale code (0x800000 as 24-bit two's complement)."""
+
+
+def frame_bytes(n_channels: int) -> int:
+    """Bytes per RDATAC frame: 3 status + 3 per channel (27 for 8 channels).
+
+    Parameters
+    ----------
+    n_channels : int
+        Channels of the chip (4, 6 or 8 for one ADS1299).
+
+    Returns
+    -------
+    int
+        Frame length in bytes.
+    """
+    return STATUS_BYTES + BYTES_PER_CHANNEL * n_channels
+
+
+def uv_per_count(gain: int | float | np.ndarray) -> float | np.ndarray:
+    """Input-referred microvolts per ADC count at PGA ``gain``: ``4.5 V / gain / (2**23 - 1)``.
+
+    Parameters
+    ----------
+    gain : int, float or ndarray
+        PGA gain (1, 2, 4, 6, 8, 12 or 24), one value or one per channel.
+
+    Returns
+    -------
+    float or ndarray of float64
+        uV per count (0.02235 uV at gain 24), same shape as ``gain``.
+    """
+    return V_REF / np.asarray(gain, dtype=np.float64) / FULL_SCALE_CODE * 1e6
+
+
+def loff_statp(status: int | np.ndarray) -> int | np.ndarray:
+    """LOFF_STATP from status word(s): bit n-1 set = channel n's positive electrode off."""
+    return (status >> LOFF_STATP_SHIFT) & LOFF_MASK
+
+
+def loff_statn(status: int | np.ndarray) -> int | np.ndarray:
+    """LOFF_STATN from status word(s): bit n-1 set = channel n's negative electrode off."""
+    return (status >> LOFF_STATN_SHIFT) & LOFF_MASK
+
+
+def gpio_bits(status: int | np.ndarray) -> int | np.ndarray:
+    """GPIOD[4:1] data bits from status word(s)."""
+    return status & GPIO_MASK
+
+
+LOFF_BITS_MASK = (LOFF_MASK << LOFF_STATP_SHIFT) | (LOFF_MASK << LOFF_STATN_SHIFT)
+"""Every lead-off bit of the status word (LOFF_STATP and LOFF_STATN)."""
+
+
+def lead_off_bits(status: int | np.ndarray) -> int | np.ndarray:
+    """Both lead-off bytes as one 16-bit value, ``LOFF_STATP << 8 | LOFF_STATN``, from status word(s)."""
+    return (loff_statp(status) << 8) | loff_statn(status)
+
+
+def status_words(frames: np.ndarray) -> np.ndarray:
+    """The 24-bit status word of each frame, int64 of shape (n,), from raw frames of shape (n, frame_bytes) uint8."""
+    b = frames[:, :STATUS_BYTES].astype(np.int64)
+    return (b[:, 0] << 16) | (b[:, 1] << 8) | b[:, 2]
+
+
+def is_synced(status: int | np.ndarray) -> bool | np.ndarray:
+    """True where the status word starts with binary 1100 (a frame that is not, is corrupt)."""
+    return (status & STATUS_SYNC_MASK) == STATUS_SYNC
