@@ -373,20 +373,6 @@ class Breather:
                 self.audit.append("light_level", session=self.sessions, level=round(new_b, 4), reached=True)
 
     # ---- reporting ------------------------------------------------------------------------------
-    def new_night(self) -> None:
-        """Reset the per-night counters (sessions, outcomes); a latched fault stays."""
-        with self._lock:
-            all_off(self.light, self.speaker)
-            self.audit.append("new_night", previous=self.night_report())
-            self.sessions = 0
-            self.escalations = 0
-            self.outcomes.clear()
-            self.session_reports.clear()
-            self._session_end = None
-            self._loop_streak = self._n2_streak = 0
-            if self.state != BreatherState.FAULT:
-                self.state = BreatherState.IDLE
-
     def night_report(self) -> dict[str, Any]:
         """Counters for the morning report: sessions, outcomes, escalations, and each session."""
         with self._lock:

@@ -312,11 +312,7 @@ def _validate_breather(raw: Any) -> dict:
     """Check the breather settings against the hard envelope in appliance.safety (the one place it lives)."""
     if not isinstance(raw, dict):
         raise ConfigError("breather", f"expected a table [breather], got {type(raw).__name__}")
-    try:
-        from appliance.safety import BreatherConfig, SafetyEnvelopeError
-    except ImportError:  # the loops layer is not installed: nothing can stimulate, keep the table as given
-        logger.warning("appliance.safety not available: breather settings not checked")
-        return dict(raw)
+    from appliance.safety import BreatherConfig, SafetyEnvelopeError
     try:
         BreatherConfig.from_dict(raw)
     except SafetyEnvelopeError as e:

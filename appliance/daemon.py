@@ -334,12 +334,9 @@ class Daemon:
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
-        try:
-            from appliance.safety import BreatherConfig
+        from appliance.safety import BreatherConfig
 
-            self._p_loop_threshold = BreatherConfig.from_dict(cfg.breather).p_loop_threshold
-        except ImportError:
-            self._p_loop_threshold = 0.7
+        self._p_loop_threshold = BreatherConfig.from_dict(cfg.breather).p_loop_threshold
 
     def _make_update_manager(self) -> Any:
         """The signed-update manager when ``updates.public_key_file`` pins a clinic key, else None."""

@@ -9,7 +9,7 @@ optimize...), more than the rest of the daemon together. The box needs from it o
   imported then and only then;
 * ``sosfilt``, the per-sample IIR filter: ``bedtime_sosfilt`` in ``native/filter.c`` (through the cffi
   extension ``appliance._native``), scipy's kernel's arithmetic in the same order;
-* ``upfirdn``, the polyphase resampler: numpy, summing each output's taps in scipy's order.
+* ``upfirdn``, the polyphase resampler: ``bedtime_upfirdn`` in C, summing each output's taps in scipy's order.
 
 Every result is bit-identical to scipy's (``tests/test_filters.py`` compares with hypothesis-generated inputs,
 and the daemon's outputs on the demo night are pinned by the end-to-end tests). The signatures are scipy's, for
@@ -206,21 +206,17 @@ def upfirdn(h: np.ndarray, x: np.ndarray, up: int = 1, down: int = 1) -> np.ndar
     -------
     numpy.ndarray, shape (((n - 1) * up + n_taps - 1) // down + 1,)
     """
-    h = np.asarray(h, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
+    from appliance._native import ffi, lib
+
+    h = np.ascontiguousarray(h, dtype=np.float64)
+    x = np.ascontiguousarray(x, dtype=np.float64)
     if h.ndim != 1 or x.ndim != 1 or h.size == 0 or x.size == 0 or up < 1 or down < 1:
         raise ValueError("upfirdn takes 1-D non-empty h and x and up, down >= 1")
-    n_taps = h.size + (-h.size) % up  # h padded with zeros to whole phases, as scipy does
-    hp = np.zeros(n_taps)
-    hp[:h.size] = h
-    per_phase = n_taps // up
     n_out = ((x.size - 1) * up + h.size - 1) // down + 1  # scipy's length: the unpadded filter's full span
-    g = np.arange(n_out, dtype=np.int64) * down  # up-sampled index of each output
-    newest, phase = g // up, g % up  # newest input sample each output sees, and the filter phase
-    xp = np.concatenate([np.zeros(per_phase - 1), x, np.zeros(per_phase)])  # zeros outside x add nothing
-    out = np.zeros(n_out)
-    for m in range(per_phase - 1, -1, -1):  # oldest input first: x[newest - m] meets h[phase + m * up]
-        out += xp[newest - m + per_phase - 1] * hp[phase + m * up]
+    out = np.empty(n_out)
+    lib.bedtime_upfirdn(ffi.cast("const double *", ffi.from_buffer(h)), h.size,
+                        ffi.cast("const double *", ffi.from_buffer(x)), x.size, int(up), int(down),
+                        ffi.cast("double *", ffi.from_buffer(out)), n_out)
     return out
 
 

@@ -21,6 +21,17 @@ class JsonlError(ValueError):
     """A JSON-lines file that is damaged (not a crash's torn last line): one line naming file, line and problem."""
 
 
+# A recording folder may be shared (or writable by another account): a symlink planted where a night's file
+# will be must not make the box append to, or a report read back, whatever file it points at.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_append(path: Path) -> TextIO:
+    """``path`` opened for appending (created 0644 when missing), refusing a symlink (``OSError`` ELOOP)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+    return open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+
+
 def encode_row(row: dict, *, sort_keys: bool = False, default: Callable[[Any], Any] | None = None) -> str:
     """One row as its line, newline included (``json.dumps`` with the given options)."""
     return json.dumps(row, sort_keys=sort_keys, default=default) + "\n"
@@ -39,7 +50,7 @@ class JsonlWriter:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._file: TextIO = open(self.path, "a", buffering=1)  # noqa: SIM115 (open all night)
+        self._file: TextIO = _open_append(self.path)  # open all night
 
     @property
     def closed(self) -> bool:
@@ -65,7 +76,7 @@ def append_row(path: str | os.PathLike, row: dict, *, sort_keys: bool = False,
         The line written, without its newline (for a log message).
     """
     line = encode_row(row, sort_keys=sort_keys, default=default)
-    with open(path, "a", encoding="utf-8") as f:
+    with _open_append(Path(path)) as f:
         f.write(line)
         if fsync:
             f.flush()
@@ -94,7 +105,9 @@ def read_rows(path: str | os.PathLike, check: Callable[[dict], str | None] | Non
     """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | _NOFOLLOW)
+        with open(fd, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise JsonlError(f"{p}: cannot read ({e.strerror or e})") from None
     lines = raw.rstrip(b"\x00 \t\r\n").split(b"\n")

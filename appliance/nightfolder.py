@@ -51,11 +51,13 @@ def list_nights(root: str | os.PathLike) -> list[Path]:
     r = Path(root)
     if not r.is_dir():
         return []
-    return sorted(p for p in r.iterdir() if p.is_dir() and len(p.name) == 16 and p.name.endswith("Z"))
+    # a symlink is never a night: in a shared folder it could point anywhere (and retention would measure it)
+    return sorted(p for p in r.iterdir()
+                  if not p.is_symlink() and p.is_dir() and len(p.name) == 16 and p.name.endswith("Z"))
 
 
 def _dir_bytes(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return sum(f.lstat().st_size for f in p.rglob("*") if not f.is_symlink() and f.is_file())
 
 
 def enforce_retention(root: str | os.PathLike, *, max_nights: int, max_bytes: float,

@@ -137,15 +137,12 @@ def preflight(cfg: BoxConfig, *, rejected: set[str] = frozenset(), sha256: str =
     """
     if sha256 and sha256 in rejected:
         raise PreflightError("", "this configuration already failed to start the daemon on this box")
+    from appliance.safety import BreatherConfig, SafetyEnvelopeError
+
     try:
-        from appliance.safety import BreatherConfig, SafetyEnvelopeError
-    except ImportError:  # no loops layer: nothing stimulates, the config module kept the table as given
-        pass
-    else:
-        try:
-            BreatherConfig.from_dict(cfg.breather)
-        except (SafetyEnvelopeError, TypeError, ValueError) as e:
-            raise PreflightError("breather", str(e)) from None
+        BreatherConfig.from_dict(cfg.breather)
+    except (SafetyEnvelopeError, TypeError, ValueError) as e:
+        raise PreflightError("breather", str(e)) from None
     _probe_writable(Path(cfg.box.state_dir), "box.state_dir")
     _probe_writable(cfg.recording_dir, "recording.dir")
     avail = _mem_available_bytes()

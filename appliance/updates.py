@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.jsonl import append_row
+from appliance.jsonl import append_row, read_rows
 from appliance.protocol.signing import SignatureError, check_binding, verify_manifest
 
 logger = logging.getLogger(__name__)
@@ -237,9 +237,16 @@ class UpdateManager:
         return self._version_of(self.current_path(kind))
 
     def audit_entries(self) -> list[dict]:
+        """The update audit's entries, oldest first (a line torn by a power cut while appending is skipped).
+
+        Raises
+        ------
+        appliance.jsonl.JsonlError
+            When a line other than a torn last one is damaged.
+        """
         if not self.audit_path.exists():
             return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
+        return read_rows(self.audit_path)
 
     # ---- audit -----------------------------------------------------------------------------------
     def _audit(self, action: str, **fields: Any) -> None:

@@ -20,3 +20,21 @@ void bedtime_sosfilt(const double *sos, size_t n_sections, double *x, size_t n_s
         }
     }
 }
+
+void bedtime_upfirdn(const double *h, size_t n_taps, const double *x, size_t n_x, size_t up, size_t down,
+                     double *out, size_t n_out)
+{
+    size_t per_phase = (n_taps + up - 1) / up;
+    for (size_t k = 0; k < n_out; k++) {
+        size_t g = k * down, newest = g / up, phase = g % up;
+        double acc = 0.0;
+        for (size_t i = 0; i < per_phase; i++) {
+            size_t m = per_phase - 1 - i; /* oldest sample first */
+            size_t tap = phase + m * up;
+            if (m > newest || newest - m >= n_x || tap >= n_taps)
+                continue; /* a zero sample or a padding tap adds nothing */
+            acc += x[newest - m] * h[tap];
+        }
+        out[k] = acc;
+    }
+}

@@ -4,7 +4,7 @@
  * One frame = what the chip shifts out after one DRDY in RDATAC mode:
  *   3 status bytes (1100 + LOFF_STATP[7:0] + LOFF_STATN[7:0] + GPIOD[4:1]) then
  *   n_channels x 24-bit two's-complement big-endian channel values
- * (ADS1299 datasheet SBAS499, "Data Output Format"; see ../shared/reference/ads1299.md section 4).
+ * (ADS1299 datasheet SBAS499, "Data Output Format"; see ../shared/reference/ads1299.md section 4, relative to the repository).
  * The same layout is defined for Python in appliance/ads1299_frame.py; tests/test_frame_layout.py checks
  * that the two agree (frame size, sync nibble, full-scale codes).
  *

@@ -22,9 +22,9 @@ die() { echo "install-pi.sh: $*" >&2; exit 1; }
 ARCH=$(uname -m)
 PYV=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || die "python3 not found (apt-get install python3)"
 PYMINOR=${PYV#3.}
-# The TFLite runtime. ai-edge-litert is pinned to 1.4.0 on aarch64 (pyproject.toml): the 2.x wheels crash when an
-# Interpreter is created on the Cortex-A53/A72 cores of a Zero 2 W / Pi 3 / Pi 4 (seen under qemu, docs/pi.md),
-# and 1.4.0 has aarch64 wheels for Python 3.9-3.12 only. tflite-runtime 2.14 (numpy<2) covers 3.9-3.11.
+# The TFLite runtime. ai-edge-litert is pinned to 1.4.0 on aarch64 (pyproject.toml: the release make pi-test
+# proves on a Cortex-A72; a 2.3.0 crash on the Zero 2 W / Pi 3 / Pi 4 cores was reported, docs/pi.md), and 1.4.0
+# has aarch64 wheels for Python 3.9-3.12 only. tflite-runtime 2.14 (numpy<2) covers 3.9-3.11.
 RUNTIME=""
 case "$ARCH" in
     aarch64)

@@ -44,8 +44,8 @@ def night(tmp_path_factory, mqtt_pki):
     daemon = Daemon(cfg, hardware=hw, parts=parts)
     try:
         result = daemon.run()
-        alerts = phone.wait_for("alert", len(daemon.alerts_sent) or 1, timeout_s=10)
-        reports = phone.wait_for("report", 1, timeout_s=10)
+        alerts = phone.wait_for("alert", len(daemon.alerts_sent) or 1, timeout_s=30)
+        reports = phone.wait_for("report", 1, timeout_s=30)
     finally:
         phone.close()
         broker.stop()

@@ -124,3 +124,49 @@ def test_no_layer_imports_a_higher_one(layer: str) -> None:
     bad = sorted(f"{m} ({layer}) imports {i} ({LAYERS[rank[i]][0]})" for m in LAYERS[here][1] if m in g
                  for i in g[m] if rank.get(i, -1) > here)
     assert not bad, "a lower layer imports a higher one:\n" + "\n".join(bad)
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in names)
+
+
+def test_no_import_error_fallback_for_a_module_of_the_box_itself() -> None:
+    # a box module is always installed with the others (one wheel), so `except ImportError` around importing one
+    # is a branch that cannot run; appliance._native (compiled at install) and third-party runtimes are different
+    bad = []
+    for path in sorted((REPO / "appliance").rglob("*.py")):
+        module = _module_name(path, REPO)
+        if _within(module, CLINIC):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Try) or not any(_catches_import_error(h) for h in node.handlers):
+                continue
+            guarded = imports_of_nodes(node.body, module, path)
+            own = sorted(i for i in guarded if _within(i, "appliance") and not _within(i, "appliance._native"))
+            if own:
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} guards {own}")
+    assert not bad, "unreachable ImportError fallbacks:\n" + "\n".join(bad)
+
+
+def imports_of_nodes(body: list[ast.stmt], module: str, path: Path) -> set[str]:
+    """The modules some statements import (``from a import b`` counts as ``a``), as absolute names."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in (n for stmt in body for n in ast.walk(stmt)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            up = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+            found.add(".".join(up + ([node.module] if node.module else [])))
+    return found
+
+
+def test_sources_cite_no_absolute_path_of_a_development_machine() -> None:
+    import re
+
+    pattern = re.compile(r"(?<![\w.])/(work|home|Users|root)/\w")
+    bad = [f"{p.relative_to(REPO)}:{n}" for d in ("appliance", "native", "models", "systemd")
+           for p in sorted((REPO / d).rglob("*")) if p.suffix in (".py", ".c", ".h", ".sh", ".service", ".md")
+           for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not bad, "cite shared files relatively (../shared/...):\n" + "\n".join(bad)

@@ -12,7 +12,7 @@ import pytest
 from appliance.epoch import Epoch
 from appliance.fleet import cli
 from appliance.fleet.ingest import FleetIngest
-from tests.broker import make_box, wait_until
+from tests.broker import Recorder, make_box, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -25,14 +25,14 @@ def test_shared_subscription_splits_alerts_between_consoles_and_an_observer_sees
     link = make_box(tmp_path, "box-a", broker.host, broker.port)
     link.start()
     try:
-        assert link.wait_connected(5)
+        assert link.wait_connected(30)
         link.publish_status("recording")
         for i in range(40):
             link.publish_alert(title="Loop", message=f"#{i}", severity="info")
-        assert link.wait_delivered(5)
-        assert wait_until(lambda: len(got["c1"]) + len(got["c2"]) == 40 and len(got["obs"]) == 40, 5), got
+        assert link.wait_delivered(30)
+        assert wait_until(lambda: len(got["c1"]) + len(got["c2"]) == 40 and len(got["obs"]) == 40, 30), got
         # status is not shared: every console has the whole fleet list
-        assert wait_until(lambda: all(c.box("box-a") and c.box("box-a").state == "recording" for c in (c1, c2)), 5)
+        assert wait_until(lambda: all(c.box("box-a") and c.box("box-a").state == "recording" for c in (c1, c2)), 30)
     finally:
         link.stop()
         for c in (c1, c2, obs):
@@ -48,7 +48,7 @@ def test_fleet_view_follows_status_telemetry_stages_and_the_last_will(broker, tm
     link = make_box(tmp_path, "box-a", broker.host, broker.port)
     link.start()
     try:
-        assert link.wait_connected(5)
+        assert link.wait_connected(30)
         link.publish_status("recording")
         link.publish_telemetry(signal_quality_percent=91.0, impedance_kohm=[4.1, 5.0], cpu_percent=3.2,
                                temperature_c=48.5, frames_dropped=0, frames_corrupt=1)
@@ -61,7 +61,7 @@ def test_fleet_view_follows_status_telemetry_stages_and_the_last_will(broker, tm
         assert v.telemetry["temperature_c"] == 48.5 and v.last_seen_utc is not None
     finally:
         link.stop()
-    assert wait_until(lambda: ingest.box("box-a").state == "offline", 5)
+    assert wait_until(lambda: ingest.box("box-a").state == "offline", 30)
     assert not ingest.box("box-a").online and statuses[-1] == "offline"
     ingest.stop()
 
@@ -76,15 +76,22 @@ def fleet_box(broker, tmp_path):
     night = {"night_start": "2026-11-22T20:41:00Z", "total_sleep_time_min": 452.5, "loops_detected": 1}
     link.on_command("report", lambda args: {"night": args.get("night", "latest"), "report": night})
     link.start()
-    assert link.wait_connected(5)
+    assert link.wait_connected(30)
     link.publish_status("recording")
     link.publish_telemetry(signal_quality_percent=88.0)
+    # the commands read retained messages for a fixed --wait after subscribing: have them at the broker first
+    probe = Recorder(broker.host, broker.port, ["bedtime/v1/ward3-07/status", "bedtime/v1/ward3-07/telemetry"])
+    assert probe.wait_for(lambda r: any(p["state"] == "recording" for p in r.of("/status"))
+                          and any(p.get("signal_quality_percent") == 88.0 for p in r.of("/telemetry")), timeout_s=30)
+    probe.close()
     yield link, applied, night
     link.stop()
 
 
 def base_args(broker) -> list[str]:
-    return ["--host", broker.host, "--port", str(broker.port), "--wait", "0.3"]
+    # --wait: how long a command collects retained messages after subscribing; 0.3 s was outlasted on a busy
+    # machine (an empty fleet list)
+    return ["--host", broker.host, "--port", str(broker.port), "--wait", "2"]
 
 
 def test_cli_lists_boxes(fleet_box, broker, capsys):
@@ -107,7 +114,8 @@ def test_cli_push_config_validates_before_publishing_and_reports_the_ack(fleet_b
     assert applied == [] and link.config_version is None  # nothing was published
     good = tmp_path / "night.toml"
     good.write_text('[box]\nid = "ward3-07"\nname = "Room 7"\n[breather]\ncue_volume = 0.1\n')
-    assert cli.main(base_args(broker) + ["push-config", str(good), "--box", "ward3-*", "--version", "c-42"]) == 0
+    assert cli.main(base_args(broker) + ["push-config", str(good), "--box", "ward3-*", "--version", "c-42",
+                                         "--ack-timeout", "30"]) == 0
     out = capsys.readouterr().out
     assert "ward3-07: applied" in out
     assert len(applied) == 1 and applied[0].breather["cue_volume"] == 0.1 and link.config_version == "c-42"
@@ -117,13 +125,13 @@ def test_cli_requests_and_saves_a_night_report(fleet_box, broker, tmp_path, caps
     _, _, night = fleet_box
     out_dir = tmp_path / "reports"
     assert cli.main(base_args(broker) + ["report", "--box", "ward3-07", "--night", "2026-11-22",
-                                         "--out", str(out_dir), "--timeout", "5"]) == 0
+                                         "--out", str(out_dir), "--timeout", "30"]) == 0
     saved = json.loads((out_dir / "ward3-07-2026-11-22.json").read_text())
     assert saved == {"night": "2026-11-22", "report": night}
     # The report the box published at the end of the night is retained: saved even with the box gone.
     link, _, _ = fleet_box
     link.publish_report(night)
-    assert link.wait_delivered(5)
+    assert link.wait_delivered(30)
     link.stop()
     assert cli.main(base_args(broker) + ["report", "--box", "ward3-07", "--retained", "--out", str(out_dir)]) == 0
     assert json.loads((out_dir / "ward3-07-2026-11-22.json").read_text()) == night
@@ -132,16 +140,28 @@ def test_cli_requests_and_saves_a_night_report(fleet_box, broker, tmp_path, caps
     assert "someday" in capsys.readouterr().err
 
 
-def test_cli_follows_alerts_live(fleet_box, broker, capsys):
+def test_cli_follows_alerts_live(fleet_box, broker, capsys, monkeypatch):
     link, _, _ = fleet_box
     rc = {}
+    # Alerts are not retained: publish only once the command's observer has subscribed (its start() returns
+    # then), not after a fixed sleep, which a busy machine outlasts (the alerts then go by unseen).
+    subscribed = threading.Event()
+    real_start = FleetIngest.start
+
+    def start_and_say_so(self, **kw):
+        started = real_start(self, **kw)
+        subscribed.set()
+        return started
+
+    monkeypatch.setattr(FleetIngest, "start", start_and_say_so)
     t = threading.Thread(target=lambda: rc.setdefault("rc", cli.main(
-        base_args(broker) + ["alerts", "--count", "2", "--timeout", "10"])))
+        base_args(broker) + ["alerts", "--count", "2", "--timeout", "60"])))
     t.start()
-    time.sleep(0.5)  # the observer subscribes
+    assert subscribed.wait(30), "the alerts command never subscribed"
     link.publish_alert(title="Nightmare loop", message="Loop did not settle.", severity="critical")
     link.publish_alert(title="Signal", message="Electrode off.", severity="warning")
-    t.join(12)
+    t.join(90)
+    assert not t.is_alive()
     assert rc.get("rc") == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "[CRITICAL]" in out[0] and "Nightmare loop: Loop did not settle." in out[0]

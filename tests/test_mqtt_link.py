@@ -24,7 +24,7 @@ def test_status_is_retained_and_the_last_will_sets_it_offline(broker, tmp_path):
     link = make_box(tmp_path, "box-a", proxy.host, proxy.port, keepalive_s=1, reconnect_min_s=30)
     link.start()
     try:
-        assert link.wait_connected(5)
+        assert link.wait_connected(30)
         link.publish_status("recording", night_start_utc="2026-11-22T21:00:00.000Z")
         probe = Recorder(broker.host, broker.port, ["bedtime/v1/+/status"])
         assert probe.wait_for(lambda r: any(p["state"] == "recording" for p in r.of("/status")))
@@ -38,7 +38,7 @@ def test_status_is_retained_and_the_last_will_sets_it_offline(broker, tmp_path):
         # The box vanishes from the network (no FIN, no RST): the broker's keepalive check fires the
         # will, which sets the retained status offline.
         proxy.cut()
-        assert late.wait_for(lambda r: r.of("/status")[-1]["state"] == "offline", timeout_s=6)
+        assert late.wait_for(lambda r: r.of("/status")[-1]["state"] == "offline", timeout_s=30)
         assert late.of("/status")[-1]["online"] is False
         late.close()
         again = Recorder(broker.host, broker.port, ["bedtime/v1/+/status"])
@@ -52,7 +52,7 @@ def test_status_is_retained_and_the_last_will_sets_it_offline(broker, tmp_path):
 def test_clean_stop_leaves_retained_status_offline(broker, tmp_path):
     link = make_box(tmp_path, "box-a", broker.host, broker.port)
     link.start()
-    assert link.wait_connected(5)
+    assert link.wait_connected(30)
     link.stop()
     rec = Recorder(broker.host, broker.port, ["bedtime/v1/box-a/status"])
     assert rec.wait_for(lambda r: r.of("/status") and r.of("/status")[-1]["state"] == "offline")
@@ -65,22 +65,22 @@ def test_alerts_arrive_exactly_once_in_order_across_a_broker_restart(broker, tmp
     link = make_box(tmp_path, "box-a", broker.host, broker.port)
     link.start()
     try:
-        assert link.wait_connected(5)
+        assert link.wait_connected(30)
         for i in range(40):
             alert(link, i)
             if i == 15:
                 broker.stop()  # mid-stream: some alerts are in flight, the rest queue in the outbox
             time.sleep(0.005)
-        assert wait_until(lambda: not link.connected, 5)
+        assert wait_until(lambda: not link.connected, 30)
         assert link.outbox_depth > 0
         time.sleep(0.5)
         broker.start()
         for i in range(40, 60):
             alert(link, i)
-        assert link.wait_delivered(15), f"outbox still holds {link.outbox_depth}"
-        assert rec.wait_for(lambda r: len(set(seqs(r.of("/alert")))) == 60, timeout_s=10)
-        assert ingest.connected or wait_until(lambda: ingest.connected, 5)
-        assert wait_until(lambda: ingest.stats["alert"] == 60, 10), ingest.stats
+        assert link.wait_delivered(30), f"outbox still holds {link.outbox_depth}"
+        assert rec.wait_for(lambda r: len(set(seqs(r.of("/alert")))) == 60, timeout_s=30)
+        assert ingest.connected or wait_until(lambda: ingest.connected, 30)
+        assert wait_until(lambda: ingest.stats["alert"] == 60, 30), ingest.stats
     finally:
         link.stop()
     raw = seqs(rec.of("/alert"))
@@ -105,11 +105,11 @@ def test_alerts_survive_a_five_minute_network_cut_in_order(broker, tmp_path):
     link = make_box(tmp_path, "box-a", proxy.host, proxy.port, keepalive_s=1, clock=clock)
     link.start()
     try:
-        assert link.wait_connected(5)
+        assert link.wait_connected(30)
         for i in range(10):  # before the cut
             alert(link, i)
             clock.advance(1)
-        assert link.wait_delivered(5)
+        assert link.wait_delivered(30)
         proxy.cut()
         cut_started = clock()
         noticed_at = None
@@ -127,8 +127,8 @@ def test_alerts_survive_a_five_minute_network_cut_in_order(broker, tmp_path):
         for i in range(310, 320):
             alert(link, i)
             clock.advance(1)
-        assert link.wait_delivered(20), f"outbox still holds {link.outbox_depth}"
-        assert wait_until(lambda: len(got) == 320, 10), len(got)
+        assert link.wait_delivered(30), f"outbox still holds {link.outbox_depth}"
+        assert wait_until(lambda: len(got) == 320, 30), len(got)
     finally:
         link.stop()
         proxy.close()
@@ -156,7 +156,7 @@ def test_outbox_survives_a_box_restart_while_the_broker_is_down(broker, tmp_path
     link2.start()
     try:
         alert(link2, 5)
-        assert link2.wait_delivered(10)
+        assert link2.wait_delivered(30)
         assert rec.wait_for(lambda r: len(r.of("/alert")) == 6)
     finally:
         link2.stop()
@@ -184,7 +184,7 @@ def box_and_console(broker, tmp_path):
     link.on_command("selftest", selftest)
     link.start()
     ingest = FleetIngest(broker.host, broker.port, group=None).start()
-    assert link.wait_connected(5)
+    assert link.wait_connected(30)
     yield link, ingest, state
     link.stop()
     ingest.stop()
@@ -192,9 +192,9 @@ def box_and_console(broker, tmp_path):
 
 def test_commands_reply_with_correlation_and_bad_ones_change_nothing(box_and_console, broker):
     link, ingest, state = box_and_console
-    pong = ingest.request("box-a", "ping", timeout_s=5)
+    pong = ingest.request("box-a", "ping", timeout_s=30)
     assert pong["ok"] and pong["result"]["firmware_version"] == "0.1.0" and pong["command"] == "ping"
-    ok = ingest.request("box-a", "set_breather", {"enabled": False}, timeout_s=5)
+    ok = ingest.request("box-a", "set_breather", {"enabled": False}, timeout_s=30)
     assert ok["ok"] and ok["result"] == {"breather_enabled": False} and state["calls"] == 1
     bad = [
         ("set_breather", {"enabled": "no"}, "bad_args"),
@@ -204,7 +204,7 @@ def test_commands_reply_with_correlation_and_bad_ones_change_nothing(box_and_con
         ("selftest", {}, "handler_error"),
     ]
     for name, args, code in bad:
-        r = ingest.request("box-a", name, args, timeout_s=5, check=False)
+        r = ingest.request("box-a", name, args, timeout_s=30, check=False)
         assert not r["ok"] and r["error"]["code"] == code, (name, r)
     # Not even a command: unknown name and a body that is not JSON, sent raw with a response topic.
     rec = Recorder(broker.host, broker.port, ["bedtime/v1/box-a/reply/#"])
@@ -235,26 +235,26 @@ def test_config_is_validated_applied_acknowledged_and_a_bad_one_changes_nothing(
     ingest = FleetIngest(broker.host, broker.port, group=None, on_event=lambda b, p: events.append(p)).start()
     link.start()
     try:
-        assert link.wait_connected(5)
+        assert link.wait_connected(30)
         good = {"box": {"id": "box-a", "name": "Mia's room"}, "breather": {"cue_volume": 0.1}}
         ingest.push_config("box-a", good, config_version="v1")
-        assert wait_until(lambda: any(e["kind"] == "config_applied" for e in events), 5), events
+        assert wait_until(lambda: any(e["kind"] == "config_applied" for e in events), 30), events
         assert len(applied) == 1 and applied[0].box.name == "Mia's room" and link.config_version == "v1"
-        assert wait_until(lambda: ingest.box("box-a").config_version == "v1", 5)
+        assert wait_until(lambda: ingest.box("box-a").config_version == "v1", 30)
         # Outside the breather's safety envelope: refused by the box's own validator, reported, nothing applied.
         unsafe = {"breather": {"cue_volume": 0.9}}
         ingest.push_config("box-a", unsafe, config_version="v2-unsafe")
         # Not even a config: wrong shape, published raw.
         ingest._client.publish(schema.topic("box-a", "config"), b'{"schema":1,"config":"loud"}', qos=1,
                                retain=True).wait_for_publish(5)
-        assert wait_until(lambda: sum(e["kind"] == "config_rejected" for e in events) == 2, 5), events
+        assert wait_until(lambda: sum(e["kind"] == "config_rejected" for e in events) == 2, 30), events
         rejected = [e for e in events if e["kind"] == "config_rejected"]
         assert rejected[0]["config_version"] == "v2-unsafe" and "cue_volume" in rejected[0]["error"]
         assert len(applied) == 1 and link.config_version == "v1"
         # A box with no config handler says so instead of claiming it applied anything.
         link._config_handler = None
         ingest.push_config("box-a", good, config_version="v4")
-        assert wait_until(lambda: any(e.get("config_version") == "v4" for e in events), 5)
+        assert wait_until(lambda: any(e.get("config_version") == "v4" for e in events), 30)
         (v4,) = [e for e in events if e.get("config_version") == "v4"]
         assert v4["kind"] == "config_rejected" and "no config handler" in v4["error"]
         assert link.config_version == "v1"
@@ -279,7 +279,7 @@ def test_a_full_outbox_keeps_the_newest_alerts_and_says_what_it_dropped(broker, 
             alert(link, i)
         assert link.outbox_depth == 5 and link.outbox.dropped == 3
         broker.start()  # the recorder's persistent session survives: it gets everything
-        assert link.wait_delivered(10)
+        assert link.wait_delivered(30)
         assert rec.wait_for(lambda r: len(r.of("/alert")) == 5 and r.of("/event"))
     finally:
         link.stop()
@@ -296,13 +296,13 @@ def test_a_simulated_box_says_so_in_every_status_and_in_its_last_will(broker, tm
                     status_fields={"simulated": True})
     link.start()
     try:
-        assert link.wait_connected(5)
+        assert link.wait_connected(30)
         link.publish_status("recording")
         probe = Recorder(broker.host, broker.port, ["bedtime/v1/+/status"])
         assert probe.wait_for(lambda r: any(p["state"] == "recording" for p in r.of("/status")))
         assert all(p["simulated"] is True for p in probe.of("/status"))
         proxy.cut()  # vanishes without a goodbye: the broker publishes the will
-        assert probe.wait_for(lambda r: r.of("/status")[-1]["state"] == "offline", timeout_s=6)
+        assert probe.wait_for(lambda r: r.of("/status")[-1]["state"] == "offline", timeout_s=30)
         assert probe.of("/status")[-1]["simulated"] is True
         probe.close()
     finally:

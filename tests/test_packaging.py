@@ -79,3 +79,59 @@ def test_the_test_extra_gives_starlette_its_http_client_without_a_deprecation_wa
     r = subprocess.run([sys.executable, "-W", "error", "-c", "import fastapi.testclient"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---- what a box installs is what a box runs (issue 14) -----------------------------------------------------
+
+CLINIC_AND_TRAINING = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "psycopg", "jinja2", "argon2-cffi",
+                       "itsdangerous", "python-multipart", "tensorflow", "tensorflow-cpu", "yasa", "playwright")
+
+
+def _requirement_name(req: str) -> str:
+    import re
+
+    return re.split(r"[\s;<>=!~\[(]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_base_install_pulls_no_console_or_training_dependency(wheel):
+    # read from the built wheel's own metadata: what `pip install bedtime` would install on a box
+    meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    lines = zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+    base = [ln.split(":", 1)[1] for ln in lines if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
+    extras = {ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Provides-Extra:")}
+    assert base and {"fleet", "train"} <= extras
+    assert not [r for r in base if _requirement_name(r) in CLINIC_AND_TRAINING], base
+
+
+def test_a_night_in_the_daemon_loads_neither_the_clinic_nor_matplotlib_nor_scipy(tmp_path):
+    """A whole short night (a daemon on the simulated chip, its morning report and PNG included): the daemon's own
+    process never imports the console's packages, the clinic's code, matplotlib (the PNG is drawn in a child
+    process) or scipy (appliance.filters)."""
+    code = f"""
+import json, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {str(REPO)!r})
+import appliance.daemon
+at_import = sorted(sys.modules)
+from appliance.hardware import SimulationSource, open_hardware
+from tests.daemon_helpers import box_config, pipeline_parts
+hyp = np.array([0] * 6 + [1] * 4 + [2] * 10, dtype=np.int8)
+cfg = box_config(Path({str(tmp_path)!r}), port=None)
+parts, _ = pipeline_parts(hyp)
+hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=1), speed=float("inf"))
+r = appliance.daemon.Daemon(cfg, hardware=hw, parts=parts).run()
+print(json.dumps({{"at_import": at_import, "after_night": sorted(sys.modules), "epochs": r.epochs,
+                  "png": str(r.report_png) if r.report_png else None}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["epochs"] == 20 and got["png"] and Path(got["png"]).stat().st_size > 0
+    for when in ("at_import", "after_night"):
+        loaded = [m for m in got[when] if m.split(".")[0] in ("fastapi", "sqlalchemy", "matplotlib", "scipy",
+                                                             "starlette", "tensorflow")
+                  or m == "appliance.fleet" or m.startswith("appliance.fleet.")]
+        assert not loaded, f"{when}: {loaded[:10]}"

@@ -42,6 +42,16 @@ def test_signed_config_applied_and_audited(tmp_path, clinic):
     assert r2.ok and r2.previous_version == "c1" and um.previous_version("config") == "c1"
 
 
+def test_an_audit_line_torn_by_a_power_cut_is_skipped(tmp_path, clinic):
+    """Regression: reading the update audit after a power cut tore its last line raised JSONDecodeError."""
+    key, pub = clinic
+    um = UpdateManager(tmp_path / "state", pub, box_id="box-a")
+    assert um.apply("config", config_bytes(30.0), signed(key, config_bytes(30.0), "config", "c1")).ok
+    with open(um.audit_path, "ab") as f:
+        f.write(b'{"time_utc": "2026-12-02T10:00:00.000Z", "act')
+    assert [e["action"] for e in um.audit_entries()] == ["update.verified", "update.installed", "update.applied"]
+
+
 @pytest.mark.parametrize("attack", ["unsigned", "other_key", "tampered", "model_sig_on_config", "invalid_config"])
 def test_bad_updates_refused_previous_kept(tmp_path, clinic, attack):
     key, pub = clinic
