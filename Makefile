@@ -14,7 +14,7 @@ EXTRAS ?= test,fleet
 all: test
 
 # ---- set-up -------------------------------------------------------------------------------------
-$(STAMP): pyproject.toml setup.py native/ring.c native/ring.h native/build_native.py
+$(STAMP): pyproject.toml setup.py native/ring.c native/ring.h native/filter.c native/filter.h native/build_native.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e '.[$(EXTRAS)]'

@@ -307,12 +307,22 @@ class Acquisition:
             except queue.Empty:
                 if not self._edges.empty() or self._stop.is_set():
                     continue          # an edge arrived while we were being woken: not a stall
+                # The time is taken BEFORE the level is sampled: a reader preempted between the two (a busy
+                # host) would otherwise count its own lateness as the chip's silence and re-initialise a chip
+                # that was converting all along. DRDY high after `now` means nothing was converted up to `now`.
+                now = chip.clock_ns()
                 if drdy is not None and drdy.is_active:
                     # data is waiting but its edge never reached us (lost edge interrupt): read it
                     self._read_one()
                     continue
-                since = chip.clock_ns() - (self._last_edge_ns if self._last_edge_ns is not None else started_ns)
+                since = now - (self._last_edge_ns if self._last_edge_ns is not None else started_ns)
                 if since > self.stall_periods * period_ns + (0 if self._last_edge_ns is not None else 0.25e9):
+                    # Confirm one period later: DRDY sampled inside the chip's tUPDATE pulse (high for a moment
+                    # before new data; in the simulator, as long as its thread waits for the CPU between the
+                    # two edges) is a conversion, not a stall. A real stall lasts far longer than this look.
+                    self._stop.wait(period_ns / 1e9 / self.speed)
+                    if not self._edges.empty() or (drdy is not None and drdy.is_active) or self._stop.is_set():
+                        continue
                     self.counters.stalls += 1
                     self._fault("stall", f"no DRDY for {since / 1e6:.1f} ms (> {self.stall_periods:g} periods)")
                     self._reinit("DRDY stall")
@@ -337,12 +347,16 @@ class Acquisition:
         drdy, chip = self.chip.drdy, self.chip
         started_ns = last_ns = chip.clock_ns()
         while not self._stop.is_set():
+            now = chip.clock_ns()     # before the level, for the reason given in _run_drdy
             if drdy.is_active:
                 self._read_one()
                 last_ns = chip.clock_ns()
                 continue
-            since = chip.clock_ns() - last_ns
+            since = now - last_ns
             if since > self.stall_periods * period_ns + (0.25e9 if last_ns == started_ns else 0):
+                self._stop.wait(period_ns / 1e9 / self.speed)    # confirm, as in _run_drdy
+                if drdy.is_active or self._stop.is_set():
+                    continue
                 self.counters.stalls += 1
                 self._fault("stall", f"DRDY not low for {since / 1e6:.1f} ms (> {self.stall_periods:g} periods)")
                 self._reinit("DRDY stall")

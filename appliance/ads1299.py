@@ -149,6 +149,10 @@ class Board(Protocol):
         """Burst path: up to ``n`` consecutive RDATAC frames (only when :attr:`can_burst`)."""
         ...
 
+    def shutdown(self) -> None:
+        """Release what the board runs besides the SPI device (the simulator's DRDY thread); after ``spi.close()``."""
+        ...
+
 
 class HostBoard:
     """The real ADS1299 on the host's SPI bus: ``time.monotonic_ns`` and gpiozero's DRDY edge times.
@@ -182,6 +186,9 @@ class HostBoard:
     def read_frames(self, n: int) -> bytes:
         """A real chip has no burst path: each frame needs its own DRDY."""
         raise ADS1299Error("a real ADS1299 has no burst path: read one frame per DRDY")
+
+    def shutdown(self) -> None:
+        """Nothing to release: the real chip keeps converting until the next bring-up resets it."""
 
 
 def channel_set_byte(*, gain: int = 24, mux: int = MUX_NORMAL, srb2: bool = True, power_down: bool = False) -> int:

@@ -666,6 +666,10 @@ class SimulatedSpiDev:
     def close(self) -> None:
         self._open = False
 
+    def shutdown(self) -> None:
+        """:meth:`appliance.ads1299.Board.shutdown`: stop the simulated chip (its DRDY thread)."""
+        self.chip.close()
+
     def xfer2(self, values, speed_hz: int = 0, delay_usecs: int = 0, bits_per_word: int = 8) -> list[int]:
         """One transfer with chip select held low throughout."""
         self._check()

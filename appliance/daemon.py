@@ -46,6 +46,7 @@ from appliance.ads1299_frame import uv_per_count
 from appliance.config import BoxConfig, edf_channel_labels
 from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
+from appliance.episodes import LoopAlert, LoopEpisodes
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES
 from appliance.pushed_config import PUSHED_CONFIG, PushedConfigStore  # PUSHED_CONFIG: re-exported for the tests
@@ -65,13 +66,6 @@ child is killed and the night ends without a picture (its report.json is already
 NO_DATA_FAULT_S = 2.0
 """Wall-clock seconds without a single frame before the pipeline itself declares a fault (the driver's own
 DRDY-stall detection, at 4 sample periods, normally fires long before)."""
-
-LOOP_END_EPOCHS = 10
-"""A detected loop counts as over after this many epochs (5 min) with P(loop) below the threshold."""
-
-LOOP_PERSIST_EPOCHS = 4
-"""Loop epochs (2 min) after a breather session that ended without an alert (the sleeper woke, or P(loop) dipped
-at its end) after which the parent is alerted that the loop went on."""
 
 MAX_GAP_FILL_FRAMES = 250 * 600
 """A stretch of lost frames up to this long (10 min at 250 SPS) is filled with a flat line so that the recording,
@@ -171,11 +165,7 @@ class Daemon:
         self.epochs: list[Epoch] = []
         self.counters: dict[str, int] = {"frames": 0, "frames_lost": 0, "frames_corrupt": 0, "drdy_stalls": 0,
                                          "chip_reinits": 0, "no_data_faults": 0, "epochs_bad_signal": 0}
-        self._in_loop = False
-        self._below_thr = 0
-        self._alerted_this_loop = False
-        self._loop_start_index = 0
-        self._persist_epochs = 0
+        self.episodes: LoopEpisodes | None = None  # built with the parts (the threshold is the breather's)
         self.breather_enabled = True
         self._box_state = "online"  # the status last published (recording during a night)
         self.restart_requested = False
@@ -336,7 +326,8 @@ class Daemon:
         self._breather_last_state = self._breather_state()
         from appliance.safety import BreatherConfig
 
-        self._p_loop_threshold = BreatherConfig.from_dict(cfg.breather).p_loop_threshold
+        self.episodes = LoopEpisodes(box_name=cfg.box.name,
+                                     threshold=BreatherConfig.from_dict(cfg.breather).p_loop_threshold)
 
     def _make_update_manager(self) -> Any:
         """The signed-update manager when ``updates.public_key_file`` pins a clinic key, else None."""
@@ -672,32 +663,20 @@ class Daemon:
         if not quality.ok:
             self.counters["epochs_bad_signal"] += 1
         self.epochs.append(epoch)
-        # One loop episode per detection: it ends only after P(loop) has stayed below the threshold for
-        # LOOP_END_EPOCHS epochs, so a borderline P(loop) does not report one loop as several.
-        thr = self._p_loop_threshold
-        if p_loop >= thr and quality.ok:
-            self._below_thr = 0
-            if not self._in_loop:
-                self._in_loop = True
-                self._alerted_this_loop = False
-                self._loop_start_index = index
-                self._persist_epochs = 0
-                self._event("loop_detected", end_s, epoch_index=index, p_loop=round(p_loop, 4))
-        elif self._in_loop:
-            self._below_thr += 1
-            if self._below_thr >= LOOP_END_EPOCHS:
-                self._in_loop = False
-                self._event("loop_ended", end_s, epoch_index=index, p_loop=round(p_loop, 4))
+        episodes = self.episodes
+        loop_event = episodes.on_epoch(index=index, p_loop=p_loop, signal_ok=quality.ok)
+        if loop_event is not None:
+            self._event(loop_event[0], end_s, **loop_event[1])
         if self.breather_enabled:
             self.breather.on_epoch(epoch)
             self._check_breather(end_s, index)
-            self._alert_if_loop_outlasts_breather(index, p_loop, thr)
-        elif self._in_loop and not self._alerted_this_loop:
-            # the clinic switched the breather off: the parent hears about the loop directly
-            self._alerted_this_loop = True
-            self._alert("loop_detected_breather_off", "Nightmare loop: please check",
-                        f"{self.cfg.box.name}: a nightmare loop is under way ({end_s / 3600:.1f} h into the night). "
-                        "The breather is switched off on this box.", epoch_index=index, p_loop=round(p_loop, 4))
+            alert = episodes.after_breather(index=index, p_loop=p_loop, night_time_s=self._signal_s(),
+                                            session_reports=getattr(self.breather, "session_reports", None),
+                                            in_session=self._breather_state() in ("cue", "light"))
+        else:  # the clinic switched the breather off: the parent hears about the loop directly
+            alert = episodes.breather_off(index=index, p_loop=p_loop, night_time_s=end_s)
+        if alert is not None:
+            self._send_alert(alert)
         stage = epoch.stage
         self._epochs_file.write({
             "index": index, "end_time_s": end_s, "stage": int(stage), "probs": [round(float(p), 5) for p in probs],
@@ -756,32 +735,6 @@ class Daemon:
                         duration_s=rep.get("duration_s"), max_light=rep.get("max_light"),
                         max_volume=rep.get("max_volume"), **fields)
 
-    def _alert_if_loop_outlasts_breather(self, index: int, p_loop: float, thr: float) -> None:
-        """The breather alerts when its session ends with the loop still under way; but a session that ends
-        because the sleeper woke, or with P(loop) dipping at its last epoch, is followed by the refractory gap
-        (40 min by default) in which it cannot act again. If the same loop goes on after such a session for
-        LOOP_PERSIST_EPOCHS more loop epochs, the breather did not help: tell the parent (once per loop)."""
-        if not self._in_loop or self._alerted_this_loop:
-            return
-        reports = getattr(self.breather, "session_reports", None) or []
-        if not reports or self._breather_state() in ("cue", "light"):
-            return
-        last = reports[-1]
-        if last.get("outcome") not in ("woke", "completed") or (last.get("start_epoch") or -1) < self._loop_start_index:
-            return
-        if p_loop >= thr and index > (last.get("end_epoch") or index):
-            self._persist_epochs += 1
-        if self._persist_epochs >= LOOP_PERSIST_EPOCHS:
-            self._alerted_this_loop = True
-            t = self._signal_s()
-            # The alert first: a failing audit write (a full disk) must not hold it back.
-            self._alert("loop_persists_after_breather", "Nightmare loop: please check",
-                        f"{self.cfg.box.name}: a nightmare loop went on after a gentle breather "
-                        f"({t / 3600:.1f} h into the night). Sound and light are off.",
-                        p_loop=round(p_loop, 4), session=last.get("session"), epoch_index=index)
-            self.audit_append("alert", reason="loop_persists_after_session", session=last.get("session"),
-                              epoch=index, p_loop=round(p_loop, 4))
-
     def _audit_head(self) -> dict | None:
         """The audit log's head (``seq``, ``hash``, ``records``, ``first``) for the report and status."""
         audit = getattr(self, "audit", None)
@@ -803,31 +756,28 @@ class Daemon:
 
     def _on_escalate(self, payload: dict | None = None, *args: Any) -> None:
         """The breather ended a session with the loop still going: tell the parent (QoS 1 via the outbox)."""
-        t = self._signal_s()
-        payload = dict(payload or {})
-        self._alerted_this_loop = True
-        self._alert("loop_not_resolved", "Nightmare loop: please check",
-                    f"{self.cfg.box.name}: a nightmare loop did not settle after a gentle breather "
-                    f"({t / 3600:.1f} h into the night). Sound and light are off now.",
-                    p_loop=float(payload.get("p_loop", 0.0)), session=payload.get("session"),
-                    epoch_index=payload.get("epoch"))
+        self._send_alert(self.episodes.escalated(payload, night_time_s=self._signal_s()))
 
-    def _alert(self, kind: str, title: str, message: str, **fields: Any) -> None:
-        """Tell the parent: queue the alert on the link (QoS 1 via the outbox) and record it.
+    def _send_alert(self, alert: LoopAlert) -> None:
+        """Tell the parent: queue the alert on the link (QoS 1 via the outbox) and record it; then append its
+        audit record, if it has one (the alert first: a failing audit write must not hold it back).
 
         A link that raises (a closed or broken outbox) neither loses the alert nor stops the caller: the
         alert is recorded and written to events.jsonl/EDF+ regardless, and kept to be queued again at the
         next epoch (:meth:`_retry_unsent_alerts`); each failure is logged and counted (``errors``).
         """
         t = self._signal_s()
-        fields = {"kind": kind, "night_time_s": round(t, 1), **fields}
+        kind, title, message = alert.kind, alert.title, alert.message
+        fields = {"kind": kind, "night_time_s": round(t, 1), **alert.fields}
         wall = time.monotonic()
         self.alerts_sent.append({"time_s": t, "wall_s": wall, "title": title, "message": message, **fields})
         if self.link is not None:
-            self._unsent_alerts.append({"title": title, "message": message, "severity": "warning", **fields})
+            self._unsent_alerts.append({"title": title, "message": message, "severity": alert.severity, **fields})
             self._retry_unsent_alerts()
         self._event("alert", t, title=title, **{k: v for k, v in fields.items() if k not in ("kind", "night_time_s")},
                     alert_kind=kind)
+        if alert.audit is not None:
+            self.audit_append("alert", **alert.audit)
 
     def _retry_unsent_alerts(self) -> None:
         """Queue the alerts the link refused so far, oldest first; stop at the first that fails again."""

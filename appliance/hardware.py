@@ -406,7 +406,7 @@ class _AcquisitionAdapter:
         self.acq.stop()
         if self.spi is not None:
             self.spi.close()
-            getattr(getattr(self.spi, "chip", None), "close", lambda: None)()
+            self.acq.chip.board.shutdown()
 
     def poll_events(self) -> list[dict]:
         out = []

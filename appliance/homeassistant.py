@@ -18,12 +18,9 @@ template renders a JSON object whose ``event_type`` is one of its ``event_types`
 from __future__ import annotations
 
 from appliance import mqtt_schema as schema
+from appliance.episodes import P_LOOP_THRESHOLD
 
 DISCOVERY_PREFIX = "homeassistant"
-
-#: p_loop at or above this turns the "nightmare loop" binary sensor on. It only mirrors the box's
-#: own decision threshold for display; the alert itself comes from the loop detector.
-LOOP_DISPLAY_THRESHOLD = 0.5
 
 #: Seconds the "alert active" binary sensor stays on after an alert.
 ALERT_ACTIVE_S = 900
@@ -88,7 +85,8 @@ def discovery_payloads(box_id: str, *, firmware_version: str, model: str = "bedt
         - ``alert``: event entity (``event_type`` = the alert's severity; ``title``, ``message``, ``kind``
           as attributes), from ``alert``: what an automation turns into a phone notification;
         - ``alert_active``: binary sensor, ``safety``, on for :data:`ALERT_ACTIVE_S` after an alert;
-        - ``nightmare_loop``: binary sensor, on at p_loop >= :data:`LOOP_DISPLAY_THRESHOLD`;
+        - ``nightmare_loop``: binary sensor, on at p_loop >= :data:`appliance.episodes.P_LOOP_THRESHOLD` (the
+          default decision threshold, for display; the alert itself comes from the box);
         - ``signal_problem``: binary sensor, ``problem``, diagnostic;
         - ``outbox_depth``: sensor, diagnostic (messages waiting on the box).
     """
@@ -156,7 +154,7 @@ def discovery_payloads(box_id: str, *, firmware_version: str, model: str = "bedt
         ("binary_sensor", "nightmare_loop", {
             "name": "Nightmare loop", "state_topic": stage_t, "icon": "mdi:weather-lightning",
             "value_template": "{{ 'ON' if value_json.p_loop is number and value_json.p_loop >= %s "
-                              "else 'OFF' }}" % LOOP_DISPLAY_THRESHOLD,
+                              "else 'OFF' }}" % P_LOOP_THRESHOLD,
             "payload_on": "ON", "payload_off": "OFF",
         }),
         ("binary_sensor", "signal_problem", {

@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from appliance.episodes import P_LOOP_THRESHOLD
+
 MAX_BRIGHTNESS = 0.30
 """Highest light level (fraction of full PWM duty) the box will ever set."""
 MAX_VOLUME = 0.20
@@ -136,7 +138,7 @@ class BreatherConfig:
         Alert the parent when a session ends with the loop still under way.
     """
 
-    p_loop_threshold: float = 0.5  # = the loop model card's threshold, where its metrics were measured
+    p_loop_threshold: float = P_LOOP_THRESHOLD  # the loop model card's threshold (appliance.episodes)
     confirm_epochs: int = 1
     min_stage_confidence: float = 0.6
     stable_n2_epochs: int = 2

@@ -176,6 +176,45 @@ def test_polling_fallback_reads_on_the_drdy_level(mock_pins):
     board.close()
 
 
+class PreemptedAfterSampling:
+    """A DRDY input whose reader loses the CPU right after it sees the level high (no data yet): what a busy
+    host does to the acquisition thread at the worst moment. Everything else is the real pin."""
+
+    def __init__(self, pin, delay_s: float) -> None:
+        object.__setattr__(self, "_pin", pin)
+        object.__setattr__(self, "_delay_s", delay_s)
+
+    @property
+    def is_active(self) -> bool:
+        active = self._pin.is_active
+        if not active:
+            time.sleep(self._delay_s)
+        return active
+
+    def __getattr__(self, name):
+        return getattr(self._pin, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._pin, name, value)
+
+
+def test_a_reader_preempted_after_sampling_drdy_is_not_a_chip_stall(mock_pins):
+    # Failed before the fix (stalls > 0, a re-init every few frames): the poller sampled DRDY high, lost the
+    # CPU for 30 ms (7.5 periods), then took the time, and blamed its own lateness on the chip. On the DRDY
+    # path the same race re-initialised the chip twice in a soak beside two busy loops (truth: no stall).
+    board = simulated_board(speed=1.0, source=NoiseSource(rms_uv=20.0))
+    board.chip.drdy = PreemptedAfterSampling(board.chip.drdy, 0.03)
+    resets0 = board.sim.truth.resets
+    acq, ring, got, seen = run(board, 400, mode="poll")
+    c = acq.counters
+    assert board.sim.truth.stalls == 0
+    assert c.stalls == 0 and c.reinits == 0 and board.sim.truth.resets == resets0, seen
+    # the late reader misses frames, and counts every one it missed
+    assert c.frames_read == board.sim.truth.frames_read > 0 and c.missed_drdy > 0
+    assert sum(len(f) for f in got) == c.frames_read
+    board.close()
+
+
 def test_edge_modes_need_a_drdy_input():
     board = simulated_board(speed=float("inf"), drdy_pin_number=None)
     with pytest.raises(ValueError, match="DRDY"):

@@ -90,3 +90,20 @@ def test_open_chip_gives_the_simulated_chip_its_own_board() -> None:
     finally:
         spi.close()
         spi.chip.close()
+
+
+def test_hardware_does_not_sniff_the_spi_object_for_a_simulated_chip() -> None:
+    # _AcquisitionAdapter.stop used getattr(getattr(spi, "chip", None), "close", ...); now board.shutdown()
+    src = (APPLIANCE / "hardware.py").read_text()
+    assert 'getattr(self.spi' not in src and 'board.shutdown()' in src
+
+
+def test_board_shutdown_stops_the_simulated_drdy_thread() -> None:
+    cfg = validate_config({})
+    chip, spi = open_chip(cfg, simulate=True, pin_factory=mock_pin_factory(), speed=50.0)
+    try:
+        spi.close()
+        chip.board.shutdown()
+        assert spi.chip._thread is None or not spi.chip._thread.is_alive()
+    finally:
+        chip.drdy.close()

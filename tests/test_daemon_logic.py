@@ -11,6 +11,7 @@ from appliance.audit import verify
 from appliance.config import validate_config
 from appliance.daemon import PUSHED_CONFIG, Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
+from appliance.jsonl import JsonlWriter
 from tests.daemon_helpers import box_config
 
 W, R, N2 = 0, 4, 2
@@ -95,7 +96,7 @@ def test_a_pushed_config_is_kept_for_the_next_start(tmp_path):
     d._events_lock = threading.Lock()
     d.counters = {"frames": 0}
     d.fs_hz = 250
-    d._events_file = open(tmp_path / "events.jsonl", "w")
+    d._events_file = JsonlWriter(tmp_path / "events.jsonl")  # as the daemon opens it
     pushed = {"box": {"id": "someone-else"}, "telemetry": {"interval_s": 5}, "breather": {"cue_s": 30.0}}
     d._on_pushed_config(d._validate_pushed_config(pushed))
     d._events_file.close()

@@ -14,6 +14,7 @@ from appliance.daemon import PUSHED_CONFIG, SIGNED_UPDATES_REQUIRED, Daemon, Pip
 from appliance.hardware import SimulationSource, open_hardware
 from appliance.protocol import signing
 from appliance.updates import encode_update_args
+from appliance.jsonl import JsonlWriter
 from tests.broker import Recorder, wait_until
 from tests.daemon_helpers import box_config
 from tests.test_daemon_logic import ScriptedLoops, ScriptedStager
@@ -194,7 +195,7 @@ def test_an_applied_model_is_the_stage_model_of_the_next_start(tmp_path, keys):
     def load():
         hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=np.full(2, N2, np.int8)), speed=60.0)
         d = Daemon(cfg, hardware=hw)
-        d._events_file = open(tmp_path / "events.jsonl", "a")
+        d._events_file = JsonlWriter(tmp_path / "events.jsonl")  # as the daemon opens it
         try:
             d.updates = d._make_update_manager()
             return d._load_stager(), d.events

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("protocol", {"appliance.protocol", "appliance.protocol.ids", "appliance.protocol.signing"}),
     ("foundation", {"appliance", "appliance.hypnogram", "appliance.epoch", "appliance.safety", "appliance.audit",
-                    "appliance.cliparse", "appliance.tflite", "appliance.config", "appliance.jsonl"}),
+                    "appliance.cliparse", "appliance.tflite", "appliance.config", "appliance.jsonl",
+                    "appliance.episodes"}),
     ("hardware edge", {"appliance.ring", "appliance.ads1299", "appliance.ads1299_sim", "appliance.signal_sources",
                        "appliance.ads1299_frame", "appliance.synthetic_eeg",
                        "appliance.acquisition", "appliance.outputs", "appliance.hardware", "appliance.selftest"}),
