@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import types
 
 import numpy as np
 
@@ -118,6 +119,8 @@ class _FakeChip:
     def __init__(self, frame: bytes) -> None:
         self.spi = _FakeSpi(frame)
         self._t = 0
+        # what Acquisition asks of the board (appliance.ads1299.Board): real time, no burst path
+        self.board = types.SimpleNamespace(speed=1.0, can_burst=False)
 
     def drdy_edge_ns(self) -> int:
         self._t += 4_000_000
