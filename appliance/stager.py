@@ -7,6 +7,7 @@ How it works
    0.5-:data:`FEATURE_MAX_HZ` Hz (what a 50-Hz recording carries too): log relative power in
    10 bands, log total power, Hjorth mobility and complexity, spindle-band
    burstiness, power variability within the epoch and the fraction of high-amplitude slow-wave seconds.
+   The model card's ``features_used`` says which of them the model takes (all, for cards without it).
 2. Optional (the model card says; the shipped model does not use it): causal per-recording normalisation
    (:func:`causal_relative`): each feature's deviation from the mean of the night so far, which starts from
    the training population's mean (:data:`NORM_PRIOR_EPOCHS`). A sleeper's gain, montage and spectral slope
@@ -62,8 +63,27 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f"logrel_{lo:g}_{hi:g}" for lo, hi in FEA
 N_FEATURES = len(FEATURE_NAMES)
 
 MODEL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + tuple(f"rel_{name}" for name in FEATURE_NAMES)
-"""What the model sees per epoch: the features, then each one's deviation from the night-so-far mean."""
+"""What a normalised model sees per epoch: the features, then each one's deviation from the night-so-far mean."""
 N_MODEL_FEATURES = len(MODEL_FEATURE_NAMES)
+
+ABSOLUTE_AMPLITUDE_FEATURES: tuple[str, ...] = ("log_total_power", "slow_wave_fraction")
+"""The features that depend on the recording's gain in microvolts (every other one is a ratio or a shape).
+A model card may leave them out (``features_used``): amplifier gain, electrode distance and the sleeper's
+skull change them more than sleep does, and our synthetic sleepers' amplitudes are the generator's."""
+
+
+def feature_columns(names: "list[str] | tuple[str, ...]") -> list[int]:
+    """Columns of :data:`FEATURE_NAMES` a model uses, in the model's order.
+
+    Raises
+    ------
+    ValueError
+        When a name is not one of :data:`FEATURE_NAMES` (a card from another feature set).
+    """
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown stager features {unknown}; known: {', '.join(FEATURE_NAMES)}")
+    return [FEATURE_NAMES.index(n) for n in names]
 
 NORM_PRIOR_EPOCHS = 10
 """Start-up of the per-recording normalisation, in epochs: the running mean starts as the training
@@ -253,17 +273,21 @@ class Stager:
             # Per-recording normalisation is the card's choice: a model trained with it carries the population
             # mean it starts from; one trained without it (the shipped model, see its card) sees the features only.
             self.normalised = "norm_prior_mean" in self.card
-            self._prior_mean = np.asarray(self.card.get("norm_prior_mean", np.zeros(N_FEATURES)), dtype=np.float64)
+            # Which features the model takes (cards from before the choice: all of them, in FEATURE_NAMES order).
+            self._columns = feature_columns(self.card.get("features_used", FEATURE_NAMES))
+            self._prior_mean = np.asarray(self.card.get("norm_prior_mean", np.zeros(len(self._columns))),
+                                          dtype=np.float64)
             self._prior_epochs = float(self.card.get("norm_prior_epochs", NORM_PRIOR_EPOCHS))
             self._transition = np.asarray(self.card["transition_matrix"], dtype=np.float64)
             self._prior = np.asarray(self.card["class_prior"], dtype=np.float64)
         except KeyError as e:
             raise ValueError(f"{card_path}: missing key {e}") from None
-        self.n_inputs = N_MODEL_FEATURES if self.normalised else N_FEATURES
+        n_used = len(self._columns)
+        self.n_inputs = 2 * n_used if self.normalised else n_used
         if self._mean.shape != (self.n_inputs,) or self._std.shape != (self.n_inputs,):
             raise ValueError(f"{card_path}: feature_mean/std must have {self.n_inputs} values (features changed?)")
-        if self._prior_mean.shape != (N_FEATURES,):
-            raise ValueError(f"{card_path}: norm_prior_mean must have {N_FEATURES} values (features changed?)")
+        if self._prior_mean.shape != (n_used,):
+            raise ValueError(f"{card_path}: norm_prior_mean must have {n_used} values (features changed?)")
         self.model = TFLiteModel(self.model_path, expected_sha256=expected_sha256 or self.card.get("sha256"),
                                  num_threads=num_threads)
         expected_shape = (1, self.context_epochs * self.n_inputs)
@@ -271,13 +295,13 @@ class Stager:
             raise ValueError(f"{self.model_path}: input shape {self.model.input_shape}, expected {expected_shape}")
         self.sha256 = self.model.sha256
         self._history: deque[np.ndarray] = deque(maxlen=self.context_epochs)
-        self._night_sum = np.zeros(N_FEATURES)
+        self._night_sum = np.zeros(n_used)
         self._night_epochs = 0
 
     def reset(self) -> None:
         """Forget the context and the night's running statistics (a new night starts)."""
         self._history.clear()
-        self._night_sum = np.zeros(N_FEATURES)
+        self._night_sum = np.zeros(len(self._columns))
         self._night_epochs = 0
 
     def stage_epoch(self, epoch_model_rate: np.ndarray) -> np.ndarray:
@@ -293,7 +317,7 @@ class Stager:
         numpy.ndarray, shape (5,)
             Probabilities of W, N1, N2, N3, REM (sum 1), from this and the previous epochs only.
         """
-        feats = raw = epoch_features(epoch_model_rate)
+        feats = raw = epoch_features(epoch_model_rate)[self._columns]
         if self.normalised:
             # The running mean as causal_relative computes it offline, kept as a sum over the night so far.
             self._night_sum += raw.astype(np.float64)
@@ -330,7 +354,7 @@ class Stager:
         numpy.ndarray, shape (n_epochs, 5): probabilities per whole 30-s epoch.
         """
         y = preprocess(np.asarray(x_uv, dtype=np.float64).ravel(), fs_hz=fs_hz)
-        inputs = night_features(y)
+        inputs = night_features(y)[:, self._columns]
         if self.normalised:
             inputs = model_inputs(inputs, self._prior_mean, prior_epochs=self._prior_epochs)
         windows = context_windows(inputs, self.context_epochs)

@@ -10,8 +10,8 @@ import pytest
 from appliance.dsp import StreamingPreprocessor
 from appliance.hypnogram import Stage
 from appliance.stager import (
-    DEFAULT_MODEL_PATH, EPOCH_SAMPLES, N_FEATURES, N_MODEL_FEATURES, Stager, causal_relative, context_windows,
-    epoch_features, forward_backward,
+    DEFAULT_MODEL_PATH, EPOCH_SAMPLES, FEATURE_NAMES, N_FEATURES, Stager, causal_relative,
+    context_windows, epoch_features, feature_columns, forward_backward,
 )
 from appliance.synthetic_eeg import SyntheticSleepEEG
 from appliance.tflite import ModelIntegrityError, file_sha256
@@ -35,8 +35,31 @@ def test_committed_model_is_small_int8_and_matches_its_card():
     card = json.loads(DEFAULT_MODEL_PATH.with_name("model_card.json").read_text())
     assert DEFAULT_MODEL_PATH.stat().st_size < 150 * 1024
     assert file_sha256(DEFAULT_MODEL_PATH) == card["sha256"]
-    n_inputs = N_MODEL_FEATURES if "norm_prior_mean" in card else N_FEATURES
+    used = card.get("features_used", card["feature_names"])
+    assert set(used) <= set(card["feature_names"]) and list(card["feature_names"]) == list(FEATURE_NAMES)
+    n_inputs = 2 * len(used) if "norm_prior_mean" in card else len(used)
     assert card["future_epochs"] == 0 and len(card["feature_mean"]) == n_inputs
+    assert Stager().n_inputs == n_inputs
+
+
+def test_feature_columns_follow_the_card_names_and_refuse_unknown_ones():
+    assert feature_columns(FEATURE_NAMES) == list(range(N_FEATURES))
+    assert feature_columns(["hjorth_mobility", "logrel_0.5_1"]) == [FEATURE_NAMES.index("hjorth_mobility"), 0]
+    with pytest.raises(ValueError, match="unknown stager features \\['alpha_peak'\\]"):
+        feature_columns(["logrel_0.5_1", "alpha_peak"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--drop-features", "log_total_power,bogus"], "--drop-features: unknown stager features ['bogus']"),
+    (["--drop-features", ",".join(FEATURE_NAMES)], "--drop-features: that leaves the model no feature"),
+    (["--ensemble", "0"], "--ensemble: need at least 1 member, got 0"),
+])
+def test_training_refuses_bad_arguments_with_one_line(capsys, argv, message):
+    from models.stager import train
+
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
 
 
 def test_tampered_model_is_refused(tmp_path):
@@ -144,13 +167,16 @@ def test_training_pipeline_smoke(tmp_path, shared):
     out = tmp_path / "stager.tflite"
     # the variant tried for issue 13: wide population, causal per-recording normalisation, mid-night starts
     assert train.main(["--max-nights", "3", "--renders", "1", "--epochs", "1", "--out", str(out), "--population",
-                       "wide", "--normalise", "--mid-night-starts", "1"]) == 0
+                       "wide", "--normalise", "--mid-night-starts", "1", "--ensemble", "2"]) == 0
     card = json.loads((tmp_path / "model_card.json").read_text())
     assert card["sha256"] == file_sha256(out)
     assert not set(card["training"]["subjects"]["train"]) & set(card["training"]["subjects"]["val"])
-    assert card["training"]["synthetic_population"] == "wide" and len(card["norm_prior_mean"]) == N_FEATURES
+    used = card["features_used"]
+    assert "log_total_power" not in used and "slow_wave_fraction" not in used  # the default: no microvolt features
+    assert card["training"]["synthetic_population"] == "wide" and len(card["norm_prior_mean"]) == len(used)
+    assert card["training"]["ensemble_members"] == 2
     trained = Stager(out)
-    assert trained.normalised and trained.n_inputs == N_MODEL_FEATURES
+    assert trained.normalised and trained.n_inputs == 2 * len(used)
     x = SyntheticSleepEEG(HYP[:8], seed=1, n_channels=1).render_channel(0)
     probs = trained.stage_night(x, fs_hz=250.0)
     assert probs.shape == (8, 5)

@@ -391,6 +391,21 @@ def _norm_row(card: dict) -> str:
             f"{card.get('norm_prior_epochs')} epochs")
 
 
+def _network_row(tr: dict) -> str:
+    n = tr.get("ensemble_members", 1)
+    mlp = "MLP (inputs -> 64 -> 32 -> 5, ReLU, dropout 0.3)"
+    noise = tr.get("input_noise_std", 0.25)
+    who = f"the average of {n} MLPs trained with seeds 0-{n - 1}, each" if n > 1 else "one"
+    return f"{who} {mlp}; Gaussian noise of {noise:g} std on the standardised inputs in training"
+
+
+def _features_row(card: dict) -> str:
+    used = card.get("features_used", card["feature_names"])
+    unused = [n for n in card["feature_names"] if n not in used]
+    return (f"{', '.join(used)} (`appliance.stager.epoch_features`)"
+            + (f"; computed but not used: {', '.join(unused)}" if unused else ""))
+
+
 def _population_text(tr: dict) -> str:
     if tr.get("synthetic_population") != "wide":
         return " (young adults on a central lead, drawn at 250 Hz)"
@@ -421,7 +436,8 @@ offline pass (`Stager.smooth_night`, HMM forward-backward) adds look-ahead for t
 | format | {card['format']} |
 | input | {card['input']} |
 | output | {card['output']} |
-| features | {', '.join(card['feature_names'])} (`appliance.stager.epoch_features`) |
+| network | {_network_row(tr)} |
+| features | {_features_row(card)} |
 | preprocessing | `appliance.dsp.StreamingPreprocessor`: band-pass 0.3-35 Hz, 50 Hz notch, resample to 100 Hz, the same 0.24-s delay at every input rate, clip +-400 uV; features band-limited to 0.5-18 Hz (what a 50-Hz recording carries) |
 | normalisation | {_norm_row(card)} |
 | one epoch's inference | {lat.get('inference_ms_median', 'n/a')} ms median (model only); {lat.get('stage_epoch_ms_median', 'n/a')} ms with feature extraction |
