@@ -53,6 +53,9 @@ def test_feature_columns_follow_the_card_names_and_refuse_unknown_ones():
     (["--drop-features", "log_total_power,bogus"], "--drop-features: unknown stager features ['bogus']"),
     (["--drop-features", ",".join(FEATURE_NAMES)], "--drop-features: that leaves the model no feature"),
     (["--ensemble", "0"], "--ensemble: need at least 1 member, got 0"),
+    (["--typical-rates", "100,250"], "--typical-rates: need 50-512 Hz, the first 250"),
+    (["--typical-rates", "250,fast"], "--typical-rates: not a comma-separated list of Hz"),
+    (["--input-noise", "-1"], "--input-noise: need 0..5"),
 ])
 def test_training_refuses_bad_arguments_with_one_line(capsys, argv, message):
     from models.stager import train

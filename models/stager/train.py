@@ -9,7 +9,8 @@ Usage (``make model`` runs the first form)::
 Data
 ----
 * Synthetic: one synthetic night (:class:`appliance.synthetic_eeg.SyntheticSleepEEG`, 250 SPS, artefacts
-  on; a training night's second render at 100 Hz, :data:`TYPICAL_RATES_HZ`) per real expert hypnogram in ``../shared/data/hypnograms`` (Sleep-EDF SC + YASA), trimmed to
+  on; a training night's second render at 100 Hz, :data:`TYPICAL_RATES_HZ`) per real expert hypnogram in
+  ``../shared/data/hypnograms`` (Sleep-EDF SC + YASA), trimmed to
   30 min before sleep onset .. 30 min after the last sleep epoch. Training subjects get
   ``--renders`` renders each with different subject traits.
 * Sleep-EDF Expanded (:mod:`models.stager.sleepedf`): channel Fpz-Cz at 100 Hz, R&K mapped to AASM,
