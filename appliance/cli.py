@@ -381,7 +381,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(format_report(rep))
         print(f"  JSON {js}\n  PNG  {png}")
     if args.publish:
-        from appliance.daemon import make_link
+        from appliance.clinic_commands import make_link
 
         link = make_link(cfg, model_versions={}, simulated=cfg.hardware.simulate)
         link.start()

@@ -128,7 +128,7 @@ def test_a_failing_publish_alert_does_not_lose_the_alert(tmp_path):
     assert '"event":"alert"' in audit
     # The link works again (a new outbox): the kept alert is queued.
     link.outbox = Outbox(tmp_path / "outbox.sqlite")
-    d._retry_unsent_alerts()
+    d.alerts.retry_unsent()
     rows = link.outbox.peek()
     assert [json.loads(x.payload)["kind"] for x in rows if x.topic.endswith("/alert")] == ["loop_persists_after_breather"]
     link.outbox.close()
