@@ -124,6 +124,26 @@ class ClinicCommands:
         self.updates: Any = None
         self.link: Any = None
 
+    def open_link(self, link: Any, *, stager: Any, loop_detector: Any, simulated: bool) -> Any:
+        """The night's link: ``link`` when one is given (tests), else a new one from ``[mqtt]`` (None when MQTT is
+        off) that answers the clinic (:meth:`register`, and the signed ``update`` command when a key is pinned) and
+        is started here. Home Assistant discovery is sent on every (re)connect, so a family's Home Assistant shows
+        the box."""
+        if link is None and self.cfg.mqtt.enabled:
+            link = make_link(self.cfg, model_versions={"stager": getattr(stager, "sha256", "?")[:12],
+                                                       "loops": getattr(loop_detector, "sha256", "?")[:12]},
+                             simulated=simulated)
+            self.register(link)
+            if self.updates is not None:
+                from appliance.updates import attach_to_link
+
+                attach_to_link(self.updates, link)
+            link.publish_discovery()
+            link.start()
+        elif link is not None:
+            link.publish_discovery()
+        return link
+
     def register(self, link: Any) -> None:
         """Answer the clinic on ``link``: the retained config and the commands."""
         self.link = link

@@ -1,21 +1,18 @@
 """The appliance daemon: one process from the chip to the phone, all night. Lifecycle and threads only.
 
-Threads and the bounded hand-offs between them::
+Threads and the bounded hand-offs between them (the modules doing the work in brackets)::
 
     acquisition thread:  ADS1299 (spidev, DRDY) --frames--> C ring buffer (fixed capacity; overflow counted)
-    pipeline thread:     ring --pop <= 1 s--> EpochAssembler (microvolts, gap fill, DSP, 30-s epochs)
-                               --> EDF+ recorder (NightJournal; flushed every few seconds)
-                         epoch --> NightPipeline: stager --> loop model --> loop episodes --> breather
-                               --> light / sound (gpiozero); epochs.jsonl, MQTT stage (QoS 0), events/alerts (QoS 1)
+    pipeline thread:     ring --pop <= 1 s--> microvolts, gap fill, DSP, 30-s epochs [epoch_assembler]
+                               --> EDF+ recorder, events.jsonl, epochs.jsonl [night_journal]
+                         epoch --> stager --> loop model --> loop episodes --> breather [night_pipeline]
+                               --> light / sound (gpiozero), MQTT stage (QoS 0), events and alerts [alerts] (QoS 1)
+                         night over --> report.json, PNG in a child process [morning_report]
     MQTT link thread:    paho-mqtt; persistent SQLite outbox with a row and byte cap; the clinic's commands and
-                         configs on its worker thread (ClinicCommands)
+                         configs on its worker thread [clinic_commands]
 
-Where the work is: :mod:`appliance.epoch_assembler` (frames to epochs), :mod:`appliance.night_pipeline` (one epoch
-through the models and the breather; faults; telemetry), :mod:`appliance.night_journal` (the night's folder,
-events and files), :mod:`appliance.alerts` (the parent's alerts), :mod:`appliance.clinic_commands` (the link and
-the clinic's commands and configs), :mod:`appliance.night_parts` (building the models, audit log and breather),
-:mod:`appliance.morning_report` (the report at the end). This module starts them, runs the pipeline loop and ends
-the night, whatever happens.
+This module builds the parts [night_parts], starts the threads, runs the pipeline loop and ends the night,
+whatever happens.
 
 There is no unbounded queue: the ring has a fixed capacity (the chip cannot wait, so frames that find it full
 are counted as dropped and the epoch is marked ``frames_lost``), the outbox is capped by
@@ -32,8 +29,6 @@ wedged pipeline, not only a dead process, gets restarted).
 """
 from __future__ import annotations
 
-import collections
-import datetime as dt
 import logging
 import os
 import signal
@@ -43,16 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from appliance.clinic_commands import ClinicCommands, make_link
+from appliance.clinic_commands import ClinicCommands
 from appliance.config import BoxConfig
 from appliance.epoch_assembler import EpochAssembler
-from appliance.episodes import LoopEpisodes
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
-from appliance.morning_report import write_morning_report
-from appliance.night_journal import NightJournal
-from appliance.night_parts import PipelineParts, load_stager, make_breather, open_audit_log
+from appliance.night_journal import NightJournal, start_night_dir
+from appliance.night_parts import PipelineParts, audit_head, load_stager, make_breather, open_audit_log
 from appliance.night_pipeline import NO_DATA_FAULT_S, NightPipeline
-from appliance.nightfolder import NIGHT_EDF, night_id, recover_nights
+from appliance.nightfolder import NIGHT_EDF
 
 logger = logging.getLogger(__name__)
 
@@ -118,16 +111,12 @@ class Daemon:
         self._stop = threading.Event()
         self.running = self.restart_requested = self.ended_by_limit = False
         self.fs_hz = int(hardware.sample_rate_sps)
-        self.counters: dict[str, int] = {"frames": 0, "frames_lost": 0, "frames_corrupt": 0, "drdy_stalls": 0,
-                                         "chip_reinits": 0, "no_data_faults": 0, "epochs_bad_signal": 0}
-        # Failures on paths that must go on regardless (a failed audit write, a failed publish), counted.
-        self.errors: collections.Counter[str] = collections.Counter()
         self.journal = NightJournal()
         self.progress = progress
         self.night = NightPipeline(config, fs_hz=self.fs_hz, n_channels=int(hardware.n_channels),
-                                   journal=self.journal, counters=self.counters, errors=self.errors,
-                                   notify=self._notify, progress=progress, total_signal_s=hardware.total_signal_s)
-        self.alerts = self.night.alerts
+                                   journal=self.journal, notify=self._notify, progress=progress,
+                                   total_signal_s=hardware.total_signal_s)
+        self.counters, self.errors, self.alerts = self.night.counters, self.night.errors, self.night.alerts
         self.commands = ClinicCommands(config, file_config=file_config or config, journal=self.journal,
                                        night=self.night, ring=hardware.ring, request_restart=self._request_restart,
                                        current_night=lambda: getattr(self, "night_dir", None))
@@ -145,19 +134,11 @@ class Daemon:
         """Record and watch one night; returns when stopped, when the replay ends, or after max_signal_s."""
         cfg = self.cfg
         t_wall0, t_cpu0 = time.monotonic(), time.process_time()
-        root = cfg.recording_dir
-        root.mkdir(parents=True, exist_ok=True)
         state = Path(cfg.box.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        for p in recover_nights(root):
-            logger.warning("closed an interrupted recording from a previous run: %s", p)
-        start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        while (root / night_id(start)).exists():  # two starts within a second (tests, restarts)
-            start += dt.timedelta(seconds=1)
-        self.night_dir, self.start = root / night_id(start), start
-        # The night's folder is made only once acquisition runs: a start that fails (no GPIO, no chip, a model
-        # that does not load) must not leave an empty night behind for the report and retention to trip on.
-        night_open = False
+        self.night_dir, self.start = start_night_dir(cfg.recording_dir)
+        start = self.start
+        night_open = False  # the folder is made once acquisition runs (a failed start leaves no empty night)
         mirror = state / SIM_OUTPUTS_FILE if self.hw.simulated else None
         self.outputs = self.night.outputs = BoxOutputs(cfg, self.hw.pin_factory, mirror=mirror)  # forced off
         report = rep_json = rep_png = None
@@ -168,15 +149,7 @@ class Daemon:
             self.journal.open(self.night_dir, cfg=cfg, n_channels=int(self.hw.n_channels), fs_hz=self.fs_hz,
                               start=start)
             night_open = True
-            self.journal.event("night_started", 0.0, box_id=cfg.box.id, box_name=cfg.box.name,
-                               night_start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), simulated=bool(self.hw.simulated))
-            for r in self._start_reports:  # a pushed config this start could not use, and what it fell back to
-                self.journal.event("config_rejected", 0.0, **r)
-            try:
-                self.night.publish_status("recording")
-            except Exception as e:  # noqa: BLE001 - reporting must never take the night down
-                self.errors["status_publish"] += 1
-                logger.error("could not publish the recording status: %s", e)
+            self.night.begin(start, simulated=bool(self.hw.simulated), start_reports=self._start_reports)
             self._pipeline_loop()
         except BaseException as e:
             self.night.fault(f"daemon error: {type(e).__name__}: {e}", self.night.signal_s())
@@ -189,20 +162,10 @@ class Daemon:
                 self.hw.stop()
             finally:
                 if night_open:
-                    self.journal.event("night_ended", self.night.signal_s())
-                    self.journal.close_recording()
-                    report, rep_json, rep_png = write_morning_report(
-                        night_dir=self.night_dir, epochs=self.epochs, events=self.events, stager=self.night.stager,
-                        counters=self.counters, ring_counters=ring_at_end, start=start, box_id=cfg.box.id,
-                        box_name=cfg.box.name, audit_head=self._audit_head(), link=self.link)
-                    self.journal.close()
+                    report, rep_json, rep_png = self.night.end(self.night_dir, start=start, ring_counters=ring_at_end,
+                                                               audit_head=audit_head(self.audit))
                 if self.link is not None:
-                    try:
-                        # The audit head goes out with the status too (retained): a copy out of the box's reach.
-                        self.night.publish_status("idle", breather_state="off",
-                                                  **({"audit_head": head} if (head := self._audit_head()) else {}))
-                    except Exception as e:  # the night is recorded; a status that cannot go out waits for next time
-                        logger.error("could not publish the idle status: %s", e)
+                    self.night.publish_idle(audit_head=audit_head(self.audit))
                     if self._own_link:
                         self.link.wait_delivered(timeout_s=3.0)
                         self.link.stop()
@@ -225,34 +188,16 @@ class Daemon:
             from appliance.loop_model import LoopDetector
 
             p.loop_detector = LoopDetector(cfg.loops.model_path or None)
-        self._own_link = False
-        self.link = p.link
-        if self.link is None and cfg.mqtt.enabled:
-            self.link = make_link(cfg, model_versions={"stager": getattr(p.stager, "sha256", "?")[:12],
-                                                       "loops": getattr(p.loop_detector, "sha256", "?")[:12]},
-                                  simulated=bool(self.hw.simulated))
-            self._own_link = True
-            self.commands.register(self.link)
-            if self.updates is not None:
-                from appliance.updates import attach_to_link
-
-                attach_to_link(self.updates, self.link)
+        self._own_link = p.link is None and cfg.mqtt.enabled
+        self.link = self.commands.open_link(p.link, stager=p.stager, loop_detector=p.loop_detector,
+                                            simulated=bool(self.hw.simulated))
         self.journal.link = self.alerts.link = self.link
-        if self.link is not None:
-            # Home Assistant discovery: sent on every (re)connect, so a family's Home Assistant shows the box.
-            self.link.publish_discovery()
-        if self._own_link:
-            self.link.start()
         breather = p.breather
         if breather is None:
             self.audit = self.alerts.audit = open_audit_log(cfg, record_event=event)
             breather = make_breather(cfg, outputs=self.outputs, audit=self.audit, clock=self.night.signal_s,
                                      on_escalate=self.night.on_escalate)
-        from appliance.safety import BreatherConfig
-
-        episodes = LoopEpisodes(box_name=cfg.box.name, threshold=BreatherConfig.from_dict(cfg.breather).p_loop_threshold)
-        self.night.equip(stager=p.stager, loop_detector=p.loop_detector, breather=breather, link=self.link,
-                         episodes=episodes)
+        self.night.equip(stager=p.stager, loop_detector=p.loop_detector, breather=breather, link=self.link)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -270,9 +215,6 @@ class Daemon:
                                    staging_channel=self.cfg.acquisition.staging_channel, missed_frames=hw.missed_frames)
         ready = False
         last_watchdog = last_data = time.monotonic()
-        interval_s = self.cfg.telemetry.interval_s
-        next_telemetry_s = interval_s
-        cpu_mark = (time.monotonic(), time.process_time())
         while not self._stop.is_set():
             for ev in hw.poll_events():  # faults the acquisition thread reported, through a bounded queue
                 night.hardware_event(ev)
@@ -304,29 +246,9 @@ class Daemon:
                         self._on_running()
                     except Exception as e:  # bookkeeping of the config must never stop the night
                         logger.error("could not record the running configuration: %s", e)
-            chunk = assembler.convert(frames)
-            if chunk.lost > 0:
-                counters["frames_lost"] += chunk.lost
-                if chunk.filled and self.journal.recorder is not None:
-                    self.journal.recorder.annotate(night.signal_s(), f"Frames lost: {chunk.lost} (flat fill)")
-            if self.journal.recorder is not None:
-                self.journal.recorder.write(chunk.uv)
-            for n, epoch in assembler.slices(chunk):
-                counters["frames"] += n
-                if epoch is None:
-                    night.tick()
-                else:
-                    # At an epoch boundary the breather first sees the epoch that just ended, then the clock
-                    # reaches the boundary: a session whose light is due at the same second as an epoch staged
-                    # W (or N3, or bad signal) ends instead of turning the light on for an instant.
-                    night.tick(up_to_now=False)
-                    night.epoch_done(epoch, end_s=night.signal_s())
-                    night.tick()
-            sig_s = night.signal_s()
-            if sig_s >= next_telemetry_s:
-                cpu_mark = night.telemetry(sig_s, cpu_mark, ring_counters=hw.ring.counters)
-                next_telemetry_s += interval_s
-            if self.max_signal_s is not None and sig_s >= self.max_signal_s:
+            night.take(assembler.convert(frames), assembler)
+            night.telemetry_if_due(ring_counters=hw.ring.counters)
+            if self.max_signal_s is not None and night.signal_s() >= self.max_signal_s:
                 self.ended_by_limit = True
                 break
         if hw.total_signal_s and self.progress:
@@ -343,14 +265,6 @@ class Daemon:
         if self._stop.is_set():
             return False, "the pipeline is stopping"
         return self.night.stages_flowing()
-
-    def _audit_head(self) -> dict | None:
-        """The audit log's head (``seq``, ``hash``, ``records``, ``first``) for the report and status."""
-        try:
-            return self.audit.head() if self.audit is not None else None
-        except Exception as e:  # noqa: BLE001 - the report must come out regardless
-            logger.error("could not read the audit head: %s", e)
-            return None
 
 
 def _systemd_notifier() -> Callable[[str], None]:

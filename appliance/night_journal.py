@@ -19,9 +19,24 @@ from appliance import __version__
 from appliance.config import BoxConfig, edf_channel_labels
 from appliance.edfplus import EdfPlusRecorder
 from appliance.jsonl import JsonlWriter
-from appliance.nightfolder import EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF, enforce_retention
+from appliance.nightfolder import EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF, enforce_retention, night_id, recover_nights
 
 logger = logging.getLogger(__name__)
+
+
+def start_night_dir(recording_dir: Path) -> tuple[Path, dt.datetime]:
+    """The folder the night starting now will have (not made yet) and its start (UTC, whole seconds), after
+    closing any recording a previous run left open (:func:`appliance.nightfolder.recover_nights`).
+
+    The folder is made only once acquisition runs (:meth:`NightJournal.open`): a start that fails (no GPIO, no
+    chip, a model that does not load) must not leave an empty night behind for the report and retention."""
+    recording_dir.mkdir(parents=True, exist_ok=True)
+    for p in recover_nights(recording_dir):
+        logger.warning("closed an interrupted recording from a previous run: %s", p)
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    while (recording_dir / night_id(start)).exists():  # two starts within a second (tests, restarts)
+        start += dt.timedelta(seconds=1)
+    return recording_dir / night_id(start), start
 
 
 class NightJournal:

@@ -108,6 +108,16 @@ def _check_audit_against_reports(path: Path, recording_dir: Path) -> None:
         raise AuditError("; ".join(rep.problems))
 
 
+def audit_head(audit: Any) -> dict | None:
+    """The audit log's head (``seq``, ``hash``, ``records``, ``first``) for the report and status; None without a
+    log, or when it cannot be read (logged: the report must come out regardless)."""
+    try:
+        return audit.head() if audit is not None else None
+    except Exception as e:  # noqa: BLE001 - the report must come out regardless
+        logger.error("could not read the audit head: %s", e)
+        return None
+
+
 def make_breather(cfg: BoxConfig, *, outputs: Any, audit: Any, clock: Callable[[], float],
                   on_escalate: Callable[..., None]) -> Any:
     """The breather on the box's outputs, its config checked against the safety envelope; ``clock`` is signal

@@ -2,13 +2,15 @@
 
 :class:`NightPipeline` is what the daemon's pipeline thread drives, in signal time (samples / data rate):
 
+* :meth:`NightPipeline.take` for each pop from the ring (:class:`appliance.epoch_assembler.Chunk`): written to the
+  EDF+ recording, counted into the signal clock, cut into epochs;
 * :meth:`NightPipeline.epoch_done` once per finished epoch (:class:`appliance.epoch_assembler.AssembledEpoch`):
   signal quality and arousal features, electrode on/off events, stage probabilities, P(loop), the episode tracker
   (:class:`appliance.episodes.LoopEpisodes`: loop events and alerts), the breather's decision, then the epoch's
   row in epochs.jsonl, its EDF+ stage annotation, the MQTT stage message and the systemd status;
 * :meth:`NightPipeline.tick` between epochs: the breather's ramps, once per second of signal;
 * :meth:`NightPipeline.hardware_event` and :meth:`NightPipeline.fault` for the acquisition layer's reports;
-* :meth:`NightPipeline.telemetry` every ``telemetry.interval_s`` of signal.
+* :meth:`NightPipeline.telemetry_if_due` every ``telemetry.interval_s`` of signal.
 
 The breather emits its state changes (:class:`appliance.breather.BreatherChange`); :class:`BreatherEvents` turns
 them into ``breather_started``/``breather_light``/``breather_ended`` events and a status update at the pipeline's
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import logging
 import resource
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -32,9 +36,11 @@ from appliance.config import BoxConfig
 from appliance.dsp import arousal_features, epoch_quality
 from appliance.edfplus import STAGE_ANNOTATION
 from appliance.epoch import Epoch
-from appliance.epoch_assembler import AssembledEpoch
+from appliance.epoch_assembler import AssembledEpoch, Chunk, EpochAssembler
 from appliance.episodes import LoopEpisodes
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES
+from appliance.morning_report import write_morning_report
+from appliance.safety import BreatherConfig
 from appliance.night_journal import NightJournal
 
 logger = logging.getLogger(__name__)
@@ -129,10 +135,6 @@ class NightPipeline:
         Channels per frame.
     journal : NightJournal
         Where the night's events and rows go.
-    counters : dict
-        The night's counters (``frames`` is the signal clock; the daemon counts them).
-    errors : collections.Counter
-        Failures on paths that must go on regardless, by name.
     notify : callable
         systemd notifications (``STATUS=``).
     progress : callable or None
@@ -142,6 +144,10 @@ class NightPipeline:
 
     Attributes
     ----------
+    counters : dict
+        The night's counters (``frames``, the signal clock; ``frames_lost``, ``drdy_stalls``, ...), in the report.
+    errors : collections.Counter
+        Failures on paths that must go on regardless (a failed audit write, a failed publish), by name.
     alerts : AlertSender
         How the parent's alerts go out (its ``link`` and ``audit`` are set once they exist).
     epochs : list of Epoch
@@ -158,12 +164,16 @@ class NightPipeline:
         False after the clinic switched the breather off (the detector and alerts keep running).
     """
 
-    def __init__(self, cfg: BoxConfig, *, fs_hz: int, n_channels: int, journal: NightJournal, counters: dict, errors: collections.Counter, notify: Callable[[str], None],
-                 progress: Callable[[float, float], None] | None = None, total_signal_s: float | None = None) -> None:
+    def __init__(self, cfg: BoxConfig, *, fs_hz: int, n_channels: int, journal: NightJournal,
+                 notify: Callable[[str], None], progress: Callable[[float, float], None] | None = None,
+                 total_signal_s: float | None = None) -> None:
         self.cfg = cfg
         self.fs_hz, self.n_channels = int(fs_hz), int(n_channels)
-        self.journal, self.counters, self.errors = journal, counters, errors
-        self.alerts = AlertSender(record_event=journal.event, clock=self.signal_s, errors=errors)
+        self.journal = journal
+        self.counters: dict[str, int] = {"frames": 0, "frames_lost": 0, "frames_corrupt": 0, "drdy_stalls": 0,
+                                         "chip_reinits": 0, "no_data_faults": 0, "epochs_bad_signal": 0}
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.alerts = AlertSender(record_event=journal.event, clock=self.signal_s, errors=self.errors)
         self._notify, self._progress, self._total_signal_s = notify, progress, total_signal_s
         self.epochs: list[Epoch] = []
         self.epoch_wall_s: list[float] = []
@@ -180,13 +190,17 @@ class NightPipeline:
         self._acq_event_at: dict[str, float] = {}
         self._last_levels = (0.0, 0.0)
         self._last_tick_s = 0.0
+        self._next_telemetry_s = cfg.telemetry.interval_s  # signal time, s
+        self._cpu_mark = (time.monotonic(), time.process_time())  # (wall, CPU) s at the last telemetry
 
-    def equip(self, *, stager: Any, loop_detector: Any, breather: Any, link: Any, episodes: LoopEpisodes) -> None:
-        """The night's parts, once built; the breather's state changes come to :attr:`breather_events`.
-        (:attr:`outputs`, the light and sound, are set by the daemon as soon as they exist: a fault before the
-        parts are built still turns them off.)"""
-        self.stager, self.loop_detector, self.breather = stager, loop_detector, breather
-        self.link, self.episodes = link, episodes
+    def equip(self, *, stager: Any, loop_detector: Any, breather: Any, link: Any) -> None:
+        """The night's parts, once built; the breather's state changes come to :attr:`breather_events`, and the
+        episode tracker counts an epoch as loop at the breather's ``p_loop_threshold``. (:attr:`outputs`, the
+        light and sound, are set by the daemon as soon as they exist: a fault before the parts are built still
+        turns them off.)"""
+        self.stager, self.loop_detector, self.breather, self.link = stager, loop_detector, breather, link
+        threshold = BreatherConfig.from_dict(self.cfg.breather).p_loop_threshold
+        self.episodes = LoopEpisodes(box_name=self.cfg.box.name, threshold=threshold)
         self.breather_events = BreatherEvents(record_event=self.journal.event, state=_state_name(breather.state),
                                               publish_status=self._publish_breather_status)
         breather.on_change = self.breather_events.on_change
@@ -194,6 +208,69 @@ class NightPipeline:
     def signal_s(self) -> float:
         """Signal time now: s of signal since the night's start."""
         return self.counters["frames"] / self.fs_hz
+
+    # ---- the night's start and end -------------------------------------------------------------------
+    def begin(self, start: dt.datetime, *, simulated: bool, start_reports: list[dict]) -> None:
+        """The night's folder is open: say so (``night_started``, then any ``config_rejected`` report from choosing
+        this start's configuration) and publish the ``recording`` status."""
+        box = self.cfg.box
+        self._cpu_mark = (time.monotonic(), time.process_time())  # telemetry's CPU share counts from here
+        self.journal.event("night_started", 0.0, box_id=box.id, box_name=box.name,
+                           night_start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), simulated=simulated)
+        for r in start_reports:  # a pushed config this start could not use, and what it fell back to
+            self.journal.event("config_rejected", 0.0, **r)
+        try:
+            self.publish_status("recording")
+        except Exception as e:  # noqa: BLE001 - reporting must never take the night down
+            self.errors["status_publish"] += 1
+            logger.error("could not publish the recording status: %s", e)
+
+    def end(self, night_dir: Path, *, start: dt.datetime, ring_counters: Any,
+            audit_head: dict | None) -> tuple[dict | None, Path | None, Path | None]:
+        """The night is over (acquisition stopped): ``night_ended``, the recording closed, the morning report
+        written and published (:func:`appliance.morning_report.write_morning_report`); returns (report,
+        report.json, PNG), each None when it could not be made. ``ring_counters`` are the ring's as the night
+        ended."""
+        self.journal.event("night_ended", self.signal_s())
+        self.journal.close_recording()
+        box = self.cfg.box
+        made = write_morning_report(night_dir=night_dir, epochs=self.epochs, events=self.journal.events,
+                                    stager=self.stager, counters=self.counters, ring_counters=ring_counters,
+                                    start=start, box_id=box.id, box_name=box.name, audit_head=audit_head,
+                                    link=self.link)
+        self.journal.close()
+        return made
+
+    def publish_idle(self, *, audit_head: dict | None) -> None:
+        """The retained ``idle`` status after the night; the audit head goes with it (a copy out of the box's
+        reach)."""
+        try:
+            self.publish_status("idle", breather_state="off", **({"audit_head": audit_head} if audit_head else {}))
+        except Exception as e:  # the night is recorded; a status that cannot go out waits for next time
+            logger.error("could not publish the idle status: %s", e)
+
+    # ---- the signal as it comes -------------------------------------------------------------------
+    def take(self, chunk: Chunk, assembler: EpochAssembler) -> None:
+        """One pop from the ring, converted by ``assembler``: recorded, counted into the signal clock, and cut
+        into epochs; the breather is ticked along and sees each epoch as it ends."""
+        recorder = self.journal.recorder
+        if chunk.lost > 0:
+            self.counters["frames_lost"] += chunk.lost
+            if chunk.filled and recorder is not None:
+                recorder.annotate(self.signal_s(), f"Frames lost: {chunk.lost} (flat fill)")
+        if recorder is not None:
+            recorder.write(chunk.uv)
+        for n, epoch in assembler.slices(chunk):
+            self.counters["frames"] += n
+            if epoch is None:
+                self.tick()
+            else:
+                # At an epoch boundary the breather first sees the epoch that just ended, then the clock
+                # reaches the boundary: a session whose light is due at the same second as an epoch staged
+                # W (or N3, or bad signal) ends instead of turning the light on for an instant.
+                self.tick(up_to_now=False)
+                self.epoch_done(epoch, end_s=self.signal_s())
+                self.tick()
 
     # ---- the breather between epochs ---------------------------------------------------------------
     def tick(self, *, up_to_now: bool = True) -> None:
@@ -380,11 +457,16 @@ class NightPipeline:
                 self._acq_event_at[kind] = t
                 self.journal.event(f"acquisition_{kind}", t, reason=reason, count_so_far=self.counters[key])
 
-    def telemetry(self, sig_s: float, cpu_mark: tuple[float, float], *, ring_counters: Any) -> tuple[float, float]:
-        """Publish the telemetry message (QoS 0) at ``sig_s``; ``cpu_mark`` is (wall, CPU) s at the last one,
-        and the new mark is returned."""
+    def telemetry_if_due(self, *, ring_counters: Any) -> None:
+        """Publish the telemetry message (QoS 0) when ``telemetry.interval_s`` more seconds of signal have passed
+        since the last one; ``ring_counters`` are the ring's (dropped, corrupt)."""
+        sig_s = self.signal_s()
+        if sig_s < self._next_telemetry_s:
+            return
+        self._next_telemetry_s += self.cfg.telemetry.interval_s
         wall, cpu = time.monotonic(), time.process_time()
-        cpu_pct = 100.0 * (cpu - cpu_mark[1]) / max(wall - cpu_mark[0], 1e-6)
+        cpu_pct = 100.0 * (cpu - self._cpu_mark[1]) / max(wall - self._cpu_mark[0], 1e-6)
+        self._cpu_mark = (wall, cpu)
         recent = self.epochs[-10:]
         ok_pct = 100.0 * sum(e.quality.ok for e in recent) / len(recent) if recent else None
         c = ring_counters
@@ -398,4 +480,3 @@ class NightPipeline:
                 self.link.publish_telemetry(**{k: v for k, v in fields.items() if v is not None})
             except Exception as e:
                 logger.error("telemetry failed: %s", e)
-        return wall, cpu
