@@ -94,7 +94,7 @@ class Breather:
     on_escalate : callable or None
         Called with a dict (night session number, epoch index, P(loop), reason) when a session ends with
         the loop still under way. The breather knows nothing of MQTT: the daemon passes its own
-        ``Daemon._on_escalate``, which has :mod:`appliance.episodes` word the parent's alert and publishes it with
+        ``NightPipeline.on_escalate``, which has :mod:`appliance.episodes` word the parent's alert and publishes it with
         ``BoxLink.publish_alert`` (QoS 1, through the persistent outbox). Its errors are logged, never allowed
         to keep outputs on.
     on_change : callable or None

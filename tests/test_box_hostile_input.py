@@ -74,7 +74,7 @@ class OpenSpy:
 
 
 class Box:
-    """The daemon's handlers on the BoxLink ``daemon.make_link`` builds, never started (messages are handed to it
+    """The daemon's handlers on the BoxLink ``clinic_commands.make_link`` builds, never started (messages are handed to it
     directly)."""
 
     def __init__(self, root: Path, *, pinned: bool, key_pem: Path | None) -> None:
