@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from appliance import __version__
+from appliance.breather import SESSION_STATES
 from appliance.config import BoxConfig, split_pushed_config, validate_config
 from appliance.night_journal import NightJournal
 from appliance.night_pipeline import NO_DATA_FAULT_S, NightPipeline
@@ -250,7 +251,7 @@ class ClinicCommands:
 
         night, checked = self.night, []
         light, sound = night.outputs.levels()
-        in_session = night.breather_state() in ("cue", "light")
+        in_session = night.breather_state() in SESSION_STATES
         checked.append({"name": "outputs_off", "passed": in_session or (light == 0.0 and sound == 0.0),
                         "detail": f"light {light:.3f}, sound {sound:.3f}"
                                   + (" (breather session running)" if in_session else " (no session: must be 0)")})

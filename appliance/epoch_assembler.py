@@ -41,6 +41,11 @@ class Chunk:
         Frames that took a sample index but never arrived (the ring was full), before this pop's frames.
     filled : bool
         The lost stretch is in ``uv`` as a flat line (it was at most :data:`MAX_GAP_FILL_FRAMES` long).
+    lead_off : ndarray of uint8, shape (n,)
+        LOFF_STATP | LOFF_STATN per sample of ``uv`` (0 for filled samples).
+    model : ndarray of float64
+        The staging channel after the streaming DSP, at :data:`appliance.dsp.MODEL_FS_HZ`, microvolts (the
+        resampler's output for this chunk; :meth:`EpochAssembler.slices` cuts it into epochs).
     """
 
     uv: np.ndarray

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from appliance.alerts import AlertSender
-from appliance.breather import BreatherChange
+from appliance.breather import SESSION_STATES, BreatherChange
 from appliance.config import BoxConfig
 from appliance.dsp import arousal_features, epoch_quality
 from appliance.edfplus import STAGE_ANNOTATION
@@ -40,8 +40,8 @@ from appliance.epoch_assembler import AssembledEpoch, Chunk, EpochAssembler
 from appliance.episodes import LoopEpisodes
 from appliance.hypnogram import EPOCH_S, STAGE_NAMES
 from appliance.morning_report import write_morning_report
-from appliance.safety import BreatherConfig
 from appliance.night_journal import NightJournal
+from appliance.safety import BreatherConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,6 @@ DRDY-stall detection, at 4 sample periods, normally fires long before); also how
 STAGES_FLOWING_S = 2 * EPOCH_S + 15.0
 """For an update's health check, the pipeline counts as staging when its last epoch came out within this many
 wall-clock seconds (two epochs and some slack), or, before the night's first epoch, when frames are arriving."""
-
-SESSION_STATES = ("cue", "light")
-"""Breather states (``BreatherState`` values) in which a session is running."""
 
 
 def _state_name(state: Any) -> str:
