@@ -114,8 +114,7 @@ class Daemon:
         self.journal = NightJournal()
         self.progress = progress
         self.night = NightPipeline(config, fs_hz=self.fs_hz, n_channels=int(hardware.n_channels),
-                                   journal=self.journal, notify=self._notify, progress=progress,
-                                   total_signal_s=hardware.total_signal_s)
+                                   journal=self.journal, notify=self._notify, progress=self._progress_at)
         self.counters, self.errors, self.alerts = self.night.counters, self.night.errors, self.night.alerts
         self.commands = ClinicCommands(config, file_config=file_config or config, journal=self.journal,
                                        night=self.night, ring=hardware.ring, request_restart=self._request_restart,
@@ -213,7 +212,7 @@ class Daemon:
         block = self.fs_hz * (10 if hw.simulated and hw.poll_interval_s < 0.01 else 1)
         assembler = EpochAssembler(fs_hz=self.fs_hz, n_channels=int(hw.n_channels), gain=hw.gain,
                                    staging_channel=self.cfg.acquisition.staging_channel, missed_frames=hw.missed_frames)
-        ready = False
+        ready, total_s = False, hw.total_signal_s
         last_watchdog = last_data = time.monotonic()
         while not self._stop.is_set():
             for ev in hw.poll_events():  # faults the acquisition thread reported, through a bounded queue
@@ -251,8 +250,13 @@ class Daemon:
             if self.max_signal_s is not None and night.signal_s() >= self.max_signal_s:
                 self.ended_by_limit = True
                 break
-        if hw.total_signal_s and self.progress:
-            self.progress(night.signal_s(), hw.total_signal_s)
+        if total_s and self.progress:
+            self.progress(night.signal_s(), total_s)
+
+    def _progress_at(self, signal_s: float) -> None:
+        """The replay's progress after each epoch (``signal_s``: its end, s)."""
+        if self.progress is not None and self.hw.total_signal_s:
+            self.progress(signal_s, self.hw.total_signal_s)
 
     # ---- asked from other threads ----------------------------------------------------------------
     def _request_restart(self) -> None:

@@ -135,9 +135,7 @@ class NightPipeline:
     notify : callable
         systemd notifications (``STATUS=``).
     progress : callable or None
-        ``progress(signal_s, total_s)`` after each epoch of a replay of ``total_signal_s`` seconds.
-    total_signal_s : float or None
-        Length of a replay, s (None in real time).
+        ``progress(end_s)`` after each epoch, with the epoch's end in signal time, s (the demo's progress bar).
 
     Attributes
     ----------
@@ -162,8 +160,7 @@ class NightPipeline:
     """
 
     def __init__(self, cfg: BoxConfig, *, fs_hz: int, n_channels: int, journal: NightJournal,
-                 notify: Callable[[str], None], progress: Callable[[float, float], None] | None = None,
-                 total_signal_s: float | None = None) -> None:
+                 notify: Callable[[str], None], progress: Callable[[float], None] | None = None) -> None:
         self.cfg = cfg
         self.fs_hz, self.n_channels = int(fs_hz), int(n_channels)
         self.journal = journal
@@ -171,7 +168,7 @@ class NightPipeline:
                                          "chip_reinits": 0, "no_data_faults": 0, "epochs_bad_signal": 0}
         self.errors: collections.Counter[str] = collections.Counter()
         self.alerts = AlertSender(record_event=journal.event, clock=self.signal_s, errors=self.errors)
-        self._notify, self._progress, self._total_signal_s = notify, progress, total_signal_s
+        self._notify, self._progress = notify, progress
         self.epochs: list[Epoch] = []
         self.epoch_wall_s: list[float] = []
         self.output_trace: list[tuple[float, float, float]] = []
@@ -341,8 +338,8 @@ class NightPipeline:
                 self.alerts.retry_unsent()
         self._notify(f"STATUS=epoch {index} {STAGE_NAMES[stage] if stage >= 0 else '?'} p_loop={p_loop:.2f} "
                      f"signal {'ok' if quality.ok else 'bad'}")
-        if self._progress is not None and self._total_signal_s:
-            self._progress(end_s, self._total_signal_s)
+        if self._progress is not None:
+            self._progress(end_s)
 
     def _decide(self, epoch: Epoch, *, index: int, p_loop: float, end_s: float) -> None:
         """The episode tracker and the breather on one epoch; the alert they call for, if any."""
