@@ -220,3 +220,33 @@ def test_edge_modes_need_a_drdy_input():
     with pytest.raises(ValueError, match="DRDY"):
         Acquisition(board.chip, FrameRing(10, 8), mode="drdy")
     board.close()
+
+
+def test_a_thread_that_cannot_start_leaves_acquisition_stoppable_and_restartable(monkeypatch):
+    """The OS can refuse a thread (RLIMIT_NPROC, memory): start() says so, and stop() afterwards must not
+    raise "cannot join thread before it is started" in the daemon's clean-up; a later start() works."""
+    import threading
+
+    board = burst([])
+    ring = FrameRing(4096, board.chip.n_channels)
+    acq = Acquisition(board.chip, ring, mode="burst", backpressure=False)
+    real_start = threading.Thread.start
+
+    def refuse(self):
+        if self.name == "acquisition":
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        acq.start()
+    assert not acq.running
+    acq.stop()                                          # must not raise
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    acq.start()
+    deadline = time.monotonic() + 30
+    while ring.counters.pushed == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    acq.stop()
+    assert ring.counters.pushed > 0 and acq.exception is None
+    board.close()
