@@ -3,7 +3,7 @@
 * :func:`make_link`: the box's MQTT link (:class:`appliance.mqtt.BoxLink`) from ``[mqtt]``; the daemon and
   ``bedtime report --publish`` build it here.
 * :class:`ClinicCommands`: the handlers of the clinic's commands (``report``, ``set_breather``, ``selftest``,
-  ``restart``; their argument specs are :data:`appliance.commands.COMMANDS`, checked by the link before a handler
+  ``restart``; their argument specs are :data:`appliance.protocol.commands.COMMANDS`, checked by the link before a handler
   runs), the retained ``config`` topic (authorised, validated, pre-flighted, then kept by
   :class:`appliance.pushed_config.PushedConfigStore` for the next start, the store ``bedtime run`` chooses its
   configuration from), and the signed-update hooks (a signed config's pre-flight; an applied one stored the same way).
@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 from appliance import __version__
 from appliance.breather import SESSION_STATES
-from appliance.config import BoxConfig, split_pushed_config, validate_config
 from appliance.night_journal import NightJournal
 from appliance.night_pipeline import NO_DATA_FAULT_S, NightPipeline
+from appliance.protocol.boxconfig import BoxConfig, split_pushed_config, validate_config
 from appliance.pushed_config import PushedConfigStore
 
 logger = logging.getLogger(__name__)

@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from appliance.clinic_commands import ClinicCommands
-from appliance.config import BoxConfig
 from appliance.epoch_assembler import EpochAssembler
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
 from appliance.night_journal import NightJournal, start_night_dir
 from appliance.night_parts import PipelineParts, audit_head, load_stager, make_breather, open_audit_log
 from appliance.night_pipeline import NO_DATA_FAULT_S, NightPipeline
 from appliance.nightfolder import NIGHT_EDF
+from appliance.protocol.boxconfig import BoxConfig
 
 logger = logging.getLogger(__name__)
 

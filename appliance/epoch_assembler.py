@@ -20,7 +20,7 @@ import numpy as np
 
 from appliance.ads1299_frame import uv_per_count
 from appliance.dsp import MODEL_FS_HZ, StreamingPreprocessor
-from appliance.hypnogram import EPOCH_S
+from appliance.protocol.stages import EPOCH_S
 
 logger = logging.getLogger(__name__)
 

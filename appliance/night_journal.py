@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
-from appliance.config import BoxConfig, edf_channel_labels
+from appliance.config import edf_channel_labels
 from appliance.edfplus import EdfPlusRecorder
 from appliance.jsonl import JsonlWriter
 from appliance.nightfolder import EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF, enforce_retention, night_id, recover_nights
+from appliance.protocol.boxconfig import BoxConfig
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from appliance.config import BoxConfig
+from appliance.protocol.boxconfig import BoxConfig
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def make_breather(cfg: BoxConfig, *, outputs: Any, audit: Any, clock: Callable[[
     """The breather on the box's outputs, its config checked against the safety envelope; ``clock`` is signal
     time (s), ``on_escalate`` tells the parent."""
     from appliance.breather import Breather
-    from appliance.safety import BreatherConfig
+    from appliance.protocol.safety import BreatherConfig
 
     return Breather(light=outputs.light, speaker=outputs.speaker, button=outputs.button,
                     config=BreatherConfig.from_dict(cfg.breather), audit=audit, clock=clock, on_escalate=on_escalate)

@@ -32,16 +32,16 @@ import numpy as np
 
 from appliance.alerts import AlertSender
 from appliance.breather import SESSION_STATES, BreatherChange
-from appliance.config import BoxConfig
 from appliance.dsp import arousal_features, epoch_quality
 from appliance.edfplus import STAGE_ANNOTATION
 from appliance.epoch import Epoch
 from appliance.epoch_assembler import AssembledEpoch, Chunk, EpochAssembler
 from appliance.episodes import LoopEpisodes
-from appliance.hypnogram import EPOCH_S, STAGE_NAMES
 from appliance.morning_report import write_morning_report
 from appliance.night_journal import NightJournal
-from appliance.safety import BreatherConfig
+from appliance.protocol.boxconfig import BoxConfig
+from appliance.protocol.safety import BreatherConfig
+from appliance.protocol.stages import EPOCH_S, STAGE_NAMES
 
 logger = logging.getLogger(__name__)
 

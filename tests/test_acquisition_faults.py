@@ -8,8 +8,8 @@ import pytest
 
 from appliance.acquisition import Acquisition, DriftTracker
 from appliance.ads1299_sim import Fault, simulated_board
-from appliance.signal_sources import NoiseSource
 from appliance.ring import FrameRing
+from appliance.signal_sources import NoiseSource
 
 
 def run(board, n_conversions: int, *, ring_capacity: int = 4096, consume: bool = True, timeout_s: float = 30.0,

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from appliance.clinic_commands import SIGNED_UPDATES_REQUIRED
-from appliance.commands import COMMANDS
 from appliance.daemon import Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
+from appliance.jsonl import JsonlWriter
 from appliance.night_parts import load_stager
 from appliance.protocol import signing
+from appliance.protocol.commands import COMMANDS
+from appliance.protocol.updates import encode_update_args
 from appliance.pushed_config import PUSHED_CONFIG
-from appliance.updates import encode_update_args
-from appliance.jsonl import JsonlWriter
 from tests.broker import Recorder, wait_until
 from tests.daemon_helpers import box_config
 from tests.test_daemon_logic import ScriptedLoops, ScriptedStager

@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from appliance.breather import BreatherChange, BreatherState
 from appliance.epoch_assembler import MAX_GAP_FILL_FRAMES, EpochAssembler
 from appliance.night_pipeline import BreatherEvents
+from appliance.protocol.safety import BreatherConfig
 from appliance.ring import Frames
-from appliance.safety import BreatherConfig
 from tests.test_breather import R, Rig, ep
 
 FS, N_CH, EPOCH = 250, 2, 250 * 30

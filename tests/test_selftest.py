@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.config import validate_config
+from appliance.protocol.boxconfig import validate_config
 from appliance.selftest import format_table, run_selftest
 
 
