@@ -6,9 +6,10 @@ section 4, datasheet SBAS499 "Data Output Format"): a 24-bit status word
 big-endian channel codes. Counts become input-referred microvolts by ``VREF / gain / (2^23 - 1)``
 (section 5).
 
-The C decoder (``native/ring.c``) repeats the sync and full-scale values as ``#define``; a test
-(``tests/test_frame_layout.py``) reads them from the C source and checks them against these, and checks
-``bt_frame_bytes`` against :func:`frame_bytes`, so the two sides cannot drift.
+The C decoder needs them at compile time, so ``native/ring.h`` repeats the layout (status and channel
+bytes, sync nibble, full-scale codes) as an enum that cffi passes through (``appliance._native.lib.BT_*``);
+``tests/test_frame_layout.py`` checks those compiled values, and ``bt_frame_bytes``, against this module,
+so the two sides cannot drift.
 """
 from __future__ import annotations
 
