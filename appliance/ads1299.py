@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from appliance.ads1299_frame import V_REF, frame_bytes, is_synced, uv_per_count
+from appliance.ads1299_frame import V_REF, decode_frames, frame_bytes, is_synced, uv_per_count
 from appliance.ads1299_selftest import (
     LeadOffStatus, NoiseResult, TestSignalResult, analyse_lead_off, analyse_noise, analyse_test_signal,
     impedance_from_lead_off,
@@ -510,7 +510,7 @@ class ADS1299:
         The acquisition path decodes in C (:class:`appliance.ring.FrameRing`); this one is for
         self-tests and as the reference the bench compares against.
         """
-        return decode_frames_numpy(raw, self.n_channels)
+        return decode_frames(raw, self.n_channels)
 
     # ---- self-tests: capture here, conclusions in appliance.ads1299_selftest -------------------------
     @contextlib.contextmanager
@@ -596,19 +596,3 @@ class ADS1299:
         _, uv, t_s = self._collect_uv(duration_s, loff=loff, loff_sensp=all_ch)
         return impedance_from_lead_off(uv, t_s, excitation_a=LOFF_EXCITATION_A, excitation_hz=LOFF_AC_31HZ2_HZ,
                                        series_resistance_ohm=series_resistance_ohm)
-
-
-def decode_frames_numpy(raw: bytes | np.ndarray, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pure-numpy reference decoder: (status uint32 (n,), counts int32 (n, n_channels)).
-
-    Raises ValueError if ``raw`` is not a whole number of frames.
-    """
-    fb = frame_bytes(n_channels)
-    b = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.astype(np.uint8)
-    if b.size % fb:
-        raise ValueError(f"{b.size} bytes is not a whole number of {fb}-byte frames")
-    b = b.reshape(-1, n_channels + 1, 3).astype(np.int32)
-    v = (b[:, :, 0] << 16) | (b[:, :, 1] << 8) | b[:, :, 2]
-    status = v[:, 0].astype(np.uint32)
-    counts = (v[:, 1:] ^ 0x800000) - 0x800000
-    return status, counts.astype(np.int32)

@@ -499,16 +499,7 @@ class SimulatedADS1299:
             p = (off.astype(np.int64) << np.arange(nch)).sum(axis=1) & sensp
             status |= p << layout.LOFF_STATP_SHIFT
         status |= (self.regs[ads.REG_GPIO] >> 4) & 0x0F
-        # 24-bit big-endian encoding, byte by byte (3x faster than a '>u4' view and a strided copy)
-        frames = np.empty((n, layout.frame_bytes(nch)), np.uint8)
-        frames[:, 0] = status >> 16
-        frames[:, 1] = status >> 8
-        frames[:, 2] = status
-        c32 = counts.astype(np.int32)
-        v = frames[:, 3:].reshape(n, nch, 3)
-        v[:, :, 0] = c32 >> 16
-        v[:, :, 1] = c32 >> 8
-        v[:, :, 2] = c32
+        frames = layout.encode_frames(status, counts)
         for f, lo, hi in self._active_faults(k0, n, "bitflip"):
             frames[lo:hi, f.byte] ^= f.mask
         return frames
