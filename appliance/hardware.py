@@ -319,14 +319,13 @@ def open_chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any = None, speed:
         drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True)  # DRDY is active low
         board, sleep = HostBoard(drdy_dev), time.sleep
     else:
-        from appliance.ads1299_sim import SimulatedSpiDev
+        from appliance.ads1299_sim import open_simulated_spi, simulated_sleep
 
-        spi = SimulatedSpiDev(variant_channels=a.channels, drdy_pin=pin_factory.pin(a.drdy_pin) if drdy else None,
-                              speed=speed, **sim_kwargs)
-        spi.open(a.spi_bus, a.spi_device)
-        drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory) if drdy else None
+        spi, drdy_dev = open_simulated_spi(drdy_pin_number=a.drdy_pin if drdy else None, pin_factory=pin_factory,
+                                           bus=a.spi_bus, device=a.spi_device, variant_channels=a.channels,
+                                           speed=speed, **sim_kwargs)
         # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
-        board, sleep = spi, (lambda s: time.sleep(s / speed))
+        board, sleep = spi, simulated_sleep(speed)
     chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
                    max_speed_hz=a.spi_max_speed_hz, wait_power_on=True, sleep=sleep, board=board)
     return chip, spi
