@@ -128,8 +128,14 @@ def test_drdy_pin_toggles_at_the_data_rate(mock_pins):
     pin.when_changed = on_change
     t_start = spi.clock_ns()
     time.sleep(0.5)                                            # ~2 simulated s
-    spi.xfer2([ads.STOP])
-    elapsed_s = (spi.clock_ns() - t_start) / 1e9
+    # A busy host starves the simulator's DRDY thread (here: 0.25 s, as CI did by chance). While the chip runs,
+    # its clock waits for that thread, so the rate holds in simulated time; after STOP the clock runs free, so
+    # the elapsed time is read before it (read after, it counted 1 s without edges: 418 edges for 690 expected)
+    with spi.chip._lock:
+        time.sleep(0.25)
+        t_end = spi.clock_ns()
+        spi.xfer2([ads.STOP])
+    elapsed_s = (t_end - t_start) / 1e9
     n = len(lows)
     assert elapsed_s > 1.0
     assert n == pytest.approx(elapsed_s * 250 - 4, abs=8)      # 250 SPS, minus ~4 periods of settling
