@@ -128,7 +128,7 @@ def test_drdy_pin_toggles_at_the_data_rate(mock_pins):
     pin.when_changed = on_change
     t_start = spi.clock_ns()
     time.sleep(0.5)                                            # ~2 simulated s
-    # A busy host starves the simulator's DRDY thread (here: 0.25 s, as CI did by chance). While the chip runs,
+    # A busy host starves the simulator's DRDY thread (here: 0.25 s on purpose; a loaded host does it by chance). While the chip runs,
     # its clock waits for that thread, so the rate holds in simulated time; after STOP the clock runs free, so
     # the elapsed time is read before it (read after, it counted 1 s without edges: 418 edges for 690 expected)
     with spi.chip._lock:
