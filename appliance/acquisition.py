@@ -219,8 +219,15 @@ class Acquisition:
         if self.mode == "drdy" and self.chip.drdy is not None:
             self.chip.drdy.when_activated = self._on_drdy
         target = {"burst": self._run_burst, "drdy": self._run_drdy, "poll": self._run_poll}[self.mode]
-        self._thread = threading.Thread(target=self._guard, args=(target,), name="acquisition", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._guard, args=(target,), name="acquisition", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            # the OS refused a thread: leave nothing half-started, so stop() and a later start() still work
+            if self.mode == "drdy" and self.chip.drdy is not None:
+                self.chip.drdy.when_activated = None
+            raise
+        self._thread = thread
         logger.info("acquisition started (%s path, %d SPS x %d ch)", self.mode, self.chip.sample_rate_sps,
                     self.chip.n_channels)
 

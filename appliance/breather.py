@@ -1,4 +1,4 @@
-"""The breather: a gentle light-and-sound intervention policy, inside the envelope of ``appliance/safety.py``.
+"""The breather: a gentle light-and-sound intervention policy, inside the envelope of ``appliance/protocol/safety.py``.
 
 States (:class:`BreatherState`)::
 
@@ -34,9 +34,9 @@ from typing import Any, Callable
 
 from appliance.audit import AuditLog
 from appliance.epoch import Epoch
-from appliance.hypnogram import Stage
 from appliance.outputs import BedsideLight, OkButton, Speaker, all_off
-from appliance.safety import MAX_TICK_STEP_S, BreatherConfig, envelope
+from appliance.protocol.safety import MAX_TICK_STEP_S, BreatherConfig, envelope
+from appliance.protocol.stages import Stage
 
 logger = logging.getLogger(__name__)
 

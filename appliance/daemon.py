@@ -43,12 +43,13 @@ import numpy as np
 
 from appliance import __version__
 from appliance.ads1299_frame import uv_per_count
-from appliance.config import BoxConfig, edf_channel_labels
+from appliance.config import edf_channel_labels
+from appliance.protocol.boxconfig import BoxConfig
 from appliance.dsp import MODEL_FS_HZ
 from appliance.epoch import Epoch
 from appliance.episodes import LoopAlert, LoopEpisodes
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
-from appliance.hypnogram import EPOCH_S, STAGE_NAMES
+from appliance.protocol.stages import EPOCH_S, STAGE_NAMES
 from appliance.pushed_config import PUSHED_CONFIG, PushedConfigStore  # PUSHED_CONFIG: re-exported for the tests
 from appliance.edfplus import STAGE_ANNOTATION, EdfPlusRecorder
 from appliance.jsonl import JsonlWriter
@@ -324,7 +325,7 @@ class Daemon:
             self.link.start()
         self.breather = p.breather if p.breather is not None else self._make_breather()
         self._breather_last_state = self._breather_state()
-        from appliance.safety import BreatherConfig
+        from appliance.protocol.safety import BreatherConfig
 
         self.episodes = LoopEpisodes(box_name=cfg.box.name,
                                      threshold=BreatherConfig.from_dict(cfg.breather).p_loop_threshold)
@@ -407,7 +408,7 @@ class Daemon:
         """Keep a pushed config for the next start. The pinned key, the box's identity, its broker and every key
         that names a file come only from the box's own file (appliance.config.LOCAL_ONLY_KEYS): a pushed config
         never unpins or replaces the key that checks the next one, nor points the box at a file."""
-        from appliance.config import split_pushed_config
+        from appliance.protocol.boxconfig import split_pushed_config
 
         pushable, ignored = split_pushed_config(doc)
         self.pushed_store.store(pushable, version=version, source=source)
@@ -416,7 +417,7 @@ class Daemon:
     def _make_breather(self) -> Any:
         from appliance.audit import LOG_NAME, AuditError, AuditLog, head_path
         from appliance.breather import Breather
-        from appliance.safety import BreatherConfig
+        from appliance.protocol.safety import BreatherConfig
 
         path = Path(self.cfg.box.state_dir) / LOG_NAME
         try:
@@ -1007,7 +1008,7 @@ def make_link(cfg: BoxConfig, *, model_versions: dict, simulated: bool = False) 
 
     ``simulated`` (the chip simulator instead of the hardware) is carried by every retained status, the last will
     included."""
-    from appliance.config import validate_config
+    from appliance.protocol.boxconfig import validate_config
     from appliance.mqtt import BoxLink, TLSSettings
 
     m = cfg.mqtt

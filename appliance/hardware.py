@@ -21,8 +21,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from appliance.config import BoxConfig
 from appliance.outputs import BedsideLight, OkButton, Speaker
+from appliance.protocol.boxconfig import BoxConfig
 
 logger = logging.getLogger(__name__)
 

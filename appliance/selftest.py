@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from appliance.config import BoxConfig
+from appliance.protocol.boxconfig import BoxConfig
 
 logger = logging.getLogger(__name__)
 

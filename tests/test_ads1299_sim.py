@@ -258,7 +258,7 @@ def test_edf_replay_of_real_psg_excerpt(shared):
 
 def test_synthetic_sleep_eeg_is_accepted_unchanged():
     synthetic_eeg = pytest.importorskip("appliance.synthetic_eeg")
-    from appliance.hypnogram import Stage
+    from appliance.protocol.stages import Stage
 
     src = synthetic_eeg.SyntheticSleepEEG(np.array([Stage.N2, Stage.N3]), fs_hz=250.0, n_channels=8, seed=3)
     board = burst_board(source=src)

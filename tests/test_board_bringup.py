@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.config import validate_config
 from appliance.hardware import mock_pin_factory, open_chip
+from appliance.protocol.boxconfig import validate_config
 
 APPLIANCE = Path(__file__).resolve().parent.parent / "appliance"
 

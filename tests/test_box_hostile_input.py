@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from appliance import mqtt_schema as schema
-from appliance.commands import COMMANDS
-from appliance.config import _SECTIONS, describe_keys
 from appliance.daemon import SIGNED_UPDATES_REQUIRED, Daemon, make_link
-from appliance.protocol import signing
 from appliance.hardware import SimulationSource, open_hardware
+from appliance.protocol import schema
+from appliance.protocol import signing
+from appliance.protocol.boxconfig import _SECTIONS, describe_keys
+from appliance.protocol.commands import COMMANDS
 from appliance.updates import attach_to_link
 from tests.daemon_helpers import box_config
 
@@ -235,7 +235,6 @@ def test_hostile_commands_over_the_broker_get_a_bounded_reply(tmp_path, broker, 
     from paho.mqtt.enums import CallbackAPIVersion
 
     caplog.set_level(logging.DEBUG)
-    import appliance.updates  # noqa: F401  (registers the update command)
     from tests.broker import Recorder, make_box, wait_until
 
     link = make_box(tmp_path, "box-a", broker.host, broker.port)

@@ -154,7 +154,7 @@ def test_a_failed_audit_write_does_not_stop_the_escalation_alert(full_small_disk
     (ENOSPC) is logged and counted, the parent still hears. Before the fix the audit write came first and
     its exception stopped the alert."""
     from appliance.audit import AuditLog
-    from appliance.safety import BreatherConfig
+    from appliance.protocol.safety import BreatherConfig
     from tests.test_breather import Rig, ep
     from tests.test_outbox_disk_full import fill
 

@@ -8,10 +8,10 @@ import json
 import numpy as np
 
 from appliance.audit import verify
-from appliance.config import validate_config
 from appliance.daemon import PUSHED_CONFIG, Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
 from appliance.jsonl import JsonlWriter
+from appliance.protocol.boxconfig import validate_config
 from tests.daemon_helpers import box_config
 
 W, R, N2 = 0, 4, 2

@@ -9,12 +9,12 @@ import threading
 import numpy as np
 import pytest
 
-from appliance.commands import COMMANDS
 from appliance.daemon import PUSHED_CONFIG, SIGNED_UPDATES_REQUIRED, Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
-from appliance.protocol import signing
-from appliance.updates import encode_update_args
 from appliance.jsonl import JsonlWriter
+from appliance.protocol import signing
+from appliance.protocol.commands import COMMANDS
+from appliance.protocol.updates import encode_update_args
 from tests.broker import Recorder, wait_until
 from tests.daemon_helpers import box_config
 from tests.test_daemon_logic import ScriptedLoops, ScriptedStager

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 scipy_signal = pytest.importorskip("scipy.signal")
 
 from appliance import dsp, filters  # noqa: E402
-from appliance.config import AcquisitionSection  # noqa: E402
+from appliance.protocol.boxconfig import AcquisitionSection  # noqa: E402
 
 FINITE = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=64)
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from appliance.config import validate_config
+from appliance.protocol.boxconfig import validate_config
 from appliance.selftest import format_table, run_selftest
 
 
