@@ -13,14 +13,14 @@ import types
 import numpy as np
 
 from appliance.acquisition import Acquisition
-from appliance.ads1299_frame import decode_frames, is_synced
+from appliance.ads1299_frame import decode_frames, frame_bytes, is_synced
 from appliance.ads1299_sim import SimulatedADS1299, simulated_board
 from appliance.signal_sources import NoiseSource
 from appliance.ring import FrameRing
 
 FS = 250
 N_CH = 8
-FB = 3 + 3 * N_CH
+FB = frame_bytes(N_CH)
 
 
 def _frames(n: int) -> list[bytes]:
