@@ -534,7 +534,7 @@ class ADS1299:
                     **plan_kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Reconfigure, stream ``settle_s + duration_s``, restore. Returns (status, uV, time_s) of the
         frames after settling; time_s comes from the DRDY edges, so frames the host missed leave gaps
-        that the estimators below take into account instead of assuming a regular grid."""
+        that the estimators (appliance.ads1299_selftest) take into account instead of assuming a regular grid."""
         with self._reconfigured(**plan_kw):
             n_settle = int(round(settle_s * self.sample_rate_sps))
             n = int(round(duration_s * self.sample_rate_sps))
