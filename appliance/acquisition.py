@@ -5,8 +5,9 @@ Two ways to get frames:
 * **DRDY path** (real hardware, and the simulator in real time): a falling DRDY edge (gpiozero callback)
   queues its timestamp; this thread wakes, clocks the 27-byte frame out with one ``xfer2`` and pushes it
   into the ring (decoded in C).
-* **Burst path** (simulator only, for accelerated replay): :meth:`SimulatedSpiDev.read_frames` returns
-  many consecutive frames plus their DRDY edge times; they go into the ring in one C call.
+* **Burst path** (a board with ``can_burst``, i.e. the simulator, for accelerated replay): the board's
+  :meth:`~appliance.ads1299.Board.read_frames` returns many consecutive frames, and ``last_edges_ns``
+  their DRDY edge times; they go into the ring in one C call.
 
 On both paths:
 
@@ -137,7 +138,7 @@ class Acquisition:
     on_fault : callable, optional
         ``on_fault(kind, detail)``; called from the acquisition thread (keep it short).
     mode : {"auto", "drdy", "poll", "burst"}
-        "auto": burst when the SPI object offers ``read_frames`` (simulator) and either runs faster than
+        "auto": burst when the board has a burst path (``chip.board.can_burst``) and either runs faster than
         ``burst_min_speed`` or has no DRDY pin; else the DRDY path. "poll": sample the DRDY level instead
         of waiting for edges (where edge interrupts are unreliable). The DRDY and poll paths set the DRDY
         device's ``when_activated``.

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"appliance", "appliance.hypnogram", "appliance.epoch", "appliance.audit", "appliance.tflite",
                     "appliance.config", "appliance.jsonl", "appliance.episodes"}),
     ("hardware edge", {"appliance.ring", "appliance.ads1299", "appliance.ads1299_sim", "appliance.signal_sources",
-                       "appliance.ads1299_frame", "appliance.synthetic_eeg",
+                       "appliance.ads1299_frame", "appliance.ads1299_selftest", "appliance.synthetic_eeg",
                        "appliance.acquisition", "appliance.outputs", "appliance.hardware", "appliance.selftest"}),
     ("signal and staging", {"appliance.filters", "appliance.filter_designs", "appliance.dsp", "appliance.stager",
                             "appliance.loop_model", "appliance.edfplus", "appliance.nightfolder",
