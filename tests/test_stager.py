@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from appliance.dsp import StreamingPreprocessor
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from appliance.stager import (
     DEFAULT_MODEL_PATH, EPOCH_SAMPLES, FEATURE_NAMES, N_FEATURES, Stager, causal_relative,
     context_windows, epoch_features, feature_columns, forward_backward,

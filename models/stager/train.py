@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from appliance.dsp import preprocess
-from appliance.hypnogram import STAGE_NAMES, Stage, real_hypnograms, subject_of
+from appliance.hypnogram import real_hypnograms, subject_of
+from appliance.protocol.stages import STAGE_NAMES, Stage
 from appliance.stager import (
     ABSOLUTE_AMPLITUDE_FEATURES, FEATURE_NAMES, NORM_PRIOR_EPOCHS, context_windows, feature_columns, model_inputs,
     night_features,
