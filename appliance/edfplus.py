@@ -266,6 +266,9 @@ class EdfPlusRecorder:
 
     def _tal_block(self, record_index: int) -> bytes:
         onset = record_index * self.record_duration_s
+        if not self._annotations:  # the usual record (28,800 a night): encode_tal(onset, "") without its steps
+            return (_onset_text(onset) + TAL_TEXT + TAL_TEXT + "\x00").encode("ascii").ljust(
+                ANNOTATION_BYTES_PER_RECORD, b"\x00")
         out = encode_tal(onset, "")  # the record's time-keeping TAL
         while self._annotations:
             on, dur, text = self._annotations[0]

@@ -76,6 +76,7 @@ _BREAKDOWN = (
     ("loop model (`LoopDetector.update`: features + TFLite invoke)", "appliance.loop_model", "LoopDetector", "update"),
     ("stage message to MQTT (`BoxLink.publish_stage`)", "appliance.mqtt", "BoxLink", "publish_stage"),
     ("epochs.jsonl / events.jsonl (`JsonlWriter.write`)", "appliance.jsonl", "JsonlWriter", "write"),
+    ("breather decision per epoch (`Breather.on_epoch`)", "appliance.breather", "Breather", "on_epoch"),
     ("breather ticks (`Daemon._tick_breather`)", "appliance.daemon", "Daemon", "_tick_breather"),
     ("ring buffer pops (`FrameRing.pop`)", "appliance.ring", "FrameRing", "pop"),
     ("telemetry (`Daemon._telemetry`)", "appliance.daemon", "Daemon", "_telemetry"),
