@@ -6,4 +6,4 @@ loop model -> breather policy -> light and sound; beside it MQTT reporting, EDF+
 and the morning report.
 """
 
-__version__ = "0.1.0"
+from appliance.protocol.version import __version__  # noqa: F401  (the package's conventional name for it)

@@ -5,8 +5,9 @@ Two ways to get frames:
 * **DRDY path** (real hardware, and the simulator in real time): a falling DRDY edge (gpiozero callback)
   queues its timestamp; this thread wakes, clocks the 27-byte frame out with one ``xfer2`` and pushes it
   into the ring (decoded in C).
-* **Burst path** (simulator only, for accelerated replay): :meth:`SimulatedSpiDev.read_frames` returns
-  many consecutive frames plus their DRDY edge times; they go into the ring in one C call.
+* **Burst path** (a board with ``can_burst``, i.e. the simulator, for accelerated replay): the board's
+  :meth:`~appliance.ads1299.Board.read_frames` returns many consecutive frames, and ``last_edges_ns``
+  their DRDY edge times; they go into the ring in one C call.
 
 On both paths:
 
@@ -137,7 +138,7 @@ class Acquisition:
     on_fault : callable, optional
         ``on_fault(kind, detail)``; called from the acquisition thread (keep it short).
     mode : {"auto", "drdy", "poll", "burst"}
-        "auto": burst when the SPI object offers ``read_frames`` (simulator) and either runs faster than
+        "auto": burst when the board has a burst path (``chip.board.can_burst``) and either runs faster than
         ``burst_min_speed`` or has no DRDY pin; else the DRDY path. "poll": sample the DRDY level instead
         of waiting for edges (where edge interrupts are unreliable). The DRDY and poll paths set the DRDY
         device's ``when_activated``.
@@ -218,8 +219,15 @@ class Acquisition:
         if self.mode == "drdy" and self.chip.drdy is not None:
             self.chip.drdy.when_activated = self._on_drdy
         target = {"burst": self._run_burst, "drdy": self._run_drdy, "poll": self._run_poll}[self.mode]
-        self._thread = threading.Thread(target=self._guard, args=(target,), name="acquisition", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._guard, args=(target,), name="acquisition", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            # the OS refused a thread: leave nothing half-started, so stop() and a later start() still work
+            if self.mode == "drdy" and self.chip.drdy is not None:
+                self.chip.drdy.when_activated = None
+            raise
+        self._thread = thread
         logger.info("acquisition started (%s path, %d SPS x %d ch)", self.mode, self.chip.sample_rate_sps,
                     self.chip.n_channels)
 

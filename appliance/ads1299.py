@@ -3,6 +3,8 @@
 Sources for every constant: TI ADS1299 datasheet SBAS499 ([DS]) as collected, with cross-checks
 against OpenBCI, BrainFlow and Portiloop, in ``../shared/reference/ads1299.md`` (section numbers below
 point there). Works against a real ``spidev.SpiDev`` or :class:`appliance.ads1299_sim.SimulatedSpiDev`.
+The frame layout and scaling are :mod:`appliance.ads1299_frame`'s; what the self-tests conclude from the
+frames they capture is :mod:`appliance.ads1299_selftest`'s.
 
 Typical use::
 
@@ -13,16 +15,19 @@ Typical use::
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from appliance.ads1299_frame import V_REF, frame_bytes, loff_statn, loff_statp, uv_per_count
+from appliance.ads1299_frame import V_REF, decode_frames, frame_bytes, is_synced, uv_per_count
+from appliance.ads1299_selftest import (
+    LeadOffStatus, NoiseResult, TestSignalResult, analyse_lead_off, analyse_noise, analyse_test_signal,
+    impedance_from_lead_off,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,87 +117,6 @@ TEST_SIGNAL_AMPLITUDE_V = V_REF / 2.4e3  # +-1 x (VREFP - VREFN)/2.4 mV = 1.875 
 LOFF_EXCITATION_A = 6e-9                 # 6 nA lead-off current used for impedance [ref 7]
 
 
-# the square-wave fit of the self-test: frequencies searched (Hz), their step, the share of frames a fit
-# must explain, and how much better a frequency outside the tolerance must fit to overrule the expected one
-SQUARE_FIT_RANGE_HZ = (0.25, 8.0)      # the chip's two test frequencies are 0.98 and 1.95 Hz
-SQUARE_FIT_STEP_HZ = 0.005             # phase drift over a 3-s window stays under 1/60 of a cycle
-SQUARE_FIT_MIN_AGREEMENT = 0.95
-SQUARE_FIT_MARGIN = 0.01               # 1 % of the frames
-SQUARE_FIT_PHASE_REFINE = np.linspace(-0.1, 0.1, 9)   # cycles around the fundamental's phase
-
-
-@dataclass(frozen=True)
-class SquareWaveFit:
-    """How well square waves of each candidate frequency explain a channel's frames.
-
-    ``agreement[i, c]``: share of channel ``c``'s frames that a square wave at ``freqs_hz[i]`` (phase
-    fitted) predicts right, high or low, at their DRDY times.
-    """
-
-    freqs_hz: np.ndarray        # (f,)
-    agreement: np.ndarray       # (f, channels), 0.5 = chance, 1 = every frame
-
-    def frequency_hz(self, *, expected_hz: float = 0.0, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-        """Per channel: (frequency in Hz, whether it matches ``expected_hz`` within ``tolerance``).
-
-        Missed frames can leave several frequencies fitting equally well, so the expected frequency is
-        tested as a hypothesis rather than compared with one estimate: it matches when a square wave
-        within the tolerance explains at least ``SQUARE_FIT_MIN_AGREEMENT`` of the frames and none
-        outside it explains clearly more (``SQUARE_FIT_MARGIN``). The frequency reported is the best
-        one inside the tolerance when it matches, else the best anywhere (0 when nothing fits).
-        """
-        f, a = self.freqs_hz, self.agreement
-        n_ch = a.shape[1]
-        freq, ok = np.zeros(n_ch), np.zeros(n_ch, bool)
-        inside = np.abs(f - expected_hz) <= tolerance * expected_hz if expected_hz > 0 else np.zeros(f.size, bool)
-        for c in range(n_ch):
-            best_in = a[inside, c].max() if inside.any() else 0.0
-            best_out = a[~inside, c].max() if (~inside).any() else 0.0
-            ok[c] = best_in >= SQUARE_FIT_MIN_AGREEMENT and best_in >= best_out - SQUARE_FIT_MARGIN
-            pool = inside if ok[c] else np.ones(f.size, bool)
-            top = a[pool, c].max()
-            if top >= SQUARE_FIT_MIN_AGREEMENT:
-                # the middle of the best-fitting plateau: with few cycles in view it is several steps wide
-                freq[c] = f[pool][a[pool, c] >= top - 1e-9].mean()
-        return freq, ok
-
-
-def fit_square_wave(t_s: np.ndarray, high: np.ndarray) -> SquareWaveFit:
-    """Fit square waves of every candidate frequency to frames sampled at uneven times.
-
-    Counting edges fails when the host misses frames for longer than a period: whole edges vanish in
-    the gap (CI saw 1.17 Hz for 1.95 Hz with 40 % of frames missed). Here, for every frequency in
-    ``SQUARE_FIT_RANGE_HZ`` the phase is fitted (least squares on the square wave's fundamental) and
-    the frames it predicts right are counted; gaps only remove votes.
-
-    Parameters
-    ----------
-    t_s : ndarray, shape (n,)
-        DRDY times of the frames that reached the host, in seconds.
-    high : ndarray of bool, shape (n, n_channels)
-        Whether each frame is above the channel's mid level.
-    """
-    t_s = np.asarray(t_s, np.float64)
-    t_s = t_s - t_s[0] if t_s.size else t_s
-    up = np.asarray(high, bool)
-    freqs = np.arange(SQUARE_FIT_RANGE_HZ[0], SQUARE_FIT_RANGE_HZ[1], SQUARE_FIT_STEP_HZ)
-    if t_s.size < 4:
-        return SquareWaveFit(freqs, np.full((freqs.size, up.shape[1]), 0.5))
-    cycles = freqs[:, None] * t_s[None, :]                             # (f, n)
-    # sign(sin(2 pi (c - phi))) has the fundamental sin(2 pi (c - phi)); its phase by least squares
-    z = np.exp(-2j * np.pi * cycles) @ np.where(up, 1.0, -1.0)        # (f, channels)
-    phi = -(np.angle(z) + np.pi / 2) / (2 * np.pi)
-    predicted = ((cycles[:, :, None] - phi[:, None, :]) % 1.0) < 0.5    # (f, n, channels)
-    agreement = (predicted == up[None]).mean(axis=1)
-    # uneven sampling lets the harmonics pull that phase a little (a phase off by d cycles costs 2d of
-    # the agreement): refine it over nearby phases, only where the fit is already close
-    fi, ci = np.nonzero(agreement >= 1 - 2 * abs(SQUARE_FIT_PHASE_REFINE).max() - 0.05)
-    for dphi in SQUARE_FIT_PHASE_REFINE:
-        pred = ((cycles[fi] - (phi[fi, ci] + dphi)[:, None]) % 1.0) < 0.5            # (candidates, n)
-        agreement[fi, ci] = np.maximum(agreement[fi, ci], (pred == up[:, ci].T).mean(axis=1))
-    return SquareWaveFit(freqs, agreement)
-
-
 class ADS1299Error(RuntimeError):
     """The chip did not answer as the datasheet says (wrong ID, a write that did not stick, no DRDY)."""
 
@@ -279,34 +203,6 @@ def channel_set_byte(*, gain: int = 24, mux: int = MUX_NORMAL, srb2: bool = True
     if not 0 <= mux <= 7:
         raise ValueError(f"mux must be 0..7, got {mux}")
     return (CHSET_PD if power_down else 0) | (GAIN_BITS[gain] << 4) | (CHSET_SRB2 if srb2 else 0) | mux
-
-
-@dataclass(frozen=True)
-class TestSignalResult:
-    """Internal test signal as measured on each channel."""
-
-    amplitude_uv: np.ndarray
-    frequency_hz: np.ndarray
-    expected_amplitude_uv: float
-    expected_frequency_hz: float
-    passed: np.ndarray
-
-
-@dataclass(frozen=True)
-class NoiseResult:
-    """Input-shorted noise per channel, input-referred."""
-
-    rms_uv: np.ndarray
-    peak_to_peak_uv: np.ndarray
-    offset_uv: np.ndarray
-
-
-@dataclass(frozen=True)
-class LeadOffStatus:
-    """Electrodes flagged off by the DC lead-off comparators (True = off), per channel."""
-
-    positive_off: np.ndarray
-    negative_off: np.ndarray
 
 
 class ADS1299:
@@ -504,7 +400,8 @@ class ADS1299:
         self.gains = np.array(gains, dtype=np.int64)
 
     def _register_plan(self, *, mux: int = MUX_NORMAL, config2: int = CONFIG2_BASE,
-                       loff: int | None = None, loff_sensp: int | None = None) -> dict[int, int]:
+                       loff: int | None = None, loff_sensp: int | None = None,
+                       loff_sensn: int = 0) -> dict[int, int]:
         n = self.n_channels
         all_ch = (1 << n) - 1
         plan = {
@@ -516,11 +413,11 @@ class ADS1299:
             REG_BIAS_SENSP: all_ch if self.bias else 0,
             REG_BIAS_SENSN: all_ch if self.bias else 0,
             REG_LOFF_SENSP: (all_ch if self.lead_off_dc else 0) if loff_sensp is None else loff_sensp,
-            REG_LOFF_SENSN: 0,
+            REG_LOFF_SENSN: loff_sensn,
             REG_LOFF_FLIP: 0,
             REG_MISC1: 0x00,              # SRB1 open: the reference goes through SRB2 per channel
             REG_MISC2: 0x00,
-            REG_CONFIG4: CONFIG4_PD_LOFF_COMP if (self.lead_off_dc or loff_sensp) else 0x00,
+            REG_CONFIG4: CONFIG4_PD_LOFF_COMP if (self.lead_off_dc or loff_sensp or loff_sensn) else 0x00,
         }
         for c in range(n):
             plan[REG_CH1SET + c] = channel_set_byte(gain=int(self.gains[c]), mux=mux, srb2=self.srb2)
@@ -613,39 +510,46 @@ class ADS1299:
         The acquisition path decodes in C (:class:`appliance.ring.FrameRing`); this one is for
         self-tests and as the reference the bench compares against.
         """
-        return decode_frames_numpy(raw, self.n_channels)
+        return decode_frames(raw, self.n_channels)
 
-    # ---- self-tests ----------------------------------------------------------------------------
-    def _collect_uv(self, duration_s: float, settle_s: float = 0.2,
-                    **plan_kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reconfigure, stream ``settle_s + duration_s``, restore. Returns (status, uV, time_s) of the
-        frames after settling; time_s comes from the DRDY edges, so frames the host missed leave gaps
-        that the estimators below take into account instead of assuming a regular grid."""
+    # ---- self-tests: capture here, conclusions in appliance.ads1299_selftest -------------------------
+    @contextlib.contextmanager
+    def _reconfigured(self, **plan_kw) -> Iterator[None]:
+        """Stream with a self-test's register plan (:meth:`_register_plan` keywords), then restore the normal
+        plan, streaming again only if the chip was streaming before."""
         was_streaming = self._streaming
         if was_streaming:
             self.stop_streaming()
         try:
             self._configure(**plan_kw)
             self.start_streaming()
-            n_settle = int(round(settle_s * self.sample_rate_sps))
-            n = int(round(duration_s * self.sample_rate_sps))
-            raw, edges = self.read_frames_timed(n_settle + n)
-            status, counts = self.decode(raw)
-            if np.any(status & 0xF00000 != 0xC00000):
-                raise ADS1299Error("corrupt frames during self-test")
-            t_s = (edges[n_settle:] - edges[n_settle]) / 1e9
-            missed = int(round(t_s[-1] * self.sample_rate_sps)) + 1 - n if n else 0
-            if missed > 3 * n:             # under a quarter of the frames: too thin to judge the chip
-                raise ADS1299Error(f"self-test missed {missed} of {n + missed} frames: host too slow")
-            if missed > n // 10:
-                warnings.warn(f"self-test missed {missed} of {n + missed} frames (busy host); the estimates use "
-                              "the frames' DRDY times, but check the host's load", RuntimeWarning, stacklevel=3)
-            return status[n_settle:], self.counts_to_uv(counts[n_settle:]), t_s
+            yield
         finally:
             self.stop_streaming()
             self._configure()
             if was_streaming:
                 self.start_streaming()
+
+    def _collect_uv(self, duration_s: float, settle_s: float = 0.2,
+                    **plan_kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reconfigure, stream ``settle_s + duration_s``, restore. Returns (status, uV, time_s) of the
+        frames after settling; time_s comes from the DRDY edges, so frames the host missed leave gaps
+        that the estimators (appliance.ads1299_selftest) take into account instead of assuming a regular grid."""
+        with self._reconfigured(**plan_kw):
+            n_settle = int(round(settle_s * self.sample_rate_sps))
+            n = int(round(duration_s * self.sample_rate_sps))
+            raw, edges = self.read_frames_timed(n_settle + n)
+        status, counts = self.decode(raw)
+        if not np.all(is_synced(status)):
+            raise ADS1299Error("corrupt frames during self-test")
+        t_s = (edges[n_settle:] - edges[n_settle]) / 1e9
+        missed = int(round(t_s[-1] * self.sample_rate_sps)) + 1 - n if n else 0
+        if missed > 3 * n:             # under a quarter of the frames: too thin to judge the chip
+            raise ADS1299Error(f"self-test missed {missed} of {n + missed} frames: host too slow")
+        if missed > n // 10:
+            warnings.warn(f"self-test missed {missed} of {n + missed} frames (busy host); the estimates use "
+                          "the frames' DRDY times, but check the host's load", RuntimeWarning, stacklevel=3)
+        return status[n_settle:], self.counts_to_uv(counts[n_settle:]), t_s
 
     def test_signal(self, *, duration_s: float = 2.0, frequency: str = "fast", double_amplitude: bool = False,
                     tolerance: float = 0.1) -> TestSignalResult:
@@ -657,19 +561,9 @@ class ADS1299:
         config2 = CONFIG2_BASE | CONFIG2_INT_CAL | (CONFIG2_CAL_AMP_2X if double_amplitude else 0) \
             | CAL_FREQ_BITS[frequency]
         _, uv, t_s = self._collect_uv(duration_s, mux=MUX_TEST, config2=config2)
-        expected_amp = TEST_SIGNAL_AMPLITUDE_V * 1e6 * (2 if double_amplitude else 1)
-        expected_f = CAL_FREQ_HZ[frequency]
-        # square wave: amplitude = half the distance between the upper and lower plateaus
-        hi = np.percentile(uv, 90, axis=0)
-        lo = np.percentile(uv, 10, axis=0)
-        amp = (hi - lo) / 2
-        fit = fit_square_wave(t_s, uv > (hi + lo) / 2)
-        ok_amp = np.abs(amp - expected_amp) <= tolerance * expected_amp
-        if expected_f > 0:
-            freq, ok_f = fit.frequency_hz(expected_hz=expected_f, tolerance=tolerance)
-        else:
-            freq, ok_f = fit.frequency_hz()[0], np.ones_like(ok_amp)
-        result = TestSignalResult(amp, freq, expected_amp, expected_f, ok_amp & ok_f)
+        expected_uv = TEST_SIGNAL_AMPLITUDE_V * 1e6 * (2 if double_amplitude else 1)
+        result = analyse_test_signal(uv, t_s, expected_amplitude_uv=expected_uv,
+                                     expected_frequency_hz=CAL_FREQ_HZ[frequency], tolerance=tolerance)
         if not result.passed.all():
             logger.warning("test signal failed on channels %s: %s", np.flatnonzero(~result.passed) + 1, result)
         return result
@@ -677,32 +571,14 @@ class ADS1299:
     def input_noise(self, *, duration_s: float = 2.0) -> NoiseResult:
         """Inputs shorted (MUX 001): input-referred noise per channel (datasheet: ~0.14 uVrms at gain 24)."""
         _, uv, _ = self._collect_uv(duration_s, mux=MUX_SHORTED)
-        offset = uv.mean(axis=0)
-        return NoiseResult(rms_uv=uv.std(axis=0), peak_to_peak_uv=np.ptp(uv, axis=0), offset_uv=offset)
+        return analyse_noise(uv)
 
     def lead_off_status(self, *, duration_s: float = 0.2) -> LeadOffStatus:
         """DC lead-off comparators on both electrodes of every channel; True = off (any frame in window)."""
         all_ch = (1 << self.n_channels) - 1
-        old = self.lead_off_dc
-        self.lead_off_dc = True
-        was = self._streaming
-        try:
-            if was:
-                self.stop_streaming()
-            self._configure()
-            self.write_register(REG_LOFF_SENSN, all_ch)
-            self.start_streaming()
+        with self._reconfigured(loff_sensp=all_ch, loff_sensn=all_ch):
             status, _ = self.decode(self.read_frames(max(1, int(duration_s * self.sample_rate_sps))))
-        finally:
-            self.lead_off_dc = old
-            self.stop_streaming()
-            self._configure()
-            if was:
-                self.start_streaming()
-        p = np.bitwise_or.reduce(loff_statp(status)) if status.size else 0
-        m = np.bitwise_or.reduce(loff_statn(status)) if status.size else 0
-        bits = 1 << np.arange(self.n_channels)
-        return LeadOffStatus(positive_off=(p & bits) != 0, negative_off=(m & bits) != 0)
+        return analyse_lead_off(status, n_channels=self.n_channels)
 
     def impedance_ohm(self, *, duration_s: float = 2.0, series_resistance_ohm: float = 0.0) -> np.ndarray:
         """Electrode impedance from the 6 nA AC lead-off excitation at 31.25 Hz [ref 7].
@@ -718,26 +594,5 @@ class ADS1299:
         loff = (LOFF_CURRENT_BITS[LOFF_EXCITATION_A] << 2) | LOFF_FREQ_31HZ2
         all_ch = (1 << self.n_channels) - 1
         _, uv, t_s = self._collect_uv(duration_s, loff=loff, loff_sensp=all_ch)
-        w = 2 * math.pi * LOFF_AC_31HZ2_HZ * t_s
-        basis = np.column_stack([np.sin(w), np.cos(w), np.ones_like(w), t_s])   # + offset and slow drift
-        coef, *_ = np.linalg.lstsq(basis, uv, rcond=None)
-        fundamental_uv = np.hypot(coef[0], coef[1])
-        square_uv = fundamental_uv * math.pi / 4
-        z = square_uv * 1e-6 / LOFF_EXCITATION_A - series_resistance_ohm
-        return np.clip(z, 0.0, None)
-
-
-def decode_frames_numpy(raw: bytes | np.ndarray, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pure-numpy reference decoder: (status uint32 (n,), counts int32 (n, n_channels)).
-
-    Raises ValueError if ``raw`` is not a whole number of frames.
-    """
-    fb = frame_bytes(n_channels)
-    b = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.astype(np.uint8)
-    if b.size % fb:
-        raise ValueError(f"{b.size} bytes is not a whole number of {fb}-byte frames")
-    b = b.reshape(-1, n_channels + 1, 3).astype(np.int32)
-    v = (b[:, :, 0] << 16) | (b[:, :, 1] << 8) | b[:, :, 2]
-    status = v[:, 0].astype(np.uint32)
-    counts = (v[:, 1:] ^ 0x800000) - 0x800000
-    return status, counts.astype(np.int32)
+        return impedance_from_lead_off(uv, t_s, excitation_a=LOFF_EXCITATION_A, excitation_hz=LOFF_AC_31HZ2_HZ,
+                                       series_resistance_ohm=series_resistance_ohm)

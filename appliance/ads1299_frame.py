@@ -6,9 +6,10 @@ section 4, datasheet SBAS499 "Data Output Format"): a 24-bit status word
 big-endian channel codes. Counts become input-referred microvolts by ``VREF / gain / (2^23 - 1)``
 (section 5).
 
-The C decoder (``native/ring.c``) repeats the sync and full-scale values as ``#define``; a test
-(``tests/test_frame_layout.py``) reads them from the C source and checks them against these, and checks
-``bt_frame_bytes`` against :func:`frame_bytes`, so the two sides cannot drift.
+The C decoder needs them at compile time, so ``native/ring.h`` repeats the layout (status and channel
+bytes, sync nibble, full-scale codes) as an enum that cffi passes through (``appliance._native.lib.BT_*``);
+``tests/test_frame_layout.py`` checks those compiled values, and ``bt_frame_bytes``, against this module,
+so the two sides cannot drift.
 """
 from __future__ import annotations
 
@@ -105,3 +106,66 @@ def status_words(frames: np.ndarray) -> np.ndarray:
 def is_synced(status: int | np.ndarray) -> bool | np.ndarray:
     """True where the status word starts with binary 1100 (a frame that is not, is corrupt)."""
     return (status & STATUS_SYNC_MASK) == STATUS_SYNC
+
+
+def decode_frames(raw: bytes | np.ndarray, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pure-numpy frame decoder, the reference for the C one (``native/ring.c``), used by the self-tests.
+
+    Parameters
+    ----------
+    raw : bytes or ndarray of uint8
+        Concatenated frames.
+    n_channels : int
+        Channels per frame.
+
+    Returns
+    -------
+    status : ndarray of uint32, shape (n,)
+        The 24-bit status words.
+    counts : ndarray of int32, shape (n, n_channels)
+        The sign-extended channel codes.
+
+    Raises
+    ------
+    ValueError
+        If ``raw`` is not a whole number of frames.
+    """
+    fb = frame_bytes(n_channels)
+    b = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.astype(np.uint8)
+    if b.size % fb:
+        raise ValueError(f"{b.size} bytes is not a whole number of {fb}-byte frames")
+    # the status word is a 24-bit word like the channel codes (STATUS_BYTES == BYTES_PER_CHANNEL): all the
+    # frame's words in one pass (taking the status word apart first cost 8.0 instead of 5.6 us per frame)
+    w = b.reshape(-1, n_channels + 1, BYTES_PER_CHANNEL).astype(np.int32)
+    v = (w[:, :, 0] << 16) | (w[:, :, 1] << 8) | w[:, :, 2]
+    counts = (v[:, 1:] ^ 0x800000) - 0x800000   # sign-extend 24 -> 32 bits
+    return v[:, 0].astype(np.uint32), counts.astype(np.int32)
+
+
+def encode_frames(status: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Frames as the chip shifts them out (the simulator's side of :func:`decode_frames`).
+
+    Parameters
+    ----------
+    status : ndarray of int, shape (n,)
+        24-bit status words (sync nibble included).
+    counts : ndarray of int, shape (n, n_channels)
+        Channel codes within ``MIN_CODE..FULL_SCALE_CODE``.
+
+    Returns
+    -------
+    ndarray of uint8, shape (n, frame_bytes(n_channels))
+        Big-endian 24-bit status, then big-endian 24-bit two's-complement codes.
+    """
+    n, nch = counts.shape
+    frames = np.empty((n, frame_bytes(nch)), np.uint8)
+    # byte by byte: 3x faster than a '>u4' view and a strided copy
+    frames[:, 0] = status >> 16
+    frames[:, 1] = status >> 8
+    frames[:, 2] = status
+    c32 = counts.astype(np.int32)
+    v = frames[:, STATUS_BYTES:].reshape(n, nch, BYTES_PER_CHANNEL)
+    v[:, :, 0] = c32 >> 16
+    v[:, :, 1] = c32 >> 8
+    v[:, :, 2] = c32
+    return frames

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -499,16 +500,7 @@ class SimulatedADS1299:
             p = (off.astype(np.int64) << np.arange(nch)).sum(axis=1) & sensp
             status |= p << layout.LOFF_STATP_SHIFT
         status |= (self.regs[ads.REG_GPIO] >> 4) & 0x0F
-        # 24-bit big-endian encoding, byte by byte (3x faster than a '>u4' view and a strided copy)
-        frames = np.empty((n, layout.frame_bytes(nch)), np.uint8)
-        frames[:, 0] = status >> 16
-        frames[:, 1] = status >> 8
-        frames[:, 2] = status
-        c32 = counts.astype(np.int32)
-        v = frames[:, 3:].reshape(n, nch, 3)
-        v[:, :, 0] = c32 >> 16
-        v[:, :, 1] = c32 >> 8
-        v[:, :, 2] = c32
+        frames = layout.encode_frames(status, counts)
         for f, lo, hi in self._active_faults(k0, n, "bitflip"):
             frames[lo:hi, f.byte] ^= f.mask
         return frames
@@ -747,31 +739,66 @@ class SimulatedBoard:
         self.spi.close()
 
 
-def simulated_board(*, variant_channels: int = 8, source=None, speed: float = 1.0, faults: list[Fault] | None = None,
-                    drdy_pin_number: int | None = 25, clock_ppm: float = 0.0,
-                    electrode_impedance_ohm: float | list = 5000.0, seed: int = 0, **driver_kwargs) -> SimulatedBoard:
-    """Simulated chip + SpiDev + DRDY input + driver, brought up, in one call (demo, daemon, tests).
-
-    Uses gpiozero's current pin factory for DRDY (set ``Device.pin_factory = MockFactory(...)`` first);
-    ``drdy_pin_number=None`` gives no DRDY line (burst path or polling only). The driver's datasheet waits
-    are scaled by ``speed``, so bring-up takes simulated, not real, time.
-    """
-    drdy = pin = None
-    if drdy_pin_number is not None:
-        from gpiozero import Device, DigitalInputDevice
-
-        pin = Device.pin_factory.pin(drdy_pin_number)
-        drdy = DigitalInputDevice(drdy_pin_number, pull_up=True)   # active = DRDY low
-    spi = SimulatedSpiDev(variant_channels=variant_channels, source=source, drdy_pin=pin, speed=speed,
-                          faults=faults, clock_ppm=clock_ppm, electrode_impedance_ohm=electrode_impedance_ohm,
-                          seed=seed)
-    spi.open(0, 0)
+def simulated_sleep(speed: float) -> Callable[[float], None]:
+    """The driver's ``sleep`` for a chip at ``speed``: its datasheet waits (tPOR, RESET, reference settling)
+    take simulated time, ``seconds / speed`` of real time, and none from ``AS_FAST_AS_POSSIBLE`` up."""
     scale = 0.0 if speed >= AS_FAST_AS_POSSIBLE else 1.0 / speed
 
     def sleep(seconds: float) -> None:
         if seconds * scale > 0:
             time.sleep(seconds * scale)
 
-    driver_kwargs.setdefault("sleep", sleep)
+    return sleep
+
+
+def open_simulated_spi(*, drdy_pin_number: int | None, pin_factory=None, bus: int = 0, device: int = 0,
+                       **chip_kwargs) -> tuple[SimulatedSpiDev, object | None]:
+    """The simulated board's parts the driver is given: an opened :class:`SimulatedSpiDev` and its DRDY input.
+
+    Used by ``appliance.hardware.open_chip`` (simulation) and :func:`simulated_board`, so the two wire the
+    simulator the same way.
+
+    Parameters
+    ----------
+    drdy_pin_number : int or None
+        The pin the simulator drives DRDY on and the driver's ``DigitalInputDevice`` reads (active = low);
+        None: no DRDY line (burst path or polling only).
+    pin_factory : gpiozero pin factory, optional
+        A mock factory; None: gpiozero's current ``Device.pin_factory``.
+    bus, device : int
+        What ``open()`` is called with.
+    **chip_kwargs
+        :class:`SimulatedADS1299`'s (``variant_channels``, ``speed``, ``source``, ``faults``, ...).
+
+    Returns
+    -------
+    (SimulatedSpiDev, gpiozero.DigitalInputDevice or None)
+    """
+    drdy = pin = None
+    if drdy_pin_number is not None:
+        from gpiozero import Device, DigitalInputDevice
+
+        factory = pin_factory if pin_factory is not None else Device.pin_factory
+        pin = factory.pin(drdy_pin_number)
+        drdy = DigitalInputDevice(drdy_pin_number, pull_up=True, pin_factory=factory)   # active = DRDY low
+    spi = SimulatedSpiDev(drdy_pin=pin, **chip_kwargs)
+    spi.open(bus, device)
+    return spi, drdy
+
+
+def simulated_board(*, variant_channels: int = 8, source=None, speed: float = 1.0, faults: list[Fault] | None = None,
+                    drdy_pin_number: int | None = 25, clock_ppm: float = 0.0,
+                    electrode_impedance_ohm: float | list = 5000.0, seed: int = 0, **driver_kwargs) -> SimulatedBoard:
+    """Simulated chip + SpiDev + DRDY input + driver, brought up, in one call: the driver's tests' and the
+    benches' bench-top board (the box and ``--simulate`` open theirs with ``appliance.hardware.open_chip``).
+
+    Uses gpiozero's current pin factory for DRDY (set ``Device.pin_factory = MockFactory(...)`` first);
+    ``drdy_pin_number=None`` gives no DRDY line (burst path or polling only). The driver's datasheet waits
+    are scaled by ``speed`` (:func:`simulated_sleep`), so bring-up takes simulated, not real, time.
+    """
+    spi, drdy = open_simulated_spi(drdy_pin_number=drdy_pin_number, variant_channels=variant_channels,
+                                   source=source, speed=speed, faults=faults, clock_ppm=clock_ppm,
+                                   electrode_impedance_ohm=electrode_impedance_ohm, seed=seed)
+    driver_kwargs.setdefault("sleep", simulated_sleep(speed))
     chip = ads.ADS1299(spi, drdy=drdy, board=spi, **driver_kwargs)
     return SimulatedBoard(chip=chip, spi=spi, sim=spi.chip, drdy=drdy)

@@ -1,4 +1,4 @@
-"""The breather: a gentle light-and-sound intervention policy, inside the envelope of ``appliance/safety.py``.
+"""The breather: a gentle light-and-sound intervention policy, inside the envelope of ``appliance/protocol/safety.py``.
 
 States (:class:`BreatherState`)::
 
@@ -30,13 +30,14 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from appliance.audit import AuditLog
 from appliance.epoch import Epoch
-from appliance.hypnogram import Stage
 from appliance.outputs import BedsideLight, OkButton, Speaker, all_off
-from appliance.safety import MAX_TICK_STEP_S, BreatherConfig, envelope
+from appliance.protocol.safety import MAX_TICK_STEP_S, BreatherConfig, envelope
+from appliance.protocol.stages import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,27 @@ class BreatherState(str, enum.Enum):
 
 
 SESSION_STATES = (BreatherState.CUE, BreatherState.LIGHT)
+
+
+@dataclass(frozen=True)
+class BreatherChange:
+    """One change of the breather's state, as :class:`Breather` emits it to its ``on_change`` listener.
+
+    Attributes
+    ----------
+    before, after : BreatherState
+        The state left and the state entered.
+    session : int
+        The night's session number so far (the running session's, in a session).
+    session_report : dict or None
+        When a session just ended, its report (``session``, ``start_epoch``, ``end_epoch``, ``duration_s`` in
+        seconds, ``outcome``, ``reason``, ``max_light``, ``max_volume``); else None.
+    """
+
+    before: BreatherState
+    after: BreatherState
+    session: int
+    session_report: dict[str, Any] | None = None
 
 
 class Breather:
@@ -72,14 +94,19 @@ class Breather:
     on_escalate : callable or None
         Called with a dict (night session number, epoch index, P(loop), reason) when a session ends with
         the loop still under way. The breather knows nothing of MQTT: the daemon passes its own
-        ``Daemon._on_escalate``, which has :mod:`appliance.episodes` word the parent's alert and publishes it with
+        ``NightPipeline.on_escalate``, which has :mod:`appliance.episodes` word the parent's alert and publishes it with
         ``BoxLink.publish_alert`` (QoS 1, through the persistent outbox). Its errors are logged, never allowed
         to keep outputs on.
+    on_change : callable or None
+        Called with a :class:`BreatherChange` each time the state changes, from the thread that changed it
+        (the pipeline's, the button's, a command's) with the breather's lock held: it should only take note
+        (:class:`appliance.night_pipeline.BreatherEvents` records it and reports it at the pipeline's next step).
     """
 
     def __init__(self, *, light: BedsideLight, speaker: Speaker, button: OkButton | None, config: BreatherConfig,
                  audit: AuditLog, clock: Callable[[], float] = time.monotonic,
-                 on_escalate: Callable[[dict], None] | None = None):
+                 on_escalate: Callable[[dict], None] | None = None,
+                 on_change: Callable[[BreatherChange], None] | None = None):
         if not isinstance(config, BreatherConfig):
             raise TypeError("config must be a BreatherConfig (validated against the safety envelope)")
         self.light, self.speaker, self.button = light, speaker, button
@@ -87,12 +114,13 @@ class Breather:
         self.audit = audit
         self.clock = clock
         self.on_escalate = on_escalate
+        self.on_change = on_change
         self._lock = threading.RLock()
         self._sim_now: float | None = None
-        self.state = BreatherState.IDLE
         self.sessions = 0
         self.outcomes: Counter[str] = Counter()
         self.session_reports: list[dict[str, Any]] = []
+        self._state = BreatherState.IDLE
         self.escalations = 0
         self.audit_errors = 0  # audit writes that failed on a path that had to go on (see _audit_safely)
         self._loop_streak = 0
@@ -114,6 +142,24 @@ class Breather:
         if button is not None:
             button.when_pressed = self._on_button
         self.audit.append("breather_ready", config=config.to_dict(), envelope=envelope())
+
+    # ---- state ------------------------------------------------------------------------------------
+    @property
+    def state(self) -> BreatherState:
+        """The current state; every change is emitted to ``on_change``."""
+        return self._state
+
+    @state.setter
+    def state(self, new: BreatherState) -> None:
+        old, self._state = self._state, new
+        if new == old or self.on_change is None:
+            return
+        ended = old in SESSION_STATES and new not in SESSION_STATES and self.session_reports
+        try:
+            self.on_change(BreatherChange(before=old, after=new, session=self.sessions,
+                                          session_report=dict(self.session_reports[-1]) if ended else None))
+        except Exception as e:  # noqa: BLE001 - reporting a change must never stop the policy (or an alert)
+            logger.error("breather on_change failed: %r", e)
 
     # ---- time ------------------------------------------------------------------------------------
     def _now(self, now_s: float | None) -> float:

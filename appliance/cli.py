@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import __version__
-from appliance.cliparse import OneLineParser, one_line
-from appliance.config import (DEFAULT_CONFIG_PATH, EXAMPLE_BOX_ID, BoxConfig, ConfigError, check_on_this_machine,
-                              load_config, permission_warnings, simulation_state_dir, validate_config)
+from appliance.config import (DEFAULT_CONFIG_PATH, check_on_this_machine, load_config, permission_warnings,
+                              simulation_state_dir)
+from appliance.protocol.boxconfig import EXAMPLE_BOX_ID, BoxConfig, ConfigError, validate_config
+from appliance.protocol.cliparse import OneLineParser, one_line
 
 if TYPE_CHECKING:
     from appliance.hardware import SimulationSource
@@ -202,7 +203,7 @@ def builtin_hypnogram():
     """A plausible 8-h hypnogram (960 epochs, five cycles, N3 early and REM late) for when ../shared is absent."""
     import numpy as np
 
-    from appliance.hypnogram import Stage
+    from appliance.protocol.stages import Stage
 
     W, N1, N2, N3, R = Stage.W, Stage.N1, Stage.N2, Stage.N3, Stage.REM
     night: list[int] = [W] * 30 + [N1] * 6
@@ -381,7 +382,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(format_report(rep))
         print(f"  JSON {js}\n  PNG  {png}")
     if args.publish:
-        from appliance.daemon import make_link
+        from appliance.clinic_commands import make_link
 
         link = make_link(cfg, model_versions={}, simulated=cfg.hardware.simulate)
         link.start()

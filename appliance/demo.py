@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class PhoneSubscriber:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from appliance import mqtt_schema as schema
+        from appliance.protocol import schema
 
         self.messages: list[dict] = []
         self.arrivals: list[float] = []
@@ -267,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from appliance.config import validate_config
     from appliance.daemon import Daemon
     from appliance.hardware import SimulationSource, open_hardware
+    from appliance.protocol.boxconfig import validate_config
 
     try:
         out = prepare_output(args.out)

@@ -35,7 +35,7 @@ ANNOTATION_BYTES_PER_RECORD = 240
 
 STAGE_ANNOTATION = {0: "Sleep stage W", 1: "Sleep stage 1", 2: "Sleep stage 2", 3: "Sleep stage 3",
                     4: "Sleep stage R", -1: "Sleep stage ?"}
-"""EDF+ standard texts for scored stages (EDF+ spec, 'standard texts'), by :class:`appliance.hypnogram.Stage`."""
+"""EDF+ standard texts for scored stages (EDF+ spec, 'standard texts'), by :class:`appliance.protocol.stages.Stage`."""
 ANNOTATION_STAGE = {v: k for k, v in STAGE_ANNOTATION.items()}
 
 UTC_OFFSET_PREFIX = "Local time UTC"

@@ -12,19 +12,16 @@ alerts:
 The last two come at most once per loop, and not after an escalation in the same loop.
 
 The texts the parent reads are written in one place, :func:`alert_text`. This module decides and words; it sends
-nothing: the daemon records, publishes and audits what it returns. It imports nothing of the box, so the safety
-envelope (:mod:`appliance.safety`) and Home Assistant's display (:mod:`appliance.homeassistant`) take the
-threshold from here.
+nothing: the daemon records, publishes and audits what it returns. It imports nothing of the box. Its default
+threshold, :data:`appliance.protocol.safety.P_LOOP_THRESHOLD`, is the safety envelope's (the default of
+``breather.p_loop_threshold``, which the clinic may push), as Home Assistant's display's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-P_LOOP_THRESHOLD = 0.5
-"""P(loop) at or above which an epoch counts as "loop" unless ``breather.p_loop_threshold`` says otherwise: the
-loop model card's threshold, where its metrics were measured. (The lowest a config may set is
-``appliance.safety.MIN_P_LOOP_THRESHOLD``, part of the safety envelope.)"""
+from appliance.protocol.safety import P_LOOP_THRESHOLD
 
 LOOP_END_EPOCHS = 10
 """A detected loop counts as over after this many epochs (5 min) with P(loop) below the threshold."""

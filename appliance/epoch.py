@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,7 @@ def _regenerate() -> str:
     import importlib
 
     from appliance import dsp
-    from appliance.config import AcquisitionSection
+    from appliance.protocol.boxconfig import AcquisitionSection
 
     rates = next(f.metadata["choices"] for f in dataclasses.fields(AcquisitionSection) if f.name == "sample_rate_sps")
     _RECORD = {}

@@ -17,12 +17,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from appliance.config import BoxConfig
 from appliance.outputs import BedsideLight, OkButton, Speaker
+from appliance.protocol.boxconfig import BoxConfig
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +108,9 @@ class BoxOutputs:
         self.button = OkButton(cfg.outputs.button_pin, pin_factory=pin_factory)
         self.all_off()
 
-    @staticmethod
-    def _level(dev: Any) -> float:
-        for attr in ("level", "value"):
-            v = getattr(dev, attr, None)
-            if isinstance(v, (int, float)):
-                return float(v)
-        return 0.0
-
     def levels(self) -> tuple[float, float]:
-        return self._level(self.light), self._level(self.speaker)
+        """The light's and the speaker's current levels, fractions of full PWM duty."""
+        return self.light.level, self.speaker.level
 
     def all_off(self) -> None:
         for dev in (self.light, self.speaker):
@@ -210,12 +203,41 @@ class _ChannelAdapter:
         return np.asarray(self.source.read(n))[:, self._map]
 
 
+class AcquisitionControl(Protocol):
+    """What the daemon needs from the acquisition (:class:`_AcquisitionAdapter` around
+    :class:`appliance.acquisition.Acquisition`, real or simulated chip alike).
+
+    Attributes
+    ----------
+    counters : dict
+        :class:`appliance.acquisition.AcquisitionCounters` as a dict (empty before :meth:`start`).
+    """
+
+    counters: dict
+
+    def start(self) -> None:
+        """Bring the chip up and start moving frames into the ring."""
+        ...
+
+    def stop(self) -> None:
+        """Stop reading and release the chip."""
+        ...
+
+    def poll_events(self) -> list[dict]:
+        """The acquisition's faults since the last call, oldest first (``kind``, ``reason``)."""
+        ...
+
+    def frames_accounted(self, frames_seen: int) -> bool:
+        """True when a replay has delivered (or provably lost) its last frame; never for a real chip."""
+        ...
+
+
 @dataclass
 class HardwareEdge:
     """Everything the daemon touches that is hardware: the chip's frame ring and acquisition, the pins."""
 
     ring: Any
-    acquisition: Any
+    acquisition: AcquisitionControl
     pin_factory: Any
     sample_rate_sps: int
     n_channels: int
@@ -241,12 +263,11 @@ class HardwareEdge:
 
     def missed_frames(self) -> int:
         """Frames the driver knows it missed (DRDY edge gaps), cumulative."""
-        c = getattr(self.acquisition, "counters", None)
-        return int(c.get("missed_drdy", 0)) if isinstance(c, dict) else 0
+        return int(self.acquisition.counters.get("missed_drdy", 0))
 
     def poll_events(self) -> list[dict]:
-        poll = getattr(self.acquisition, "poll_events", None)
-        return poll() if poll is not None else []
+        """The acquisition's faults since the last call (:meth:`AcquisitionControl.poll_events`)."""
+        return self.acquisition.poll_events()
 
 
 def mock_pin_factory() -> Any:
@@ -287,7 +308,7 @@ def open_chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any = None, speed:
     """
     from gpiozero import DigitalInputDevice
 
-    from appliance.ads1299 import ADS1299
+    from appliance.ads1299 import ADS1299, HostBoard
 
     a = cfg.acquisition
     if not simulate:
@@ -296,19 +317,17 @@ def open_chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any = None, speed:
         spi = spidev.SpiDev()
         spi.open(a.spi_bus, a.spi_device)
         drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True)  # DRDY is active low
-        chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
-                       max_speed_hz=a.spi_max_speed_hz)
-        return chip, spi
-    from appliance.ads1299_sim import SimulatedSpiDev
+        board, sleep = HostBoard(drdy_dev), time.sleep
+    else:
+        from appliance.ads1299_sim import open_simulated_spi, simulated_sleep
 
-    spi = SimulatedSpiDev(variant_channels=a.channels, drdy_pin=pin_factory.pin(a.drdy_pin) if drdy else None,
-                          speed=speed, **sim_kwargs)
-    spi.open(a.spi_bus, a.spi_device)
-    drdy_dev = DigitalInputDevice(a.drdy_pin, pull_up=True, pin_factory=pin_factory) if drdy else None
-    # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
+        spi, drdy_dev = open_simulated_spi(drdy_pin_number=a.drdy_pin if drdy else None, pin_factory=pin_factory,
+                                           bus=a.spi_bus, device=a.spi_device, variant_channels=a.channels,
+                                           speed=speed, **sim_kwargs)
+        # the driver's waits (tPOR, RESET) are in simulated time: scale them like the chip's clock
+        board, sleep = spi, simulated_sleep(speed)
     chip = ADS1299(spi, drdy=drdy_dev, sample_rate_sps=a.sample_rate_sps, gains=a.gain,
-                   max_speed_hz=a.spi_max_speed_hz, wait_power_on=True, sleep=lambda s: time.sleep(s / speed),
-                   board=spi)
+                   max_speed_hz=a.spi_max_speed_hz, wait_power_on=True, sleep=sleep, board=board)
     return chip, spi
 
 
@@ -348,7 +367,7 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
 
 
 def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source: SimulationSource,
-                           speed: float, pin_factory: Any) -> Any:
+                           speed: float, pin_factory: Any) -> AcquisitionControl:
     """The acquisition layer's real driver and thread, on its protocol-level chip simulator.
 
     Real time (speed < 20): the simulator drives DRDY on a gpiozero mock pin and the driver reads one frame

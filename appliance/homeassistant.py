@@ -17,16 +17,16 @@ template renders a JSON object whose ``event_type`` is one of its ``event_types`
 """
 from __future__ import annotations
 
-from appliance import mqtt_schema as schema
-from appliance.episodes import P_LOOP_THRESHOLD
+from appliance.protocol import schema
+from appliance.protocol.safety import P_LOOP_THRESHOLD
+from appliance.protocol.stages import STAGE_NAMES, Stage
 
-DISCOVERY_PREFIX = "homeassistant"
 
 #: Seconds the "alert active" binary sensor stays on after an alert.
 ALERT_ACTIVE_S = 900
 
-#: Stage names as the ``stage`` payload carries them (appliance.hypnogram.Stage names).
-STAGE_OPTIONS = ("W", "N1", "N2", "N3", "REM", "UNSCORED")
+#: Stage names as the ``stage`` payload carries them: the scored ones, then UNSCORED.
+STAGE_OPTIONS = (*STAGE_NAMES, Stage.UNSCORED.name)
 
 #: The breather as the status reports it: its own states (appliance.breather.BreatherState), ``disabled``
 #: (turned off by the clinic) and ``off`` (no night running). Listed here, not imported, because this
@@ -41,7 +41,8 @@ STATUS_OPTIONS = schema.STATUS_STATES
 _NONE = "'None'"
 
 
-def discovery_topic(box_id: str, component: str, object_id: str, *, prefix: str = DISCOVERY_PREFIX) -> str:
+def discovery_topic(box_id: str, component: str, object_id: str, *,
+                    prefix: str = schema.HA_DISCOVERY_PREFIX) -> str:
     """``homeassistant/<component>/<box_id>/<object_id>/config``."""
     return f"{prefix}/{component}/{schema.check_box_id(box_id)}/{object_id}/config"
 
@@ -58,7 +59,7 @@ def entity_object_id(box_id: str, object_id: str) -> str:
 
 
 def discovery_payloads(box_id: str, *, firmware_version: str, model: str = "bedtime box",
-                       prefix: str = DISCOVERY_PREFIX) -> dict[str, dict]:
+                       prefix: str = schema.HA_DISCOVERY_PREFIX) -> dict[str, dict]:
     """Topic -> discovery config for every entity of one box.
 
     Parameters
@@ -85,7 +86,7 @@ def discovery_payloads(box_id: str, *, firmware_version: str, model: str = "bedt
         - ``alert``: event entity (``event_type`` = the alert's severity; ``title``, ``message``, ``kind``
           as attributes), from ``alert``: what an automation turns into a phone notification;
         - ``alert_active``: binary sensor, ``safety``, on for :data:`ALERT_ACTIVE_S` after an alert;
-        - ``nightmare_loop``: binary sensor, on at p_loop >= :data:`appliance.episodes.P_LOOP_THRESHOLD` (the
+        - ``nightmare_loop``: binary sensor, on at p_loop >= :data:`appliance.protocol.safety.P_LOOP_THRESHOLD` (the
           default decision threshold, for display; the alert itself comes from the box);
         - ``signal_problem``: binary sensor, ``problem``, diagnostic;
         - ``outbox_depth``: sensor, diagnostic (messages waiting on the box).

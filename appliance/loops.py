@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from appliance.epoch import ArousalFeatures
-from appliance.hypnogram import EPOCH_S, Stage
+from appliance.protocol.stages import EPOCH_S, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def find_returns(stages: Sequence[int] | np.ndarray, *, definition: LoopDefiniti
     Parameters
     ----------
     stages : array-like of int
-        One :class:`~appliance.hypnogram.Stage` value per 30-s epoch (UNSCORED allowed; it breaks an
+        One :class:`~appliance.protocol.stages.Stage` value per 30-s epoch (UNSCORED allowed; it breaks an
         interruption, since nothing is known about it).
     definition : LoopDefinition
         The parameters.

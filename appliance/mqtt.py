@@ -1,6 +1,6 @@
 """The box's link to the broker: :class:`BoxLink` (paho-mqtt 2.x, MQTT v5).
 
-What a box says and hears (the topic schema is in :mod:`appliance.mqtt_schema` and docs/mqtt.md):
+What a box says and hears (the topic schema is in :mod:`appliance.protocol.schema` and docs/mqtt.md):
 
 - ``status`` (retained): published on every connect and on every :meth:`BoxLink.publish_status`; the last
   will sets it ``offline`` when the box drops off without saying goodbye.
@@ -13,7 +13,7 @@ What a box says and hears (the topic schema is in :mod:`appliance.mqtt_schema` a
   raw payloads.
 - Home Assistant discovery (retained, :mod:`appliance.homeassistant`): after :meth:`BoxLink.publish_discovery`,
   sent on every connect, before the outbox is pumped.
-- ``cmd/<name>``: validated by :mod:`appliance.commands`; replies go to the MQTT v5 response topic with
+- ``cmd/<name>``: validated by :mod:`appliance.protocol.commands`; replies go to the MQTT v5 response topic with
   the request's correlation data.
 - ``config`` (retained, set by the clinic): validated with the daemon's ``config_validator``; refused
   configs are reported and change nothing.
@@ -58,11 +58,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from appliance import commands as cmds
 from appliance import homeassistant
-from appliance import mqtt_schema as schema
 from appliance.epoch import Epoch
 from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox, OutboxFullError
+from appliance.protocol import commands as cmds
+from appliance.protocol import schema
+from appliance.protocol.transport import set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +91,6 @@ class TLSSettings:
     ca_file: Path
     cert_file: Path | None = None
     key_file: Path | None = None
-
-
-def set_tcp_nodelay(client: paho.Client) -> None:
-    """Turn Nagle's algorithm off on a connected client's socket (paho leaves it on).
-
-    MQTT packets are small; with Nagle on, a packet sent while the previous one is unacknowledged waits
-    for the peer's delayed ACK (up to 40 ms on Linux), which showed as tens of ms of alert latency.
-    """
-    sock = client.socket()
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as e:
-            log.debug("TCP_NODELAY not set: %s", e)
 
 
 class BoxLink:
@@ -297,11 +284,11 @@ class BoxLink:
     def on_command(self, name: str, handler: Callable[[dict], dict]) -> None:
         """Handle ``cmd/<name>``: ``handler(validated_args) -> result dict``.
 
-        ``name`` must be one of :data:`appliance.commands.COMMANDS`; the arguments are validated before
+        ``name`` must be one of :data:`appliance.protocol.commands.COMMANDS`; the arguments are validated before
         the handler sees them. An exception in the handler becomes a ``handler_error`` reply.
         """
         if name not in cmds.COMMANDS:
-            raise ValueError(f"{name!r} is not a known command; add its spec to appliance.commands.COMMANDS")
+            raise ValueError(f"{name!r} is not a known command; add its spec to appliance.protocol.commands.COMMANDS")
         self._commands[name] = handler
 
     def on_config(self, handler: Callable[[object], object]) -> None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from appliance import mqtt_schema as schema
+from appliance.protocol import schema
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,11 @@
 Small classes named for what they drive, in gpiozero's style: each wraps one gpiozero device, takes its
 pin and an optional ``pin_factory`` (gpiozero's ``MockFactory(pin_class=MockPWMPin)`` in tests and on a
 laptop), and exposes only what the breather needs. Each output refuses a level above its hard cap from
-``appliance/safety.py`` (a second line of defence behind the breather's own checks): it switches itself
+``appliance/protocol/safety.py`` (a second line of defence behind the breather's own checks): it switches itself
 off and raises :class:`OutputLimitError` rather than clamping.
 
 The pins (BCM numbering) are the configuration's ``[outputs]`` table, whose defaults in
-:class:`appliance.config.OutputsSection` are the one place they are written down; these classes take them as
+:class:`appliance.protocol.boxconfig.OutputsSection` are the one place they are written down; these classes take them as
 given and have no defaults of their own.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable
 
 from gpiozero import Button, PWMLED, PWMOutputDevice
 
-from appliance.safety import MAX_BRIGHTNESS, MAX_TONE_HZ, MAX_VOLUME, MIN_TONE_HZ
+from appliance.protocol.safety import MAX_BRIGHTNESS, MAX_TONE_HZ, MAX_VOLUME, MIN_TONE_HZ
 
 logger = logging.getLogger(__name__)
 

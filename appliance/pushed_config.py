@@ -4,8 +4,8 @@ A configuration the clinic pushes (the retained ``config`` topic, or a signed ``
 merged over the box's own file at the next start, never mid-night. Three defences stand between it and a
 bricked box:
 
-1. **Local-only keys are dropped** (:data:`appliance.config.LOCAL_ONLY_KEYS`): a push never names a file the box
-   reads or a folder it writes, so it cannot point the box at ``/dev/zero`` or a folder that cannot exist.
+1. **Local-only keys are dropped** (:data:`appliance.protocol.boxconfig.LOCAL_ONLY_KEYS`): a push never names a
+   file the box reads or a folder it writes, so it cannot point the box at ``/dev/zero`` or a folder that cannot exist.
 2. **Pre-flight** (:func:`preflight`): before it is kept, the merged configuration must be one the daemon can
    start with: it validates, the breather settings build, the state and recording folders exist (or can be
    made) and take a file, the ring buffer it asks for fits in the memory the box has, and it is not a
@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.config import (BoxConfig, ConfigError, merge_config, read_small_regular_file, split_pushed_config)
+from appliance.config import read_small_regular_file
+from appliance.protocol.boxconfig import BoxConfig, ConfigError, merge_config, split_pushed_config
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def preflight(cfg: BoxConfig, *, rejected: set[str] = frozenset(), sha256: str =
     """
     if sha256 and sha256 in rejected:
         raise PreflightError("", "this configuration already failed to start the daemon on this box")
-    from appliance.safety import BreatherConfig, SafetyEnvelopeError
+    from appliance.protocol.safety import BreatherConfig, SafetyEnvelopeError
 
     try:
         BreatherConfig.from_dict(cfg.breather)

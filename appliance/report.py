@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.hypnogram import EPOCH_S, STAGE_NAMES, Stage
+from appliance.protocol.stages import EPOCH_S, STAGE_NAMES, Stage
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from appliance.hypnogram import EPOCH_S, HYPNOGRAM_ROWS, Stage, stage_runs, step_polylines  # noqa: E402
 from appliance.nightfolder import HYPNOGRAM_PNG, REPORT_JSON  # noqa: E402
+from appliance.protocol.stages import EPOCH_S, HYPNOGRAM_ROWS, Stage, stage_runs, step_polylines  # noqa: E402
 from appliance.report import NightRecord, build_report, count_text, minutes_text, night_numbers  # noqa: E402
 from appliance.report_load import NightError, read_saved_report, record_from_report  # noqa: E402
 
@@ -57,7 +57,7 @@ def _runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
 def hypnogram_figure(night: NightRecord, *, rep: dict | None = None) -> Any:
     """The morning report's picture, for a parent: the night's stages against the clock, with what the box did.
 
-    The stages are drawn from :func:`appliance.hypnogram.stage_runs` (the geometry the clinic console's SVG
+    The stages are drawn from :func:`appliance.protocol.stages.stage_runs` (the geometry the clinic console's SVG
     uses too): one coloured bar per stretch of equal stage on its row, joined by a thin step line. Over it:
     nightmare loops detected (dashed lines), each breather's soft-sound cue and warm light (shaded bands),
     alerts sent to the phone (triangles on top) and stretches where the signal was lost (hatched). The x axis

@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from appliance.hypnogram import STAGE_NAMES, STAGE_VALUES
 from appliance.jsonl import JsonlError, read_rows
+from appliance.protocol.stages import STAGE_NAMES, STAGE_VALUES
 from appliance.nightfolder import (EPOCHS_JSONL, EVENTS_JSONL, HYPNOGRAM_PNG, NIGHT_EDF, REPORT_JSON,
                                    night_start_from_id)
 from appliance.report import NightRecord, build_report, parse_iso

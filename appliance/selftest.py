@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from appliance.config import BoxConfig
+from appliance.protocol.boxconfig import BoxConfig
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +135,16 @@ def run_selftest(cfg: BoxConfig, *, simulate: bool = False, check_broker: bool =
         run("noise (inputs shorted)", noise)
         run("lead-off", lead_off)
         run("impedance", impedance)
-        try:
-            chip.stop_streaming()
-            chip.spi.close()
-        except Exception:  # closing is best effort after the checks
-            pass
+        # release the chip, each step on its own (best effort after the checks): the board's shutdown ends the
+        # simulator's DRDY thread, which otherwise outlives the self-test
+        closers = [chip.stop_streaming, chip.spi.close, chip.board.shutdown]
+        if chip.drdy is not None:
+            closers.append(chip.drdy.close)
+        for close in closers:
+            try:
+                close()
+            except Exception as e:  # the checks are done: a failed close only goes to the log
+                logger.debug("closing the chip: %s", e)
     else:
         for name in ("test signal", "noise (inputs shorted)", "lead-off", "impedance"):
             results.append(CheckResult(name, None, "skipped: no chip"))

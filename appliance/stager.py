@@ -33,7 +33,7 @@ import numpy as np
 from appliance import filters as signal  # scipy.signal's designs stored, its filters native: not ~80 MB of scipy
 
 from appliance.dsp import MODEL_FS_HZ, median_last_axis, preprocess, welch_psd
-from appliance.hypnogram import EPOCH_S, STAGE_NAMES
+from appliance.protocol.stages import EPOCH_S, STAGE_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def smooth_hypnogram(probs: np.ndarray, *, model_path: str | Path | None = None)
 
     Returns
     -------
-    numpy.ndarray of int8, shape (n_epochs,): one :class:`~appliance.hypnogram.Stage` per epoch.
+    numpy.ndarray of int8, shape (n_epochs,): one :class:`~appliance.protocol.stages.Stage` per epoch.
     """
     from appliance.tflite import load_model_card
 

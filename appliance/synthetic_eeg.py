@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class SyntheticSleepEEG:
     Parameters
     ----------
     hypnogram : numpy.ndarray
-        One :class:`~appliance.hypnogram.Stage` value per epoch. UNSCORED epochs are drawn as wake.
+        One :class:`~appliance.protocol.stages.Stage` value per epoch. UNSCORED epochs are drawn as wake.
     fs_hz : float
         Sampling rate in Hz (the ADS1299 default is 250 SPS).
     n_channels : int

@@ -11,7 +11,7 @@ The clinic signs every model file and config with its Ed25519 key (``bedtime-fle
    box accepted for the kind (kept in ``<kind>/serial.json``, so across restarts): no replay of an older
    update, no update signed for another box;
 3. the payload is well-formed for its kind (a config passes the manager's ``check_config``, by default
-   :func:`appliance.config.validate_config`, which the daemon extends with its pre-flight; a
+   :func:`appliance.protocol.boxconfig.validate_config`, which the daemon extends with its pre-flight; a
    model's manifest carries its signed ``model_card`` whose ``sha256`` is the payload's). Nothing in a payload
    is looked at before its signature and binding are checked;
 4. it is written beside the current version and switched in with an atomic ``rename`` of a symlink, so a
@@ -34,14 +34,13 @@ On-disk layout (``<state_dir>/updates/<kind>/``)::
     current  -> versions/...                 the version in use (relative symlink to the file)
     previous -> versions/...                 the one before, kept for roll back
 
-The ``update`` command (``bedtime/v1/<box>/cmd/update``) is registered in :data:`appliance.commands.COMMANDS`
-when this module is imported; :func:`handle_update_command` is its handler and :func:`attach_to_link` wires
+The ``update`` command (``bedtime/v1/<box>/cmd/update``) and its wire format are the protocol's
+(:data:`appliance.protocol.commands.COMMANDS`, :mod:`appliance.protocol.updates`); :func:`handle_update_command` is
+its handler on the box and :func:`attach_to_link` wires
 both it and the audit trail into a :class:`~appliance.mqtt.BoxLink`.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import logging
@@ -55,17 +54,13 @@ from typing import Any
 
 from appliance.jsonl import append_row, read_rows
 from appliance.protocol.signing import SignatureError, check_binding, verify_manifest
+from appliance.protocol.updates import (MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES,
+                                         decode_update_args)
 
 logger = logging.getLogger(__name__)
 
 KINDS = {"model": ".tflite", "config": ".json"}
-MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
-"""Largest update the box accepts (a stage model is ~20 kB; this bounds a hostile or broken upload)."""
-MAX_MANIFEST_CHARS = 1024 * 1024
-"""Longest manifest (JSON text) the ``update`` command takes: the shipped stage model's, with its model card,
-is ~16 kB; a card may grow (more features, a bigger transition table) by far before this bound."""
-MAX_CONFIG_PAYLOAD_BYTES = 256 * 1024
-"""Largest config update (a full configuration is ~3 kB)."""
+"""File suffix of each update kind's stored versions (the kinds are :data:`appliance.protocol.signing.KINDS`)."""
 
 
 @dataclass
@@ -120,7 +115,7 @@ def default_health_check(kind: str, path: Path) -> HealthReport:
     the TFLite runtime loads it) and runs on a zero input with finite output (self-test); a config validates. The daemon wraps this and adds
     ``stages_flowing`` (it watches the next epochs come out of the stager)."""
     if kind == "config":
-        from appliance.config import ConfigError, validate_config
+        from appliance.protocol.boxconfig import ConfigError, validate_config
 
         try:
             validate_config(json.loads(path.read_bytes()))
@@ -172,7 +167,7 @@ class UpdateManager:
     check_config : callable, optional
         ``check_config(doc)`` for a config update (after its signature and binding are checked): raises
         ``ConfigError``/``ValueError`` to refuse it, may return a list of ignored keys. Default
-        :func:`appliance.config.validate_config`.
+        :func:`appliance.protocol.boxconfig.validate_config`.
     clock : callable, optional
         The box's clock, ``clock() -> aware UTC datetime`` (for expiry).
     """
@@ -294,7 +289,7 @@ class UpdateManager:
             return self._refuse(kind, running, f"version {version[:80]!r} is not a safe file name", sha256=sha)
         ignored: list = []
         if kind == "config":
-            from appliance.config import ConfigError, validate_config
+            from appliance.protocol.boxconfig import ConfigError, validate_config
 
             try:
                 doc = json.loads(payload)
@@ -439,26 +434,6 @@ class UpdateManager:
 
 
 # ---- the `update` command -------------------------------------------------------------------------
-def decode_update_args(args: dict) -> tuple[str, bytes, str]:
-    """(kind, payload bytes, manifest JSON) from the ``update`` command's arguments.
-
-    Raises
-    ------
-    ValueError
-        When ``payload_b64`` is not valid base64.
-    """
-    try:
-        payload = base64.b64decode(args["payload_b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("payload_b64 is not valid base64") from None
-    return args["kind"], payload, args["manifest"]
-
-
-def encode_update_args(kind: str, payload: bytes, manifest: dict) -> dict:
-    """The ``update`` command's arguments (the clinic side builds these)."""
-    return {"kind": kind, "payload_b64": base64.b64encode(payload).decode(), "manifest": json.dumps(manifest)}
-
-
 def handle_update_command(manager: UpdateManager, args: dict) -> dict:
     """The box's handler for ``cmd/update``: apply and return the :class:`UpdateResult` as a dict.
 
@@ -498,26 +473,3 @@ def attach_to_link(manager: UpdateManager, link: Any) -> None:
 
     manager.on_audit = report
     link.on_command("update", on_update)
-
-
-def _register_command() -> None:
-    """Teach the box's command validator the ``update`` command (the schema lives with its handler)."""
-    from appliance.commands import COMMANDS, Arg, CommandSpec
-
-    COMMANDS.setdefault("update", CommandSpec(
-        "update",
-        "Apply a signed model or config (verified against the pinned key; health-checked; rolled back on failure).",
-        {"kind": Arg("str", required=True, choices=tuple(KINDS)),
-         "payload_b64": Arg("str", required=True, pattern=r"[A-Za-z0-9+/=\s]+",
-                             max_length=_b64_len(MAX_PAYLOAD_BYTES)),
-         "manifest": Arg("str", required=True, pattern=r"(?s)\{.*\}", max_length=MAX_MANIFEST_CHARS)},
-        max_bytes=_b64_len(MAX_PAYLOAD_BYTES) + 2 * MAX_MANIFEST_CHARS + 4096,
-    ))
-
-
-def _b64_len(n: int) -> int:
-    """Characters of base64 for ``n`` bytes (with line breaks some encoders add: 1 in 64)."""
-    return (n + 2) // 3 * 4 * 65 // 64 + 4
-
-
-_register_command()

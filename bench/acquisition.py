@@ -13,14 +13,14 @@ import types
 import numpy as np
 
 from appliance.acquisition import Acquisition
-from appliance.ads1299 import decode_frames_numpy
+from appliance.ads1299_frame import decode_frames, frame_bytes, is_synced
 from appliance.ads1299_sim import SimulatedADS1299, simulated_board
 from appliance.signal_sources import NoiseSource
 from appliance.ring import FrameRing
 
 FS = 250
 N_CH = 8
-FB = 3 + 3 * N_CH
+FB = frame_bytes(N_CH)
 
 
 def _frames(n: int) -> list[bytes]:
@@ -41,8 +41,8 @@ class NumpyRing:
         self.capacity = capacity
 
     def push_raw(self, data: bytes, timestamp_ns: int) -> int:
-        status, counts = decode_frames_numpy(data, N_CH)
-        if status[0] & 0xF00000 != 0xC00000:
+        status, counts = decode_frames(data, N_CH)
+        if not is_synced(int(status[0])):
             return 0
         slot = self.head % self.capacity
         self.counts[slot] = counts[0]
@@ -90,7 +90,7 @@ def _bulk_ratio(n_blocks: int) -> tuple[float, float]:
     native = n_blocks * FS / (time.perf_counter() - t)
     t = time.perf_counter()
     for i in range(n_blocks):
-        decode_frames_numpy(frames, N_CH)
+        decode_frames(frames, N_CH)
     numpy_fps = n_blocks * FS / (time.perf_counter() - t)
     return native, numpy_fps
 

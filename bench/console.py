@@ -89,13 +89,13 @@ class _Fleet:
         return self.clients[i % len(self.clients)]
 
     def publish(self, i: int, channel: str, payload: dict, *, qos: int = 0, retain: bool = False):
-        from appliance import mqtt_schema as schema
+        from appliance.protocol import schema
 
         return self._client(i).publish(schema.topic(self.box_ids[i], channel), schema.encode(payload), qos=qos,
                                        retain=retain)
 
     def status_all(self) -> None:
-        from appliance import mqtt_schema as schema
+        from appliance.protocol import schema
 
         infos = []
         for i, box in enumerate(self.box_ids):
@@ -107,7 +107,7 @@ class _Fleet:
             info.wait_for_publish(10)
 
     def telemetry(self, i: int) -> None:
-        from appliance import mqtt_schema as schema
+        from appliance.protocol import schema
 
         p = schema.telemetry_payload(self.box_ids[i], schema.utc_now(), signal_quality_percent=80.0 + (i % 20),
                                      impedance_kohm=3.0 + (i % 7) * 0.5, frames_dropped=0, cpu_percent=21.0,
@@ -116,7 +116,7 @@ class _Fleet:
 
     def alert(self, i: int) -> float:
         """Publish one alert; return its wall-clock publish time in ms."""
-        from appliance import mqtt_schema as schema
+        from appliance.protocol import schema
 
         with self.lock:
             seq = self.seq[i] = self.seq.get(i, 0) + 1

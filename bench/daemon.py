@@ -66,21 +66,27 @@ def _parts(hyp):
 
 
 _BREAKDOWN = (
-    # (label, module, class or None, attribute): what the pipeline thread spends its CPU on, per call site
-    ("EDF+ writer (`EdfPlusRecorder.write`)", "appliance.edfplus", "EdfPlusRecorder", "write"),
+    # (label, module, class or None, attribute): what the pipeline thread spends its CPU on, per call site; a
+    # function is patched in the module that calls it (night_pipeline imports epoch_quality etc. by name)
+    ("framing: ring frames to microvolts, gap filling (`EpochAssembler.convert`, without the preprocessing)", "appliance.epoch_assembler", "EpochAssembler",
+     "convert"),
+    ("EDF+ writer (`EdfPlusRecorder.write`; 130 MB a night, kernel write-back included)", "appliance.edfplus",
+     "EdfPlusRecorder", "write"),
     ("preprocessing (`StreamingPreprocessor.process`)", "appliance.dsp", "StreamingPreprocessor", "process"),
-    ("epoch quality (`epoch_quality`)", "appliance.dsp", None, "epoch_quality"),
-    ("arousal features (`arousal_features`)", "appliance.dsp", None, "arousal_features"),
+    ("epoch quality (`epoch_quality`)", "appliance.night_pipeline", None, "epoch_quality"),
+    ("arousal features (`arousal_features`)", "appliance.night_pipeline", None, "arousal_features"),
     ("stager features (`stager.epoch_features`)", "appliance.stager", None, "epoch_features"),
     ("stager model (`Stager._predict_window`: TFLite invoke)", "appliance.stager", "Stager", "_predict_window"),
     ("loop model (`LoopDetector.update`: features + TFLite invoke)", "appliance.loop_model", "LoopDetector", "update"),
     ("stage message to MQTT (`BoxLink.publish_stage`)", "appliance.mqtt", "BoxLink", "publish_stage"),
     ("epochs.jsonl / events.jsonl (`JsonlWriter.write`)", "appliance.jsonl", "JsonlWriter", "write"),
     ("breather decision per epoch (`Breather.on_epoch`)", "appliance.breather", "Breather", "on_epoch"),
-    ("breather ticks (`Daemon._tick_breather`)", "appliance.daemon", "Daemon", "_tick_breather"),
+    ("breather ticks, once a second of signal (`NightPipeline.tick`)", "appliance.night_pipeline", "NightPipeline",
+     "tick"),
     ("ring buffer pops (`FrameRing.pop`)", "appliance.ring", "FrameRing", "pop"),
-    ("telemetry (`Daemon._telemetry`)", "appliance.daemon", "Daemon", "_telemetry"),
-    ("morning report, parent side (`Daemon._write_report`)", "appliance.daemon", "Daemon", "_write_report"),
+    ("telemetry (`NightPipeline.telemetry_if_due`)", "appliance.night_pipeline", "NightPipeline", "telemetry_if_due"),
+    ("morning report, parent side (`write_morning_report`; the PNG child's CPU is its own row above)",
+     "appliance.night_pipeline", None, "write_morning_report"),
 )
 """Call sites timed (thread CPU of the calling thread, outermost call only) by the breakdown replay."""
 
@@ -88,17 +94,19 @@ _BREAKDOWN = (
 def _instrument_breakdown() -> tuple[dict[str, list[float]], list[bool]]:
     """Wrap the :data:`_BREAKDOWN` call sites to add up the pipeline thread's CPU seconds and calls in each.
 
-    Only the outermost timed call counts (a JSONL write inside a breather tick is the tick's), only on the main
-    thread (the pipeline's) and only while the returned flag is set (during ``Daemon.run``). Each timed call
-    costs two ``time.thread_time()`` readings (about 1 us), some 20,000 calls a night: this replay's total is a
-    little higher than the clean ones', which is why the ratio comes from those.
+    Each row gets its call site's own time: a timed call inside another (preprocessing inside the framing, a JSONL
+    write inside a breather tick) counts in its own row and not in its caller's. Only on the main thread (the
+    pipeline's) and only while the returned flag is set (during ``Daemon.run``). Each timed call costs two
+    ``time.thread_time()`` readings (about 1 us), some 25,000 calls a night: this replay's total is a little
+    higher than the clean ones', which is why the ratio comes from those.
     """
     import functools
     import importlib
 
     acc: dict[str, list[float]] = {}
     main = threading.main_thread()
-    state = [False, False]  # [timing on, inside a timed call]
+    timing = [False]
+    inner: list[float] = []  # per open timed call: CPU seconds of the timed calls inside it
     for label, mod_name, cls_name, attr in _BREAKDOWN:
         owner = importlib.import_module(mod_name)
         if cls_name is not None:
@@ -111,20 +119,22 @@ def _instrument_breakdown() -> tuple[dict[str, list[float]], list[bool]]:
         def wrap(f=f, slot=acc[label]):
             @functools.wraps(f)
             def timed(*a, **k):
-                if not state[0] or state[1] or threading.current_thread() is not main:
+                if not timing[0] or threading.current_thread() is not main:
                     return f(*a, **k)
-                state[1] = True
+                inner.append(0.0)
                 t0 = time.thread_time()
                 try:
                     return f(*a, **k)
                 finally:
-                    slot[0] += time.thread_time() - t0
+                    spent = time.thread_time() - t0
+                    slot[0] += spent - inner.pop()
                     slot[1] += 1
-                    state[1] = False
+                    if inner:
+                        inner[-1] += spent
             return timed
 
         setattr(owner, attr, wrap())
-    return acc, state
+    return acc, timing
 
 
 def _thread_cpu_at_exit(mod_name: str, cls_name: str, attr: str) -> list[float]:
@@ -209,9 +219,10 @@ def worker_replay(hours: float, *, breakdown: bool = False) -> dict:
         sub.wait_for("alert", max(1, len(d.alerts_sent)), timeout_s=10)
         time.sleep(0.5)
         loop_lat = alert_lat = None
+        epoch_wall_s = d.epoch_wall_s if hasattr(d, "epoch_wall_s") else d.night.epoch_wall_s
         for topic, payload, t_recv in sub.messages:
             if topic.endswith("/event") and payload.get("kind") == "loop_detected" and loop_lat is None:
-                loop_lat = t_recv - d.epoch_wall_s[payload["epoch_index"]]
+                loop_lat = t_recv - epoch_wall_s[payload["epoch_index"]]
             if topic.endswith("/alert") and alert_lat is None and d.alerts_sent:
                 alert_lat = t_recv - d.alerts_sent[0]["wall_s"]
         sub.close()
@@ -371,8 +382,9 @@ def run(*, quick: bool = False) -> str:
         f"| alert decided (breather escalation or loop outlasting a session) -> parent's alert received from the broker"
         f" | {_fmt(rep['alert_latency_s'], ' s', 3)} | < 1 s |",
         "",
-        f"Where the pipeline thread's CPU goes, from one more replay with each call site timed (thread CPU, outermost"
-        f" call only; the timing itself adds ~1 us a call): pipeline thread {bd['main_thread_cpu_s']:.2f} s in all.",
+        f"Where the pipeline thread's CPU goes, from one more replay with each call site timed (thread CPU; a row is"
+        f" its call site's own time, timed calls inside it are in their own rows; the timing itself adds ~1 us a call):"
+        f" pipeline thread {bd['main_thread_cpu_s']:.2f} s in all.",
         "",
         "| call site | CPU s per night | calls | per call |",
         "|---|---|---|---|",
@@ -387,8 +399,9 @@ def run(*, quick: bool = False) -> str:
         timed += sec
         lines.append(f"| {label} | {sec:.2f} | {calls} | {1e6 * sec / calls if calls else 0:.0f} us |")
     lines += [
-        f"| the rest of `appliance/daemon.py` (the framing loop: float conversion, lead-off bits, gap filling,"
-        f" epoch bookkeeping, events; start-up and shut-down) | {bd['main_thread_cpu_s'] - timed:.2f} | | |",
+        f"| the rest: the daemon's loop (`Daemon._pipeline_loop`), `EpochAssembler.slices`, `NightPipeline.take` and"
+        f" `epoch_done`'s own bookkeeping (Epoch records, events, status), start-up and shut-down |"
+        f" {bd['main_thread_cpu_s'] - timed:.2f} | | |",
         "",
         f"Frames lost: replay {rep['frames_lost']}, real time {rt['frames_lost']} in the ring; the DRDY path missed "
         f"{rt['missed_drdy']} edges in real time (a loaded host; those epochs are flagged `frames_lost`). "

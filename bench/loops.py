@@ -28,7 +28,7 @@ def _median_s(fn, n: int) -> float:
 
 
 def _epochs(n: int):
-    from appliance.hypnogram import Stage
+    from appliance.protocol.stages import Stage
     from models.loops.simulate import simulate_night
 
     rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ def _breather_cost_s(epochs, ticks_per_epoch: int = 300) -> float:
     from appliance.audit import AuditLog
     from appliance.breather import Breather
     from appliance.outputs import BedsideLight, Speaker
-    from appliance.safety import BreatherConfig
+    from appliance.protocol.safety import BreatherConfig
 
     f = MockFactory(pin_class=MockPWMPin)
     with tempfile.TemporaryDirectory() as tmp:

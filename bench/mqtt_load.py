@@ -57,9 +57,9 @@ def _box_worker(box_ids: list[str], port: int, load: Load, t_start: float, out: 
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from appliance import mqtt_schema as schema
     from appliance.epoch import Epoch
-    from appliance.mqtt import set_tcp_nodelay
+    from appliance.protocol import schema
+    from appliance.protocol.transport import set_tcp_nodelay
 
     _raise_fd_limit(len(box_ids) + 256)
     rng = random.Random(hash(box_ids[0]) & 0xFFFF)
@@ -175,8 +175,8 @@ def _box_worker(box_ids: list[str], port: int, load: Load, t_start: float, out: 
 
 def run_load(load: Load, *, broker=None) -> dict:
     """Run one load against a private loopback mosquitto; return the measurements."""
-    from appliance import mqtt_schema as schema
     from appliance.fleet.ingest import FleetIngest
+    from appliance.protocol import schema
 
     own_broker = broker is None
     if own_broker:

@@ -15,12 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Mirrors appliance/ads1299_frame.py (STATUS_SYNC_MASK, STATUS_SYNC, FULL_SCALE_CODE, MIN_CODE);
- * tests/test_frame_layout.py reads these lines and fails if they differ. */
-#define BT_SYNC_MASK 0xF00000u  /* top nibble of the 24-bit status word */
-#define BT_SYNC_BITS 0xC00000u  /* must read binary 1100 (datasheet: status word format) */
-#define BT_CODE_MAX 0x7FFFFF    /* positive full scale; the ADC clips here (datasheet: "Data Format") */
-#define BT_CODE_MIN (-0x800000) /* negative full scale */
+/* The frame layout (BT_STATUS_BYTES, BT_SYNC_MASK, ...) is in ring.h, checked against appliance/ads1299_frame.py. */
+#define BT_SYNC_BYTE_MASK ((uint8_t)(BT_SYNC_MASK >> 16))  /* the sync nibble within the first status byte */
+#define BT_SYNC_BYTE ((uint8_t)(BT_SYNC_BITS >> 16))
 #define BT_MAX_CHANNELS 64u
 #define BT_CACHELINE 64
 
@@ -50,18 +47,20 @@ struct bt_ring {
     int have_last;                  /* producer-only */
 };
 
-size_t bt_frame_bytes(uint32_t n_channels) { return 3u + 3u * (size_t)n_channels; }
+size_t bt_frame_bytes(uint32_t n_channels) {
+    return (size_t)BT_STATUS_BYTES + (size_t)BT_BYTES_PER_CHANNEL * n_channels;
+}
 
 int bt_decode_frame(const uint8_t *frame, uint32_t n_channels, uint32_t *status, int32_t *counts) {
     uint32_t st = ((uint32_t)frame[0] << 16) | ((uint32_t)frame[1] << 8) | (uint32_t)frame[2];
     *status = st;
-    const uint8_t *p = frame + 3;
-    for (uint32_t c = 0; c < n_channels; c++, p += 3) {
+    const uint8_t *p = frame + BT_STATUS_BYTES;
+    for (uint32_t c = 0; c < n_channels; c++, p += BT_BYTES_PER_CHANNEL) {
         int32_t v = (int32_t)(((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | (uint32_t)p[2]);
         /* sign-extend 24 -> 32 bits without implementation-defined shifts */
         counts[c] = (v ^ 0x800000) - 0x800000;
     }
-    return ((st & BT_SYNC_MASK) == BT_SYNC_BITS) ? 0 : -1;
+    return ((st & (uint32_t)BT_SYNC_MASK) == (uint32_t)BT_SYNC_BITS) ? 0 : -1;
 }
 
 bt_ring *bt_ring_new(uint32_t capacity_frames, uint32_t n_channels) {
@@ -135,7 +134,7 @@ int64_t bt_ring_push_raw(bt_ring *r, const uint8_t *data, size_t nbytes, int64_t
     int32_t scratch[BT_MAX_CHANNELS];
     for (size_t i = 0; i < n; i++) {
         const uint8_t *f = data + i * fb;
-        if ((f[0] & 0xF0u) != 0xC0u) { corrupt++; continue; }
+        if ((f[0] & BT_SYNC_BYTE_MASK) != BT_SYNC_BYTE) { corrupt++; continue; }   /* before decoding it */
         if (head - tail >= r->capacity) {
             /* looks full: refresh our view of the consumer once before refusing */
             tail = atomic_load_explicit(&r->tail, memory_order_acquire);

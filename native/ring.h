@@ -5,19 +5,31 @@
  *   3 status bytes (1100 + LOFF_STATP[7:0] + LOFF_STATN[7:0] + GPIOD[4:1]) then
  *   n_channels x 24-bit two's-complement big-endian channel values
  * (ADS1299 datasheet SBAS499, "Data Output Format"; see ../shared/reference/ads1299.md section 4, relative to the repository).
- * The same layout is defined for Python in appliance/ads1299_frame.py; tests/test_frame_layout.py checks
- * that the two agree (frame size, sync nibble, full-scale codes).
+ * The layout is defined for Python in appliance/ads1299_frame.py; the constants below repeat it for the C
+ * decoder, and cffi hands them to Python (lib.BT_*) so tests/test_frame_layout.py compares the compiled
+ * values, not the source text, with that module.
  *
  * Threading contract: exactly one producer thread calls bt_ring_push_raw(); exactly one consumer thread
  * calls bt_ring_pop() / bt_ring_peek_last(). Counters may be read from any thread.
- * This header is also fed to cffi's cdef(), so it holds plain declarations only (no macros with values,
- * no atomics): the struct is opaque.
+ * This header is also fed to cffi's cdef(), so it holds plain declarations only (constants as enums, no
+ * macros with values, no atomics): the struct is opaque.
  */
 #ifndef BEDTIME_RING_H
 #define BEDTIME_RING_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* The RDATAC frame (appliance/ads1299_frame.py: STATUS_BYTES, BYTES_PER_CHANNEL, STATUS_SYNC_MASK, STATUS_SYNC,
+ * FULL_SCALE_CODE, MIN_CODE). */
+enum {
+    BT_STATUS_BYTES = 3,        /* the 24-bit status word comes first ... */
+    BT_BYTES_PER_CHANNEL = 3,   /* ... then one 24-bit two's-complement code per channel */
+    BT_SYNC_MASK = 0xF00000,    /* top nibble of the status word, which ... */
+    BT_SYNC_BITS = 0xC00000,    /* ... must read binary 1100, or the frame is corrupt */
+    BT_CODE_MAX = 0x7FFFFF,     /* positive full scale; the ADC clips here (datasheet: "Data Format") */
+    BT_CODE_MIN = -0x800000     /* negative full scale */
+};
 
 /* Return codes of bt_ring_push_raw() below zero. */
 enum {

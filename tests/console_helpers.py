@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from appliance.fleet import auth
-from appliance.protocol import signing
 from appliance.fleet.web import ConsoleSettings, create_app
-from appliance.updates import HealthReport, UpdateManager, decode_update_args
+from appliance.protocol import signing
+from appliance.protocol.updates import decode_update_args
+from appliance.updates import HealthReport, UpdateManager
 
 def cheap_hashing() -> None:
     """Argon2id with the cheapest parameters: the tests check the logic, not the cost (1 s per hash here)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 
 
 def pipeline_parts(hypnogram: np.ndarray | None = None, **extra):
@@ -87,7 +87,7 @@ class Subscriber:
 
 
 def box_config(tmp: Path, *, port: int | None, box_id: str = "box-a", **sections) -> "object":
-    from appliance.config import validate_config
+    from appliance.protocol.boxconfig import validate_config
 
     from appliance.demo import DEMO_BREATHER
 

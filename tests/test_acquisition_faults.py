@@ -8,8 +8,8 @@ import pytest
 
 from appliance.acquisition import Acquisition, DriftTracker
 from appliance.ads1299_sim import Fault, simulated_board
-from appliance.signal_sources import NoiseSource
 from appliance.ring import FrameRing
+from appliance.signal_sources import NoiseSource
 
 
 def run(board, n_conversions: int, *, ring_capacity: int = 4096, consume: bool = True, timeout_s: float = 30.0,
@@ -219,4 +219,34 @@ def test_edge_modes_need_a_drdy_input():
     board = simulated_board(speed=float("inf"), drdy_pin_number=None)
     with pytest.raises(ValueError, match="DRDY"):
         Acquisition(board.chip, FrameRing(10, 8), mode="drdy")
+    board.close()
+
+
+def test_a_thread_that_cannot_start_leaves_acquisition_stoppable_and_restartable(monkeypatch):
+    """The OS can refuse a thread (RLIMIT_NPROC, memory): start() says so, and stop() afterwards must not
+    raise "cannot join thread before it is started" in the daemon's clean-up; a later start() works."""
+    import threading
+
+    board = burst([])
+    ring = FrameRing(4096, board.chip.n_channels)
+    acq = Acquisition(board.chip, ring, mode="burst", backpressure=False)
+    real_start = threading.Thread.start
+
+    def refuse(self):
+        if self.name == "acquisition":
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        acq.start()
+    assert not acq.running
+    acq.stop()                                          # must not raise
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    acq.start()
+    deadline = time.monotonic() + 30
+    while ring.counters.pushed == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    acq.stop()
+    assert ring.counters.pushed > 0 and acq.exception is None
     board.close()

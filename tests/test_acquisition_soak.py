@@ -10,8 +10,8 @@ import pytest
 
 from appliance.acquisition import Acquisition
 from appliance.ads1299_sim import Fault, simulated_board
-from appliance.signal_sources import NoiseSource, SineSource
 from appliance.ring import FrameRing, empty_frames
+from appliance.signal_sources import NoiseSource, SineSource
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ MINUTES = 10
 def sleep_eeg_source():
     """The staging helper's synthetic sleep EEG if it is there; otherwise sines plus noise."""
     try:
-        from appliance.hypnogram import Stage
+        from appliance.protocol.stages import Stage
         from appliance.synthetic_eeg import SyntheticSleepEEG
     except ImportError:
         class Mixed:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from appliance import ads1299 as ads
-from appliance.ads1299_frame import uv_per_count
+from appliance.ads1299_frame import decode_frames, uv_per_count
 from appliance.ads1299_sim import Fault, SimulatedADS1299, SimulatedSpiDev, simulated_board
 from appliance.signal_sources import EdfSource, NoiseSource, SineSource
 
@@ -128,8 +128,14 @@ def test_drdy_pin_toggles_at_the_data_rate(mock_pins):
     pin.when_changed = on_change
     t_start = spi.clock_ns()
     time.sleep(0.5)                                            # ~2 simulated s
-    spi.xfer2([ads.STOP])
-    elapsed_s = (spi.clock_ns() - t_start) / 1e9
+    # A busy host starves the simulator's DRDY thread (here: 0.25 s on purpose; a loaded host does it by chance). While the chip runs,
+    # its clock waits for that thread, so the rate holds in simulated time; after STOP the clock runs free, so
+    # the elapsed time is read before it (read after, it counted 1 s without edges: 418 edges for 690 expected)
+    with spi.chip._lock:
+        time.sleep(0.25)
+        t_end = spi.clock_ns()
+        spi.xfer2([ads.STOP])
+    elapsed_s = (t_end - t_start) / 1e9
     n = len(lows)
     assert elapsed_s > 1.0
     assert n == pytest.approx(elapsed_s * 250 - 4, abs=8)      # 250 SPS, minus ~4 periods of settling
@@ -188,7 +194,7 @@ def test_faults_in_the_burst_path():
     gaps = np.rint(np.diff(edges) / np.diff(edges).min()).astype(int)
     assert sorted(set(gaps.tolist())) == [1, 3]                # one gap of 3 periods: 2 missing frames
     assert fr[100, 0] & 0xF0 == 0x40                           # sync nibble flipped
-    st, counts = ads.decode_frames_numpy(data, 8)
+    st, counts = decode_frames(data, 8)
     assert np.all(counts[300 - 2 + 0:300 - 2 + 50, 2] == counts[298, 2])
     assert np.all(counts[398:403, 4] == 2**23 - 1)
     loffp = (st >> 12) & 0xFF
@@ -208,7 +214,7 @@ def test_test_signal_shorted_and_gains_scale_counts():
     for c in range(8):
         chip.write_register(ads.REG_CH1SET + c, ads.channel_set_byte(gain=[1, 24][c % 2], mux=ads.MUX_TEST))
     chip.start_streaming()
-    st, counts = ads.decode_frames_numpy(spi.read_frames(1000), 8)
+    st, counts = decode_frames(spi.read_frames(1000), 8)
     uv = counts * np.array([uv_per_count([1, 24][c % 2]) for c in range(8)])   # gains written by hand
     assert np.percentile(uv, 95, axis=0) == pytest.approx(3750, rel=0.01)
     assert np.percentile(uv, 5, axis=0) == pytest.approx(-3750, rel=0.01)
@@ -234,7 +240,7 @@ def test_edf_replay_resampled_and_scaled(tmp_path):
     assert np.allclose(x[:, 0], x[:, 1], atol=0.5)             # mV signal came back in uV
     # through the chip at gain 24: counts = uV / 0.02235
     board = burst_board(source=EdfSource(path, fs_hz=250.0), variant_channels=4)
-    st, counts = ads.decode_frames_numpy(board.spi.read_frames(2500), 4)
+    st, counts = decode_frames(board.spi.read_frames(2500), 4)
     uv = board.chip.counts_to_uv(counts)
     assert np.abs(uv[500:2000, 0]).max() == pytest.approx(40.0, rel=0.05)
     assert np.allclose(uv[:, 2], uv[:, 0], atol=2.0)           # 2 file signals feed 4 channels cyclically
@@ -252,11 +258,11 @@ def test_edf_replay_of_real_psg_excerpt(shared):
 
 def test_synthetic_sleep_eeg_is_accepted_unchanged():
     synthetic_eeg = pytest.importorskip("appliance.synthetic_eeg")
-    from appliance.hypnogram import Stage
+    from appliance.protocol.stages import Stage
 
     src = synthetic_eeg.SyntheticSleepEEG(np.array([Stage.N2, Stage.N3]), fs_hz=250.0, n_channels=8, seed=3)
     board = burst_board(source=src)
-    st, counts = ads.decode_frames_numpy(board.spi.read_frames(2 * 7500), 8)
+    st, counts = decode_frames(board.spi.read_frames(2 * 7500), 8)
     uv = board.chip.counts_to_uv(counts)
     assert uv[:, 0].std() > 5.0                                # real EEG-sized signal came through
     assert np.corrcoef(uv[:, 0], src.render_channel(0)[:15000])[0, 1] > 0.99

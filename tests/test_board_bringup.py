@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.config import validate_config
 from appliance.hardware import mock_pin_factory, open_chip
+from appliance.protocol.boxconfig import validate_config
 
 APPLIANCE = Path(__file__).resolve().parent.parent / "appliance"
 
@@ -53,9 +53,10 @@ def test_open_chip_brings_the_simulator_up_as_configured() -> None:
         spi.chip.close()
 
 
-def test_driver_and_acquisition_do_not_sniff_for_the_simulator() -> None:
-    # they used getattr(spi, "drdy_edge_ns"/"clock_ns"/"speed"/"read_frames"); now they ask chip.board
-    for name in ("ads1299.py", "acquisition.py"):
+def test_driver_acquisition_and_hardware_do_not_sniff_for_the_simulator() -> None:
+    # they used getattr(spi, "drdy_edge_ns"/"clock_ns"/"speed"/"read_frames"); now they ask chip.board;
+    # hardware.py used getattr on the acquisition (counters, poll_events) and on the outputs (level, value)
+    for name in ("ads1299.py", "acquisition.py", "hardware.py"):
         calls = [n for n in ast.walk(ast.parse((APPLIANCE / name).read_text()))
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "hasattr")]
         assert not calls, f"{name} line {calls[0].lineno}"
@@ -107,3 +108,37 @@ def test_board_shutdown_stops_the_simulated_drdy_thread() -> None:
         assert spi.chip._thread is None or not spi.chip._thread.is_alive()
     finally:
         chip.drdy.close()
+
+
+def test_open_chip_puts_the_real_chip_on_the_host_board(monkeypatch) -> None:
+    """The box's branch of open_chip (spidev + the GPIO DRDY pin), with a chip wired to the configured pin."""
+    import sys
+    import types
+
+    from gpiozero import Device
+
+    from appliance.ads1299 import HostBoard
+    from appliance.ads1299_sim import SimulatedSpiDev
+
+    cfg = validate_config({})
+    pins = mock_pin_factory()
+    monkeypatch.setattr(Device, "pin_factory", pins)
+
+    class WiredSpiDev(SimulatedSpiDev):
+        """Stands in for ``spidev.SpiDev``: a chip whose DRDY drives the configured GPIO pin."""
+
+        def __init__(self) -> None:
+            super().__init__(drdy_pin=pins.pin(cfg.acquisition.drdy_pin))
+
+    monkeypatch.setitem(sys.modules, "spidev", types.SimpleNamespace(SpiDev=WiredSpiDev))
+    chip, spi = open_chip(cfg, simulate=False)
+    try:
+        assert isinstance(chip.board, HostBoard) and chip.board.drdy is chip.drdy is not None
+        assert chip.bring_ups == 1 and chip.n_channels == cfg.acquisition.channels and chip.streaming
+        raw, edges = chip.read_frames_timed(25)
+        assert len(raw) == 25 * chip.frame_bytes and np.all(np.diff(edges) > 0)   # host-clock DRDY times
+    finally:
+        chip.drdy.close()
+        spi.close()
+        spi.chip.close()
+        pins.reset()

@@ -1,7 +1,7 @@
 """Anything a box receives over MQTT (a retained config, any command, a signed or forged update) never makes it open
 a file the message names, and never raises out of the handler (issue 11, High #2 and the lows).
 
-The handlers are the daemon's own (``Daemon._register_link_handlers`` and ``appliance.updates.attach_to_link`` on a
+The handlers are the daemon's own (``ClinicCommands.register`` and ``appliance.updates.attach_to_link`` on a
 real :class:`appliance.mqtt.BoxLink`), driven in-process with generated payloads: wrong types, huge, deeply nested,
 binary, and strings that are paths of files a careless box would read (``/dev/zero``, ``/etc/passwd``, a FIFO,
 a directory, a big file). Every ``open``/``os.open`` in the process is recorded while a message is handled; only
@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from appliance import mqtt_schema as schema
-from appliance.commands import COMMANDS
-from appliance.config import _SECTIONS, describe_keys
-from appliance.daemon import SIGNED_UPDATES_REQUIRED, Daemon, make_link
-from appliance.protocol import signing
+from appliance.clinic_commands import SIGNED_UPDATES_REQUIRED, make_link
+from appliance.daemon import Daemon
 from appliance.hardware import SimulationSource, open_hardware
+from appliance.jsonl import JsonlWriter
+from appliance.protocol import schema
+from appliance.protocol import signing
+from appliance.protocol.boxconfig import _SECTIONS, describe_keys
+from appliance.protocol.commands import COMMANDS
 from appliance.updates import attach_to_link
 from tests.daemon_helpers import box_config
 
@@ -72,7 +74,7 @@ class OpenSpy:
 
 
 class Box:
-    """The daemon's handlers on the BoxLink ``daemon.make_link`` builds, never started (messages are handed to it
+    """The daemon's handlers on the BoxLink ``clinic_commands.make_link`` builds, never started (messages are handed to it
     directly)."""
 
     def __init__(self, root: Path, *, pinned: bool, key_pem: Path | None) -> None:
@@ -83,16 +85,16 @@ class Box:
         hw = open_hardware(self.cfg, simulate=True, source=SimulationSource(hypnogram=np.full(2, N2, np.int8)),
                            speed=60.0)
         d = Daemon(self.cfg, hardware=hw)
-        d._events_file = open(root / "events.jsonl", "a")  # noqa: SIM115
-        d.updates = d._make_update_manager()
+        d.journal.events_file = JsonlWriter(root / "events.jsonl")  # as the daemon opens it
+        d.updates = d.commands.make_update_manager(stages_flowing=d._stages_flowing)
         d.link = make_link(self.cfg, model_versions={})
-        d._register_link_handlers()
+        d.commands.register(d.link)
         if d.updates is not None:
             attach_to_link(d.updates, d.link)
         self.daemon, self.link = d, d.link
 
     def close(self) -> None:
-        self.daemon._events_file.close()
+        self.daemon.journal.close()
         self.link.outbox.close()
 
 
@@ -235,7 +237,6 @@ def test_hostile_commands_over_the_broker_get_a_bounded_reply(tmp_path, broker, 
     from paho.mqtt.enums import CallbackAPIVersion
 
     caplog.set_level(logging.DEBUG)
-    import appliance.updates  # noqa: F401  (registers the update command)
     from tests.broker import Recorder, make_box, wait_until
 
     link = make_box(tmp_path, "box-a", broker.host, broker.port)

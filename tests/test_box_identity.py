@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.config import EXAMPLE_BOX_ID, load_config
+from appliance.config import load_config
+from appliance.protocol.boxconfig import EXAMPLE_BOX_ID
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,13 +16,13 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from appliance import safety
 from appliance.audit import AuditLog, verify
 from appliance.breather import Breather, BreatherState
 from appliance.epoch import Epoch, SignalQuality
-from appliance.hypnogram import Stage
 from appliance.outputs import BedsideLight, OkButton, Speaker
-from appliance.safety import BreatherConfig
+from appliance.protocol import safety
+from appliance.protocol.safety import BreatherConfig
+from appliance.protocol.stages import Stage
 
 LIGHT_PIN, SPEAKER_PIN, BUTTON_PIN = 18, 13, 17
 EPS = 1e-9

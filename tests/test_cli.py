@@ -219,7 +219,7 @@ def test_run_simulate_then_report_and_outputs_off_meet_in_one_folder(home, tmp_p
 # ---- selftest without the chip -----------------------------------------------------------------------
 @pytest.mark.parametrize("bus", [0, 1])
 def test_selftest_without_the_chip_names_the_spi_device_and_simulate(bus):
-    from appliance.config import validate_config
+    from appliance.protocol.boxconfig import validate_config
     from appliance.selftest import run_selftest
 
     device = Path(f"/dev/spidev{bus}.0")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import (BoxConfig, ConfigError, check_local_files, describe_keys, load_config, merge_config,
-                              validate_config)
+from appliance.config import check_local_files, load_config
+from appliance.protocol.boxconfig import BoxConfig, ConfigError, describe_keys, merge_config, validate_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "bedtime.example.toml"
 
@@ -17,7 +17,7 @@ def test_example_is_valid_and_documents_every_key():
     assert isinstance(cfg, BoxConfig)
     text = EXAMPLE.read_text()
     keys = [k for k, _d, _doc in describe_keys()]
-    from appliance.safety import BreatherConfig
+    from appliance.protocol.safety import BreatherConfig
 
     keys += [f"breather.{k}" for k in BreatherConfig().to_dict()]
     for key in keys:
@@ -60,7 +60,7 @@ def test_bad_values_name_their_key(doc, key):
 
 
 def test_breather_settings_are_checked_against_the_safety_envelope():
-    pytest.importorskip("appliance.safety")
+    pytest.importorskip("appliance.protocol.safety")
     with pytest.raises(ConfigError) as ei:
         validate_config({"breather": {"no_such_setting": 1}})
     assert ei.value.key == "breather.no_such_setting"
@@ -90,8 +90,9 @@ def test_merge_pushed_config():
 
 
 def test_example_breather_values_are_the_safety_defaults():
-    """The example shows the breather's defaults; if appliance/safety.py changes one, the example must follow."""
-    from appliance.safety import BreatherConfig
+    """The example shows the breather's defaults; if appliance/protocol/safety.py changes one, the example must
+    follow."""
+    from appliance.protocol.safety import BreatherConfig
 
     example = tomllib.loads(EXAMPLE.read_text())["breather"]
     assert example == BreatherConfig().to_dict()

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.protocol import signing
 from appliance.fleet.configcheck import MAX_PATH_CHARS, path_keys, validate_offline
+from appliance.protocol import signing
 from tests.console_helpers import add_staff, console_settings, create_app, csrf_of, login
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -131,7 +131,7 @@ def test_generated_paths_are_never_opened_and_answer_alike(console, dotted, path
 
 
 def test_offline_validator_still_refuses_what_the_box_refuses():
-    from appliance.config import ConfigError
+    from appliance.protocol.boxconfig import ConfigError
 
     with pytest.raises(ConfigError, match="tls_key"):
         validate_offline({"mqtt": {"tls_cert": "/etc/bedtime/client.crt"}})  # a cert needs its key

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance import mqtt_schema as schema
 from appliance.fleet.ingest import MAX_JSON_DEPTH, FleetIngest, json_problem
+from appliance.protocol import schema
 from tests.console_helpers import console_settings, create_app, wait_for
 
 CHANNELS = ("status", "telemetry", "alert", "event", "stage", "report")

@@ -128,7 +128,7 @@ def test_a_failing_publish_alert_does_not_lose_the_alert(tmp_path):
     assert '"event":"alert"' in audit
     # The link works again (a new outbox): the kept alert is queued.
     link.outbox = Outbox(tmp_path / "outbox.sqlite")
-    d._retry_unsent_alerts()
+    d.alerts.retry_unsent()
     rows = link.outbox.peek()
     assert [json.loads(x.payload)["kind"] for x in rows if x.topic.endswith("/alert")] == ["loop_persists_after_breather"]
     link.outbox.close()
@@ -154,7 +154,7 @@ def test_a_failed_audit_write_does_not_stop_the_escalation_alert(full_small_disk
     (ENOSPC) is logged and counted, the parent still hears. Before the fix the audit write came first and
     its exception stopped the alert."""
     from appliance.audit import AuditLog
-    from appliance.safety import BreatherConfig
+    from appliance.protocol.safety import BreatherConfig
     from tests.test_breather import Rig, ep
     from tests.test_outbox_disk_full import fill
 

@@ -13,14 +13,14 @@ import edfio
 import numpy as np
 import pytest
 
-from appliance import safety
 from appliance.audit import verify as audit_verify
 from appliance.daemon import Daemon
-from appliance.hardware import SimulationSource, open_hardware
 from appliance.demo import scripted_night
-from appliance.hypnogram import Stage
 from appliance.edfplus import ANNOTATION_STAGE
+from appliance.hardware import SimulationSource, open_hardware
 from appliance.nightfolder import EPOCHS_JSONL
+from appliance.protocol import safety
+from appliance.protocol.stages import Stage
 from appliance.report import sleep_statistics
 from appliance.report_load import load_night
 from tests.daemon_helpers import Subscriber, box_config, pipeline_parts

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from appliance.daemon import Daemon
-from appliance.hardware import SIM_OUTPUTS_FILE, ScriptedFault, SimulationSource, open_hardware, read_sim_outputs
 from appliance.edfplus import ANNOTATION_STAGE
+from appliance.hardware import SIM_OUTPUTS_FILE, ScriptedFault, SimulationSource, open_hardware, read_sim_outputs
 from appliance.nightfolder import NIGHT_EDF, list_nights
 from tests.daemon_helpers import Subscriber, box_config, pipeline_parts, short_night_with_loop
 
@@ -139,8 +139,8 @@ def test_sigkill_mid_night_leaves_outputs_off_and_a_readable_edf(tmp_path):
 @pytest.mark.broker
 def test_broker_down_for_part_of_the_night_loses_no_alert(tmp_path, mqtt_pki):
     from appliance import __version__
-    from appliance.config import validate_config
     from appliance.mqtt import BoxLink
+    from appliance.protocol.boxconfig import validate_config
     from tests.broker import MosquittoBroker
 
     # tests/broker.py runs mosquitto with persistence on; with a persistent session the phone keeps its

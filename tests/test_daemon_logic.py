@@ -8,10 +8,11 @@ import json
 import numpy as np
 
 from appliance.audit import verify
-from appliance.config import validate_config
-from appliance.daemon import PUSHED_CONFIG, Daemon, PipelineParts
+from appliance.daemon import Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
 from appliance.jsonl import JsonlWriter
+from appliance.protocol.boxconfig import validate_config
+from appliance.pushed_config import PUSHED_CONFIG
 from tests.daemon_helpers import box_config
 
 W, R, N2 = 0, 4, 2
@@ -50,7 +51,7 @@ def _run(tmp_path, stages, p_loop, *, breather_enabled=True):
     hyp = np.full(len(stages), N2, dtype=np.int8)  # the EEG is irrelevant here: the stager is scripted
     hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp), speed=float("inf"))
     d = Daemon(cfg, hardware=hw, parts=PipelineParts(stager=ScriptedStager(stages), loop_detector=ScriptedLoops(p_loop)))
-    d.breather_enabled = breather_enabled
+    d.night.breather_enabled = breather_enabled
     return d, d.run(), cfg
 
 
@@ -88,18 +89,12 @@ def test_a_pushed_config_is_kept_for_the_next_start(tmp_path):
     from appliance.pushed_config import PushedConfigStore
 
     cfg = box_config(tmp_path, port=None)
-    d = Daemon.__new__(Daemon)  # only the handler's own state is needed
-    d.cfg, d.file_cfg, d.events, d.link, d.recorder, d.updates = cfg, cfg, [], None, None, None
-    d.pushed_store = PushedConfigStore(cfg.box.state_dir)
-    import threading
-
-    d._events_lock = threading.Lock()
-    d.counters = {"frames": 0}
-    d.fs_hz = 250
-    d._events_file = JsonlWriter(tmp_path / "events.jsonl")  # as the daemon opens it
+    hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=np.full(2, N2, np.int8)), speed=60.0)
+    d = Daemon(cfg, hardware=hw)  # not run: only the clinic's handlers are used
+    d.journal.events_file = JsonlWriter(tmp_path / "events.jsonl")  # as the daemon opens it
     pushed = {"box": {"id": "someone-else"}, "telemetry": {"interval_s": 5}, "breather": {"cue_s": 30.0}}
-    d._on_pushed_config(d._validate_pushed_config(pushed))
-    d._events_file.close()
+    d.commands.on_pushed_config(d.commands.validate_pushed_config(pushed))
+    d.journal.close()
     stored = json.loads((tmp_path / "state" / PUSHED_CONFIG).read_text())
     assert stored["telemetry"]["interval_s"] == 5 and "id" not in stored.get("box", {})
     assert d.events[-1]["ignored_local_keys"] == ["box.id"]

@@ -9,12 +9,15 @@ import threading
 import numpy as np
 import pytest
 
-from appliance.commands import COMMANDS
-from appliance.daemon import PUSHED_CONFIG, SIGNED_UPDATES_REQUIRED, Daemon, PipelineParts
+from appliance.clinic_commands import SIGNED_UPDATES_REQUIRED
+from appliance.daemon import Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
-from appliance.protocol import signing
-from appliance.updates import encode_update_args
 from appliance.jsonl import JsonlWriter
+from appliance.night_parts import load_stager
+from appliance.protocol import signing
+from appliance.protocol.commands import COMMANDS
+from appliance.protocol.updates import encode_update_args
+from appliance.pushed_config import PUSHED_CONFIG
 from tests.broker import Recorder, wait_until
 from tests.daemon_helpers import box_config
 from tests.test_daemon_logic import ScriptedLoops, ScriptedStager
@@ -127,7 +130,7 @@ def test_the_health_check_fails_when_stages_stop_flowing(running, keys, tmp_path
     key, pub = keys
     box = running(updates={"public_key_file": str(pub)})
     box.daemon.hw.acquisition.acq.stop()  # the chip goes quiet: the daemon declares "no data from the chip"
-    assert wait_until(lambda: box.daemon._fault_active is not None, 30)
+    assert wait_until(lambda: box.daemon.night.fault_active is not None, 30)
     payload = json.dumps({"telemetry": {"interval_s": 20.0}}).encode()
     manifest = signing.sign_bytes(payload, key, boxes=["box-a"], kind="config", name="clinic.json", version="cfg-9")
     res = box.request("update", encode_update_args("config", payload, manifest))["result"]
@@ -195,12 +198,12 @@ def test_an_applied_model_is_the_stage_model_of_the_next_start(tmp_path, keys):
     def load():
         hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=np.full(2, N2, np.int8)), speed=60.0)
         d = Daemon(cfg, hardware=hw)
-        d._events_file = JsonlWriter(tmp_path / "events.jsonl")  # as the daemon opens it
+        d.journal.events_file = JsonlWriter(tmp_path / "events.jsonl")  # as the daemon opens it
         try:
-            d.updates = d._make_update_manager()
-            return d._load_stager(), d.events
+            updates = d.commands.make_update_manager(stages_flowing=d._stages_flowing)
+            return load_stager(cfg, updates=updates, record_event=d.journal.event), d.events
         finally:
-            d._events_file.close()
+            d.journal.close()
 
     stager, events = load()
     assert stager.model_path == applied

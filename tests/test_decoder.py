@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.ads1299 import decode_frames_numpy
+from appliance.ads1299_frame import decode_frames, encode_frames
 from appliance.ring import FrameRing
 
 
@@ -65,7 +65,7 @@ def test_c_decoder_matches_reference(case, t0_ns, period_ns, one_call):
     assert out.status.tolist() == [s for _, _, s, _ in valid]
     assert out.counts.tolist() == [c for *_, c in valid]
     # the numpy decoder (self-tests, bench baseline) agrees as well
-    status, counts = decode_frames_numpy(b"".join(frames), n_channels)
+    status, counts = decode_frames(b"".join(frames), n_channels)
     assert status.tolist() == [s for _, _, s, _ in expected]
     assert counts.tolist() == [c for *_, c in expected]
 
@@ -83,3 +83,15 @@ def test_full_scale_codes():
     ring.push_raw(bytes([0xC0, 0, 0, 0x7F, 0xFF, 0xFF, 0x80, 0x00, 0x00]), 0)
     assert ring.pop(1).counts[0].tolist() == [2**23 - 1, -(2**23)]
     assert np.int32(-(2**23)) == -8388608
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([1, 4, 8]).flatmap(lambda nch: st.lists(
+    st.tuples(valid_status, st.lists(channel_value, min_size=nch, max_size=nch)), min_size=1, max_size=20)))
+def test_the_simulators_encoder_is_the_decoders_inverse(rows):
+    status = np.array([s for s, _ in rows], np.int64)
+    counts = np.array([c for _, c in rows], np.int64)
+    frames = encode_frames(status, counts)
+    assert frames.tobytes() == b"".join(encode(s, c) for s, c in rows)    # the datasheet's byte order
+    st_back, counts_back = decode_frames(frames.tobytes(), counts.shape[1])
+    assert st_back.tolist() == status.tolist() and counts_back.tolist() == counts.tolist()

@@ -7,9 +7,10 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from appliance import homeassistant
-from appliance.episodes import (ALERT_SEVERITY, ALERT_TITLE, LOOP_END_EPOCHS, LOOP_PERSIST_EPOCHS, P_LOOP_THRESHOLD,
-                                LoopEpisodes, alert_text)
-from appliance.safety import MIN_P_LOOP_THRESHOLD, BreatherConfig
+from appliance.episodes import (ALERT_SEVERITY, ALERT_TITLE, LOOP_END_EPOCHS, LOOP_PERSIST_EPOCHS, LoopEpisodes,
+                                alert_text)
+from appliance.protocol.safety import P_LOOP_THRESHOLD
+from appliance.protocol.safety import MIN_P_LOOP_THRESHOLD, BreatherConfig
 
 epochs = st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), max_size=120)
 thresholds = st.floats(MIN_P_LOOP_THRESHOLD, 1.0)

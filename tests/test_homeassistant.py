@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from appliance import homeassistant as ha
-from appliance import mqtt_schema as schema
 from appliance.epoch import Epoch
+from appliance.protocol import schema
 
 T0 = datetime(2026, 11, 23, 2, 41, 30, tzinfo=timezone.utc)
 BOX = "ward3-07"

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from appliance.hypnogram import (
-    Stage, dreams_to_epochs, read_hypnogram, read_sleep_edf_txt, read_yasa_txt, real_hypnograms,
-)
+from appliance.hypnogram import dreams_to_epochs, read_hypnogram, read_sleep_edf_txt, read_yasa_txt, real_hypnograms
+from appliance.protocol.stages import Stage
 
 
 def test_sleep_edf_letters_merge_rk_3_and_4(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from appliance.epoch import ArousalFeatures, Epoch, SignalQuality
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from appliance.loop_model import (DEFAULT_MODEL_PATH, N_FEATURES, WINDOW_EPOCHS, LoopDetector, epoch_features,
                                   padded_window)
 from appliance.tflite import ModelIntegrityError, file_sha256, load_model_card

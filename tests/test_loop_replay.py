@@ -16,7 +16,7 @@ import logging
 
 import pytest
 
-from appliance.safety import BreatherConfig
+from appliance.protocol.safety import BreatherConfig
 from models.loops.replay import DETECTION_THRESHOLD, replay_night, report_markdown, summarise
 
 COUNT_RATIO_MIN, COUNT_RATIO_MAX = 0.5, 2.0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from appliance.epoch import ArousalFeatures
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from appliance.loops import (LoopDefinition, find_loops, find_returns, loop_active, runs_of_true,
                              summarise_night)
 

@@ -5,7 +5,9 @@ Rules (docs/architecture.md, "Layers"):
 1. The box (``appliance/*`` outside ``appliance/fleet``) never imports the clinic (``appliance.fleet``), the
    training code (``models``), nor the clinic's or the trainer's third-party packages.
 2. The protocol layer (``appliance.protocol``) imports nothing of the box or the clinic.
-3. A box module imports only modules of its own layer or lower ones (:data:`LAYERS`, lowest first).
+3. The clinic (``appliance.fleet``) imports, of this project, only the protocol layer and itself: what it shares
+   with the box is a contract defined once in ``appliance.protocol``, never a box module.
+4. A box module imports only modules of its own layer or lower ones (:data:`LAYERS`, lowest first).
 
 Every box module must be placed in a layer: a new module fails here until it is put on the map (here and in
 docs/architecture.md), so the map cannot silently go stale.
@@ -20,19 +22,24 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("protocol", {"appliance.protocol", "appliance.protocol.ids", "appliance.protocol.signing"}),
-    ("foundation", {"appliance", "appliance.hypnogram", "appliance.epoch", "appliance.safety", "appliance.audit",
-                    "appliance.cliparse", "appliance.tflite", "appliance.config", "appliance.jsonl",
-                    "appliance.episodes"}),
+    ("protocol", {"appliance.protocol", "appliance.protocol.ids", "appliance.protocol.signing",
+                  "appliance.protocol.stages", "appliance.protocol.schema", "appliance.protocol.commands",
+                  "appliance.protocol.updates", "appliance.protocol.safety", "appliance.protocol.boxconfig",
+                  "appliance.protocol.transport", "appliance.protocol.cliparse", "appliance.protocol.version"}),
+    ("foundation", {"appliance", "appliance.hypnogram", "appliance.epoch", "appliance.audit", "appliance.tflite",
+                    "appliance.config", "appliance.jsonl", "appliance.episodes"}),
     ("hardware edge", {"appliance.ring", "appliance.ads1299", "appliance.ads1299_sim", "appliance.signal_sources",
-                       "appliance.ads1299_frame", "appliance.synthetic_eeg",
+                       "appliance.ads1299_frame", "appliance.ads1299_selftest", "appliance.synthetic_eeg",
                        "appliance.acquisition", "appliance.outputs", "appliance.hardware", "appliance.selftest"}),
     ("signal and staging", {"appliance.filters", "appliance.filter_designs", "appliance.dsp", "appliance.stager",
-                            "appliance.loop_model", "appliance.edfplus", "appliance.nightfolder"}),
+                            "appliance.loop_model", "appliance.edfplus", "appliance.nightfolder",
+                            "appliance.epoch_assembler"}),
     ("loops and breather", {"appliance.loops", "appliance.breather"}),
-    ("services", {"appliance.mqtt_schema", "appliance.commands", "appliance.homeassistant", "appliance.outbox",
+    ("services", {"appliance.homeassistant", "appliance.outbox",
                   "appliance.mqtt", "appliance.report", "appliance.report_load", "appliance.report_draw",
                   "appliance.updates", "appliance.pushed_config"}),
+    ("night", {"appliance.night_journal", "appliance.alerts", "appliance.night_pipeline", "appliance.night_parts",
+               "appliance.clinic_commands", "appliance.morning_report"}),
     ("daemon", {"appliance.daemon"}),
     ("cli", {"appliance.cli"}),
     ("demo", {"appliance.demo"}),
@@ -108,6 +115,33 @@ def test_the_protocol_layer_imports_neither_side() -> None:
     bad = sorted(f"{m} imports {i}" for m in g if _within(m, "appliance.protocol") for i in g[m]
                  if _within(i, "appliance") and not _within(i, "appliance.protocol"))
     assert not bad, "appliance.protocol is shared by box and clinic and imports neither:\n" + "\n".join(bad)
+
+
+def clinic_imports_of_the_box(g: dict[str, set[str]]) -> list[str]:
+    """``"<clinic module> imports <name>"`` for every import of the clinic that is neither the protocol, the clinic
+    itself, nor third-party (the bare package ``appliance``, which any ``appliance.x`` import runs, only when no name
+    is taken from it)."""
+    return sorted(f"{m} imports {i}" for m in g if _within(m, CLINIC) for i in g[m]
+                  if _within(i, "appliance") and i != "appliance"
+                  and not _within(i, "appliance.protocol") and not _within(i, CLINIC))
+
+
+def test_the_clinic_imports_only_the_protocol_and_itself() -> None:
+    bad = clinic_imports_of_the_box(graph())
+    assert not bad, ("the clinic imports box modules; what it shares with the box belongs in appliance.protocol:\n"
+                     + "\n".join(bad))
+
+
+def test_a_clinic_import_of_a_box_module_is_caught(tmp_path: Path) -> None:
+    # the rule's own check: function-level and "from appliance import x" forms are both seen
+    (tmp_path / "appliance" / "fleet").mkdir(parents=True)
+    (tmp_path / "appliance" / "__init__.py").write_text("")
+    (tmp_path / "appliance" / "fleet" / "__init__.py").write_text("from appliance.protocol import schema\n")
+    (tmp_path / "appliance" / "fleet" / "x.py").write_text(
+        "from appliance import __version__\nfrom . import y\ndef f():\n    from appliance.config import ConfigError\n")
+    assert clinic_imports_of_the_box(graph(tmp_path)) == [
+        "appliance.fleet.x imports appliance.__version__", "appliance.fleet.x imports appliance.config",
+        "appliance.fleet.x imports appliance.config.ConfigError"]
 
 
 def test_every_box_module_is_on_the_map() -> None:

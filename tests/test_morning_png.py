@@ -1,7 +1,7 @@
 """The morning PNG is drawn outside the daemon's process, and a drawing that fails or hangs never costs the report.
 
 The daemon writes ``report.json`` first, then runs ``python -m appliance.report_draw NIGHT`` as a child with a
-bounded wait (``appliance.daemon.PNG_CHILD_TIMEOUT_S``). These tests run real nights: one through the real
+bounded wait (``appliance.morning_report.PNG_CHILD_TIMEOUT_S``). These tests run real nights: one through the real
 ``bedtime run --simulate`` command in a fresh interpreter (to see what that process imported), and two through
 the real daemon whose drawing child meets a broken matplotlib (a package on ``PYTHONPATH`` that the child
 imports instead of the real one: failing at import, or hanging).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import daemon as daemon_mod
+from appliance import morning_report
 from appliance.daemon import Daemon
 from appliance.hardware import SimulationSource, open_hardware
 from appliance.nightfolder import HYPNOGRAM_PNG, REPORT_JSON
@@ -57,7 +57,7 @@ def test_a_drawing_child_that_fails_or_hangs_leaves_the_report(tmp_path: Path, m
             else "import time\ntime.sleep(600)\n")
     (fake / "__init__.py").write_text(body)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setattr(daemon_mod, "PNG_CHILD_TIMEOUT_S", 5.0)
+    monkeypatch.setattr(morning_report, "PNG_CHILD_TIMEOUT_S", 5.0)
 
     hyp, _ = short_night_with_loop(before_epochs=8, after_epochs=2)
     cfg = box_config(tmp_path, port=None, box_id="box-png")

@@ -68,7 +68,7 @@ def test_fleet_view_follows_status_telemetry_stages_and_the_last_will(broker, tm
 
 @pytest.fixture
 def fleet_box(broker, tmp_path):
-    from appliance.config import validate_config
+    from appliance.protocol.boxconfig import validate_config
 
     applied = []
     link = make_box(tmp_path, "ward3-07", broker.host, broker.port, config_validator=validate_config)

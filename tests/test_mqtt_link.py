@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from appliance import mqtt_schema as schema
 from appliance.fleet.ingest import FleetIngest
+from appliance.protocol import schema
 from tests.broker import (BlackholeProxy, Recorder, SimClock, collapse_redeliveries, make_box, seqs,
                           wait_until)
 
@@ -226,7 +226,7 @@ def test_commands_reply_with_correlation_and_bad_ones_change_nothing(box_and_con
 # ---- config -----------------------------------------------------------------------------------
 
 def test_config_is_validated_applied_acknowledged_and_a_bad_one_changes_nothing(broker, tmp_path):
-    from appliance.config import validate_config
+    from appliance.protocol.boxconfig import validate_config
 
     applied = []
     link = make_box(tmp_path, "box-a", broker.host, broker.port, config_validator=validate_config)

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from appliance import commands
-from appliance import mqtt_schema as schema
 from appliance.epoch import Epoch, SignalQuality
 from appliance.outbox import PRIORITY_ALERT, PRIORITY_EVENT, Outbox
+from appliance.protocol import commands
+from appliance.protocol import schema
 
 T0 = datetime(2026, 11, 23, 2, 30, tzinfo=timezone.utc)
 
@@ -220,7 +220,6 @@ def test_a_valid_payload_with_any_field_replaced_is_valid_or_a_schema_error(chan
 def test_deeply_nested_command_is_bad_args_not_a_recursion_error():
     """100k-deep nesting raised RecursionError out of parse_command (so the box sent no reply at all). A command
     that may be large (update) parses it and says bad_args; a small one refuses the size first."""
-    import appliance.updates  # noqa: F401  (registers the update command)
 
     for b in (b'{"args": {"manifest": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", b"[" * 100_000):
         with pytest.raises(commands.CommandError) as ei:
@@ -280,7 +279,6 @@ def test_command_time_must_be_fresh(when, ok):
 def test_update_command_takes_a_model_manifest_with_its_card():
     """Medium #8: the shipped stage model's manifest with its card was 11,059 characters, over the old bound of
     8,000; a manifest at least that long (the card padded, since cards change with each model) passes."""
-    import appliance.updates  # noqa: F401  (registers the update command)
     import base64
     import hashlib
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance import mqtt_schema as schema
 from appliance.mqtt import TLSSettings
+from appliance.protocol import schema
 from tests.broker import ACL, MOSQUITTO, DocsBroker, Recorder, make_box, wait_until
 
 pytestmark = pytest.mark.broker

@@ -5,7 +5,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.outputs import BedsideLight, OkButton, OutputLimitError, Speaker, all_off
-from appliance.safety import MAX_BRIGHTNESS, MAX_VOLUME
+from appliance.protocol.safety import MAX_BRIGHTNESS, MAX_VOLUME
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_the_pins_are_defined_once_in_the_config_on_separate_pwm_channels():
     import inspect
 
     from appliance import outputs
-    from appliance.config import validate_config
+    from appliance.protocol.boxconfig import validate_config
 
     for cls in (BedsideLight, Speaker, OkButton):
         assert inspect.signature(cls).parameters["pin"].default is inspect.Parameter.empty, cls

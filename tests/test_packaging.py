@@ -135,3 +135,15 @@ print(json.dumps({{"at_import": at_import, "after_night": sorted(sys.modules), "
                                                              "starlette", "tensorflow")
                   or m == "appliance.fleet" or m.startswith("appliance.fleet.")]
         assert not loaded, f"{when}: {loaded[:10]}"
+
+
+def test_both_programs_report_the_wheels_version(wheel):
+    # one version string (appliance.protocol.version), and it is the one the wheel is built with
+    import tomllib
+
+    from appliance import __version__ as package_version
+    from appliance.protocol.version import __version__
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert package_version is __version__ == project["version"]
+    assert wheel.name.startswith(f"bedtime-{__version__}-")

@@ -7,9 +7,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance import mqtt_schema as schema
-from appliance.config import ConfigError, validate_config
+from appliance.protocol import schema
 from appliance.protocol import signing
+from appliance.protocol.boxconfig import ConfigError, validate_config
 from appliance.protocol.ids import BOX_ID_RE, is_box_id
 
 # ids near the rule's edges, plus anything hypothesis finds

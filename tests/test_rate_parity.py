@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from appliance.stager import Stager
 from appliance.synthetic_eeg import SyntheticSleepEEG
 

@@ -156,7 +156,7 @@ def test_edf_start_is_local_time_and_says_its_utc_offset(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("labels", [["EEG Fpz-Cz-with-a-long-name"] + ["x"] * 7, ["EEG Fpz–Cz"] + ["x"] * 7,
                                     [""] + ["x"] * 7, [3] + ["x"] * 7])
 def test_config_refuses_channel_labels_edf_cannot_hold(labels):
-    from appliance.config import ConfigError, validate_config
+    from appliance.protocol.boxconfig import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as ei:
         validate_config({"acquisition": {"channel_labels": labels}})
@@ -164,7 +164,8 @@ def test_config_refuses_channel_labels_edf_cannot_hold(labels):
 
 
 def test_default_labels_carry_electrode_names():
-    from appliance.config import edf_channel_labels, validate_config
+    from appliance.config import edf_channel_labels
+    from appliance.protocol.boxconfig import validate_config
 
     acq = validate_config({"acquisition": {"channels": 4}}).acquisition
     assert edf_channel_labels(acq, n_channels=4) == ["EEG Fpz-Cz", "EEG Pz-Cz", "EEG C3-Cz", "EEG C4-Cz"]

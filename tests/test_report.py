@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from appliance.report import NightRecord, build_report, sleep_statistics
 from appliance.report_load import load_night, write_report
 
@@ -153,7 +153,7 @@ def test_png_and_console_svg_draw_one_geometry(berlin_time):
     import matplotlib.dates as mdates
 
     from appliance.fleet.web.charts import hypnogram_svg
-    from appliance.hypnogram import stage_runs, step_polylines
+    from appliance.protocol.stages import stage_runs, step_polylines
     from appliance.report_draw import hypnogram_figure
 
     night = _parents_night()

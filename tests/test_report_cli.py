@@ -256,10 +256,10 @@ def test_the_clinics_report_command_returns_the_daemons_report(daemon_night, tmp
     hw = open_hardware(cfg, simulate=True, source=SimulationSource(hypnogram=hyp, seed=3), speed=float("inf"))
     daemon = Daemon(cfg, hardware=hw)
     daemon.night_dir = cfg.recording_dir / "21000101T000000Z"  # the night being recorded (not reported)
-    rep = daemon._cmd_report({})
+    rep = daemon.commands.report({})
     assert rep == json.loads((daemon_night / REPORT_JSON).read_text())
     with pytest.raises(ValueError, match="no recording"):
-        daemon._cmd_report({"night": "2099-12-31"})
+        daemon.commands.report({"night": "2099-12-31"})
 
 
 @pytest.mark.parametrize("damage", [b"\x00\xff binary", b'{"schema": 1, "hypnogram": "W"}', b"[1, 2]"])

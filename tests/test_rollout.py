@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from appliance.protocol import signing
 from appliance.fleet.db import FleetDB
 from appliance.fleet.ingest import FleetIngest
 from appliance.fleet.rollout import RolloutRunner, create_rollout
-from appliance.updates import encode_update_args
+from appliance.protocol import signing
+from appliance.protocol.updates import encode_update_args
 from tests.console_helpers import SimBox, make_keys
 
 pytestmark = pytest.mark.broker

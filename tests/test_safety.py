@@ -1,4 +1,4 @@
-"""The safety envelope (appliance/safety.py): limits are sane and configs outside them are refused by name."""
+"""The safety envelope (appliance/protocol/safety.py): limits are sane and configs outside them are refused by name."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from appliance import safety
-from appliance.safety import BreatherConfig, SafetyEnvelopeError
+from appliance.protocol import safety
+from appliance.protocol.safety import BreatherConfig, SafetyEnvelopeError
 
 
 def test_default_config_is_inside_envelope():

@@ -1,9 +1,11 @@
 """`bedtime selftest` on the chip simulator and mock pins, with a real broker (and a missing one)."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from appliance.config import validate_config
+from appliance.protocol.boxconfig import validate_config
 from appliance.selftest import format_table, run_selftest
 
 
@@ -22,10 +24,16 @@ def test_selftest_fails_clearly_when_the_broker_is_unreachable():
     from tests.broker import free_port
 
     cfg = validate_config({"mqtt": {"host": "127.0.0.1", "port": free_port()}})
+    before = set(threading.enumerate())
     results = {r.name: r for r in run_selftest(cfg, simulate=True)}
     assert results["broker"].passed is False and "127.0.0.1" in results["broker"].detail
     assert results["chip ID"].passed and results["light"].passed
     assert "1 CHECK(S) FAILED" in format_table(list(results.values()))
+    # the chip is released: the simulator's DRDY thread ends with the self-test (it used to outlive it)
+    left = [t for t in set(threading.enumerate()) - before if t.name == "ads1299-sim-drdy"]
+    for t in left:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in left)
 
 
 def test_selftest_speed_is_checked_and_reaches_the_simulator(capsys):

@@ -7,7 +7,7 @@ import edfio
 import numpy as np
 import pytest
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from models.stager.sleepedf import find_recordings, load_recording, read_hypnogram_edf
 
 FS = 100.0

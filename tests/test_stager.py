@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from appliance.dsp import StreamingPreprocessor
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from appliance.stager import (
     DEFAULT_MODEL_PATH, EPOCH_SAMPLES, N_FEATURES, N_MODEL_FEATURES, Stager, causal_relative, context_windows,
     epoch_features, forward_backward,

@@ -6,7 +6,7 @@ import pytest
 from scipy import signal
 
 from appliance.dsp import arousal_features
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 from appliance.synthetic_eeg import SyntheticSleepEEG
 
 FS = 250.0

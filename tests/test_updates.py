@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from appliance import commands
+from appliance.protocol import commands
 from appliance.protocol import signing
-from appliance.updates import HealthReport, UpdateManager, encode_update_args, handle_update_command
+from appliance.protocol.updates import encode_update_args
+from appliance.updates import HealthReport, UpdateManager, handle_update_command
 
 
 @pytest.fixture

@@ -24,9 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from appliance import homeassistant
-from appliance import mqtt_schema as schema
 from appliance.fleet.cli import subcommand
+from appliance.protocol import schema
 
 #: Every family account's user name starts with this (box ids must not, see docs/security.md).
 FAMILY_PREFIX = "family-"
@@ -35,7 +34,7 @@ FAMILY_PREFIX = "family-"
 FAMILY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 
 #: Where Home Assistant publishes its birth ("online") and last-will ("offline") messages.
-HA_STATUS_TOPIC = f"{homeassistant.DISCOVERY_PREFIX}/status"
+HA_STATUS_TOPIC = f"{schema.HA_DISCOVERY_PREFIX}/status"
 
 
 def family_user(name: str) -> str:
@@ -53,7 +52,7 @@ def family_block(*, name: str, boxes: Sequence[str]) -> str:
     name : str
         Family name (see :data:`FAMILY_NAME_RE`).
     boxes : sequence of str
-        The family's box ids (at least one; each a valid box id, see :func:`appliance.mqtt_schema.check_box_id`).
+        The family's box ids (at least one; each a valid box id, see :func:`appliance.protocol.schema.check_box_id`).
 
     Returns
     -------
@@ -73,7 +72,7 @@ def family_block(*, name: str, boxes: Sequence[str]) -> str:
         if box.startswith(FAMILY_PREFIX):
             raise ValueError(f"box id {box!r} starts with {FAMILY_PREFIX!r}, which is reserved for family accounts")
         lines += [f"topic read {schema.TOPIC_PREFIX}/{box}/#",
-                  f"topic read {homeassistant.DISCOVERY_PREFIX}/+/{box}/#"]
+                  f"topic read {schema.HA_DISCOVERY_PREFIX}/+/{box}/#"]
     lines.append(f"topic write {HA_STATUS_TOPIC}")
     return "\n".join(lines) + "\n"
 

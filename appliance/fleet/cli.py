@@ -35,11 +35,11 @@ from datetime import timezone
 from pathlib import Path
 from typing import Callable
 
-from appliance import __version__
-from appliance import mqtt_schema as schema
-from appliance.cliparse import OneLineParser, one_line
-from appliance.commands import CommandError
 from appliance.fleet.ingest import CommandTimeout, FleetIngest, TLSClientSettings
+from appliance.protocol import schema
+from appliance.protocol.cliparse import OneLineParser, one_line
+from appliance.protocol.commands import CommandError
+from appliance.protocol.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 # ---- push-config --------------------------------------------------------------------------------
 
 def _box_validator() -> Callable[[dict], object]:
-    """The box's own validator (appliance.config), so the clinic cannot push what a box would refuse;
+    """The box's own schema (appliance.protocol.boxconfig), so the clinic cannot push what a box would refuse;
     run offline (:mod:`appliance.fleet.configcheck`): paths in the config name the box's files, not ours."""
     from appliance.fleet.configcheck import validate_offline
     return validate_offline

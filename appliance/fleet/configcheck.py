@@ -1,9 +1,10 @@
 """Check a box configuration on the clinic side without touching the clinic's own files.
 
-The box's validator (:func:`appliance.config.validate_config`) runs on the box, where a path in the
-config names the box's files; part of its job is to read some of them (the pinned update key). Run as is
-on the console host, it would read whatever file an operator (or anyone who gets a config into the editor)
-names, without bound (``/dev/zero``), and its error would tell whether that path exists here.
+The box's schema (:func:`appliance.protocol.boxconfig.validate_config`, the protocol layer's) is what a box checks
+a configuration with, and there a path in the config names the box's files, some of which the box then reads (the
+pinned update key). On the console host a path must never lead to reading whatever file an operator (or anyone
+who gets a config into the editor) names, without bound (``/dev/zero``), nor to an error that tells whether that
+path exists here.
 
 :func:`validate_offline` runs the same validator on a copy in which every path-valued key has been
 checked for form only (a string of printable characters, at most :data:`MAX_PATH_CHARS`) and
@@ -15,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from appliance.config import BoxConfig, ConfigError, describe_keys, validate_config
+from appliance.protocol.boxconfig import BoxConfig, ConfigError, describe_keys, validate_config
 
 #: Longest path accepted in a config, characters (Linux PATH_MAX).
 MAX_PATH_CHARS = 4096

@@ -1,7 +1,7 @@
 """The clinic's MQTT ingest: one connection that follows a whole fleet of boxes.
 
 :class:`FleetIngest` subscribes to every box's topics, validates each payload against
-:mod:`appliance.mqtt_schema`, keeps an in-memory fleet view (:class:`BoxView` per box) and calls the
+:mod:`appliance.protocol.schema`, keeps an in-memory fleet view (:class:`BoxView` per box) and calls the
 callbacks you give it. ``bedtime-fleet`` (the CLI) and the web console both sit on it.
 
 Scaling out (docs/scaling.md): with ``group="bedtime-fleet"`` the high-volume channels (``alert``,
@@ -49,9 +49,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from appliance import mqtt_schema as schema
-from appliance.commands import COMMANDS, CommandSpec
-from appliance.mqtt import set_tcp_nodelay
+from appliance.protocol import schema
+from appliance.protocol.commands import COMMANDS, CommandSpec
+from appliance.protocol.transport import set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class FleetIngest:
         """Send ``cmd/<command>`` to a box and wait for its reply (MQTT v5 response topic + correlation).
 
         Returns the reply payload (``ok``, ``result`` or ``error``). ``check`` validates ``args`` against
-        :data:`appliance.commands.COMMANDS` first (set False only to test the box's own validation).
+        :data:`appliance.protocol.commands.COMMANDS` first (set False only to test the box's own validation).
         """
         if check:
             spec: CommandSpec | None = COMMANDS.get(command)

@@ -23,13 +23,13 @@ from typing import Protocol
 
 from appliance.fleet.db import FleetDB
 from appliance.protocol.signing import SignatureError, verify_manifest
-from appliance.updates import encode_update_args
+from appliance.protocol.updates import encode_update_args
 
 logger = logging.getLogger(__name__)
 
 
 class CommandChannel(Protocol):
-    """Sends one command to one box and returns its reply payload (``appliance.mqtt_schema.reply_payload``).
+    """Sends one command to one box and returns its reply payload (``appliance.protocol.schema.reply_payload``).
 
     Must raise :class:`TimeoutError` when no reply arrives within ``timeout_s``.
     """

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.hypnogram import Stage
+from appliance.protocol.stages import Stage
 
 logger = logging.getLogger(__name__)
 

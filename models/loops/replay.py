@@ -112,7 +112,7 @@ def replay_night(name: str, stages: np.ndarray, night_number: int, *, detector=N
     from appliance.breather import Breather
     from appliance.loop_model import LoopDetector
     from appliance.outputs import BedsideLight, Speaker
-    from appliance.safety import BreatherConfig
+    from appliance.protocol.safety import BreatherConfig
     from models.loops.simulate import simulate_eval_night
 
     det = detector or LoopDetector()

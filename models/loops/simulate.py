@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from appliance.epoch import ArousalFeatures, Epoch, SignalQuality
-from appliance.hypnogram import EPOCH_S, Stage
+from appliance.protocol.stages import EPOCH_S, Stage
 
 # Rows: true stage W, N1, N2, N3, REM; columns: the stage a confused stager believes.
 _CONFUSION = np.array([

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.hypnogram import Stage, real_hypnograms, subject_of
+from appliance.hypnogram import real_hypnograms, subject_of
 from appliance.loop_model import FEATURE_NAMES, N_FEATURES, WINDOW_EPOCHS, padded_window
 from appliance.loops import DEFAULT_DEFINITION, loop_active
+from appliance.protocol.stages import Stage
 from models.loops.replay import DETECTION_THRESHOLD, event_metrics, summarise
 from models.tflite_export import export_int8
 from models.loops.simulate import DEFAULT_NOISE, EVAL_SEED, insert_returns, simulate_eval_night, simulate_night

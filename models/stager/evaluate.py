@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.hypnogram import STAGE_NAMES, dreams_to_epochs, read_dreams_codes, real_hypnograms, shared_dir
+from appliance.hypnogram import dreams_to_epochs, read_dreams_codes, real_hypnograms, shared_dir
+from appliance.protocol.stages import STAGE_NAMES
 from appliance.stager import Stager
 from appliance.synthetic_eeg import SyntheticSleepEEG
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.hypnogram import EPOCH_S, Stage, subject_of
+from appliance.hypnogram import subject_of
+from appliance.protocol.stages import EPOCH_S, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class SleepEDFRecording:
     fs_hz : float
         Its sampling rate (Hz).
     hypnogram : numpy.ndarray of int8
-        One :class:`~appliance.hypnogram.Stage` per 30-s epoch of ``eeg_uv`` (UNSCORED where no label).
+        One :class:`~appliance.protocol.stages.Stage` per 30-s epoch of ``eeg_uv`` (UNSCORED where no label).
     """
 
     name: str

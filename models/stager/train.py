@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from appliance.dsp import preprocess
-from appliance.hypnogram import STAGE_NAMES, Stage, real_hypnograms, subject_of
+from appliance.hypnogram import real_hypnograms, subject_of
+from appliance.protocol.stages import STAGE_NAMES, Stage
 from appliance.stager import (
     FEATURE_NAMES, MODEL_FEATURE_NAMES, N_FEATURES, N_MODEL_FEATURES, NORM_PRIOR_EPOCHS, context_windows, model_inputs,
     night_features,

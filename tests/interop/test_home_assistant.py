@@ -33,7 +33,7 @@ import pytest
 
 from appliance import __version__
 from appliance import homeassistant as ha
-from appliance import mqtt_schema as schema
+from appliance.protocol import schema
 from tests.broker import (DOCS_MOSQUITTO, FAMILIES, USERS, MosquittoBroker, RawRecorder, _die_with_parent,
                           free_port, make_box, mosquitto_available)
 

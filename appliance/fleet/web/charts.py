@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.hypnogram import HYPNOGRAM_ROWS, STAGE_VALUES, Stage, stage_runs, step_polylines
+from appliance.protocol.stages import HYPNOGRAM_ROWS, STAGE_VALUES, Stage, stage_runs, step_polylines
 
 ROW_LABELS = tuple("REM" if s == Stage.REM else s.name for s in HYPNOGRAM_ROWS)
 
@@ -24,7 +24,7 @@ class HypnogramSVG:
 
 def hypnogram_svg(stages: list[int], *, epoch_s: float = 30.0, width: int = 720, height: int = 140) -> HypnogramSVG | None:
     """SVG coordinates of a hypnogram (one Stage code per epoch), from the same step geometry the morning
-    report's PNG is drawn from (:func:`appliance.hypnogram.stage_runs`). Returns None for an empty or
+    report's PNG is drawn from (:func:`appliance.protocol.stages.stage_runs`). Returns None for an empty or
     malformed list."""
     if (not isinstance(stages, list) or not stages
             or not all(isinstance(s, int) and not isinstance(s, bool) and s in STAGE_VALUES for s in stages)):

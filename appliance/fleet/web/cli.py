@@ -88,8 +88,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
-        from appliance.config import ConfigError
         from appliance.fleet.configcheck import validate_offline
+        from appliance.protocol.boxconfig import ConfigError
 
         try:
             validate_offline(json.loads(args.file.read_text()))

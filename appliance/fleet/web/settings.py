@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.fleet.db import default_database_url
-from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
+from appliance.protocol.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 
 
 @dataclass

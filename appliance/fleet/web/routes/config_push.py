@@ -37,7 +37,7 @@ def config_page(request: Request, box_id: str, user: CurrentUser, box: Box, cons
     if pushes:
         text = json.dumps(pushes[0]["body"], indent=2, sort_keys=True)
     else:
-        from appliance.config import ConfigError, validate_config
+        from appliance.protocol.boxconfig import ConfigError, validate_config
 
         try:
             defaults = validate_config({"box": {"id": box_id}})
@@ -53,8 +53,8 @@ def push_config(request: Request, box_id: str,
                 user: Annotated[auth.User, Depends(require_role("operator", action="config:{box_id}"))],
                 _csrf: Annotated[None, Depends(csrf_checked)], box: Box, console: ConsoleDep,
                 config_json: Annotated[str, Form()] = "", version: Annotated[str, Form()] = "") -> Response:
-    from appliance.config import ConfigError
     from appliance.fleet.configcheck import validate_offline
+    from appliance.protocol.boxconfig import ConfigError
 
     db, signing_key = console.db, console.signing_key
 
@@ -110,7 +110,7 @@ def send_push(console: Console, *, box_id: str, push_id: int, version: str, payl
     manifest : dict
         Its signature manifest.
     """
-    from appliance.updates import encode_update_args
+    from appliance.protocol.updates import encode_update_args
 
     try:
         reply = console.channel.request(box_id, "update", encode_update_args("config", payload, manifest),

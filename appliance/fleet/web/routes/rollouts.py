@@ -23,7 +23,7 @@ from appliance.fleet.web.state import Console
 from appliance.fleet.web.templating import render
 from appliance.protocol.ids import BOX_ID_RE
 from appliance.protocol.signing import SignatureError, parse_manifest, sign_bytes
-from appliance.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
+from appliance.protocol.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 
 logger = logging.getLogger(__name__)
 router = APIRouter()

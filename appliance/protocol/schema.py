@@ -2,7 +2,9 @@
 
 Everything a box and a clinic console say to each other over MQTT is defined here, once, so the box
 (:mod:`appliance.mqtt`), the fleet ingest (:mod:`appliance.fleet.ingest`) and the tests agree by
-construction. docs/mqtt.md is the human-readable version of this module.
+construction. docs/mqtt.md is the human-readable version of this module. It is part of the protocol layer and
+imports nothing of the box: :func:`stage_payload` reads an epoch through :class:`ScoredEpoch`, the attributes it
+needs, not the box's ``Epoch`` type.
 
 Conventions
 -----------
@@ -19,13 +21,12 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from appliance.epoch import Epoch
-from appliance.hypnogram import Stage
 from appliance.protocol.ids import BOX_ID_RE, BOX_ID_RULE, is_box_id  # noqa: F401  (BOX_ID_RE: re-exported)
+from appliance.protocol.stages import STAGE_NAMES, Stage
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "bedtime"
@@ -48,7 +49,10 @@ CHANNELS: dict[str, tuple[int, bool]] = {
     "reply": (1, False),
 }
 
-STAGE_NAMES = ("W", "N1", "N2", "N3", "REM")
+HA_DISCOVERY_PREFIX = "homeassistant"
+"""Home Assistant's default MQTT discovery prefix: the box publishes its discovery configs under
+``homeassistant/<component>/<box_id>/...`` and the broker's ACL lets each box write only its own (and read
+``homeassistant/status``, Home Assistant's birth message)."""
 
 #: The level under ``alert`` where the plain-text copy of each alert goes (:func:`alert_text_topic`).
 ALERT_TEXT_LEVEL = "text"
@@ -235,7 +239,27 @@ def status_payload(box_id: str, now: datetime, *, state: str, firmware_version: 
                     firmware_version=firmware_version, model_versions=dict(model_versions), **fields)
 
 
-def stage_payload(box_id: str, now: datetime, epoch: Epoch) -> dict:
+class EpochQuality(Protocol):
+    """What :func:`stage_payload` reads of an epoch's signal quality."""
+
+    ok: bool
+    flags: Any
+    artefact_fraction: float
+
+
+class ScoredEpoch(Protocol):
+    """What :func:`stage_payload` reads of a scored epoch (the box's ``appliance.epoch.Epoch`` has all of it)."""
+
+    index: int
+    end_time_s: float
+    stage: Stage
+    confidence: float
+    stage_probs: Sequence[float] | None
+    p_loop: float | None
+    quality: EpochQuality
+
+
+def stage_payload(box_id: str, now: datetime, epoch: ScoredEpoch) -> dict:
     """``stage``: one scored 30-s epoch (sent each epoch, QoS 0)."""
     probs = None
     if epoch.stage_probs is not None:

@@ -1,4 +1,5 @@
-"""The clinic's commands to a box: their schema and validation.
+"""The clinic's commands to a box: their schema and validation (protocol layer: the clinic checks a command
+against the same spec before sending it, the box before running it).
 
 A command arrives on ``bedtime/v1/<box_id>/cmd/<name>`` with a JSON body
 ``{"schema": 1, "time_utc": "...", "args": {...}}``. :func:`parse_command` either returns the
@@ -17,7 +18,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance import mqtt_schema as schema
+from appliance.protocol import schema
+from appliance.protocol.signing import KINDS
+from appliance.protocol.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES, b64_len
 
 MAX_COMMAND_BYTES = 64 * 1024
 """Largest command body a box parses, unless its spec allows more (``update`` carries a model)."""
@@ -133,7 +136,7 @@ class CommandSpec:
 NIGHT_RE = r"latest|\d{4}-\d{2}-\d{2}"
 
 #: Every command a box understands. A box answers ``unknown_command`` to anything else, and to a
-#: listed command for which the daemon registered no handler.
+#: listed command for which the daemon registered no handler (``update`` without a pinned clinic key).
 #:
 #: There is deliberately no ``identify`` (blink the light so staff can find the box): the daemon runs only
 #: while a night is recorded, so a child may be in bed whenever it could answer; the breather alone drives
@@ -147,6 +150,13 @@ COMMANDS: dict[str, CommandSpec] = {s.name: s for s in [
     CommandSpec("selftest", "Run the self-test and return its pass/fail table."),
     CommandSpec("restart", "Restart the daemon (systemd brings it back).",
                 {"reason": Arg("str", pattern=r".{1,200}")}),
+    CommandSpec("update", "Apply a signed model or config (verified against the pinned key; health-checked; rolled "
+                          "back on failure).",
+                {"kind": Arg("str", required=True, choices=KINDS),
+                 "payload_b64": Arg("str", required=True, pattern=r"[A-Za-z0-9+/=\s]+",
+                                    max_length=b64_len(MAX_PAYLOAD_BYTES)),
+                 "manifest": Arg("str", required=True, pattern=r"(?s)\{.*\}", max_length=MAX_MANIFEST_CHARS)},
+                max_bytes=b64_len(MAX_PAYLOAD_BYTES) + 2 * MAX_MANIFEST_CHARS + 4096),
 ]}
 
 

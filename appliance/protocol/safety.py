@@ -1,7 +1,9 @@
 """THE safety envelope of the breather: hard limits compiled into the code, and the config checked against them.
 
 Everything the box can do to a sleeping person is bounded here, in one place, so a reviewer reads one
-file. The limits are module constants, not configuration: changing one means changing this file, which
+file. It is in the protocol layer because the clinic checks every breather setting it pushes against the same
+envelope before sending it (:mod:`appliance.protocol.boxconfig`), and the box again before applying it. The
+limits are module constants, not configuration: changing one means changing this file, which
 shows in review and in the audit of a release. :class:`BreatherConfig` holds what a clinic or parent may
 tune; it refuses any value outside the envelope with :class:`SafetyEnvelopeError` naming the field, and
 never clamps silently (a config that silently did something other than what was asked is worse than none).
@@ -28,7 +30,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from appliance.episodes import P_LOOP_THRESHOLD
+P_LOOP_THRESHOLD = 0.5
+"""P(loop) at or above which an epoch counts as "loop" unless ``breather.p_loop_threshold`` says otherwise: the
+loop model card's threshold, where its metrics were measured; the default of that key, which a clinic may push
+(never below :data:`MIN_P_LOOP_THRESHOLD`). :mod:`appliance.episodes` and Home Assistant's "nightmare loop" sensor
+use it."""
 
 MAX_BRIGHTNESS = 0.30
 """Highest light level (fraction of full PWM duty) the box will ever set."""
@@ -138,7 +144,7 @@ class BreatherConfig:
         Alert the parent when a session ends with the loop still under way.
     """
 
-    p_loop_threshold: float = P_LOOP_THRESHOLD  # the loop model card's threshold (appliance.episodes)
+    p_loop_threshold: float = P_LOOP_THRESHOLD  # the loop model card's threshold
     confirm_epochs: int = 1
     min_stage_confidence: float = 0.6
     stable_n2_epochs: int = 2

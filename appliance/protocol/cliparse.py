@@ -2,6 +2,10 @@
 
 A person who mistypes an option gets what is wrong and where to read more, on one line, and exit status 2
 (argparse's default prints the whole usage block first).
+
+It sits in the protocol layer, although no message carries it, because it is the one convention both programs
+promise the person at the terminal (and ``tests/test_cli.py`` holds both to it); the protocol layer is the only
+code the box and the clinic both import, and this module imports nothing of either.
 """
 from __future__ import annotations
 

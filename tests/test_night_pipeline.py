@@ -1,0 +1,129 @@
+"""The pieces the daemon was split into (issue 14): the epoch assembler, the breather's emitted state changes and
+how the night pipeline reports them. A whole night through all of them is tests/test_daemon_*.py and
+``bench/compare_night_outputs.py`` (byte-identical outputs to the daemon before the split)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from appliance.breather import BreatherChange, BreatherState
+from appliance.epoch_assembler import MAX_GAP_FILL_FRAMES, EpochAssembler
+from appliance.night_pipeline import BreatherEvents
+from appliance.protocol.safety import BreatherConfig
+from appliance.ring import Frames
+from tests.test_breather import R, Rig, ep
+
+FS, N_CH, EPOCH = 250, 2, 250 * 30
+
+
+def _frames(index: np.ndarray, rng: np.random.Generator) -> Frames:
+    n = len(index)
+    return Frames(index=index.astype(np.int64), timestamp_ns=np.zeros(n, np.int64),
+                  status=(0xC00000 | rng.integers(0, 2, n) << 12).astype(np.uint32),
+                  counts=rng.integers(-50_000, 50_000, (n, N_CH)).astype(np.int32))
+
+
+def _assemble(chunks: list[Frames], missed=lambda: 0) -> tuple[list, list]:
+    asm = EpochAssembler(fs_hz=FS, n_channels=N_CH, gain=24, staging_channel=0, missed_frames=missed)
+    epochs, slices = [], []
+    for f in chunks:
+        chunk = asm.convert(f)
+        for n, e in asm.slices(chunk):
+            slices.append(n)
+            if e is not None:  # the raw buffer is reused: copy it, as the pipeline reads it before the next slice
+                epochs.append((e.raw_uv.copy(), e.model_uv.copy(), e.frames_lost, e.lead_off_bits))
+    return epochs, slices
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(1, 3 * EPOCH - 1), max_size=8, unique=True))
+def test_epochs_do_not_depend_on_how_the_ring_was_popped(cuts):
+    """However the frames came off the ring, the same epochs come out (raw, model-rate, lost, lead-off), and the
+    slices end exactly at the epoch boundaries."""
+    rng = np.random.default_rng(1)
+    whole = _frames(np.arange(3 * EPOCH), rng)
+    bounds = [0, *sorted(cuts), 3 * EPOCH]
+    parts = [Frames(*(getattr(whole, k)[a:b] for k in ("index", "timestamp_ns", "status", "counts")))
+             for a, b in zip(bounds, bounds[1:])]
+    ref, _ = _assemble([whole])
+    got, slices = _assemble(parts)
+    assert len(ref) == len(got) == 3 and sum(slices) == 3 * EPOCH
+    assert np.cumsum(slices).tolist()[-1] == 3 * EPOCH and EPOCH in np.cumsum(slices).tolist()
+    for (r_raw, r_model, r_lost, r_loff), (g_raw, g_model, g_lost, g_loff) in zip(ref, got):
+        assert np.array_equal(r_raw, g_raw) and r_lost == g_lost == 0 and r_loff == g_loff
+        np.testing.assert_allclose(g_model, r_model, rtol=0, atol=1e-9)
+        assert r_model.shape == (3000,)
+
+
+def test_a_gap_is_counted_filled_flat_and_flags_its_epoch():
+    """Frames the ring dropped took an index: the gap is counted into the epoch it falls in and filled with zeros,
+    so the next epoch starts on the night's timeline; DRDY edges the driver missed count into the epoch too."""
+    rng = np.random.default_rng(2)
+    gap = 500
+    before = _frames(np.arange(0, 1000), rng)
+    after = _frames(np.arange(1000 + gap, 2 * EPOCH + gap), rng)
+    missed = iter([3, 3])
+    asm = EpochAssembler(fs_hz=FS, n_channels=N_CH, gain=24, staging_channel=0, missed_frames=lambda: next(missed))
+    list(asm.slices(asm.convert(before)))
+    chunk = asm.convert(after)
+    assert chunk.lost == gap and chunk.filled and len(chunk.uv) == len(after) + gap
+    assert not chunk.uv[:gap].any() and chunk.uv[gap:].any()
+    done = [(n, e.frames_lost) for n, e in asm.slices(chunk) if e is not None]
+    assert done == [(EPOCH - 1000, gap + 3), (EPOCH, 0)]
+    assert MAX_GAP_FILL_FRAMES == 250 * 600
+
+
+@pytest.fixture
+def rig():
+    r = Rig(BreatherConfig(cue_s=30.0, light_s=60.0))
+    yield r
+    r.close()
+
+
+def test_the_breather_emits_each_change_of_state_with_the_ended_sessions_report(rig):
+    seen: list[BreatherChange] = []
+    rig.b.on_change = seen.append
+    rig.b.on_epoch(ep(0, R, p_loop=0.9), now_s=0.0)
+    for t in np.arange(0.5, 91.0, 0.5):
+        rig.b.tick(t)
+    rig.b.on_epoch(ep(3, R, p_loop=0.9), now_s=91.0)
+    S = BreatherState
+    assert [(c.before, c.after) for c in seen] == [(S.IDLE, S.CUE), (S.CUE, S.LIGHT), (S.LIGHT, S.ESCALATE),
+                                                   (S.ESCALATE, S.REFRACTORY)]
+    assert [c.session for c in seen] == [1, 1, 1, 1]
+    assert [c.session_report is not None for c in seen] == [False, False, True, False]
+    assert seen[2].session_report == rig.b.session_reports[-1] and seen[2].session_report["outcome"] == "escalated"
+
+
+def test_a_failing_listener_never_stops_the_policy_nor_the_alert(rig):
+    def broken(change):
+        raise RuntimeError("listener broke")
+
+    rig.b.on_change = broken
+    rig.b.on_epoch(ep(0, R, p_loop=0.9), now_s=0.0)
+    for t in np.arange(0.5, 91.0, 0.5):
+        rig.b.tick(t)
+    assert rig.b.state == BreatherState.ESCALATE and len(rig.escalations) == 1
+    assert rig.light_pin == 0 and rig.speaker_pin == 0
+
+
+def test_breather_events_reports_the_net_change_at_each_step():
+    recorded, statuses = [], []
+    ev = BreatherEvents(record_event=lambda kind, t, **f: recorded.append((kind, t, f)),
+                        publish_status=lambda: statuses.append(1), state="idle")
+    S = BreatherState
+    ev.report(10.0)
+    assert recorded == [] and statuses == []  # nothing changed: nothing said
+    ev.on_change(BreatherChange(before=S.IDLE, after=S.CUE, session=1))
+    assert ev.in_session and recorded == []  # noted only; reported at the pipeline's step
+    ev.report(30.0, 0)
+    assert recorded == [("breather_started", 30.0, {"session": 1, "epoch_index": 0})] and len(statuses) == 1
+    report = {"session": 1, "outcome": "completed", "reason": "session_time_up", "duration_s": 90.0,
+              "max_light": 0.2, "max_volume": 0.1}
+    ev.on_change(BreatherChange(before=S.CUE, after=S.LIGHT, session=1))
+    ev.on_change(BreatherChange(before=S.LIGHT, after=S.REFRACTORY, session=1, session_report=report))
+    ev.report(120.0)  # cue -> light -> refractory within one run of ticks: one net change
+    assert recorded[1:] == [("breather_ended", 120.0, {"outcome": "completed", "reason": "session_time_up",
+                                                       "duration_s": 90.0, "max_light": 0.2, "max_volume": 0.1})]
+    assert ev.session_reports == [report] and not ev.in_session and len(statuses) == 2
