@@ -97,8 +97,8 @@ def _instrument_breakdown() -> tuple[dict[str, list[float]], list[bool]]:
     Each row gets its call site's own time: a timed call inside another (preprocessing inside the framing, a JSONL
     write inside a breather tick) counts in its own row and not in its caller's. Only on the main thread (the
     pipeline's) and only while the returned flag is set (during ``Daemon.run``). Each timed call costs two
-    ``time.thread_time()`` readings (about 1 us), some 25,000 calls a night: this replay's total is a little
-    higher than the clean ones', which is why the ratio comes from those.
+    ``time.thread_time()`` readings, some 25,000 calls a night: this replay runs slower than the clean ones,
+    which is why the ratio comes from those.
     """
     import functools
     import importlib
@@ -383,8 +383,10 @@ def run(*, quick: bool = False) -> str:
         f" | {_fmt(rep['alert_latency_s'], ' s', 3)} | < 1 s |",
         "",
         f"Where the pipeline thread's CPU goes, from one more replay with each call site timed (thread CPU; a row is"
-        f" its call site's own time, timed calls inside it are in their own rows; the timing itself adds ~1 us a call):"
-        f" pipeline thread {bd['main_thread_cpu_s']:.2f} s in all.",
+        f" its call site's own time, timed calls inside it are in their own rows). That replay's pipeline thread took"
+        f" {bd['main_thread_cpu_s']:.2f} s against {rep['main_thread_cpu_s']:.2f} s in the clean median one: the"
+        f" timing calls and this shared machine's noise (10-40 % between such runs here) make the rows shares of the"
+        f" work rather than exact seconds.",
         "",
         "| call site | CPU s per night | calls | per call |",
         "|---|---|---|---|",
