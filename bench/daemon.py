@@ -108,7 +108,10 @@ def _instrument_breakdown() -> tuple[dict[str, list[float]], list[bool]]:
     timing = [False]
     inner: list[float] = []  # per open timed call: CPU seconds of the timed calls inside it
     for label, mod_name, cls_name, attr in _BREAKDOWN:
-        owner = importlib.import_module(mod_name)
+        try:
+            owner = importlib.import_module(mod_name)
+        except ModuleNotFoundError:
+            continue
         if cls_name is not None:
             owner = getattr(owner, cls_name, None)
         f = getattr(owner, attr, None) if owner is not None else None
