@@ -212,6 +212,35 @@ def _hann_periodic(n: int) -> np.ndarray:
     return signal.get_window("hann", n)
 
 
+def median_last_axis(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=-1)`` of a float64 array, bit for bit, without its generic machinery.
+
+    The same ``np.partition`` call (same kth, so the same order statistics), the same mean of the middle two and
+    the same NaN rule (a NaN anywhere makes the median NaN). At epoch sizes ``np.median``'s own bookkeeping
+    costs more than the partition (10 us against 2 for 30 values).
+
+    Parameters
+    ----------
+    a : numpy.ndarray, shape (..., n), float64, n >= 1
+
+    Returns
+    -------
+    numpy.ndarray, shape (...) (a numpy scalar for 1-D input)
+    """
+    n = a.shape[-1]
+    h = n // 2
+    even = n % 2 == 0
+    part = np.partition(a, [h - 1, h, -1] if even else [h, -1], axis=-1)
+    # np.mean of the middle one or two: numpy's sum of them (its reduction, so even the sign of a zero is
+    # numpy's), divided by their count
+    mid = np.add.reduce(part[..., h - 1:h + 1] if even else part[..., h:h + 1], axis=-1) / (2 if even else 1)
+    last = part[..., -1]
+    nan = np.isnan(last)
+    if nan.any():
+        mid = last if np.ndim(mid) == 0 else np.where(nan, last, mid)
+    return mid
+
+
 def welch_psd(x: np.ndarray, *, fs_hz: float, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
     """Welch power spectral density, vectorised over segments (and over leading axes).
 
@@ -236,7 +265,13 @@ def welch_psd(x: np.ndarray, *, fs_hz: float, nperseg: int) -> tuple[np.ndarray,
     x = np.asarray(x, dtype=np.float64)
     win = _hann_periodic(int(nperseg))
     step = nperseg - nperseg // 2
-    segs = np.lib.stride_tricks.sliding_window_view(x, nperseg, axis=-1)[..., ::step, :]
+    n = x.shape[-1]
+    if n < nperseg:
+        raise ValueError(f"welch_psd needs at least nperseg={nperseg} samples, got {n}")
+    # every step-th window of nperseg samples, as a strided view (sliding_window_view's checks cost more)
+    st = x.strides
+    segs = np.lib.stride_tricks.as_strided(x, shape=(*x.shape[:-1], (n - nperseg) // step + 1, nperseg),
+                                           strides=(*st[:-1], step * st[-1], st[-1]), writeable=False)
     segs = segs - segs.mean(axis=-1, keepdims=True)
     spec = np.fft.rfft(segs * win, axis=-1)
     p = spec.real ** 2 + spec.imag ** 2
@@ -322,16 +357,16 @@ def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False
     if not finite.all():
         flags.add("artefact")
     xf = np.where(finite, x, 0.0)
-    if np.mean(np.abs(xf) >= 0.999 * rail_uv) > 0.001:
+    if np.count_nonzero(np.abs(xf) >= 0.999 * rail_uv) / xf.size > 0.001:  # np.mean of the mask, exactly
         flags.add("clipping")
     # Zero-phase high-pass at the band-pass corner removes the electrode offset and drift but keeps the
     # seconds-long swings of a movement, which per-window detrending would flatten.
-    hp = _sosfiltfilt("quality_hp", fs_hz, xf - np.median(xf)) if len(xf) > 3 * fs_hz else xf - xf.mean()
+    hp = _sosfiltfilt("quality_hp", fs_hz, xf - median_last_axis(xf)) if len(xf) > 3 * fs_hz else xf - xf.mean()
     w = _windows(hp, fs_hz)
     wf = _windows(finite.astype(float), fs_hz)
     ptp = np.ptp(w, axis=1)
     std = w.std(axis=1)
-    if np.median(std) < _FLAT_STD_UV:
+    if median_last_axis(std) < _FLAT_STD_UV:
         flags.add("flat")
     bad = (ptp > _ARTEFACT_PTP_UV) | (wf.min(axis=1) < 1)
     artefact_fraction = float(bad.mean())

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from appliance import filters as signal  # scipy.signal's designs stored, its filters native: not ~80 MB of scipy
 
-from appliance.dsp import MODEL_FS_HZ, preprocess, welch_psd
+from appliance.dsp import MODEL_FS_HZ, median_last_axis, preprocess, welch_psd
 from appliance.protocol.stages import EPOCH_S, STAGE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _features(epochs: np.ndarray) -> np.ndarray:
     slow_frac = np.mean(np.ptp(slow, axis=2) > _SLOW_WAVE_PTP_UV, axis=1)
     return np.column_stack([
         logrel, np.log10(total), mobility, complexity,
-        np.log10(sigma_rms.max(axis=1) / np.median(sigma_rms, axis=1)), np.std(np.log10(win_power), axis=1), slow_frac,
+        np.log10(sigma_rms.max(axis=1) / median_last_axis(sigma_rms)), np.std(np.log10(win_power), axis=1), slow_frac,
     ]).astype(np.float32)
 
 

@@ -9,7 +9,7 @@ from scipy import signal
 
 from appliance.dsp import (
     ADS1299_RAIL_UV, CLIP_UV, MODEL_FS_HZ, StreamingPreprocessor, _sosfiltfilt, _windows, arousal_features,
-    epoch_quality, preprocess, welch_psd,
+    epoch_quality, median_last_axis, preprocess, welch_psd,
 )
 from appliance.epoch import ArousalFeatures
 
@@ -209,3 +209,22 @@ def test_welch_psd_equals_scipy_welch(nperseg):
     f, p = welch_psd(x, fs_hz=100.0, nperseg=nperseg)
     np.testing.assert_array_equal(f, f_ref)
     np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-14)
+
+
+_MEDIAN_VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                           st.sampled_from([0.0, -0.0, 1.0, -1.0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.one_of(
+    st.lists(_MEDIAN_VALUES, min_size=1, max_size=40).map(np.array),
+    st.integers(1, 4).flatmap(lambda rows: st.integers(1, 20).flatmap(lambda n: st.lists(
+        _MEDIAN_VALUES, min_size=rows * n, max_size=rows * n).map(lambda v: np.array(v).reshape(rows, n))))))
+def test_median_last_axis_is_np_median_bit_for_bit(a):
+    """The epoch features' median (quality's flat-line test, the stager's spindle burstiness) is np.median's,
+    to the bit: the same value, the same sign of a zero, the same NaN."""
+    got, want = median_last_axis(a), np.median(a, axis=-1)
+    assert np.shape(got) == np.shape(want)
+    g, w = np.atleast_1d(got), np.atleast_1d(want)
+    assert np.array_equal(np.isnan(g), np.isnan(w))
+    assert np.array_equal(g[~np.isnan(g)].view(np.int64), w[~np.isnan(w)].view(np.int64))

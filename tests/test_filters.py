@@ -46,6 +46,29 @@ def test_sosfilt_is_scipys(x: np.ndarray, which: str, with_zi: bool, axis: int, 
         _same(filters.sosfilt(sos, x, axis=axis), scipy_signal.sosfilt(sos, x, axis=axis))
 
 
+@settings(max_examples=200, deadline=None)
+@given(x=hnp.arrays(np.float64, st.integers(1, 400), elements=FINITE), with_zi=st.booleans(), z=FINITE)
+def test_sosfilt_of_one_signal_is_scipys(x: np.ndarray, with_zi: bool, z: float) -> None:
+    """The live path's shortcut (one 1-D signal, state carried between chunks) is scipy's sosfilt too."""
+    sos = np.vstack([scipy_signal.butter(2, [0.3, 35.0], btype="bandpass", fs=250.0, output="sos"),
+                     scipy_signal.tf2sos(*scipy_signal.iirnotch(50.0, Q=30.0, fs=250.0))])
+    if with_zi:
+        zi = np.full((len(sos), 2), z)
+        y, zf = filters.sosfilt(sos, x, zi=zi)
+        y0, zf0 = scipy_signal.sosfilt(sos, x, zi=zi)
+        _same(y, y0)
+        _same(zf, zf0)
+        assert np.array_equal(zi, np.full((len(sos), 2), z)), "the caller's state must not be changed"
+    else:
+        _same(filters.sosfilt(sos, x), scipy_signal.sosfilt(sos, x))
+
+
+def test_sosfilt_refuses_a_wrong_state_shape_for_one_signal() -> None:
+    sos = scipy_signal.butter(2, [0.3, 35.0], btype="bandpass", fs=250.0, output="sos")
+    with pytest.raises(ValueError, match="invalid zi shape"):
+        filters.sosfilt(sos, np.zeros(10), zi=np.zeros((3, 2)))
+
+
 @settings(max_examples=300, deadline=None)
 @given(x=hnp.arrays(np.float64, st.integers(1, 300), elements=FINITE), n_taps=st.integers(1, 130),
        up=st.integers(1, 7), down=st.integers(1, 11), seed=st.integers(0, 2**32 - 1))

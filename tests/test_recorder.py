@@ -232,3 +232,14 @@ def test_a_nul_in_an_annotation_text_does_not_break_the_file(tmp_path):
         rec.write(_signal(3.0, ch=1))
     texts = [t for _, _, t in read_annotations(p) if not t.startswith("Local time UTC")]
     assert texts == ["config_rejected reason=bad value", "Sleep stage 2"]
+
+
+def test_a_record_without_annotations_keeps_the_time_keeping_tal_of_encode_tal(tmp_path):
+    """The writer's shortcut for a record with no annotation queued gives encode_tal's bytes, padded."""
+    from appliance.edfplus import ANNOTATION_BYTES_PER_RECORD, encode_tal
+
+    with EdfPlusRecorder(tmp_path / "n.edf", channel_labels=["EEG Fpz-Cz"], fs_hz=FS, record_duration_s=0.5) as rec:
+        rec._annotations.clear()
+        for i in (0, 1, 7, 86399, 123457):
+            want = encode_tal(i * 0.5, "").ljust(ANNOTATION_BYTES_PER_RECORD, b"\x00")
+            assert rec._tal_block(i) == want, i
