@@ -29,8 +29,9 @@ from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
-from appliance import filters as signal  # scipy.signal's designs stored, its filters native: not ~80 MB of scipy
 
+from appliance import filters as signal  # scipy.signal's designs stored, its filters native: not ~80 MB of scipy
+from appliance.ads1299_frame import V_REF
 from appliance.epoch import ArousalFeatures, SignalQuality
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ same stretch of EEG whatever the rate it was recorded at (rates under 50 Hz keep
 CLIP_UV = 400.0
 """Preprocessed samples are clipped to +-CLIP_UV microvolts (real EEG rarely exceeds +-250 uV)."""
 
-ADS1299_RAIL_UV = 4.5e6 / 24
-"""Full scale of the ADS1299 at the default gain 24: VREF 4.5 V / gain (datasheet SBAS499C, 9.4.1.3)."""
+ADS1299_RAIL_UV = V_REF * 1e6 / 24
+"""Full scale of the ADS1299 at the default gain 24: VREF / gain (datasheet SBAS499C, 9.4.1.3); the smallest
+rail of any gain, so a signal past it is railed or impossible EEG at every gain."""
 
 _ARTEFACT_PTP_UV = 500.0
 _FLAT_STD_UV = 0.5
