@@ -6,8 +6,9 @@ alerts:
 
 * ``loop_not_resolved``: the breather ended a session with the loop still under way (its escalation), every time;
 * ``loop_detected_breather_off``: a loop while the clinic has switched the breather off;
-* ``loop_persists_after_breather``: a session ended without escalating (the sleeper woke, or P(loop) dipped at its
-  end) and the same loop went on for :data:`LOOP_PERSIST_EPOCHS` more loop epochs.
+* ``loop_persists_after_breather``: a session ended without escalating (whatever ended it: the sleeper woke,
+  P(loop) dipped at its end, a doubtful stage or a bad signal stopped it, the bedside button, a fault) and the
+  same loop went on for :data:`LOOP_PERSIST_EPOCHS` more loop epochs.
 
 The last two come at most once per loop, and not after an escalation in the same loop.
 
@@ -151,9 +152,10 @@ class LoopEpisodes:
                        session_reports: Sequence[dict] | None, in_session: bool) -> LoopAlert | None:
         """The alert when the loop outlasts a breather session that did not escalate, else None.
 
-        The breather alerts when its session ends with the loop still under way; but a session that ends because
-        the sleeper woke, or with P(loop) dipping at its last epoch, is followed by the refractory gap (40 min by
-        default) in which it cannot act again. If the same loop goes on after such a session for
+        The breather alerts when its session ends with the loop still under way; but a session that ends any
+        other way (the sleeper woke, P(loop) dipped at its last epoch, a doubtful stage or a bad signal aborted
+        it, the button, a fault) is followed by the refractory gap (40 min by default) in which it cannot act
+        again. If the same loop goes on after such a session for
         :data:`LOOP_PERSIST_EPOCHS` more loop epochs, the breather did not help: tell the parent (once per loop).
 
         Parameters
@@ -173,7 +175,11 @@ class LoopEpisodes:
         if not reports or in_session:
             return None
         last = reports[-1]
-        if last.get("outcome") not in ("woke", "completed") or (last.get("start_epoch") or -1) < self.loop_start_index:
+        # Every way a session can end without alerting counts: after any of them the breather sits out its
+        # refractory gap, so a loop that goes on is the parent's to know about. (A session stopped for a doubtful
+        # stage once kept a whole loop from the parent: the box neither acted nor told anyone for an hour.)
+        start = last.get("start_epoch")
+        if last.get("outcome") == "escalated" or start is None or start < self.loop_start_index:
             return None
         if p_loop >= self.threshold and index > (last.get("end_epoch") or index):
             self._persist_epochs += 1

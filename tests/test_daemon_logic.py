@@ -19,7 +19,8 @@ W, R, N2 = 0, 4, 2
 
 
 class ScriptedStager:
-    """Returns the scripted stage for each epoch with probability 0.9 (ignores the EEG)."""
+    """Returns the scripted stage for each epoch with probability 0.9 (ignores the EEG); a stage of None is a
+    doubtful epoch (all five stages equally likely)."""
 
     sha256 = "scripted"
 
@@ -28,8 +29,11 @@ class ScriptedStager:
 
     def stage_epoch(self, x):
         self.i += 1
+        stage = self.stages[min(self.i, len(self.stages) - 1)]
+        if stage is None:
+            return np.full(5, 0.2)
         p = np.full(5, 0.025)
-        p[self.stages[min(self.i, len(self.stages) - 1)]] = 0.9
+        p[stage] = 0.9
         return p / p.sum()
 
     def smooth_night(self, probs):
@@ -68,6 +72,18 @@ def test_a_loop_outlasting_a_woken_session_alerts_the_parent_once(tmp_path):
     assert d.alerts_sent[0]["epoch_index"] == 18
     audit = (tmp_path / "state" / "audit.log").read_text()
     assert '"alert"' in audit and verify(tmp_path / "state" / "audit.log").ok
+
+
+def test_a_loop_outlasting_a_session_aborted_for_doubtful_stages_alerts_the_parent(tmp_path):
+    # The interop night of seed 0: the session stopped on doubtful stages ("uncertain_stage"), the loop went on
+    # for an hour and, with the breather in its refractory gap, nobody was told. Now the parent is.
+    stages = [N2] * 10 + [R] * 4 + [None] * 2 + [R] * 12 + [N2] * 4
+    p = [0.0] * 11 + [0.9] * 21
+    d, r, cfg = _run(tmp_path, stages, p)
+    ended = [e for e in r.events if e["kind"] == "breather_ended"]
+    assert [(e["outcome"], e["reason"]) for e in ended] == [("aborted", "uncertain_stage")]
+    assert [a["kind"] for a in d.alerts_sent] == ["loop_persists_after_breather"]
+    assert d.alerts_sent[0]["epoch_index"] == ended[0]["epoch_index"] + 4
 
 
 def test_no_alert_when_the_loop_ends_with_the_session(tmp_path):

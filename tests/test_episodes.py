@@ -91,6 +91,30 @@ def test_a_loop_outlasting_a_woken_session_alerts_once_after_the_persist_epochs(
                         "Sound and light are off."
 
 
+@settings(max_examples=60, deadline=None)
+@given(outcome=st.sampled_from(["woke", "completed", "settled", "aborted", "button", "fault"]),
+       session_len=st.integers(1, 6), dip=st.lists(st.booleans(), max_size=8))
+def test_every_session_that_ends_without_escalating_leads_to_one_alert_when_the_loop_goes_on(outcome, session_len,
+                                                                                             dip):
+    # A session aborted for a doubtful stage once kept a whole loop from the parent (only 'woke' and 'completed'
+    # counted): after any ending but an escalation the breather sits out its gap, so the parent must be told.
+    ep = LoopEpisodes(box_name="b")
+    start, end = 12, 12 + session_len
+    reports = [{"session": 1, "outcome": outcome, "start_epoch": start, "end_epoch": end}]
+    # loop epochs after the session, with some dips below the threshold (never LOOP_END_EPOCHS in a row)
+    p_after = [0.3 if d else 0.9 for d in dip] + [0.9] * (LOOP_PERSIST_EPOCHS + 2)
+    got = []
+    for i in range(11, end + 1 + len(p_after)):
+        p = 0.9 if i <= end else p_after[i - end - 1]
+        ep.on_epoch(index=i, p_loop=p, signal_ok=True)
+        a = ep.after_breather(index=i, p_loop=p, night_time_s=30.0 * (i + 1),
+                              session_reports=reports if i >= end else [], in_session=start <= i < end)
+        if a is not None:
+            got.append(i)
+    loop_epochs_after = [i for i in range(end + 1, end + 1 + len(p_after)) if p_after[i - end - 1] >= 0.5]
+    assert got == [loop_epochs_after[LOOP_PERSIST_EPOCHS - 1]], (outcome, got)
+
+
 def test_no_persist_alert_for_a_session_of_an_earlier_loop_or_an_escalated_one():
     ep = LoopEpisodes(box_name="b")
     for i in range(20, 30):
