@@ -7,7 +7,8 @@ Three on-disk formats are read (see ``../shared/README.md``):
 
 * Sleep-EDF Expanded text exports: one R&K letter per line (``W 1 2 3 4 R ?``), CR line ends;
   R&K stages 3 and 4 merge into N3 (AASM).
-* YASA text files: ``#`` comment lines, then one value per line, either ``0..4`` or ``W N1 N2 N3 R``.
+* YASA text files: ``#`` comment lines, then one value per line, either ``0..4`` or ``W N1 N2 N3 R``; a file of
+  numbers only, with no header, is read this way too (4 = REM).
 * DREAMS hypnograms: a ``[Hypnogram]`` header, then one code per 5 s
   (5=W 4=REM 3=S1 2=S2 1=S3 0=S4, -1=movement, -2/-3=unknown).
 """
@@ -156,7 +157,10 @@ def read_hypnogram(path: str | Path) -> np.ndarray:
     if head.lstrip().startswith("[Hypnogram]"):
         majority, _ = dreams_to_epochs(read_dreams_codes(p))
         return majority
-    if head.lstrip().startswith("#") or re.search(r"^(N1|N2|N3)\s*$", text, re.M):
+    # Digits only (no W, R or ?) cannot be a Sleep-EDF export, whose every night has W and R letters: it is
+    # the YASA numbering, 4 = REM. (Read as R&K, 4 = deep sleep, a typed 0-4 night lost its REM unnoticed.)
+    if head.lstrip().startswith("#") or re.search(r"^(N1|N2|N3)\s*$", text, re.M) or \
+            re.fullmatch(r"[\s0-9-]*", text):
         return read_yasa_txt(p)
     return read_sleep_edf_txt(p)
 
