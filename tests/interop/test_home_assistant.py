@@ -263,6 +263,11 @@ def world(tmp_path, mqtt_pki):
             link.stop()
         hass.stop()
         broker.stop()
+        # What the box did, for a failing run (pytest shows a test's output only when it fails): its events
+        # say why an expected alert never came (how the breather's session ended, when the loop did).
+        for events in sorted((tmp_path / "nights").glob("*/events.jsonl")):
+            print(f"[interop] box events ({events}):")
+            print("\n".join(ln for ln in events.read_text().splitlines() if '"kind": "stage"' not in ln)[-4000:])
 
 
 def _add_mqtt_integration(hass: HomeAssistant, broker: MosquittoBroker) -> dict:
