@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from appliance.ads1299_frame import STATUS_SYNC, encode_frames, uv_per_count
 from appliance.audit import verify
 from appliance.daemon import Daemon, PipelineParts
 from appliance.hardware import SimulationSource, open_hardware
@@ -130,13 +131,10 @@ class _GapAcquisition:
         self._thread = None
 
     def _frames(self, n: int, start: int) -> bytes:
+        # The frame layout and scaling come from the one place that defines them (no second 27 or 4.5e6 here).
         t = (np.arange(start, start + n) / 250.0)
-        counts = (np.sin(2 * np.pi * 10 * t) * 20 / (4.5e6 / 24 / (2**23 - 1))).astype(np.int32) & 0xFFFFFF
-        f = np.zeros((n, 27), np.uint8)
-        f[:, 0] = 0xC0
-        for c in range(8):
-            f[:, 3 + 3 * c], f[:, 4 + 3 * c], f[:, 5 + 3 * c] = counts >> 16, (counts >> 8) & 0xFF, counts & 0xFF
-        return f.tobytes()
+        code = (np.sin(2 * np.pi * 10 * t) * 20 / uv_per_count(24)).astype(np.int32)
+        return encode_frames(np.full(n, STATUS_SYNC), np.repeat(code[:, None], 8, axis=1)).tobytes()
 
     def start(self) -> None:
         import threading
