@@ -214,6 +214,31 @@ def _hann_periodic(n: int) -> np.ndarray:
     return signal.get_window("hann", n)
 
 
+@lru_cache(maxsize=16)
+def _welch_constants(nperseg: int, fs_hz: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """Per segment length and rate: the window, the density scale ``1 / (fs * sum(win**2))``, the frequencies."""
+    win = _hann_periodic(nperseg)
+    freqs = np.fft.rfftfreq(nperseg, 1.0 / fs_hz)
+    win.flags.writeable = False
+    freqs.flags.writeable = False
+    return win, 1.0 / (fs_hz * float((win * win).sum())), freqs
+
+
+def mean_axis(a: np.ndarray, axis: int, *, keepdims: bool = False) -> np.ndarray:
+    """``np.mean(a, axis=axis, keepdims=keepdims)`` of a float64 array, bit for bit: numpy's own steps (its sum
+    along the axis, divided by the count) without the Python bookkeeping around them, which at epoch size costs
+    as much as the sum (``tests/test_dsp.py`` compares with hypothesis-generated arrays)."""
+    return np.add.reduce(a, axis=axis, keepdims=keepdims) / a.shape[axis]
+
+
+def var_axis(a: np.ndarray, axis: int) -> np.ndarray:
+    """``np.var(a, axis=axis)`` of a float64 array, bit for bit: numpy's steps (the mean, the deviations squared,
+    their sum divided by the count) without its bookkeeping."""
+    d = np.subtract(a, mean_axis(a, axis, keepdims=True))
+    np.square(d, out=d)
+    return np.add.reduce(d, axis=axis) / a.shape[axis]
+
+
 def median_last_axis(a: np.ndarray) -> np.ndarray:
     """``np.median(a, axis=-1)`` of a float64 array, bit for bit, without its generic machinery.
 
@@ -265,7 +290,7 @@ def welch_psd(x: np.ndarray, *, fs_hz: float, nperseg: int) -> tuple[np.ndarray,
     psd : numpy.ndarray, shape (..., nperseg // 2 + 1), uV^2/Hz
     """
     x = np.asarray(x, dtype=np.float64)
-    win = _hann_periodic(int(nperseg))
+    win, scale, freqs = _welch_constants(int(nperseg), float(fs_hz))
     step = nperseg - nperseg // 2
     n = x.shape[-1]
     if n < nperseg:
@@ -274,53 +299,111 @@ def welch_psd(x: np.ndarray, *, fs_hz: float, nperseg: int) -> tuple[np.ndarray,
     st = x.strides
     segs = np.lib.stride_tricks.as_strided(x, shape=(*x.shape[:-1], (n - nperseg) // step + 1, nperseg),
                                            strides=(*st[:-1], step * st[-1], st[-1]), writeable=False)
-    segs = segs - segs.mean(axis=-1, keepdims=True)
-    spec = np.fft.rfft(segs * win, axis=-1)
-    p = spec.real ** 2 + spec.imag ** 2
-    p *= 1.0 / (fs_hz * float((win * win).sum()))
+    # scipy's steps (mean removed, windowed, |rfft|^2, scaled, doubled but at DC and Nyquist, averaged over the
+    # segments), each into the previous step's buffer where it can: the same operations on the same values
+    d = np.subtract(segs, mean_axis(segs, -1, keepdims=True))
+    d *= win
+    spec = np.fft.rfft(d, axis=-1)
+    p = np.square(spec.real)
+    p += np.square(spec.imag)
+    p *= scale
     if nperseg % 2:
         p[..., 1:] *= 2.0
     else:
         p[..., 1:-1] *= 2.0
-    return np.fft.rfftfreq(nperseg, 1.0 / fs_hz), p.mean(axis=-2)
+    return freqs, mean_axis(p, -2)
+
+
+@lru_cache(maxsize=16)
+def _centred_ramp(n: int) -> tuple[np.ndarray, float]:
+    """``t = arange(n) - (n - 1) / 2`` and ``t @ t``: the regressor of :func:`_detrend_linear`, per length."""
+    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    t.flags.writeable = False
+    return t, float(t @ t)
 
 
 def _detrend_linear(x: np.ndarray) -> np.ndarray:
     """Remove the least-squares line from each row (last axis): ``scipy.signal.detrend(type="linear")``
     in closed form, without a least-squares solver per call."""
     n = x.shape[-1]
-    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
-    xm = x.mean(axis=-1, keepdims=True)
-    slope = (x @ t)[..., None] / float(t @ t) if n > 1 else np.zeros_like(xm)
+    t, tt = _centred_ramp(n)
+    xm = mean_axis(x, -1, keepdims=True)
+    slope = (x @ t)[..., None] / tt if n > 1 else np.zeros_like(xm)
     return x - xm - slope * t
 
 
-@lru_cache(maxsize=16)
-def _filtfilt_design(kind: str, fs_hz: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Second-order sections, their steady-state initial conditions and the pad length, per filter."""
+def _filtfilt_sos(kind: str, fs_hz: float) -> np.ndarray:
+    """The second-order sections of one of the per-epoch zero-phase filters."""
     if kind == "quality_hp":
-        sos = signal.butter(2, BANDPASS_HZ[0], btype="highpass", fs=fs_hz, output="sos")
-    elif kind == "emg_hp":
-        sos = signal.butter(4, min(20.0, 0.8 * fs_hz / 2), btype="highpass", fs=fs_hz, output="sos")
-    else:
-        raise ValueError(kind)
-    ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
-    return sos, signal.sosfilt_zi(sos), 3 * ntaps
+        return signal.butter(2, BANDPASS_HZ[0], btype="highpass", fs=fs_hz, output="sos")
+    if kind == "emg_hp":
+        return signal.butter(4, min(20.0, 0.8 * fs_hz / 2), btype="highpass", fs=fs_hz, output="sos")
+    raise ValueError(kind)
+
+
+@lru_cache(maxsize=16)
+def _filtfilt_lanes(kinds: tuple[str, ...], fs_hz: float) -> signal.FilterLanes:
+    """The per-epoch zero-phase filters ``kinds`` at ``fs_hz``, stacked to run side by side, per rate."""
+    return signal.filter_lanes(*(_filtfilt_sos(k, fs_hz) for k in kinds), zero_phase=True)
 
 
 def _sosfiltfilt(kind: str, fs_hz: float, x: np.ndarray) -> np.ndarray:
-    """``scipy.signal.sosfiltfilt(sos, x)`` (odd padding, default pad length) for a cached design.
+    """``scipy.signal.sosfiltfilt(sos, x)`` (odd padding, default pad length) for one of the per-epoch filters.
 
-    Written out because scipy re-solves the filter's initial conditions on every call, which cost more
-    than the filtering itself at epoch length; the steps are scipy's own.
+    In C (:func:`appliance.filters.sosfiltfilt_lanes`) with the design and its initial conditions cached: scipy
+    re-solves them on every call, which costs more than the filtering itself at epoch length.
     """
-    sos, zi, edge = _filtfilt_design(kind, float(fs_hz))
-    if len(x) <= edge:
-        return signal.sosfiltfilt(sos, x)  # scipy's own error for too-short input
-    ext = np.concatenate([2 * x[0] - x[edge:0:-1], x, 2 * x[-1] - x[-2:-(edge + 2):-1]])
-    y, _ = signal.sosfilt(sos, ext, zi=zi * ext[0])
-    y, _ = signal.sosfilt(sos, y[::-1], zi=zi * y[-1])
-    return y[::-1][edge:-edge]
+    return signal.sosfiltfilt_lanes(_filtfilt_lanes((kind,), float(fs_hz)), x[None, :])[0]
+
+
+# ---- epoch quality and arousal features -----------------------------------------------------------
+# Both judge the same raw epoch, right after each other (appliance.night_pipeline calls epoch_checks). Each has a
+# zero-phase high-pass filter, about half of their CPU: a filter is a chain of dependent operations, sample after
+# sample, so run alone it keeps the CPU waiting; epoch_checks runs the two side by side for about the price of one.
+# epoch_quality and arousal_features stay, each the same steps on its own.
+
+def _finite_signal(x_uv_chip: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The epoch as 1-D float64 with non-finite samples set to 0, and the mask of finite samples (None: all are)."""
+    x = np.asarray(x_uv_chip, dtype=np.float64).ravel()
+    finite = np.isfinite(x)
+    if finite.all():
+        return x, None  # np.where(finite, x, 0.0) would be a copy of x: the same values
+    return np.where(finite, x, 0.0), finite
+
+
+def _quality_flags(lead_off: bool, frames_lost: int) -> set[str]:
+    flags: set[str] = set()
+    if lead_off:
+        flags.add("lead_off")
+    if frames_lost > 0:
+        flags.add("frames_lost")
+    return flags
+
+
+def _quality_start(xf: np.ndarray, finite: np.ndarray | None, flags: set[str], *, rail_uv: float) -> None:
+    """Flags from the samples themselves: non-finite ones, clipping."""
+    if finite is not None:
+        flags.add("artefact")
+    if np.count_nonzero(np.abs(xf) >= 0.999 * rail_uv) / xf.size > 0.001:  # np.mean of the mask, exactly
+        flags.add("clipping")
+
+
+def _quality_finish(hp: np.ndarray, finite: np.ndarray | None, flags: set[str], *, fs_hz: float) -> SignalQuality:
+    """The verdict from the high-passed epoch ``hp`` (see :func:`epoch_quality`)."""
+    w = _windows(hp, fs_hz)
+    ptp = np.subtract(w.max(axis=1), w.min(axis=1))  # np.ptp's own steps
+    if median_last_axis(np.sqrt(var_axis(w, 1))) < _FLAT_STD_UV:  # w.std(axis=1)
+        flags.add("flat")
+    bad = ptp > _ARTEFACT_PTP_UV
+    if finite is not None:
+        bad |= _windows(finite, fs_hz).min(axis=1) < 1
+    artefact_fraction = np.count_nonzero(bad) / len(bad)  # bad.mean(), exactly
+    if ptp.max() > _ARTEFACT_PTP_UV:
+        flags.add("high_amplitude")
+    if artefact_fraction > 0.1:
+        flags.add("artefact")
+    ok = not (flags & {"lead_off", "frames_lost", "clipping", "flat"}) and artefact_fraction <= 0.5
+    return SignalQuality(ok=ok, flags=frozenset(flags), artefact_fraction=float(artefact_fraction))
 
 
 def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False, frames_lost: int = 0,
@@ -347,41 +430,56 @@ def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False
         is artefact. ``artefact_fraction`` counts 1-s windows whose peak-to-peak (after a 0.3 Hz
         zero-phase high-pass) exceeds 500 uV or that contain non-finite samples.
     """
-    x = np.asarray(x_uv_chip, dtype=np.float64).ravel()
-    flags: set[str] = set()
-    if lead_off:
-        flags.add("lead_off")
-    if frames_lost > 0:
-        flags.add("frames_lost")
-    if x.size == 0:
-        return SignalQuality(ok=False, flags=frozenset(flags | {"flat"}), artefact_fraction=1.0)
-    finite = np.isfinite(x)
-    if not finite.all():
-        flags.add("artefact")
-    xf = np.where(finite, x, 0.0)
-    if np.count_nonzero(np.abs(xf) >= 0.999 * rail_uv) / xf.size > 0.001:  # np.mean of the mask, exactly
-        flags.add("clipping")
-    # Zero-phase high-pass at the band-pass corner removes the electrode offset and drift but keeps the
-    # seconds-long swings of a movement, which per-window detrending would flatten.
-    hp = _sosfiltfilt("quality_hp", fs_hz, xf - median_last_axis(xf)) if len(xf) > 3 * fs_hz else xf - xf.mean()
-    w = _windows(hp, fs_hz)
-    wf = _windows(finite.astype(float), fs_hz)
-    ptp = np.ptp(w, axis=1)
-    std = w.std(axis=1)
-    if median_last_axis(std) < _FLAT_STD_UV:
-        flags.add("flat")
-    bad = (ptp > _ARTEFACT_PTP_UV) | (wf.min(axis=1) < 1)
-    artefact_fraction = float(bad.mean())
-    if ptp.max() > _ARTEFACT_PTP_UV:
-        flags.add("high_amplitude")
-    if artefact_fraction > 0.1:
-        flags.add("artefact")
-    ok = not (flags & {"lead_off", "frames_lost", "clipping", "flat"}) and artefact_fraction <= 0.5
-    return SignalQuality(ok=ok, flags=frozenset(flags), artefact_fraction=artefact_fraction)
+    return epoch_checks(x_uv_chip, fs_hz=fs_hz, lead_off=lead_off, frames_lost=frames_lost, rail_uv=rail_uv,
+                        arousal=False)[0]
 
 
 _MOVEMENT_PTP_UV = 250.0
 _MOVEMENT_EMG_RMS_UV = 8.0
+_AROUSAL_BANDS_HZ = {"alpha": (8.0, 12.0), "beta": (16.0, 30.0)}
+"""Numerators of ``alpha_rel`` and ``beta_rel`` (Hz); both over the 0.5-35 Hz power."""
+
+
+@lru_cache(maxsize=16)
+def _arousal_bins(fs_hz: float) -> dict[str, slice]:
+    """Welch bins of each arousal band at ``fs_hz``, as slices: the bins with lo <= f < hi are consecutive, and a
+    sum over a slice of the spectrum adds the same values in the same order as one over the boolean mask."""
+    f = np.fft.rfftfreq(int(2 * fs_hz), 1.0 / fs_hz)
+    top = min(45.0, 0.9 * fs_hz / 2)
+    bands = {"total35": (0.5, min(35.0, top)), "total45": (0.5, top), "high": (20.0, top), **_AROUSAL_BANDS_HZ}
+    out = {}
+    for name, (lo, hi) in bands.items():
+        idx = np.flatnonzero((f >= lo) & (f < hi))
+        out[name] = slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
+    return out
+
+
+def _arousal_start(xf: np.ndarray, *, fs_hz: float) -> tuple[ArousalFeatures | None, np.ndarray, dict[str, float]]:
+    """The spectral half of :func:`arousal_features`: (the result when it needs no more, the detrended epoch, the
+    band powers). The result is None when the movement fraction (the EMG high-pass) is still to be computed."""
+    if xf.size < int(2 * fs_hz):
+        return ArousalFeatures(), xf, {}
+    x = _detrend_linear(xf)
+    _, p = welch_psd(x, fs_hz=fs_hz, nperseg=int(2 * fs_hz))
+    power = {name: float(p[bins].sum()) for name, bins in _arousal_bins(float(fs_hz)).items()}
+    if power["total35"] <= 0 or power["total45"] <= 0:
+        return ArousalFeatures(), x, power
+    return None, x, power
+
+
+def _arousal_finish(x: np.ndarray, hp: np.ndarray, power: dict[str, float], *, fs_hz: float) -> ArousalFeatures:
+    """:func:`arousal_features` from the detrended epoch, its EMG high-pass and its band powers."""
+    w_raw = _detrend_linear(_windows(x, fs_hz))
+    w_hp = _windows(hp, fs_hz)
+    ptp = np.subtract(w_raw.max(axis=1), w_raw.min(axis=1))  # np.ptp's own steps
+    moving = (ptp > _MOVEMENT_PTP_UV) | (np.sqrt(mean_axis(w_hp * w_hp, 1)) > _MOVEMENT_EMG_RMS_UV)
+    total35, total45 = power["total35"], power["total45"]
+    return ArousalFeatures(
+        alpha_rel=power["alpha"] / total35,
+        beta_rel=power["beta"] / total35,
+        high_freq_rel=power["high"] / total45,
+        movement_fraction=float(np.count_nonzero(moving) / len(moving)),  # moving.mean(), exactly
+    )
 
 
 def arousal_features(x_uv_chip: np.ndarray, *, fs_hz: float) -> ArousalFeatures:
@@ -403,28 +501,60 @@ def arousal_features(x_uv_chip: np.ndarray, *, fs_hz: float) -> ArousalFeatures:
         fraction of 1-s windows with a movement-like swing (> 250 uV peak-to-peak) or strong muscle
         activity (> 8 uV RMS above 20 Hz).
     """
-    x = np.asarray(x_uv_chip, dtype=np.float64).ravel()
-    x = np.where(np.isfinite(x), x, 0.0)
-    if x.size < int(2 * fs_hz):
-        return ArousalFeatures()
-    x = _detrend_linear(x)
-    f, p = welch_psd(x, fs_hz=fs_hz, nperseg=int(2 * fs_hz))
-    top = min(45.0, 0.9 * fs_hz / 2)
+    return epoch_checks(x_uv_chip, fs_hz=fs_hz, quality=False)[1]
 
-    def band(lo: float, hi: float) -> float:
-        return float(p[(f >= lo) & (f < hi)].sum())
 
-    total35 = band(0.5, min(35.0, top))
-    total45 = band(0.5, top)
-    if total35 <= 0 or total45 <= 0:
-        return ArousalFeatures()
-    hp = _sosfiltfilt("emg_hp", fs_hz, x)
-    w_raw = _detrend_linear(_windows(x, fs_hz))
-    w_hp = _windows(hp, fs_hz)
-    moving = (np.ptp(w_raw, axis=1) > _MOVEMENT_PTP_UV) | (np.sqrt(np.mean(w_hp**2, axis=1)) > _MOVEMENT_EMG_RMS_UV)
-    return ArousalFeatures(
-        alpha_rel=band(8.0, 12.0) / total35,
-        beta_rel=band(16.0, 30.0) / total35,
-        high_freq_rel=band(20.0, top) / total45,
-        movement_fraction=float(moving.mean()),
-    )
+def epoch_checks(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False, frames_lost: int = 0,
+                 rail_uv: float = ADS1299_RAIL_UV, quality: bool = True,
+                 arousal: bool = True) -> tuple[SignalQuality | None, ArousalFeatures | None]:
+    """:func:`epoch_quality` and :func:`arousal_features` of one epoch in one pass, what the pipeline calls.
+
+    The same results as the two calls, for less CPU than either alone: the epoch is cleaned once and the two
+    zero-phase high-pass filters (quality's 0.3 Hz, the EMG's 20 Hz) run side by side in C.
+
+    Parameters
+    ----------
+    x_uv_chip : numpy.ndarray, shape (n,)
+        The staging channel in microvolts at chip rate, not filtered (DC offset allowed).
+    fs_hz : float
+        Chip rate (Hz).
+    lead_off, frames_lost, rail_uv
+        As :func:`epoch_quality`'s.
+    quality, arousal : bool
+        Which of the two to compute (the other comes back as None).
+
+    Returns
+    -------
+    (SignalQuality or None, ArousalFeatures or None)
+    """
+    xf, finite = _finite_signal(x_uv_chip)
+    q: SignalQuality | None = None
+    a: ArousalFeatures | None = None
+    kinds: list[str] = []
+    inputs: list[np.ndarray] = []
+    if quality:
+        flags = _quality_flags(lead_off, frames_lost)
+        if xf.size == 0:
+            q = SignalQuality(ok=False, flags=frozenset(flags | {"flat"}), artefact_fraction=1.0)
+        else:
+            _quality_start(xf, finite, flags, rail_uv=rail_uv)
+            if xf.size > 3 * fs_hz:
+                # Zero-phase high-pass at the band-pass corner removes the electrode offset and drift but keeps the
+                # seconds-long swings of a movement, which per-window detrending would flatten.
+                kinds.append("quality_hp")
+                inputs.append(xf - median_last_axis(xf))
+            else:
+                q = _quality_finish(xf - xf.mean(), finite, flags, fs_hz=fs_hz)
+    if arousal:
+        a, detrended, power = _arousal_start(xf, fs_hz=fs_hz)
+        if a is None:
+            kinds.append("emg_hp")
+            inputs.append(detrended)
+    if kinds:
+        hp = signal.sosfiltfilt_lanes(_filtfilt_lanes(tuple(kinds), float(fs_hz)), np.stack(inputs))
+        for kind, y in zip(kinds, hp):
+            if kind == "quality_hp":
+                q = _quality_finish(y, finite, flags, fs_hz=fs_hz)
+            else:
+                a = _arousal_finish(detrended, y, power, fs_hz=fs_hz)
+    return q, a

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from appliance import filters as signal  # scipy.signal's designs stored, its filters native: not ~80 MB of scipy
 
-from appliance.dsp import MODEL_FS_HZ, median_last_axis, preprocess, welch_psd
+from appliance.dsp import MODEL_FS_HZ, mean_axis, median_last_axis, preprocess, var_axis, welch_psd
 from appliance.protocol.stages import EPOCH_S, STAGE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ per-recording term at all.)"""
 
 _SIGMA_SOS = signal.butter(4, [11.0, 16.0], btype="bandpass", fs=MODEL_FS_HZ, output="sos")
 _DELTA_SOS = signal.butter(4, 2.0, btype="lowpass", fs=MODEL_FS_HZ, output="sos")
+# Both filtered from rest over the same epochs, side by side (appliance.filters.sosfilt_lanes): each one alone is a
+# chain of dependent operations that leaves the CPU waiting, the two together cost about one.
+_SIGMA_DELTA_LANES = signal.filter_lanes(_SIGMA_SOS, _DELTA_SOS)
 _SLOW_WAVE_PTP_UV = 75.0  # AASM: N3 slow waves are 0.5-2 Hz with > 75 uV peak to peak
 _WELCH_NPERSEG = 2 * MODEL_FS_HZ
 _F_HZ = np.fft.rfftfreq(_WELCH_NPERSEG, 1.0 / MODEL_FS_HZ)
@@ -125,30 +128,39 @@ def _features(epochs: np.ndarray) -> np.ndarray:
     The live path calls it with one epoch, :func:`night_features` with blocks of many (vectorised:
     several times faster per epoch); both give the same numbers.
     """
-    x = np.where(np.isfinite(epochs), epochs, 0.0)
-    x = x - x.mean(axis=1, keepdims=True)
+    # Each step is the straightforward numpy expression's own operations on the same values (np.mean, np.var,
+    # np.diff, np.ptp spelled out; tests/test_stager.py keeps that version as the reference): at one epoch,
+    # numpy's Python bookkeeping around them costs as much as the arithmetic.
+    finite = np.isfinite(epochs)
+    x = epochs if finite.all() else np.where(finite, epochs, 0.0)
+    x = x - mean_axis(x, 1, keepdims=True)
     x = np.fft.irfft(np.fft.rfft(x, axis=1) * _EPOCH_LOWPASS, n=EPOCH_SAMPLES, axis=1)
     n = len(x)
     eps = 1e-6
     _, p = welch_psd(x, fs_hz=MODEL_FS_HZ, nperseg=_WELCH_NPERSEG)
     band_power = p @ _BAND_MATRIX
     total = band_power.sum(axis=1) + eps
-    logrel = np.log10(band_power / total[:, None] + eps)
-    dx = np.diff(x, axis=1)
-    ddx = np.diff(dx, axis=1)
-    var0, var1, var2 = x.var(axis=1) + eps, dx.var(axis=1) + eps, ddx.var(axis=1) + eps
+    out = np.empty((n, N_FEATURES), dtype=np.float32)  # float64 results rounded once on assignment, as astype
+    out[:, :len(FEATURE_BANDS_HZ)] = np.log10(band_power / total[:, None] + eps)
+    out[:, len(FEATURE_BANDS_HZ)] = np.log10(total)
+    dx = x[:, 1:] - x[:, :-1]
+    ddx = dx[:, 1:] - dx[:, :-1]
+    var0, var1, var2 = var_axis(x, 1) + eps, var_axis(dx, 1) + eps, var_axis(ddx, 1) + eps
     mobility = np.sqrt(var1 / var0)
-    complexity = np.sqrt(var2 / var1) / mobility
+    out[:, len(FEATURE_BANDS_HZ) + 1] = mobility
+    out[:, len(FEATURE_BANDS_HZ) + 2] = np.sqrt(var2 / var1) / mobility
     # Spindles and K-complexes are transients: compare each 2-s window with the epoch's typical one.
-    sigma = signal.sosfilt(_SIGMA_SOS, x, axis=-1).reshape(n, 15, -1)
-    sigma_rms = np.sqrt((sigma**2).mean(axis=2)) + eps
-    win_power = (x.reshape(n, 15, -1) ** 2).mean(axis=2) + eps
-    slow = signal.sosfilt(_DELTA_SOS, x, axis=-1).reshape(n, 30, -1)
-    slow_frac = np.mean(np.ptp(slow, axis=2) > _SLOW_WAVE_PTP_UV, axis=1)
-    return np.column_stack([
-        logrel, np.log10(total), mobility, complexity,
-        np.log10(sigma_rms.max(axis=1) / median_last_axis(sigma_rms)), np.std(np.log10(win_power), axis=1), slow_frac,
-    ]).astype(np.float32)
+    filtered = signal.sosfilt_lanes(_SIGMA_DELTA_LANES, x)
+    sigma = filtered[:, 0].reshape(n, 15, -1)
+    sigma_rms = np.sqrt(mean_axis(sigma * sigma, 2)) + eps
+    out[:, len(FEATURE_BANDS_HZ) + 3] = np.log10(sigma_rms.max(axis=1) / median_last_axis(sigma_rms))
+    windows = x.reshape(n, 15, -1)
+    win_power = mean_axis(windows * windows, 2) + eps
+    out[:, len(FEATURE_BANDS_HZ) + 4] = np.sqrt(var_axis(np.log10(win_power), 1))
+    slow = filtered[:, 1].reshape(n, 30, -1)
+    swings = np.subtract(slow.max(axis=2), slow.min(axis=2)) > _SLOW_WAVE_PTP_UV
+    out[:, len(FEATURE_BANDS_HZ) + 5] = np.count_nonzero(swings, axis=1) / swings.shape[1]
+    return out
 
 
 def night_features(x_model_rate: np.ndarray) -> np.ndarray:
