@@ -9,7 +9,10 @@ optimize...), more than the rest of the daemon together. The box needs from it o
   imported then and only then;
 * ``sosfilt``, the per-sample IIR filter: ``bedtime_sosfilt`` in ``native/filter.c`` (through the cffi
   extension ``appliance._native``), scipy's kernel's arithmetic in the same order;
-* ``upfirdn``, the polyphase resampler: ``bedtime_upfirdn`` in C, summing each output's taps in scipy's order.
+* ``upfirdn``, the polyphase resampler: ``bedtime_upfirdn`` in C, summing each output's taps in scipy's order;
+* for the per-epoch features, :func:`sosfilt_lanes` and :func:`sosfiltfilt_lanes` (``sosfiltfilt``'s odd padding,
+  initial states and two passes, in C): several independent filters run side by side, each one's arithmetic
+  ``sosfilt``'s, for about the CPU of one (see :class:`FilterLanes`).
 
 Every result is bit-identical to scipy's (``tests/test_filters.py`` compares with hypothesis-generated inputs,
 and the daemon's outputs on the demo night are pinned by the end-to-end tests). The signatures are scipy's, for

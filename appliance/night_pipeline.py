@@ -32,7 +32,7 @@ import numpy as np
 
 from appliance.alerts import AlertSender
 from appliance.breather import SESSION_STATES, BreatherChange
-from appliance.dsp import arousal_features, epoch_quality
+from appliance.dsp import epoch_checks
 from appliance.edfplus import STAGE_ANNOTATION
 from appliance.epoch import Epoch
 from appliance.epoch_assembler import AssembledEpoch, Chunk, EpochAssembler
@@ -310,9 +310,11 @@ class NightPipeline:
                 self.journal.event("electrode_on", end_s,
                                    channels=sorted(c + 1 for c in self._lead_off_channels - off_channels))
             self._lead_off_channels = off_channels
-        quality = epoch_quality(x, fs_hz=self.fs_hz, lead_off=ch in off_channels, frames_lost=assembled.frames_lost)
+        # epoch_quality and arousal_features in one pass (their two high-pass filters side by side)
+        quality, arousal = epoch_checks(x, fs_hz=self.fs_hz, lead_off=ch in off_channels,
+                                        frames_lost=assembled.frames_lost)
         epoch = Epoch(index=index, start_sample=index * int(round(EPOCH_S * self.fs_hz)), end_time_s=end_s,
-                      quality=quality, arousal=arousal_features(x, fs_hz=self.fs_hz))
+                      quality=quality, arousal=arousal)
         probs = np.asarray(self.stager.stage_epoch(assembled.model_uv), dtype=np.float64)
         epoch = dataclasses.replace(epoch, stage_probs=probs)
         p_loop = float(self.loop_detector.update(epoch))

@@ -9,7 +9,7 @@ from scipy import signal
 
 from appliance.dsp import (
     ADS1299_RAIL_UV, CLIP_UV, MODEL_FS_HZ, StreamingPreprocessor, _sosfiltfilt, _windows, arousal_features,
-    epoch_quality, median_last_axis, preprocess, welch_psd,
+    epoch_checks, epoch_quality, mean_axis, median_last_axis, preprocess, var_axis, welch_psd,
 )
 from appliance.epoch import ArousalFeatures
 
@@ -228,3 +228,70 @@ def test_median_last_axis_is_np_median_bit_for_bit(a):
     g, w = np.atleast_1d(got), np.atleast_1d(want)
     assert np.array_equal(np.isnan(g), np.isnan(w))
     assert np.array_equal(g[~np.isnan(g)].view(np.int64), w[~np.isnan(w)].view(np.int64))
+
+
+# ---- the cheaper per-epoch calls equal the straightforward computation ------------------------------------
+# tests/epoch_reference.py keeps epoch_quality and arousal_features as they were before they were made cheaper
+# (scipy's sosfiltfilt, np.median/std/ptp/mean, masks): the oracle. Generated epochs cover lost samples, flat and
+# railed stretches, huge amplitudes, short and ragged epochs at the box's rates and recordings' rates.
+def _same_arousal(got: ArousalFeatures, want: ArousalFeatures) -> None:
+    for name in ("alpha_rel", "beta_rel", "high_freq_rel", "movement_fraction"):
+        g, w = getattr(got, name), getattr(want, name)
+        assert (np.isnan(g) and np.isnan(w)) or np.isclose(g, w, rtol=1e-9, atol=0.0), (name, g, w)
+    assert got.movement_fraction == want.movement_fraction
+
+
+@settings(max_examples=250, deadline=None)
+@given(data=st.data(), fs=st.sampled_from([250.0, 500.0, 1000.0, 256.0, 200.0, 100.0, 50.0]),
+       shape=st.sampled_from(["epoch"] * 5 + ["short", "ragged"]), lead_off=st.booleans(),
+       frames_lost=st.sampled_from([0, 0, 0, 2]))
+def test_epoch_checks_equal_the_straightforward_reference(data, fs, shape, lead_off, frames_lost):
+    from tests import epoch_reference as ref
+
+    n = {"epoch": int(30 * fs), "short": data.draw(st.integers(0, int(4 * fs)), label="n"),
+         "ragged": int(30 * fs) - data.draw(st.integers(1, int(fs) - 1), label="missing")}[shape]
+    x = ref.raw_epoch(data, fs_hz=fs, n=n)
+    kw = dict(fs_hz=fs, lead_off=lead_off, frames_lost=frames_lost)
+    with np.errstate(all="ignore"):
+        want_q, want_a = ref.epoch_quality(x, **kw), ref.arousal_features(x, fs_hz=fs)
+        q, a = epoch_checks(x, **kw)
+        alone_q, alone_a = epoch_quality(x, **kw), arousal_features(x, fs_hz=fs)
+    assert q == want_q
+    assert alone_q == want_q
+    _same_arousal(a, want_a)
+    _same_arousal(alone_a, want_a)
+
+
+@pytest.mark.parametrize("k", range(len(_feature_epochs())))
+def test_epoch_checks_equal_the_reference_on_synthetic_and_random_epochs(k):
+    from tests import epoch_reference as ref
+
+    x, fs = _feature_epochs()[k]
+    q, a = epoch_checks(x, fs_hz=fs)
+    assert q == ref.epoch_quality(x, fs_hz=fs)
+    _same_arousal(a, ref.arousal_features(x, fs_hz=fs))
+
+
+def test_epoch_checks_computes_only_what_is_asked():
+    x = _clean_epoch()
+    assert epoch_checks(x, fs_hz=250.0, arousal=False)[1] is None
+    assert epoch_checks(x, fs_hz=250.0, quality=False)[0] is None
+    assert epoch_checks(x, fs_hz=250.0, quality=False, arousal=False) == (None, None)
+
+
+_REDUCE_VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                           st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e300, -1e300]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.integers(1, 4).flatmap(lambda rows: st.integers(1, 40).flatmap(lambda n: st.lists(
+    _REDUCE_VALUES, min_size=rows * n, max_size=rows * n).map(lambda v: np.array(v).reshape(rows, n)))),
+    axis=st.sampled_from([0, 1, -1]), keepdims=st.booleans())
+def test_mean_axis_and_var_axis_are_numpys_bit_for_bit(a, axis, keepdims):
+    with np.errstate(all="ignore"):
+        got, want = mean_axis(a, axis, keepdims=keepdims), np.mean(a, axis=axis, keepdims=keepdims)
+        got_v, want_v = var_axis(a, axis), np.var(a, axis=axis)
+    for g, w in ((got, want), (got_v, want_v)):
+        assert g.shape == w.shape
+        assert np.array_equal(np.isnan(g), np.isnan(w))
+        assert np.array_equal(g[~np.isnan(g)].view(np.int64), w[~np.isnan(w)].view(np.int64))

@@ -138,7 +138,71 @@ def test_the_box_runtime_does_not_import_scipy() -> None:
             "pre = dsp.StreamingPreprocessor(250.0, notch_hz=50.0)\n"
             "y = pre.process(np.random.default_rng(0).normal(0, 20, 250 * 60))\n"
             "dsp.epoch_quality(np.zeros(7500) + 1.0, fs_hz=250.0); dsp.arousal_features(np.ones(7500), fs_hz=250.0)\n"
+            "dsp.epoch_checks(np.random.default_rng(1).normal(0, 20, 7500), fs_hz=250.0)\n"
             "stager.epoch_features(y[:3000])\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- the side-by-side kernels: each lane is scipy's filter, bit for bit ------------------------------------------
+_LANE_DESIGNS = {
+    "hp1": lambda: scipy_signal.butter(2, 0.3, btype="highpass", fs=250.0, output="sos"),  # 1 section
+    "hp2": lambda: scipy_signal.butter(4, 20.0, btype="highpass", fs=250.0, output="sos"),  # 2
+    "band+notch": lambda: np.vstack([scipy_signal.butter(2, [0.3, 35.0], btype="bandpass", fs=250.0, output="sos"),
+                                     scipy_signal.tf2sos(*scipy_signal.iirnotch(50.0, Q=30.0, fs=250.0))]),  # 3
+    "sigma": lambda: scipy_signal.butter(4, [11.0, 16.0], btype="bandpass", fs=100.0, output="sos"),  # 4
+    "band6": lambda: scipy_signal.butter(6, [1.0, 30.0], btype="bandpass", fs=100.0, output="sos"),  # 6: not unrolled
+    "fir-like": lambda: np.array([[0.5, 0.25, 0.0, 1.0, 0.0, 0.0]]),  # trailing zeros: a shorter default pad
+}
+LANE_VALUES = st.one_of(FINITE, st.sampled_from([np.nan, np.inf, -np.inf, 1e300, -0.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(which=st.lists(st.sampled_from(sorted(_LANE_DESIGNS)), min_size=1, max_size=4),
+       n=st.integers(1, 300), data=st.data())
+def test_sosfiltfilt_lanes_is_scipys_sosfiltfilt(which, n, data) -> None:
+    sos = [_LANE_DESIGNS[w]() for w in which]
+    x = data.draw(hnp.arrays(np.float64, (len(sos), n), elements=LANE_VALUES), label="x")
+    lanes = filters.filter_lanes(*sos, zero_phase=True)
+    with np.errstate(all="ignore"):
+        try:
+            want = [scipy_signal.sosfiltfilt(s, row) for s, row in zip(sos, x)]
+        except ValueError as e:  # too short for scipy: refused alike
+            with pytest.raises(ValueError, match="padlen"):
+                filters.sosfiltfilt_lanes(lanes, x)
+            assert "padlen" in str(e)
+            return
+        got = filters.sosfiltfilt_lanes(lanes, x)
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w, equal_nan=True)
+        assert np.array_equal(np.signbit(g), np.signbit(w))
+
+
+@settings(max_examples=200, deadline=None)
+@given(which=st.lists(st.sampled_from(sorted(_LANE_DESIGNS)), min_size=1, max_size=3),
+       n_signals=st.integers(1, 4), n=st.integers(1, 300), data=st.data())
+def test_sosfilt_lanes_is_scipys_sosfilt_for_every_filter_and_signal(which, n_signals, n, data) -> None:
+    sos = [_LANE_DESIGNS[w]() for w in which]
+    x = data.draw(hnp.arrays(np.float64, (n_signals, n), elements=LANE_VALUES), label="x")
+    with np.errstate(all="ignore"):
+        got = filters.sosfilt_lanes(filters.filter_lanes(*sos), x)
+        assert got.shape == (n_signals, len(sos), n)
+        for f, s in enumerate(sos):
+            want = scipy_signal.sosfilt(s, x, axis=-1)
+            assert np.array_equal(got[:, f], want, equal_nan=True)
+            assert np.array_equal(np.signbit(got[:, f]), np.signbit(want))
+
+
+def test_filter_lanes_refuse_what_the_kernels_cannot_take() -> None:
+    hp = _LANE_DESIGNS["hp1"]()
+    with pytest.raises(ValueError):
+        filters.filter_lanes()
+    with pytest.raises(ValueError):
+        filters.filter_lanes(np.array([[1.0, 0.0, 0.0, 2.0, 0.0, 0.0]]))  # a0 != 1
+    with pytest.raises(ValueError, match="zero_phase"):
+        filters.sosfiltfilt_lanes(filters.filter_lanes(hp), np.zeros((1, 100)))
+    with pytest.raises(ValueError, match="one signal per filter"):
+        filters.sosfiltfilt_lanes(filters.filter_lanes(hp, zero_phase=True), np.zeros((2, 100)))
+    with pytest.raises(ValueError, match="at most"):
+        filters.sosfiltfilt_lanes(filters.filter_lanes(*[hp] * 9, zero_phase=True), np.zeros((9, 100)))

@@ -6,6 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.dsp import StreamingPreprocessor
 from appliance.protocol.stages import Stage
@@ -248,3 +250,38 @@ def test_fast_features_equal_the_scipy_reference(night):
         np.testing.assert_allclose(night_features(epochs.ravel()), ref, rtol=1e-5, atol=1e-6)
         for k in range(0, len(epochs), 7):
             np.testing.assert_allclose(epoch_features(epochs[k]), ref[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- the cheaper features equal the straightforward computation, bit for bit ------------------------------------
+# tests/epoch_reference.py keeps the stager's features as they were computed before they were made cheaper (np.where,
+# np.diff, np.var, np.ptp, np.median, scipy's sosfilt, one filter at a time): the model's inputs are float32, and
+# they must not move by one bit, whatever the epoch (lost samples, flat, railed, huge) and however many are stacked.
+@settings(max_examples=120, deadline=None)
+@given(data=st.data(), n_epochs=st.integers(1, 5), clip=st.booleans())
+def test_features_equal_the_straightforward_reference_bit_for_bit(data, n_epochs, clip):
+    from appliance.stager import _features, night_features
+    from tests import epoch_reference as ref
+
+    epochs = np.stack([ref.raw_epoch(data, fs_hz=100.0, n=EPOCH_SAMPLES) for _ in range(n_epochs)])
+    if clip:  # what the preprocessor hands over: within +-400 uV
+        epochs = np.clip(epochs, -400.0, 400.0)
+    with np.errstate(all="ignore"):
+        want = ref.stager_features(epochs)
+        got = _features(epochs)
+        one_by_one = np.stack([epoch_features(e) for e in epochs])
+        night = night_features(epochs.ravel())
+    for g in (got, one_by_one, night):
+        assert g.dtype == np.float32 and g.shape == want.shape
+        assert np.array_equal(g, want, equal_nan=True), np.nanmax(np.abs(g - want))
+
+
+def test_features_of_a_synthetic_night_equal_the_straightforward_reference_bit_for_bit(night):
+    from appliance.dsp import preprocess
+    from appliance.stager import night_features
+    from tests import epoch_reference as ref
+
+    y = preprocess(night, fs_hz=250.0)
+    epochs = y[: len(y) // EPOCH_SAMPLES * EPOCH_SAMPLES].reshape(-1, EPOCH_SAMPLES)
+    want = ref.stager_features(epochs)
+    assert np.array_equal(night_features(y), want)
+    assert all(np.array_equal(epoch_features(e), w) for e, w in zip(epochs, want))
