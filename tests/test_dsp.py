@@ -295,3 +295,32 @@ def test_mean_axis_and_var_axis_are_numpys_bit_for_bit(a, axis, keepdims):
         assert g.shape == w.shape
         assert np.array_equal(np.isnan(g), np.isnan(w))
         assert np.array_equal(g[~np.isnan(g)].view(np.int64), w[~np.isnan(w)].view(np.int64))
+
+
+def _edge_epochs():
+    """Hand-made epochs at the corners the generated ones reach rarely (name, signal, fs)."""
+    fs = 250.0
+    n = int(30 * fs)
+    rng = np.random.default_rng(11)
+    noise = rng.standard_normal(n)
+    two_spikes = noise * 10.0
+    two_spikes[[100, 5000]] = 1e308  # their sum overflows: a mean of the epoch is inf, its median is not
+    near_flat = noise / noise.std() * 0.5  # the flat-line threshold, std 0.5 uV
+    near_swing = np.sin(2 * np.pi * 0.5 * np.arange(n) / fs) * 250.0  # 500 uV peak to peak: the artefact threshold
+    one_rail = _clean_epoch()
+    one_rail[:8] = ADS1299_RAIL_UV  # 8 of 7500 railed samples: just over 0.1 %
+    return [("two 1e308 spikes", two_spikes, fs), ("near flat", near_flat, fs), ("near 500 uV", near_swing, fs),
+            ("railed 0.1 %", one_rail, fs), ("all zeros", np.zeros(n), fs), ("all NaN", np.full(n, np.nan), fs),
+            ("one sample", np.array([3.0]), fs), ("just over 3 s", noise[:751] * 30.0, fs),
+            ("exactly 2 s", noise[:500] * 30.0, fs), ("huge", noise * 1e300, fs), ("+inf", np.full(n, np.inf), fs)]
+
+
+@pytest.mark.parametrize("name", [e[0] for e in _edge_epochs()])
+def test_epoch_checks_equal_the_reference_on_edge_epochs(name):
+    from tests import epoch_reference as ref
+
+    _, x, fs = next(e for e in _edge_epochs() if e[0] == name)
+    with np.errstate(all="ignore"):
+        q, a = epoch_checks(x, fs_hz=fs)
+        assert q == ref.epoch_quality(x, fs_hz=fs)
+        _same_arousal(a, ref.arousal_features(x, fs_hz=fs))
