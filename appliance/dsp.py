@@ -397,13 +397,13 @@ def _quality_finish(hp: np.ndarray, finite: np.ndarray | None, flags: set[str], 
     bad = ptp > _ARTEFACT_PTP_UV
     if finite is not None:
         bad |= _windows(finite, fs_hz).min(axis=1) < 1
-    artefact_fraction = np.count_nonzero(bad) / len(bad)  # bad.mean(), exactly
+    artefact_fraction = float(np.count_nonzero(bad)) / len(bad)  # bad.mean(), exactly (a Python float)
     if ptp.max() > _ARTEFACT_PTP_UV:
         flags.add("high_amplitude")
     if artefact_fraction > 0.1:
         flags.add("artefact")
     ok = not (flags & {"lead_off", "frames_lost", "clipping", "flat"}) and artefact_fraction <= 0.5
-    return SignalQuality(ok=ok, flags=frozenset(flags), artefact_fraction=float(artefact_fraction))
+    return SignalQuality(ok=ok, flags=frozenset(flags), artefact_fraction=artefact_fraction)
 
 
 def epoch_quality(x_uv_chip: np.ndarray, *, fs_hz: float, lead_off: bool = False, frames_lost: int = 0,

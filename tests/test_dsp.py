@@ -234,7 +234,14 @@ def test_median_last_axis_is_np_median_bit_for_bit(a):
 # tests/epoch_reference.py keeps epoch_quality and arousal_features as they were before they were made cheaper
 # (scipy's sosfiltfilt, np.median/std/ptp/mean, masks): the oracle. Generated epochs cover lost samples, flat and
 # railed stretches, huge amplitudes, short and ragged epochs at the box's rates and recordings' rates.
+def _same_quality(got, want) -> None:
+    assert got == want
+    # the same Python types too: the pipeline writes them to JSON (a numpy bool is not serialisable)
+    assert [type(v) for v in vars(got).values()] == [type(v) for v in vars(want).values()]
+
+
 def _same_arousal(got: ArousalFeatures, want: ArousalFeatures) -> None:
+    assert [type(v) for v in vars(got).values()] == [type(v) for v in vars(want).values()]
     for name in ("alpha_rel", "beta_rel", "high_freq_rel", "movement_fraction"):
         g, w = getattr(got, name), getattr(want, name)
         assert (np.isnan(g) and np.isnan(w)) or np.isclose(g, w, rtol=1e-9, atol=0.0), (name, g, w)
@@ -256,8 +263,8 @@ def test_epoch_checks_equal_the_straightforward_reference(data, fs, shape, lead_
         want_q, want_a = ref.epoch_quality(x, **kw), ref.arousal_features(x, fs_hz=fs)
         q, a = epoch_checks(x, **kw)
         alone_q, alone_a = epoch_quality(x, **kw), arousal_features(x, fs_hz=fs)
-    assert q == want_q
-    assert alone_q == want_q
+    _same_quality(q, want_q)
+    _same_quality(alone_q, want_q)
     _same_arousal(a, want_a)
     _same_arousal(alone_a, want_a)
 
@@ -268,7 +275,7 @@ def test_epoch_checks_equal_the_reference_on_synthetic_and_random_epochs(k):
 
     x, fs = _feature_epochs()[k]
     q, a = epoch_checks(x, fs_hz=fs)
-    assert q == ref.epoch_quality(x, fs_hz=fs)
+    _same_quality(q, ref.epoch_quality(x, fs_hz=fs))
     _same_arousal(a, ref.arousal_features(x, fs_hz=fs))
 
 
@@ -322,5 +329,5 @@ def test_epoch_checks_equal_the_reference_on_edge_epochs(name):
     _, x, fs = next(e for e in _edge_epochs() if e[0] == name)
     with np.errstate(all="ignore"):
         q, a = epoch_checks(x, fs_hz=fs)
-        assert q == ref.epoch_quality(x, fs_hz=fs)
+        _same_quality(q, ref.epoch_quality(x, fs_hz=fs))
         _same_arousal(a, ref.arousal_features(x, fs_hz=fs))
