@@ -20,7 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-
 logger = logging.getLogger(__name__)
 
 NIGHT_EDF = "night.edf"
