@@ -351,10 +351,13 @@ def test_home_assistant_sees_the_box_and_acts_on_its_alert(world):
 
     # 2. units, device classes and states that follow the night
     def live():
+        # Telemetry (signal quality) can come before the first epoch's stage: wait for both, or the stage
+        # sensor is still Home Assistant's "unknown" (a race this test lost once on a quiet machine).
         st = hass.states()
-        s = st.get(f"sensor.bedtime_{BOX.replace('-', '_')}_signal_quality", {}).get("state")
-        return st if st and s not in (None, "unknown", "unavailable") else None
-    st = until(live, 120, "the box's states (signal quality from telemetry)")
+        known = [st.get(f"sensor.bedtime_{BOX.replace('-', '_')}_{name}", {}).get("state")
+                 for name in ("signal_quality", "sleep_stage")]
+        return st if st and all(s not in (None, "unknown", "unavailable") for s in known) else None
+    st = until(live, 120, "the box's states (signal quality from telemetry, the first epoch's stage)")
     p = f"bedtime_{BOX.replace('-', '_')}"
     stage = st[f"sensor.{p}_sleep_stage"]
     assert stage["attributes"]["device_class"] == "enum"
