@@ -67,7 +67,7 @@ def _parts(hyp):
 
 _BREAKDOWN = (
     # (label, module, class or None, attribute): what the pipeline thread spends its CPU on, per call site; a
-    # function is patched in the module that calls it (night_pipeline imports epoch_quality etc. by name)
+    # function is patched in the module that calls it (night_pipeline imports epoch_checks by name)
     ("framing: ring frames to microvolts, gap filling (`EpochAssembler.convert`, without the preprocessing)", "appliance.epoch_assembler", "EpochAssembler",
      "convert"),
     ("EDF+ writer (`EdfPlusRecorder.write`; 130 MB a night, kernel write-back included)", "appliance.edfplus",
