@@ -7,7 +7,7 @@ modules beside this tree's, and times both on the same synthetic epochs (every s
 :mod:`appliance.synthetic_eeg`) in the same process, alternating base and new, so machine noise hits both alike.
 
 Each figure is the median over ``--runs`` runs of ``time.process_time()`` around ``--calls`` calls, per call.
-Both versions' results are compared on the way (quality and arousal equal, stager features equal as float32).
+Both versions' results are compared on the way (quality equal, arousal to 1e-9, stager features equal as float32).
 
 Usage::
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         assert dsp.epoch_quality(x, fs_hz=fs) == base_dsp.epoch_quality(x, fs_hz=fs)
         a, b = dsp.arousal_features(x, fs_hz=fs), base_dsp.arousal_features(x, fs_hz=fs)
         assert np.allclose(dataclasses.astuple(a), dataclasses.astuple(b), rtol=1e-9, atol=0)
+        if hasattr(dsp, "epoch_checks"):
+            assert dsp.epoch_checks(x, fs_hz=fs) == (base_dsp.epoch_quality(x, fs_hz=fs), b)
     for y in model:
         assert np.array_equal(stager.epoch_features(y), base_stager.epoch_features(y))
 
