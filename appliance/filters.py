@@ -375,7 +375,8 @@ def sosfiltfilt_lanes(lanes: FilterLanes, x: np.ndarray) -> np.ndarray:
                                  ffi.cast("const size_t *", ffi.from_buffer(lanes.n_sections)),
                                  ffi.cast("const size_t *", ffi.from_buffer(lanes.pad)), nf,
                                  ffi.cast("const double *", ffi.from_buffer(x)), n,
-                                 ffi.cast("double *", ffi.from_buffer(out)), ffi.cast("double *", ffi.from_buffer(work)),
+                                 ffi.cast("double *", ffi.from_buffer(out)),
+                                 ffi.cast("double *", ffi.from_buffer(work)),
                                  ffi.cast("double *", ffi.from_buffer(state)))
     if rc != 0:
         raise ValueError(f"sosfiltfilt_lanes: the kernel refused {nf} signals of {n} samples")

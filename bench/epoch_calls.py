@@ -5,13 +5,15 @@ on the raw chip-rate epoch (250 SPS, microvolts) and :func:`appliance.stager.epo
 100-Hz epoch. This script loads the revision's ``appliance/dsp.py`` and ``appliance/stager.py`` (``git show``) as
 modules beside this tree's, and times both on the same synthetic epochs (every stage, from
 :mod:`appliance.synthetic_eeg`) in the same process, alternating base and new, so machine noise hits both alike.
+Both then run on this tree's C kernels (``appliance._native``); ``--with-native`` counts those too: it exports the
+revision, builds its extension and times each tree in its own child processes, alternating.
 
 Each figure is the median over ``--runs`` runs of ``time.process_time()`` around ``--calls`` calls, per call.
 Both versions' results are compared on the way (quality equal, arousal to 1e-9, stager features equal as float32).
 
 Usage::
 
-    python bench/epoch_calls.py [--base main] [--calls 300] [--runs 5]
+    python bench/epoch_calls.py [--base main] [--calls 300] [--runs 5] [--with-native]
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from typing import Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def _load_base(rev: str) -> tuple[types.ModuleType, types.ModuleType]:
@@ -74,12 +75,84 @@ def _per_call_us(f: Callable[[np.ndarray], object], inputs: list[np.ndarray], ca
     return (time.process_time() - t0) / calls * 1e6
 
 
+def _cases(dsp: types.ModuleType, stager: types.ModuleType, chip: list[np.ndarray], model: list[np.ndarray],
+           fs: float) -> list[tuple[str, Callable[[np.ndarray], object], list[np.ndarray]]]:
+    """The timed calls of one tree's modules; quality + arousal as the pipeline calls them (one call if the tree has
+    ``epoch_checks``)."""
+    both = getattr(dsp, "epoch_checks", None)
+    return [
+        ("epoch_quality", lambda x: dsp.epoch_quality(x, fs_hz=fs), chip),
+        ("arousal_features", lambda x: dsp.arousal_features(x, fs_hz=fs), chip),
+        ("quality + arousal (as the pipeline calls them)",
+         (lambda x: both(x, fs_hz=fs)) if both is not None
+         else (lambda x: (dsp.epoch_quality(x, fs_hz=fs), dsp.arousal_features(x, fs_hz=fs))), chip),
+        ("stager.epoch_features", stager.epoch_features, model),
+    ]
+
+
+def _child(calls: int) -> int:
+    """One run of every case with the modules on sys.path (a tree with its own native extension); JSON out."""
+    import json
+
+    from appliance import dsp, stager
+
+    chip, model = _epochs()
+    out = {}
+    for label, f, inputs in _cases(dsp, stager, chip, model, 250.0):
+        f(inputs[0])  # warm caches (designs, windows)
+        out[label] = _per_call_us(f, inputs, calls)
+    print(json.dumps(out))
+    return 0
+
+
+def _with_native(args: argparse.Namespace) -> int:
+    """The base revision exported and built (its own C kernels), each tree timed in its own processes, alternating."""
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="epoch-calls-") as tmp:
+        base_tree = Path(tmp) / "base"
+        base_tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.base], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive, check=True)
+        subprocess.run([sys.executable, "native/build_native.py"], cwd=base_tree, check=True, capture_output=True)
+        runs: dict[str, list[dict[str, float]]] = {"base": [], "new": []}
+        for _ in range(args.runs):
+            for name, tree in (("base", base_tree), ("new", REPO)):
+                env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(tree), "--calls",
+                                      str(args.calls)], cwd=tree, env=env, check=True, capture_output=True, text=True)
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"per call, us: median of {args.runs} runs x {args.calls} calls (process_time), base {args.base} (its own "
+          "native extension, built) vs this tree, each in its own processes, alternating; min-max in brackets")
+    for label in runs["new"][0]:
+        base = [r[label] for r in runs["base"]]
+        new = [r[label] for r in runs["new"]]
+        mb, mn = statistics.median(base), statistics.median(new)
+        print(f"{label:48s} base {mb:7.1f} [{min(base):6.1f}-{max(base):6.1f}]  "
+              f"new {mn:7.1f} [{min(new):6.1f}-{max(new):6.1f}]  x{mb / mn:4.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/epoch_calls.py")
     ap.add_argument("--base", default="main", help="git revision to compare with (default main)")
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--with-native", action="store_true",
+                    help="also count the C kernels: build the base's native extension and time each tree in its own "
+                         "processes (the default, in one process, runs the base's Python on this tree's kernels)")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # time the tree at this path
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(args.child or REPO))
+    if args.child:
+        import appliance
+
+        assert Path(appliance.__file__).resolve().parent.parent == args.child.resolve(), appliance.__file__
+        return _child(args.calls)
+    if args.with_native:
+        return _with_native(args)
 
     from appliance import dsp, stager
 
@@ -95,22 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     for y in model:
         assert np.array_equal(stager.epoch_features(y), base_stager.epoch_features(y))
 
-    both = getattr(dsp, "epoch_checks", None)
-    cases: list[tuple[str, Callable, Callable | None, list[np.ndarray]]] = [
-        ("epoch_quality", lambda x: base_dsp.epoch_quality(x, fs_hz=fs), lambda x: dsp.epoch_quality(x, fs_hz=fs),
-         chip),
-        ("arousal_features", lambda x: base_dsp.arousal_features(x, fs_hz=fs),
-         lambda x: dsp.arousal_features(x, fs_hz=fs), chip),
-        ("quality + arousal (as the pipeline calls them)",
-         lambda x: (base_dsp.epoch_quality(x, fs_hz=fs), base_dsp.arousal_features(x, fs_hz=fs)),
-         (lambda x: both(x, fs_hz=fs)) if both is not None
-         else (lambda x: (dsp.epoch_quality(x, fs_hz=fs), dsp.arousal_features(x, fs_hz=fs))), chip),
-        ("stager.epoch_features", base_stager.epoch_features, stager.epoch_features, model),
-    ]
     print(f"per call, us: median of {args.runs} runs x {args.calls} calls (process_time), "
-          f"base {args.base} vs this tree, alternating; min-max in brackets")
-    for label, f_base, f_new, inputs in cases:
-        for f in (f_base, f_new):  # warm caches (designs, windows, FFT plans)
+          f"base {args.base}'s Python vs this tree, in one process (both on this tree's C kernels), alternating; "
+          "min-max in brackets")
+    for (label, f_base, inputs), (_, f_new, _) in zip(_cases(base_dsp, base_stager, chip, model, fs),
+                                                      _cases(dsp, stager, chip, model, fs)):
+        for f in (f_base, f_new):  # warm caches (designs, windows)
             f(inputs[0])
         base, new = [], []
         for _ in range(args.runs):

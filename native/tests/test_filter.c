@@ -57,7 +57,8 @@ static void test_sosfiltfilt_lanes_equal_each_lane_alone(void) {
         free(sos); free(zi); free(x); free(out); free(one); free(work); free(state); free(work1); free(state1);
     }
     size_t ns[BEDTIME_SOSFILTFILT_MAX_LANES + 1] = {0}, pad[BEDTIME_SOSFILTFILT_MAX_LANES + 1] = {0};
-    CHECK(bedtime_sosfiltfilt(NULL, NULL, ns, pad, BEDTIME_SOSFILTFILT_MAX_LANES + 1, NULL, 10, NULL, NULL, NULL) == -1);
+    CHECK(bedtime_sosfiltfilt(NULL, NULL, ns, pad, BEDTIME_SOSFILTFILT_MAX_LANES + 1, NULL, 10, NULL, NULL, NULL)
+          == -1);
 }
 
 static void test_sosfilt_lanes_equal_sosfilt(void) {
