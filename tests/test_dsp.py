@@ -211,6 +211,15 @@ def test_welch_psd_equals_scipy_welch(nperseg):
     np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-14)
 
 
+def test_welch_psd_of_a_non_contiguous_view_equals_that_of_a_copy():
+    x = np.random.default_rng(3).standard_normal((3, 6000)) * 10 + 5
+    view = x[:, ::2]  # not contiguous: the as_strided path
+    f, p = welch_psd(view, fs_hz=100.0, nperseg=200)
+    f_copy, p_copy = welch_psd(np.ascontiguousarray(view), fs_hz=100.0, nperseg=200)
+    np.testing.assert_array_equal(p, p_copy)
+    np.testing.assert_allclose(p, signal.welch(view, fs=100.0, nperseg=200, axis=-1)[1], rtol=1e-10, atol=1e-14)
+
+
 _MEDIAN_VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
                            st.sampled_from([0.0, -0.0, 1.0, -1.0]))
 
