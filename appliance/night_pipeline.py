@@ -272,6 +272,19 @@ class NightPipeline:
         (``up_to_now=False``: only the whole seconds before now, so that an epoch ending now is seen first)."""
         now = self.signal_s()
         t = self._last_tick_s + 1.0
+        if t < now and self._last_levels == (0.0, 0.0) and not self.breather_events.in_session:
+            # No session and both outputs off: a tick has nothing to ramp and nothing to end (only an epoch's
+            # decision starts a session, on this thread), so only the run's last tick is made; it still forces
+            # off an output found on, and leaves the breather's clock where the whole run would have. (In a
+            # replay a run is ten ticks; in real time, about one.)
+            last = self._last_tick_s
+            while t < now:  # the same float steps as the loop below, so the same last second
+                last = t
+                t += 1.0
+            if not up_to_now:
+                self.breather.tick(last)
+                self._trace_outputs(last)
+            self._last_tick_s = last
         while t < now:
             self.breather.tick(t)
             self._trace_outputs(t)

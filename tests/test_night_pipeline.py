@@ -127,3 +127,86 @@ def test_breather_events_reports_the_net_change_at_each_step():
     assert recorded[1:] == [("breather_ended", 120.0, {"outcome": "completed", "reason": "session_time_up",
                                                        "duration_s": 90.0, "max_light": 0.2, "max_volume": 0.1})]
     assert ev.session_reports == [report] and not ev.in_session and len(statuses) == 2
+
+
+class _Outputs:
+    """The pipeline's view of a rig's light and speaker (levels, and a mirror that is not there)."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    def levels(self) -> tuple[float, float]:
+        return self.rig.light.level, self.rig.speaker.level
+
+    def sync_mirror(self) -> None:
+        pass
+
+    def all_off(self) -> None:
+        self.rig.light.off()
+        self.rig.speaker.off()
+
+
+def _reference_tick(self, *, up_to_now: bool = True) -> None:
+    """NightPipeline.tick the straightforward way: every whole second ticked, whatever the breather's state."""
+    now = self.signal_s()
+    t = self._last_tick_s + 1.0
+    while t < now:
+        self.breather.tick(t)
+        self._trace_outputs(t)
+        self._last_tick_s = t
+        t += 1.0
+    if up_to_now:
+        self.breather.tick(now)
+        self._trace_outputs(now)
+        self._last_tick_s = now
+    self.breather_events.report(self._last_tick_s)
+
+
+@settings(max_examples=20, deadline=None)
+@given(pops=st.lists(st.integers(1, 120 * FS), min_size=1, max_size=60),
+       loops=st.lists(st.booleans(), min_size=40, max_size=40), stray=st.integers(0, 59))
+def test_idle_ticks_leave_the_same_night_as_ticking_every_second(tmp_path_factory, pops, loops, stray):
+    """The pipeline ticks an idle breather once per run of ticks: breather clock, state, outputs, their trace and
+    the events are those of ticking it at every second, whatever the pops and the sessions (and an output left
+    on outside a session is still forced off)."""
+    import types
+
+    from appliance.night_journal import NightJournal
+    from appliance.night_pipeline import NightPipeline
+    from tests.daemon_helpers import box_config
+
+    tmp = tmp_path_factory.mktemp("night")
+    cfg = box_config(tmp, port=None)
+    runs = []
+    for reference in (False, True):
+        rig = Rig(BreatherConfig(cue_s=30.0, light_s=60.0, confirm_epochs=1, min_gap_s=1800.0))
+        try:
+            night = NightPipeline(cfg, fs_hz=FS, n_channels=N_CH, journal=NightJournal(), notify=lambda _m: None)
+            night.equip(stager=None, loop_detector=None, breather=rig.b, link=None)
+            night.outputs = _Outputs(rig)
+            if reference:
+                night.tick = types.MethodType(_reference_tick, night)
+            seen = []
+            for k, n in enumerate(pops):
+                if k == stray:
+                    rig.light.value = 0.5  # something left the light on outside the breather
+                fill = night.counters["frames"] % EPOCH
+                while n:
+                    take = min(n, EPOCH - fill)
+                    night.counters["frames"] += take
+                    n -= take
+                    fill = (fill + take) % EPOCH
+                    if fill:
+                        night.tick()
+                        continue
+                    night.tick(up_to_now=False)
+                    i = night.counters["frames"] // EPOCH - 1
+                    rig.b.on_epoch(ep(i, R, p_loop=0.95 if loops[i % len(loops)] else 0.0))
+                    night.breather_events.report(night.signal_s(), i)
+                    night.tick()
+                    seen.append((rig.b.state, rig.b._sim_now, rig.light.level, rig.speaker.level))
+            runs.append((seen, list(night.output_trace), list(night.journal.events), night._last_tick_s,
+                         rig.b._sim_now, rig.light.level, rig.speaker.level, rig.b.sessions))
+        finally:
+            rig.close()
+    assert runs[0] == runs[1]
