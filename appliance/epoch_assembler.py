@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from appliance.ads1299_frame import uv_per_count
+from appliance.ads1299_frame import LOFF_MASK, LOFF_STATN_SHIFT, LOFF_STATP_SHIFT, uv_per_count
 from appliance.dsp import MODEL_FS_HZ, StreamingPreprocessor
 from appliance.protocol.stages import EPOCH_S
 
@@ -123,7 +123,11 @@ class EpochAssembler:
         lost = int(idx[-1]) - first + 1 - len(idx)
         self._last_index = int(idx[-1])
         uv = frames.counts.astype(np.float32) * np.float32(self.uv_per_count)
-        loff = frames.loff_statp | frames.loff_statn
+        # LOFF_STATP | LOFF_STATN in one pass over the status words (frames.loff_statp | frames.loff_statn)
+        loff = frames.status >> LOFF_STATN_SHIFT
+        loff |= frames.status >> LOFF_STATP_SHIFT
+        loff &= LOFF_MASK
+        loff = loff.astype(np.uint8)
         filled = False
         if lost > 0:
             self._lost += lost

@@ -464,9 +464,10 @@ class NightPipeline:
                 self._acq_event_at[kind] = t
                 self.journal.event(f"acquisition_{kind}", t, reason=reason, count_so_far=self.counters[key])
 
-    def telemetry_if_due(self, *, ring_counters: Any) -> None:
+    def telemetry_if_due(self, *, ring_counters: Callable[[], Any]) -> None:
         """Publish the telemetry message (QoS 0) when ``telemetry.interval_s`` more seconds of signal have passed
-        since the last one; ``ring_counters`` are the ring's (dropped, corrupt)."""
+        since the last one; ``ring_counters()`` gives the ring's (dropped, corrupt), read only then (it is a call
+        into the ring, and this is asked after every pop)."""
         sig_s = self.signal_s()
         if sig_s < self._next_telemetry_s:
             return
@@ -476,7 +477,7 @@ class NightPipeline:
         self._cpu_mark = (wall, cpu)
         recent = self.epochs[-10:]
         ok_pct = 100.0 * sum(e.quality.ok for e in recent) / len(recent) if recent else None
-        c = ring_counters
+        c = ring_counters()
         fields = {"signal_quality_percent": ok_pct, "frames_dropped": int(c.dropped),
                   "frames_corrupt": int(c.corrupt), "frames_lost": self.counters["frames_lost"],
                   "drdy_stalls": self.counters["drdy_stalls"], "cpu_percent": round(cpu_pct, 2),
