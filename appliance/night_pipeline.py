@@ -313,9 +313,10 @@ class NightPipeline:
         ch = self.cfg.acquisition.staging_channel
         index = len(self.epochs)
         self.epoch_wall_s.append(time.monotonic())
-        x = assembled.raw_uv[:, ch].astype(np.float64)
+        x = assembled.staging_uv  # channel ch (the assembler's staging channel, from the same config), float64
         # LOFF_STATP/N bit n-1 = channel n; any electrode of the staging channel off spoils its epoch
-        off_channels = frozenset(i for i in range(self.n_channels) if assembled.lead_off_bits >> i & 1)
+        bits = assembled.lead_off_bits
+        off_channels = frozenset(i for i in range(self.n_channels) if bits >> i & 1) if bits else frozenset()
         if off_channels != self._lead_off_channels:
             if off_channels - self._lead_off_channels:
                 self.journal.event("electrode_off", end_s, channels=sorted(c + 1 for c in off_channels))
@@ -324,10 +325,10 @@ class NightPipeline:
                                    channels=sorted(c + 1 for c in self._lead_off_channels - off_channels))
             self._lead_off_channels = off_channels
         quality = epoch_quality(x, fs_hz=self.fs_hz, lead_off=ch in off_channels, frames_lost=assembled.frames_lost)
-        epoch = Epoch(index=index, start_sample=index * int(round(EPOCH_S * self.fs_hz)), end_time_s=end_s,
-                      quality=quality, arousal=arousal_features(x, fs_hz=self.fs_hz))
+        arousal = arousal_features(x, fs_hz=self.fs_hz)
         probs = np.asarray(self.stager.stage_epoch(assembled.model_uv), dtype=np.float64)
-        epoch = dataclasses.replace(epoch, stage_probs=probs)
+        epoch = Epoch(index=index, start_sample=index * int(round(EPOCH_S * self.fs_hz)), end_time_s=end_s,
+                      quality=quality, arousal=arousal, stage_probs=probs)
         p_loop = float(self.loop_detector.update(epoch))
         epoch = dataclasses.replace(epoch, p_loop=p_loop)
         if not quality.ok:

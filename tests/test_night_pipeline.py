@@ -32,7 +32,7 @@ def _assemble(chunks: list[Frames], missed=lambda: 0) -> tuple[list, list]:
         for n, e in asm.slices(chunk):
             slices.append(n)
             if e is not None:  # the raw buffer is reused: copy it, as the pipeline reads it before the next slice
-                epochs.append((e.raw_uv.copy(), e.model_uv.copy(), e.frames_lost, e.lead_off_bits))
+                epochs.append((e.staging_uv.copy(), e.model_uv.copy(), e.frames_lost, e.lead_off_bits))
     return epochs, slices
 
 
