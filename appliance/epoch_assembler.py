@@ -105,6 +105,7 @@ class EpochAssembler:
         self.fs_hz = int(fs_hz)
         self.n_channels = int(n_channels)
         self.uv_per_count = float(uv_per_count(gain))
+        self._uv_per_count_f32 = np.float32(self.uv_per_count)
         self.staging_channel = int(staging_channel)
         self.samples_per_epoch = int(round(EPOCH_S * self.fs_hz))
         self._missed_frames = missed_frames
@@ -127,7 +128,8 @@ class EpochAssembler:
         first = self._last_index + 1 if self._last_index >= 0 else int(idx[0])
         lost = int(idx[-1]) - first + 1 - len(idx)
         self._last_index = int(idx[-1])
-        uv = frames.counts.astype(np.float32) * np.float32(self.uv_per_count)
+        # counts.astype(float32) * float32(uv_per_count), in one pass without the float32 copy of the counts
+        uv = np.multiply(frames.counts, self._uv_per_count_f32, dtype=np.float32)
         # LOFF_STATP | LOFF_STATN in one pass over the status words (frames.loff_statp | frames.loff_statn)
         loff = frames.status >> LOFF_STATN_SHIFT
         loff |= frames.status >> LOFF_STATP_SHIFT

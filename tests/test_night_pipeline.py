@@ -210,3 +210,30 @@ def test_idle_ticks_leave_the_same_night_as_ticking_every_second(tmp_path_factor
         finally:
             rig.close()
     assert runs[0] == runs[1]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3000), gain=st.sampled_from([1, 2, 4, 6, 8, 12, 24]),
+       gap=st.integers(0, 400))
+def test_converted_chunks_are_the_straightforward_formulas(seed, n, gain, gap):
+    """A chunk's microvolts, lead-off bits and staging channel are exactly counts.astype(float32) * float32(uV
+    per count), LOFF_STATP | LOFF_STATN and the staging column in float64, gap filled with zeros."""
+    from appliance.ads1299_frame import uv_per_count
+
+    rng = np.random.default_rng(seed)
+    asm = EpochAssembler(fs_hz=FS, n_channels=N_CH, gain=gain, staging_channel=1, missed_frames=lambda: 0)
+    first = _frames(np.arange(5), rng)
+    first.counts[:] = rng.integers(-(2**23), 2**23, first.counts.shape)
+    asm.convert(first)
+    f = _frames(np.arange(5 + gap, 5 + gap + n), rng)
+    f.counts[:] = rng.integers(-(2**23), 2**23, f.counts.shape)
+    f.status[:] = rng.integers(0, 2**24, n).astype(np.uint32)
+    chunk = asm.convert(f)
+    want_uv = f.counts.astype(np.float32) * np.float32(uv_per_count(gain))
+    want_loff = f.loff_statp | f.loff_statn
+    if gap:
+        want_uv = np.concatenate([np.zeros((gap, N_CH), np.float32), want_uv])
+        want_loff = np.concatenate([np.zeros(gap, want_loff.dtype), want_loff])
+    assert chunk.uv.dtype == np.float32 and np.array_equal(chunk.uv, want_uv)
+    assert chunk.lead_off.dtype == want_loff.dtype and np.array_equal(chunk.lead_off, want_loff)
+    assert chunk.staging.dtype == np.float64 and np.array_equal(chunk.staging, want_uv[:, 1].astype(np.float64))
