@@ -20,8 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-from appliance.edfplus import recover_edf
-
 logger = logging.getLogger(__name__)
 
 NIGHT_EDF = "night.edf"
@@ -83,7 +81,11 @@ def enforce_retention(root: str | os.PathLike, *, max_nights: int, max_bytes: fl
 
 
 def recover_nights(root: str | os.PathLike) -> list[Path]:
-    """Run :func:`recover_edf` on every night under ``root``; returns the files that needed it."""
+    """Run :func:`appliance.edfplus.recover_edf` on every night under ``root``; returns the files that needed it."""
+    # imported here: the PNG-drawing child (appliance.report_draw) needs this module's file names, not the EDF+
+    # writer (a module it would otherwise import for nothing on every night)
+    from appliance.edfplus import recover_edf
+
     fixed = []
     for night in list_nights(root):
         edf = night / NIGHT_EDF

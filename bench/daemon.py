@@ -361,7 +361,7 @@ def run(*, quick: bool = False) -> str:
         f"| **the box's own share** (total minus the acquisition thread) | **{own:.2f} s** | |",
         f"| of which: the pipeline thread (DSP, staging, loop model, breather, EDF+, JSONL, MQTT publishing, report;"
         f" see the breakdown below) | {rep['main_thread_cpu_s']:.2f} s | |",
-        f"| of which: hypnogram PNG (child process: Python + matplotlib start-up ~0.4 s, drawing ~0.2 s) | "
+        f"| of which: hypnogram PNG (child process: Python, numpy and matplotlib start-up ~0.3 s, drawing ~0.13 s) | "
         f"{rep['report_child_cpu_s']:.2f} s | |",
         f"| of which: the MQTT link thread (outbox, PUBACKs, keepalive) | {rep['link_thread_cpu_s']:.2f} s | |",
         f"| of which: the rest (the bench's phone subscriber and thread watcher, interpreter housekeeping) | "

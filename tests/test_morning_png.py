@@ -15,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from appliance import morning_report
 from appliance.daemon import Daemon
+from appliance.report import NightRecord
+from appliance.report_load import write_report
 from appliance.hardware import SimulationSource, open_hardware
 from appliance.nightfolder import HYPNOGRAM_PNG, REPORT_JSON
 from tests.daemon_helpers import box_config, pipeline_parts, short_night_with_loop
@@ -88,3 +91,48 @@ def test_a_night_the_drawing_child_cannot_draw_is_one_line_exit_2(tmp_path: Path
     assert p.returncode == 2 and p.stdout == ""
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+_LOOK_AT_THE_CHILD = """
+# sitecustomize of the test below: at the child's os._exit, write what the child imported and ran with
+import gc, json, os, sys
+_real_exit = os._exit
+
+
+def _look(code):
+    with open(os.environ["BEDTIME_TEST_CHILD_LOOK"], "w") as f:
+        json.dump({"code": code, "modules": sorted(sys.modules), "gc_enabled": gc.isenabled(),
+                   "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}, f)
+    _real_exit(code)
+
+
+os._exit = _look
+"""
+
+
+def test_the_drawing_child_imports_only_what_it_draws_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The child costs the box CPU every night (Python, numpy and matplotlib starting up are most of it): it must
+    # not pull in what a drawing does not need (scipy, the stager, the EDF+ writer, pyplot), it draws on one BLAS
+    # thread with the cyclic GC off, and it ends by os._exit (no teardown of matplotlib, module by module).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_LOOK_AT_THE_CHILD)
+    look = tmp_path / "look.json"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("BEDTIME_TEST_CHILD_LOOK", str(look))
+    night_dir = tmp_path / "20261201T213000Z"
+    night_dir.mkdir()
+    hyp, _ = short_night_with_loop(before_epochs=8, after_epochs=2)
+    write_report(NightRecord(hypnogram=np.asarray(hyp, dtype=np.int8), box_id="box-png"), night_dir, png=False)
+
+    png = morning_report.render_png_child(night_dir)
+
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seen = json.loads(look.read_text())  # written only when the child ended through os._exit
+    assert seen["code"] == 0
+    assert "matplotlib.figure" in seen["modules"]  # the hook saw the real child
+    heavy = ("scipy", "pandas", "edfio", "yasa", "tflite_runtime", "ai_edge_litert", "matplotlib.pyplot",
+             "appliance.stager", "appliance.dsp", "appliance.edfplus", "appliance.daemon")
+    assert not [m for m in seen["modules"] if m.startswith(heavy)], seen["modules"]
+    assert seen["gc_enabled"] is False
+    assert seen["openblas_threads"] == "1"

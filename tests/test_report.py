@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.protocol.stages import Stage
 from appliance.report import NightRecord, build_report, sleep_statistics
@@ -184,3 +186,73 @@ def test_the_text_report_speaks_clock_time(berlin_time):
     assert "Night of Mon 30 Nov 2026, lights out 22:15 CET  Mia's room (box b1)" in text
     assert "breather at 00:45 (+2.51 h): cue -> light -> ended (outcome: completed)" in text
     assert "alerts sent        1, at 00:55 (+2.67 h)" in text
+
+
+def _pixels(fig) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def _with_a_line_per_run(fig, night: NightRecord):
+    """The reference drawing of the stage bars: one ``Axes.plot`` per run (what the PNG drew before they became
+    one collection), in place of that collection."""
+    import datetime as dt
+
+    import matplotlib.dates as mdates
+    from dateutil import tz as dtz
+
+    from appliance.protocol.stages import stage_runs
+    from appliance.report_draw import STAGE_BAR_LW, STAGE_BARS_GID, STAGE_STYLE
+
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.collections if c.get_gid() == STAGE_BARS_GID]
+    bars.remove()
+    start = night.start.astimezone(dtz.tzlocal()) if night.start is not None else None
+
+    def x(t_s: float) -> float:
+        return (mdates.date2num(start + dt.timedelta(seconds=float(t_s))) if start is not None
+                else float(t_s) / 3600.0)
+
+    for r in stage_runs(night.hypnogram):
+        if r.row is not None:
+            ax.plot([x(r.start_s), x(r.end_s)], [r.row, r.row], color=STAGE_STYLE[r.stage][1], lw=STAGE_BAR_LW,
+                    solid_capstyle="butt", zorder=3)
+    return fig
+
+
+_STAGE_OR_LOST = st.sampled_from([int(s) for s in (W, N1, N2, N3, R, U)])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(st.tuples(_STAGE_OR_LOST, st.integers(1, 60)), min_size=1, max_size=40),
+       clock=st.booleans())
+def test_the_stage_bars_draw_the_pixels_of_a_line_per_run(berlin_time, runs, clock):
+    # The PNG draws its stage bars as one LineCollection (cheaper to build and draw than one Line2D per run):
+    # the picture must stay pixel for pixel what one Axes.plot per run drew.
+    import datetime as dt
+
+    from appliance.report_draw import hypnogram_figure
+
+    h = np.concatenate([np.full(n, s, dtype=np.int8) for s, n in runs])
+    start = dt.datetime(2026, 11, 30, 21, 15, 7, tzinfo=dt.timezone.utc) if clock else None
+    night = NightRecord(hypnogram=h, quality_ok=h != U, start=start, box_id="b1")
+    got = _pixels(hypnogram_figure(night))
+    want = _pixels(_with_a_line_per_run(hypnogram_figure(night), night))
+    assert got.shape == want.shape
+    assert np.array_equal(got, want), f"{int(np.any(got != want, axis=2).sum())} pixels differ"
+
+
+def test_the_saved_png_holds_the_pixels_drawn(tmp_path, berlin_time):
+    # the PNG is saved at a faster zlib level than Pillow's default: a lossless format, so the same pixels
+    from PIL import Image
+
+    from appliance.report_draw import hypnogram_figure, plot_hypnogram
+
+    night = _parents_night()
+    p = plot_hypnogram(night, tmp_path / "h.png")
+    with Image.open(p) as im:
+        saved = np.asarray(im.convert("RGBA"))
+    assert np.array_equal(saved, _pixels(hypnogram_figure(night)))

@@ -70,6 +70,12 @@ def test_lgpio_gets_a_writable_working_directory():
     assert f"LG_WD={state}" in _values("Environment")
 
 
+def test_matplotlib_keeps_its_font_cache_in_the_state_directory():
+    # the morning PNG's drawing child: a cache directory matplotlib cannot write is a font cache rebuilt every night
+    s = _unit()["Service"]
+    assert f"MPLCONFIGDIR=%S/{s['StateDirectory']}/matplotlib" in _values("Environment")
+
+
 def test_devices_of_a_pi4_and_a_pi5_are_allowed():
     allowed = {v.split()[0]: v.split()[1] for v in _values("DeviceAllow")}
     assert _unit()["Service"]["DevicePolicy"] == "closed"
