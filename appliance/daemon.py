@@ -213,6 +213,10 @@ class Daemon:
         assembler = EpochAssembler(fs_hz=self.fs_hz, n_channels=int(hw.n_channels), gain=hw.gain,
                                    staging_channel=self.cfg.acquisition.staging_channel, missed_frames=hw.missed_frames)
         ready, total_s = False, hw.total_signal_s
+
+        def ring_counters() -> Any:  # read when telemetry is due, not after every pop
+            return hw.ring.counters
+
         last_watchdog = last_data = time.monotonic()
         while not self._stop.is_set():
             for ev in hw.poll_events():  # faults the acquisition thread reported, through a bounded queue
@@ -246,7 +250,7 @@ class Daemon:
                     except Exception as e:  # bookkeeping of the config must never stop the night
                         logger.error("could not record the running configuration: %s", e)
             night.take(assembler.convert(frames), assembler)
-            night.telemetry_if_due(ring_counters=hw.ring.counters)
+            night.telemetry_if_due(ring_counters=ring_counters)
             if self.max_signal_s is not None and night.signal_s() >= self.max_signal_s:
                 self.ended_by_limit = True
                 break

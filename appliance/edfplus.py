@@ -193,6 +193,7 @@ class EdfPlusRecorder:
         self._offset = pmin / self.uv_per_count - DIGITAL_MIN  # physical = uv_per_count * (digital + offset)
         self.channels = [EdfChannel(label=lb) for lb in channel_labels]
         self._pending = np.empty((0, self.n_channels), dtype=np.float32)
+        self._scratch: dict[int, tuple[memoryview, np.ndarray, np.ndarray, np.ndarray]] = {}  # by records per write
         self._annotations: list[tuple[float, float | None, str]] = []
         self.records_written = 0
         self.clipped_samples = 0
@@ -267,8 +268,9 @@ class EdfPlusRecorder:
     def _tal_block(self, record_index: int) -> bytes:
         onset = record_index * self.record_duration_s
         if not self._annotations:  # the usual record (28,800 a night): encode_tal(onset, "") without its steps
-            return (_onset_text(onset) + TAL_TEXT + TAL_TEXT + "\x00").encode("ascii").ljust(
-                ANNOTATION_BYTES_PER_RECORD, b"\x00")
+            # a whole second (every record at the default 1-s records) is what _onset_text makes of it: "+17"
+            text = f"+{int(onset)}" if onset.is_integer() else _onset_text(onset)
+            return (text + TAL_TEXT + TAL_TEXT + "\x00").encode("ascii").ljust(ANNOTATION_BYTES_PER_RECORD, b"\x00")
         out = encode_tal(onset, "")  # the record's time-keeping TAL
         while self._annotations:
             on, dur, text = self._annotations[0]
@@ -282,25 +284,58 @@ class EdfPlusRecorder:
             self._annotations.pop(0)
         return out.ljust(ANNOTATION_BYTES_PER_RECORD, b"\x00")
 
+    def _records_buffer(self, n_rec: int) -> tuple[memoryview, np.ndarray, np.ndarray, np.ndarray]:
+        """The reusable output buffer for ``n_rec`` data records and its views: ``(bytes, float32 scratch of shape
+        (n_rec * spr, n_channels), int16 view of the records' signal samples as (n_rec, n_channels, spr), uint8
+        view of the records' annotation areas as (n_rec, ANNOTATION_BYTES_PER_RECORD))``.
+
+        Why: a write call is a few records (one pop from the ring); converting them in place into one buffer that
+        goes to the file as it is saves a temporary per step (scaled, rounded, int16, transposed, each record's
+        bytes, the joined bytes), about a third of the writer's own CPU.
+        """
+        got = self._scratch.get(n_rec)
+        if got is None:
+            spr, nch = self.samples_per_record, self.n_channels
+            data_bytes = 2 * spr * nch
+            rec_bytes = data_bytes + ANNOTATION_BYTES_PER_RECORD
+            raw = memoryview(bytearray(n_rec * rec_bytes))  # a view: a slice assigned must keep its size
+            samples = np.ndarray((n_rec, nch, spr), dtype="<i2", buffer=raw, strides=(rec_bytes, 2 * spr, 2))
+            tals = np.ndarray((n_rec, ANNOTATION_BYTES_PER_RECORD), dtype=np.uint8, buffer=raw, offset=data_bytes,
+                              strides=(rec_bytes, 1))
+            got = (raw, np.empty((n_rec * spr, nch), dtype=np.float32), samples, tals)
+            if len(self._scratch) > 4:  # a few sizes at most (the pop size, the last partial one); never grows
+                self._scratch.clear()
+            self._scratch[n_rec] = got
+        return got
+
     def _write_records(self, x: np.ndarray) -> None:
-        digital = np.rint(x / self.uv_per_count - self._offset)
-        if digital.size and digital.min() >= DIGITAL_MIN and digital.max() <= DIGITAL_MAX:
-            d16 = digital.astype("<i2")  # nothing to clip (the usual case): two reductions instead of five passes
-        else:
+        """Write ``x`` (float32 microvolts, a whole number of records) as data records, in one write call."""
+        spr = self.samples_per_record
+        n_rec = len(x) // spr
+        raw, digital, samples, tals = self._records_buffer(n_rec)
+        # float32 arithmetic throughout, as x / uv_per_count - offset on a float32 array computes it
+        np.divide(x, self.uv_per_count, out=digital)
+        np.subtract(digital, self._offset, out=digital)
+        np.rint(digital, out=digital)
+        if not (digital.size and digital.min() >= DIGITAL_MIN and digital.max() <= DIGITAL_MAX):
             clipped = (digital < DIGITAL_MIN) | (digital > DIGITAL_MAX)
             n_clip = int(clipped.sum())
             if n_clip:
                 self.clipped_samples += n_clip
-            d16 = np.clip(digital, DIGITAL_MIN, DIGITAL_MAX).astype("<i2")
-        spr = self.samples_per_record
-        n_rec = len(x) // spr
+            np.clip(digital, DIGITAL_MIN, DIGITAL_MAX, out=digital)
         # record layout: channel 0's spr samples, channel 1's, ..., then the annotation bytes
-        per_rec = d16.reshape(n_rec, spr, self.n_channels).transpose(0, 2, 1).reshape(n_rec, -1)
-        parts = []
-        for i in range(n_rec):
-            parts.append(per_rec[i].tobytes())
-            parts.append(self._tal_block(self.records_written + i))
-        self._file.write(b"".join(parts))
+        np.copyto(samples, digital.reshape(n_rec, spr, self.n_channels).transpose(0, 2, 1), casting="unsafe")
+        first = self.records_written
+        if not self._annotations and self.record_duration_s.is_integer():
+            # The usual run of records (nothing queued, whole-second onsets): every record's time-keeping TAL
+            # (what _tal_block gives then) put in place in one assignment.
+            step = int(self.record_duration_s)
+            tals[...] = np.frombuffer(b"".join([f"+{(first + i) * step}{TAL_TEXT}{TAL_TEXT}\x00".encode("ascii").ljust(
+                ANNOTATION_BYTES_PER_RECORD, b"\x00") for i in range(n_rec)]), dtype=np.uint8).reshape(n_rec, -1)
+        else:
+            for i in range(n_rec):
+                tals[i] = np.frombuffer(self._tal_block(first + i), dtype=np.uint8)  # always the area's size
+        self._file.write(raw)
         self.records_written += n_rec
 
     def _annotate_last_record(self) -> None:

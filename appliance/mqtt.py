@@ -339,9 +339,23 @@ class BoxLink:
     def _send(self, client: paho.Client, topic: str, payload: bytes, *, qos: int, retain: bool,
               properties: Properties | None = None) -> paho.MQTTMessageInfo:
         """Publish through the connection's single writer (any thread); wake the link thread if paho
-        could not write everything at once (a multi-MB reply), so it finishes the write."""
+        could not write everything at once (a multi-MB reply), so it finishes the write.
+
+        A QoS 0 message has no acknowledgement to wait for, yet paho calls ``on_publish`` once it is written,
+        building a reason code and an empty MQTT v5 property set for it (most of the Python cost of a stage
+        message); the callback is therefore off while paho writes one. Safe: every use of the client holds
+        ``_net_lock``, so no PUBACK of a QoS 1 message is read meanwhile; and a QoS 0 message paho finishes
+        writing later calls it as before, where its ``mid`` matches nothing in flight.
+        """
         with self._net_lock:
-            info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            if qos == 0:
+                callback, client.on_publish = client.on_publish, None
+                try:
+                    info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+                finally:
+                    client.on_publish = callback
+            else:
+                info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
             unsent = client.want_write()
         if unsent:
             self._wake()

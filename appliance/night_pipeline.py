@@ -272,6 +272,19 @@ class NightPipeline:
         (``up_to_now=False``: only the whole seconds before now, so that an epoch ending now is seen first)."""
         now = self.signal_s()
         t = self._last_tick_s + 1.0
+        if t < now and self._last_levels == (0.0, 0.0) and not self.breather_events.in_session:
+            # No session and both outputs off: a tick has nothing to ramp and nothing to end (only an epoch's
+            # decision starts a session, on this thread), so only the run's last tick is made; it still forces
+            # off an output found on, and leaves the breather's clock where the whole run would have. (In a
+            # replay a run is ten ticks; in real time, about one.)
+            last = self._last_tick_s
+            while t < now:  # the same float steps as the loop below, so the same last second
+                last = t
+                t += 1.0
+            if not up_to_now:
+                self.breather.tick(last)
+                self._trace_outputs(last)
+            self._last_tick_s = last
         while t < now:
             self.breather.tick(t)
             self._trace_outputs(t)
@@ -300,9 +313,10 @@ class NightPipeline:
         ch = self.cfg.acquisition.staging_channel
         index = len(self.epochs)
         self.epoch_wall_s.append(time.monotonic())
-        x = assembled.raw_uv[:, ch].astype(np.float64)
+        x = assembled.staging_uv  # channel ch (the assembler's staging channel, from the same config), float64
         # LOFF_STATP/N bit n-1 = channel n; any electrode of the staging channel off spoils its epoch
-        off_channels = frozenset(i for i in range(self.n_channels) if assembled.lead_off_bits >> i & 1)
+        bits = assembled.lead_off_bits
+        off_channels = frozenset(i for i in range(self.n_channels) if bits >> i & 1) if bits else frozenset()
         if off_channels != self._lead_off_channels:
             if off_channels - self._lead_off_channels:
                 self.journal.event("electrode_off", end_s, channels=sorted(c + 1 for c in off_channels))
@@ -313,10 +327,9 @@ class NightPipeline:
         # epoch_quality and arousal_features in one pass (their two high-pass filters side by side)
         quality, arousal = epoch_checks(x, fs_hz=self.fs_hz, lead_off=ch in off_channels,
                                         frames_lost=assembled.frames_lost)
-        epoch = Epoch(index=index, start_sample=index * int(round(EPOCH_S * self.fs_hz)), end_time_s=end_s,
-                      quality=quality, arousal=arousal)
         probs = np.asarray(self.stager.stage_epoch(assembled.model_uv), dtype=np.float64)
-        epoch = dataclasses.replace(epoch, stage_probs=probs)
+        epoch = Epoch(index=index, start_sample=index * int(round(EPOCH_S * self.fs_hz)), end_time_s=end_s,
+                      quality=quality, arousal=arousal, stage_probs=probs)
         p_loop = float(self.loop_detector.update(epoch))
         epoch = dataclasses.replace(epoch, p_loop=p_loop)
         if not quality.ok:
@@ -453,9 +466,10 @@ class NightPipeline:
                 self._acq_event_at[kind] = t
                 self.journal.event(f"acquisition_{kind}", t, reason=reason, count_so_far=self.counters[key])
 
-    def telemetry_if_due(self, *, ring_counters: Any) -> None:
+    def telemetry_if_due(self, *, ring_counters: Callable[[], Any]) -> None:
         """Publish the telemetry message (QoS 0) when ``telemetry.interval_s`` more seconds of signal have passed
-        since the last one; ``ring_counters`` are the ring's (dropped, corrupt)."""
+        since the last one; ``ring_counters()`` gives the ring's (dropped, corrupt), read only then (it is a call
+        into the ring, and this is asked after every pop)."""
         sig_s = self.signal_s()
         if sig_s < self._next_telemetry_s:
             return
@@ -465,7 +479,7 @@ class NightPipeline:
         self._cpu_mark = (wall, cpu)
         recent = self.epochs[-10:]
         ok_pct = 100.0 * sum(e.quality.ok for e in recent) / len(recent) if recent else None
-        c = ring_counters
+        c = ring_counters()
         fields = {"signal_quality_percent": ok_pct, "frames_dropped": int(c.dropped),
                   "frames_corrupt": int(c.corrupt), "frames_lost": self.counters["frames_lost"],
                   "drdy_stalls": self.counters["drdy_stalls"], "cpu_percent": round(cpu_pct, 2),

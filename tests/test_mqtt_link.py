@@ -308,3 +308,44 @@ def test_a_simulated_box_says_so_in_every_status_and_in_its_last_will(broker, tm
     finally:
         link.stop()
         proxy.close()
+
+
+def test_stage_messages_skip_paho_s_publish_callback_and_alerts_are_still_acknowledged(broker, tmp_path):
+    """A QoS 0 stage message is written without paho's on_publish (nothing to acknowledge; paho builds a reason
+    code and property set for it), while every QoS 1 message around it is acknowledged and the outbox empties."""
+    from tests.test_breather import R, ep
+
+    link = make_box(tmp_path, "box-a", broker.host, broker.port)
+    rec = Recorder(broker.host, broker.port, ["bedtime/v1/box-a/stage", "bedtime/v1/box-a/alert"])
+    link.start()
+    try:
+        assert link.wait_connected(30)
+        called: list[int] = []
+        sent: dict[int, list[int]] = {0: [], 1: []}
+        client = link._client
+        real_callback, real_publish = client.on_publish, client.publish
+
+        def counting(c, userdata, mid, reason_code, properties):
+            called.append(mid)
+            real_callback(c, userdata, mid, reason_code, properties)
+
+        def publish(topic, payload=None, qos=0, retain=False, properties=None):
+            info = real_publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            sent[qos].append(info.mid)
+            return info
+
+        with link._net_lock:
+            client.on_publish, client.publish = counting, publish
+        for i in range(20):
+            alert(link, i)
+            link.publish_stage(ep(i, R, p_loop=0.5))
+        assert link.wait_delivered(30), "alerts not acknowledged"
+        assert rec.wait_for(lambda r: len(r.of("/stage")) == 20 and len(r.of("/alert")) >= 20)
+        assert [p["epoch_index"] for p in rec.of("/stage")] == list(range(20))
+        assert client.on_publish is counting  # put back after each QoS 0 message
+        assert len(sent[0]) == 20 and len(sent[1]) >= 20
+        assert wait_until(lambda: set(sent[1]) <= set(called))  # every QoS 1 message acknowledged
+        assert not set(sent[0]) & set(called)  # no callback for the stage messages (all written at once)
+    finally:
+        link.stop()
+        rec.close()

@@ -32,7 +32,7 @@ def _assemble(chunks: list[Frames], missed=lambda: 0) -> tuple[list, list]:
         for n, e in asm.slices(chunk):
             slices.append(n)
             if e is not None:  # the raw buffer is reused: copy it, as the pipeline reads it before the next slice
-                epochs.append((e.raw_uv.copy(), e.model_uv.copy(), e.frames_lost, e.lead_off_bits))
+                epochs.append((e.staging_uv.copy(), e.model_uv.copy(), e.frames_lost, e.lead_off_bits))
     return epochs, slices
 
 
@@ -127,3 +127,113 @@ def test_breather_events_reports_the_net_change_at_each_step():
     assert recorded[1:] == [("breather_ended", 120.0, {"outcome": "completed", "reason": "session_time_up",
                                                        "duration_s": 90.0, "max_light": 0.2, "max_volume": 0.1})]
     assert ev.session_reports == [report] and not ev.in_session and len(statuses) == 2
+
+
+class _Outputs:
+    """The pipeline's view of a rig's light and speaker (levels, and a mirror that is not there)."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    def levels(self) -> tuple[float, float]:
+        return self.rig.light.level, self.rig.speaker.level
+
+    def sync_mirror(self) -> None:
+        pass
+
+    def all_off(self) -> None:
+        self.rig.light.off()
+        self.rig.speaker.off()
+
+
+def _reference_tick(self, *, up_to_now: bool = True) -> None:
+    """NightPipeline.tick the straightforward way: every whole second ticked, whatever the breather's state."""
+    now = self.signal_s()
+    t = self._last_tick_s + 1.0
+    while t < now:
+        self.breather.tick(t)
+        self._trace_outputs(t)
+        self._last_tick_s = t
+        t += 1.0
+    if up_to_now:
+        self.breather.tick(now)
+        self._trace_outputs(now)
+        self._last_tick_s = now
+    self.breather_events.report(self._last_tick_s)
+
+
+@settings(max_examples=20, deadline=None)
+@given(pops=st.lists(st.integers(1, 120 * FS), min_size=1, max_size=60),
+       loops=st.lists(st.booleans(), min_size=40, max_size=40), stray=st.integers(0, 59))
+def test_idle_ticks_leave_the_same_night_as_ticking_every_second(tmp_path_factory, pops, loops, stray):
+    """The pipeline ticks an idle breather once per run of ticks: breather clock, state, outputs, their trace and
+    the events are those of ticking it at every second, whatever the pops and the sessions (and an output left
+    on outside a session is still forced off)."""
+    import types
+
+    from appliance.night_journal import NightJournal
+    from appliance.night_pipeline import NightPipeline
+    from tests.daemon_helpers import box_config
+
+    tmp = tmp_path_factory.mktemp("night")
+    cfg = box_config(tmp, port=None)
+    runs = []
+    for reference in (False, True):
+        rig = Rig(BreatherConfig(cue_s=30.0, light_s=60.0, confirm_epochs=1, min_gap_s=1800.0))
+        try:
+            night = NightPipeline(cfg, fs_hz=FS, n_channels=N_CH, journal=NightJournal(), notify=lambda _m: None)
+            night.equip(stager=None, loop_detector=None, breather=rig.b, link=None)
+            night.outputs = _Outputs(rig)
+            if reference:
+                night.tick = types.MethodType(_reference_tick, night)
+            seen = []
+            for k, n in enumerate(pops):
+                if k == stray:
+                    rig.light.value = 0.5  # something left the light on outside the breather
+                fill = night.counters["frames"] % EPOCH
+                while n:
+                    take = min(n, EPOCH - fill)
+                    night.counters["frames"] += take
+                    n -= take
+                    fill = (fill + take) % EPOCH
+                    if fill:
+                        night.tick()
+                        continue
+                    night.tick(up_to_now=False)
+                    i = night.counters["frames"] // EPOCH - 1
+                    rig.b.on_epoch(ep(i, R, p_loop=0.95 if loops[i % len(loops)] else 0.0))
+                    night.breather_events.report(night.signal_s(), i)
+                    night.tick()
+                    seen.append((rig.b.state, rig.b._sim_now, rig.light.level, rig.speaker.level))
+            runs.append((seen, list(night.output_trace), list(night.journal.events), night._last_tick_s,
+                         rig.b._sim_now, rig.light.level, rig.speaker.level, rig.b.sessions))
+        finally:
+            rig.close()
+    assert runs[0] == runs[1]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3000), gain=st.sampled_from([1, 2, 4, 6, 8, 12, 24]),
+       gap=st.integers(0, 400))
+def test_converted_chunks_are_the_straightforward_formulas(seed, n, gain, gap):
+    """A chunk's microvolts, lead-off bits and staging channel are exactly counts.astype(float32) * float32(uV
+    per count), LOFF_STATP | LOFF_STATN and the staging column in float64, gap filled with zeros."""
+    from appliance.ads1299_frame import uv_per_count
+
+    rng = np.random.default_rng(seed)
+    asm = EpochAssembler(fs_hz=FS, n_channels=N_CH, gain=gain, staging_channel=1, missed_frames=lambda: 0)
+    first = _frames(np.arange(5), rng)
+    first.counts[:] = rng.integers(-(2**23), 2**23, first.counts.shape)
+    asm.convert(first)
+    f = _frames(np.arange(5 + gap, 5 + gap + n), rng)
+    f.counts[:] = rng.integers(-(2**23), 2**23, f.counts.shape)
+    f.status[:] = rng.integers(0, 2**24, n).astype(np.uint32)
+    chunk = asm.convert(f)
+    want_uv = f.counts.astype(np.float32) * np.float32(uv_per_count(gain))
+    want_loff = f.loff_statp | f.loff_statn
+    if gap:
+        want_uv = np.concatenate([np.zeros((gap, N_CH), np.float32), want_uv])
+        want_loff = np.concatenate([np.zeros(gap, want_loff.dtype), want_loff])
+    assert chunk.uv.dtype == np.float32 and np.array_equal(chunk.uv, want_uv)
+    assert chunk.lead_off.dtype == want_loff.dtype and np.array_equal(chunk.lead_off, want_loff)
+    assert chunk.staging.dtype == np.float64 and np.array_equal(chunk.staging, want_uv[:, 1].astype(np.float64))
