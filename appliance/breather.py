@@ -161,6 +161,23 @@ class Breather:
         except Exception as e:  # noqa: BLE001 - reporting a change must never stop the policy (or an alert)
             logger.error("breather on_change failed: %r", e)
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why a loop detected now could get no session, whatever its stage: ``fault`` (stopped by a fault),
+        ``night_limit_reached`` (``sessions_per_night`` given), ``refractory`` (inside ``min_gap_s`` after a
+        session); None while idle and ready, or in a session. The parent is told about a loop the breather
+        cannot act on (:meth:`appliance.episodes.LoopEpisodes.after_breather`)."""
+        with self._lock:  # the button's thread may end a session meanwhile
+            if self.state == BreatherState.FAULT:
+                return "fault"
+            if self.state in SESSION_STATES:
+                return None
+            if self.sessions >= self.config.sessions_per_night:
+                return "night_limit_reached"
+            if self.state != BreatherState.IDLE and not self._gap_elapsed(self._now(None)):
+                return "refractory"
+            return None
+
     # ---- time ------------------------------------------------------------------------------------
     def _now(self, now_s: float | None) -> float:
         if now_s is not None:

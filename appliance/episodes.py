@@ -10,7 +10,11 @@ alerts:
   P(loop) dipped at its end, a doubtful stage or a bad signal stopped it, the bedside button, a fault) and the
   same loop went on for :data:`LOOP_PERSIST_EPOCHS` more loop epochs.
 
-The last two come at most once per loop, and not after an escalation in the same loop.
+* ``loop_breather_unavailable``: a loop the breather cannot act on (a fault stopped it, it gave tonight's
+  sessions, or it is inside its gap after an earlier session) went on for :data:`LOOP_PERSIST_EPOCHS` loop epochs
+  with no session of its own.
+
+The last three come at most once per loop, and not after an escalation in the same loop.
 
 The texts the parent reads are written in one place, :func:`alert_text`. This module decides and words; it sends
 nothing: the daemon records, publishes and audits what it returns. It imports nothing of the box. Its default
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from appliance.protocol.safety import P_LOOP_THRESHOLD
+from appliance.protocol.schema import ALERT_MESSAGE_MAX_CHARS
 
 LOOP_END_EPOCHS = 10
 """A detected loop counts as over after this many epochs (5 min) with P(loop) below the threshold."""
@@ -44,13 +49,22 @@ _MESSAGES = {
                                     "({hours:.1f} h into the night). Sound and light are off.",
     "loop_not_resolved": "{box}: a nightmare loop did not settle after a gentle breather "
                          "({hours:.1f} h into the night). Sound and light are off now.",
+    "loop_breather_unavailable": "{box}: a nightmare loop is under way ({hours:.1f} h into the night). "
+                                 "The breather cannot help now: {why}.",
 }
+
+_UNAVAILABLE_WHY = {
+    "refractory": "it is resting after an earlier breather",
+    "night_limit_reached": "it has given all of tonight's breathers",
+    "fault": "it stopped on a fault",
+}
+"""What the parent reads for each :attr:`appliance.breather.Breather.unavailable` reason."""
 
 _SESSION_STATES = ("cue", "light")
 """Breather states in which a session is running (``appliance.breather.BreatherState`` values)."""
 
 
-def alert_text(kind: str, *, box_name: str, night_time_s: float) -> tuple[str, str]:
+def alert_text(kind: str, *, box_name: str, night_time_s: float, why: str = "") -> tuple[str, str]:
     """The title and message of a loop alert.
 
     Parameters
@@ -61,6 +75,9 @@ def alert_text(kind: str, *, box_name: str, night_time_s: float) -> tuple[str, s
         The box's name as the family knows it (``[box] name``).
     night_time_s : float
         Signal time since the night's start, s (shown in hours).
+    why : str
+        For ``loop_breather_unavailable``: the breather's reason (``refractory``, ``night_limit_reached``,
+        ``fault``).
 
     Returns
     -------
@@ -71,7 +88,15 @@ def alert_text(kind: str, *, box_name: str, night_time_s: float) -> tuple[str, s
     KeyError
         For an unknown ``kind``.
     """
-    return ALERT_TITLE, _MESSAGES[kind].format(box=box_name, hours=night_time_s / 3600)
+    template = _MESSAGES[kind]
+    why_text = _UNAVAILABLE_WHY.get(why, "it is unavailable")
+    message = template.format(box=box_name, hours=night_time_s / 3600, why=why_text)
+    if len(message) > ALERT_MESSAGE_MAX_CHARS:
+        # A box name too long for a phone's notification is shortened: the alert must always go out (the
+        # schema refuses a longer message, and a refused alert would wait, unsent, all night).
+        room = max(1, len(box_name) - (len(message) - ALERT_MESSAGE_MAX_CHARS) - 1)
+        message = template.format(box=box_name[:room] + "\u2026", hours=night_time_s / 3600, why=why_text)
+    return ALERT_TITLE, message
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,7 @@ class LoopEpisodes:
         self.loop_start_index = 0
         self._below_thr = 0
         self._persist_epochs = 0
+        self._unattended_epochs = 0
 
     def on_epoch(self, *, index: int, p_loop: float, signal_ok: bool) -> tuple[str, dict[str, Any]] | None:
         """Follow the episode with one epoch; returns the event to record (``loop_detected`` or ``loop_ended``
@@ -131,6 +157,7 @@ class LoopEpisodes:
                 self.alerted_this_loop = False
                 self.loop_start_index = index
                 self._persist_epochs = 0
+                self._unattended_epochs = 0
                 return "loop_detected", {"epoch_index": index, "p_loop": round(p_loop, 4)}
         elif self.in_loop:
             self._below_thr += 1
@@ -149,7 +176,8 @@ class LoopEpisodes:
         return self._alert("loop_detected_breather_off", night_time_s, epoch_index=index, p_loop=round(p_loop, 4))
 
     def after_breather(self, *, index: int, p_loop: float, night_time_s: float,
-                       session_reports: Sequence[dict] | None, in_session: bool) -> LoopAlert | None:
+                       session_reports: Sequence[dict] | None, in_session: bool,
+                       unavailable: str | None = None) -> LoopAlert | None:
         """The alert when the loop outlasts a breather session that did not escalate, else None.
 
         The breather alerts when its session ends with the loop still under way; but a session that ends any
@@ -168,11 +196,30 @@ class LoopEpisodes:
             The breather's session reports so far (``outcome``, ``start_epoch``, ``end_epoch``, ``session``).
         in_session : bool
             A breather session is running.
+        unavailable : str or None
+            Why the breather could start no session now (:attr:`appliance.breather.Breather.unavailable`), or
+            None. A loop with no session of its own that goes on for :data:`LOOP_PERSIST_EPOCHS` loop epochs
+            while the breather cannot act is the parent's to know about (``loop_breather_unavailable``).
         """
-        if not self.in_loop or self.alerted_this_loop:
+        if not self.in_loop or self.alerted_this_loop or in_session:
             return None
         reports = session_reports or []
-        if not reports or in_session:
+        own_session = any((r.get("start_epoch") is not None and r["start_epoch"] >= self.loop_start_index)
+                          for r in reports)
+        if not own_session:
+            if unavailable is None:
+                self._unattended_epochs = 0  # the breather may still act on this loop: it goes first
+                return None
+            if p_loop >= self.threshold:
+                self._unattended_epochs += 1
+            if self._unattended_epochs < LOOP_PERSIST_EPOCHS:
+                return None
+            self.alerted_this_loop = True
+            alert = self._alert("loop_breather_unavailable", night_time_s, why=unavailable, p_loop=round(p_loop, 4),
+                                epoch_index=index, breather=unavailable)
+            return replace(alert, audit={"reason": f"loop_breather_{unavailable}", "epoch": index,
+                                         "p_loop": round(p_loop, 4)})
+        if not reports:
             return None
         last = reports[-1]
         # Every way a session can end without alerting counts: after any of them the breather sits out its
@@ -200,6 +247,6 @@ class LoopEpisodes:
         return self._alert("loop_not_resolved", night_time_s, p_loop=float(payload.get("p_loop", 0.0)),
                            session=payload.get("session"), epoch_index=payload.get("epoch"))
 
-    def _alert(self, kind: str, night_time_s: float, **fields: Any) -> LoopAlert:
-        title, message = alert_text(kind, box_name=self.box_name, night_time_s=night_time_s)
+    def _alert(self, kind: str, night_time_s: float, *, why: str = "", **fields: Any) -> LoopAlert:
+        title, message = alert_text(kind, box_name=self.box_name, night_time_s=night_time_s, why=why)
         return LoopAlert(kind=kind, title=title, message=message, severity=ALERT_SEVERITY, fields=fields)

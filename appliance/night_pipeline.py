@@ -367,7 +367,8 @@ class NightPipeline:
             self.breather_events.report(end_s, index)
             alert = episodes.after_breather(index=index, p_loop=p_loop, night_time_s=self.signal_s(),
                                             session_reports=self.breather_events.session_reports,
-                                            in_session=self.breather_events.in_session)
+                                            in_session=self.breather_events.in_session,
+                                            unavailable=self.breather.unavailable)
         else:  # the clinic switched the breather off: the parent hears about the loop directly
             alert = episodes.breather_off(index=index, p_loop=p_loop, night_time_s=end_s)
         if alert is not None:

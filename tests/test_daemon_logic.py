@@ -87,6 +87,23 @@ def test_a_loop_outlasting_a_session_aborted_for_doubtful_stages_alerts_the_pare
     assert d.alerts_sent[0]["epoch_index"] == ended[0]["epoch_index"] + 4
 
 
+def test_a_second_loop_inside_the_breathers_gap_alerts_the_parent(tmp_path):
+    # First loop: a session, the sleeper wakes, the loop goes on -> loop_persists_after_breather. It ends; a
+    # second loop comes 10 min later, inside the breather's 40-min gap: no session can start, and before this
+    # test nobody was told. Now the parent is, once, after LOOP_PERSIST_EPOCHS loop epochs.
+    stages = [N2] * 10 + [R] * 4 + [W] * 2 + [R] * 12 + [N2] * 12 + [R] * 10 + [N2] * 4
+    p = [0.0] * 11 + [0.9] * 17 + [0.0] * 12 + [0.9] * 10 + [0.0] * 4
+    d, r, cfg = _run(tmp_path, stages, p)
+    assert [e["kind"] for e in r.events if e["kind"] in ("loop_detected", "loop_ended")] == \
+        ["loop_detected", "loop_ended", "loop_detected"]
+    assert len([e for e in r.events if e["kind"] == "breather_started"]) == 1
+    assert [a["kind"] for a in d.alerts_sent] == ["loop_persists_after_breather", "loop_breather_unavailable"]
+    second = d.alerts_sent[1]
+    assert second["epoch_index"] == 40 + 4 - 1 and second["breather"] == "refractory"
+    assert second["message"].endswith("The breather cannot help now: it is resting after an earlier breather.")
+    assert verify(tmp_path / "state" / "audit.log").ok
+
+
 def test_no_alert_when_the_loop_ends_with_the_session(tmp_path):
     stages = [N2] * 10 + [R] * 4 + [W] * 2 + [N2] * 16
     p = [0.0] * 11 + [0.9] * 4 + [0.0] * 17

@@ -115,6 +115,35 @@ def test_every_session_that_ends_without_escalating_leads_to_one_alert_when_the_
     assert got == [loop_epochs_after[LOOP_PERSIST_EPOCHS - 1]], (outcome, got)
 
 
+@settings(max_examples=60, deadline=None)
+@given(why=st.sampled_from(["refractory", "night_limit_reached", "fault", None]),
+       dip=st.lists(st.booleans(), max_size=8), earlier_session=st.booleans())
+def test_a_loop_the_breather_cannot_act_on_alerts_once_after_the_persist_epochs(why, dip, earlier_session):
+    # A loop inside the breather's gap, after tonight's last session, or with the breather stopped by a fault
+    # got no session and so no alert at all. Now: once, at its LOOP_PERSIST_EPOCHS-th loop epoch; and never
+    # while the breather could still act (why=None: it goes first).
+    ep = LoopEpisodes(box_name="Kid's room")
+    reports = [{"session": 1, "outcome": "escalated", "start_epoch": 2, "end_epoch": 5}] if earlier_session else []
+    ps = [0.9] + [0.3 if d else 0.9 for d in dip] + [0.9] * (LOOP_PERSIST_EPOCHS + 2)
+    got = []
+    for i, p in enumerate(ps, start=30):
+        ep.on_epoch(index=i, p_loop=p, signal_ok=True)
+        a = ep.after_breather(index=i, p_loop=p, night_time_s=30.0 * (i + 1), session_reports=reports,
+                              in_session=False, unavailable=why)
+        if a is not None:
+            got.append((i, a))
+    if why is None:
+        assert got == []
+        return
+    loop_epochs = [i for i, p in enumerate(ps, start=30) if p >= 0.5]
+    assert [i for i, _ in got] == [loop_epochs[LOOP_PERSIST_EPOCHS - 1]]
+    a = got[0][1]
+    assert (a.kind, a.title, a.severity) == ("loop_breather_unavailable", ALERT_TITLE, ALERT_SEVERITY)
+    assert a.fields["breather"] == why and a.audit["reason"] == f"loop_breather_{why}"
+    assert a.message.startswith("Kid's room: a nightmare loop is under way (") and "The breather cannot help now: " in a.message
+    assert "unavailable" not in a.message  # each reason has its own words
+
+
 def test_no_persist_alert_for_a_session_of_an_earlier_loop_or_an_escalated_one():
     ep = LoopEpisodes(box_name="b")
     for i in range(20, 30):
@@ -140,12 +169,33 @@ def test_escalation_is_worded_and_ends_the_loops_alerts():
     assert ep.breather_off(index=1, p_loop=0.95, night_time_s=60.0) is None
 
 
-@given(kind=st.sampled_from(["loop_detected_breather_off", "loop_persists_after_breather", "loop_not_resolved"]),
-       name=st.text(max_size=40), t=st.floats(0.0, 48 * 3600.0))
+KINDS = ["loop_detected_breather_off", "loop_persists_after_breather", "loop_not_resolved", "loop_breather_unavailable"]
+
+
+@given(kind=st.sampled_from(KINDS), name=st.text(max_size=40), t=st.floats(0.0, 48 * 3600.0))
 def test_every_alert_text_has_the_one_title_the_box_name_and_the_hour(kind, name, t):
     title, message = alert_text(kind, box_name=name, night_time_s=t)
     assert title == ALERT_TITLE
     assert message.startswith(f"{name}: a nightmare loop ") and f"({t / 3600:.1f} h into the night)" in message
+
+
+@settings(deadline=None)
+@given(kind=st.sampled_from(KINDS), name=st.text(min_size=1, max_size=2000),
+       why=st.sampled_from(["refractory", "night_limit_reached", "fault", "something new"]),
+       t=st.floats(0.0, 1e6 * 3600.0))
+def test_an_alert_with_any_box_name_fits_the_schema_and_goes_out(kind, name, why, t):
+    # A 300-character [box] name made every alert message longer than the schema's 240 characters: each was
+    # refused on publish and kept, unsent, all night. Now the name is shortened to fit.
+    from datetime import datetime, timezone
+
+    from appliance.protocol import schema
+
+    title, message = alert_text(kind, box_name=name, night_time_s=t, why=why)
+    schema.alert_payload("box-a", datetime.now(timezone.utc), title=title, message=message, severity=ALERT_SEVERITY)
+    if message.startswith(f"{name}: a nightmare loop "):
+        return  # it fitted whole
+    head = message.split("\u2026: a nightmare loop ", 1)[0]
+    assert head and name.startswith(head), message  # shortened: the name's beginning, then an ellipsis
 
 
 def test_one_threshold_for_the_envelope_default_and_home_assistant():
