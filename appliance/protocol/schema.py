@@ -287,6 +287,12 @@ def event_payload(box_id: str, now: datetime, *, kind: str, **fields: Any) -> di
     return envelope(box_id, now, kind=kind, **fields)
 
 
+ALERT_TITLE_MAX_CHARS = 64
+"""An alert's title fits a phone's lock screen."""
+ALERT_MESSAGE_MAX_CHARS = 240
+"""An alert's message fits a phone's notification."""
+
+
 def alert_payload(box_id: str, now: datetime, *, title: str, message: str, severity: str,
                   **fields: Any) -> dict:
     """``alert``: something a parent must see, readable on a phone's lock screen.
@@ -296,10 +302,10 @@ def alert_payload(box_id: str, now: datetime, *, title: str, message: str, sever
     """
     if severity not in SEVERITIES:
         raise SchemaError(f"severity must be one of {SEVERITIES}, got {severity!r}")
-    if not isinstance(title, str) or not 0 < len(title) <= 64:
-        raise SchemaError("title must be 1-64 characters (it has to fit a lock screen)")
-    if not isinstance(message, str) or not 0 < len(message) <= 240:
-        raise SchemaError("message must be 1-240 characters")
+    if not isinstance(title, str) or not 0 < len(title) <= ALERT_TITLE_MAX_CHARS:
+        raise SchemaError(f"title must be 1-{ALERT_TITLE_MAX_CHARS} characters (it has to fit a lock screen)")
+    if not isinstance(message, str) or not 0 < len(message) <= ALERT_MESSAGE_MAX_CHARS:
+        raise SchemaError(f"message must be 1-{ALERT_MESSAGE_MAX_CHARS} characters")
     return envelope(box_id, now, title=title, message=message, severity=severity, **fields)
 
 
