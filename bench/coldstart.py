@@ -10,7 +10,6 @@ VmRSS after each (``/proc/self/status``), so each megabyte is named.
 """
 from __future__ import annotations
 
-import os
 import socket
 import statistics
 import subprocess
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import box_env
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = 5
@@ -36,7 +37,7 @@ def time_to_ready(tmp: Path, *, timeout_s: float = 120.0) -> float:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(0.5)
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PYTHONPATH": str(REPO)}
+    env = box_env(NOTIFY_SOCKET=str(sock_path))
     t0 = time.monotonic()
     p = subprocess.Popen([*_bedtime(), "run", "--config", str(cfg), "--simulate", "--speed", "1"], cwd=tmp, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -117,7 +118,7 @@ def run(*, quick: bool = False) -> str:
         with tempfile.TemporaryDirectory(prefix="bedtime-cold-") as d:
             ready.append(time_to_ready(Path(d)))
         bare.append(time_bare_python())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = box_env()
     mem = json.loads(subprocess.run([sys.executable, "-m", "bench.coldstart", "memory"], cwd=REPO, env=env,
                                     capture_output=True, text=True, check=True, timeout=300).stdout.splitlines()[-1])
     r, b = statistics.median(ready), statistics.median(bare)
