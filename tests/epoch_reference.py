@@ -117,9 +117,16 @@ def stager_features(epochs: np.ndarray) -> np.ndarray:
     x = np.where(np.isfinite(epochs), epochs, 0.0)
     x = x - x.mean(axis=1, keepdims=True)
     x = np.fft.irfft(np.fft.rfft(x, axis=1) * _EPOCH_LOWPASS, n=3000, axis=1)
-    n, eps = len(x), 1e-6
     _, p = welch(x, 100.0, 200)
-    band_power = p @ _BAND_MATRIX
+    return features_from_bands(x, p @ _BAND_MATRIX, sigma_sos=sigma_sos, delta_sos=delta_sos)
+
+
+def features_from_bands(x: np.ndarray, band_power: np.ndarray, *, sigma_sos: np.ndarray,
+                        delta_sos: np.ndarray) -> np.ndarray:
+    """The stager's 16 features of band-limited 100-Hz epochs ``x`` (n, 3000) given their band powers (n, 5), as
+    the model was trained on them: relative log band powers, log total, Hjorth mobility and complexity, the
+    sigma-burst ratio, the spread of 2-s window powers and the fraction of 1-s windows with a slow wave."""
+    n, eps = len(x), 1e-6
     total = band_power.sum(axis=1) + eps
     logrel = np.log10(band_power / total[:, None] + eps)
     dx = np.diff(x, axis=1)

@@ -203,36 +203,22 @@ def test_smooth_hypnogram_gives_the_report_int8_stages_from_the_card(stager, nig
 
 # ---- the fast features equal the scipy-based original ------------------------------------------------------
 # The committed model was trained on these features; appliance.stager computes the Welch spectrum with
-# appliance.dsp.welch_psd and sums bands with a matrix product. A plain scipy version is kept here as the reference.
+# appliance.dsp.welch_psd and sums bands with a matrix product. A plain scipy version of the spectrum and bands is kept
+# here as the reference (the features from the bands on are tests/epoch_reference.py's).
 def _reference_features(epochs):
     from scipy import signal
 
     from appliance.stager import _DELTA_SOS, _SIGMA_SOS, FEATURE_BANDS_HZ, FEATURE_MAX_HZ
+    from tests.epoch_reference import features_from_bands
 
     x = np.where(np.isfinite(epochs), epochs, 0.0)
     x = x - x.mean(axis=1, keepdims=True)
     spec = np.fft.rfft(x, axis=1)
     spec[:, np.fft.rfftfreq(x.shape[1], 0.01) > FEATURE_MAX_HZ] = 0.0  # band-limited: what a 50-Hz recording has
     x = np.fft.irfft(spec, n=x.shape[1], axis=1)
-    n, eps = len(x), 1e-6
     f, p = signal.welch(x, fs=100, nperseg=200, axis=-1)
     band_power = np.stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in FEATURE_BANDS_HZ], axis=1)
-    total = band_power.sum(axis=1) + eps
-    logrel = np.log10(band_power / total[:, None] + eps)
-    dx = np.diff(x, axis=1)
-    ddx = np.diff(dx, axis=1)
-    var0, var1, var2 = x.var(axis=1) + eps, dx.var(axis=1) + eps, ddx.var(axis=1) + eps
-    mobility = np.sqrt(var1 / var0)
-    complexity = np.sqrt(var2 / var1) / mobility
-    sigma = signal.sosfilt(_SIGMA_SOS, x, axis=-1).reshape(n, 15, -1)
-    sigma_rms = np.sqrt((sigma**2).mean(axis=2)) + eps
-    win_power = (x.reshape(n, 15, -1) ** 2).mean(axis=2) + eps
-    slow = signal.sosfilt(_DELTA_SOS, x, axis=-1).reshape(n, 30, -1)
-    slow_frac = np.mean(np.ptp(slow, axis=2) > 75.0, axis=1)
-    return np.column_stack([
-        logrel, np.log10(total), mobility, complexity,
-        np.log10(sigma_rms.max(axis=1) / np.median(sigma_rms, axis=1)), np.std(np.log10(win_power), axis=1), slow_frac,
-    ]).astype(np.float32)
+    return features_from_bands(x, band_power, sigma_sos=_SIGMA_SOS, delta_sos=_DELTA_SOS)
 
 
 def test_fast_features_equal_the_scipy_reference(night):
