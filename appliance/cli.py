@@ -20,6 +20,7 @@ state in :func:`appliance.config.simulation_state_dir` (``~/.local/state/bedtime
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -283,7 +284,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = choice.config
     if choice.source != "box_file":
         logger.info("starting with the clinic's pushed config (%s, %s)", choice.source, choice.sha256[:12])
-    daemon = None
+    daemon = hw = failed_start = None
     try:
         try:
             hw = open_hardware(cfg, simulate=simulate, source=source, speed=speed)
@@ -304,9 +305,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         first = e  # the first failure, not one from cleaning up after it
         while first.__context__ is not None and isinstance(first.__context__, Exception):
             first = first.__context__
-        reason = f"the daemon did not start with it: {type(first).__name__}: {first}"[:400]
-        store.failed(choice, reason)
-        logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], reason)
+        failed_start = f"the daemon did not start with it: {type(first).__name__}: {first}"[:400]
+        first = None
+    if failed_start is not None:
+        # Out of the except block, with the failed start's objects dropped: what did not fit (a huge ring, one
+        # thread too many) is given back before the failure is recorded, which needs memory of its own.
+        daemon = hw = None
+        gc.collect()
+        try:
+            store.failed(choice, failed_start)
+        except (MemoryError, OSError) as e:  # the trying marker still names it: the next start rejects it
+            logger.error("could not record the pushed config's failure (%s); the next start rejects it", one_line(e))
+        logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], failed_start)
         _start_again()
     if not daemon.running:
         store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config

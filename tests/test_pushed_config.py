@@ -136,7 +136,8 @@ def test_a_pushed_recording_dir_no_longer_bricks_the_box(box):
 def test_a_config_the_daemon_cannot_start_with_falls_back_by_itself(box):
     """A ring buffer of 4 Mi frames (218 MB) is a valid value, and this host has the memory, so the pre-flight
     passes; the box itself (RLIMIT_AS: what a running daemon takes plus 110 MB) cannot start with it (the ring
-    does not fit, or it does and then threads cannot start).
+    does not fit, or it does and then threads cannot start; which one depends on how many malloc arenas the
+    first run's peak counted).
     The start falls back to the box's own file (the same process, started again by itself: systemd sees no exit)
     and runs, reports config_rejected once, and refuses the same config when it is pushed again."""
     from appliance.pushed_config import PushedConfigStore
@@ -210,3 +211,56 @@ def test_a_start_that_died_with_a_pushed_config_is_not_repeated(box):
     assert not store.pushed.exists()
     assert json.loads(store.good.read_text()) == {"telemetry": {"interval_s": 11.0}}
     assert after.stop() == 0
+
+
+_FAILING_START = """
+import sys, weakref
+import appliance.cli as cli, appliance.daemon as daemon, appliance.pushed_config as pushed, appliance.ring as ring
+
+run, ring_init, rings = daemon.Daemon.run, ring.FrameRing.__init__, weakref.WeakSet()
+
+def keep_track(self, *a, **k):
+    ring_init(self, *a, **k)
+    rings.add(self)
+
+def run_unless_pushed(self):
+    if self.cfg.telemetry.interval_s == 7.0:  # the pushed config's mark: its start fails as on a box out of memory
+        raise RuntimeError("can't start new thread")
+    return run(self)
+
+def failed(self, choice, reason):  # recording the failure needs memory too, and there is none left
+    print(f"rings alive when the failure is recorded: {len(rings)}", file=sys.stderr)
+    raise MemoryError()
+
+daemon.Daemon.run, pushed.PushedConfigStore.failed = run_unless_pushed, failed
+ring.FrameRing.__init__ = keep_track
+sys.exit(cli.main())
+"""
+
+
+def test_a_failed_start_falls_back_even_when_recording_the_failure_fails(tmp_path):
+    """A start with a pushed config fails (out of memory), and recording that failure fails too (MemoryError
+    while reading the stored config, seen on a loaded CI machine on 2026-12-03: a traceback, and the box down).
+    The box must still start again by itself with its own file; the trying marker the failed start left names the
+    config, so that start rejects it."""
+    from appliance.config import load_config
+    from appliance.pushed_config import PushedConfigStore
+
+    cfg_path = tmp_path / "bedtime.toml"
+    cfg_path.write_text(f'[box]\nid = "{BOX}"\nstate_dir = "{tmp_path / "state"}"\n'
+                        f'[recording]\ndir = "{tmp_path / "nights"}"\n[mqtt]\nenabled = false\n')
+    store = PushedConfigStore(tmp_path / "state")
+    store.store({"telemetry": {"interval_s": 7.0}}, version="oom-1", source="test")
+    assert store.choose(load_config(cfg_path)).source == "pushed"  # what the box's start will take, then fail with
+    store.trying.unlink()
+    out = subprocess.run([sys.executable, "-c", _FAILING_START, "run", "--config", str(cfg_path), "--simulate",
+                          "--hours", "0.02", "--speed", "inf"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    # what the failed start held (its ring: on a box, maybe what did not fit) was given back before recording
+    assert "rings alive when the failure is recorded: 0" in out.stderr
+    assert "night recorded in" in out.stdout
+    assert [r["config_version"] for r in store.rejected()] == ["oom-1"]
+    assert "ended before it was running" in store.rejected()[0]["reason"]
+    assert not store.pushed.exists()
