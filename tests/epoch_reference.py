@@ -158,7 +158,7 @@ def raw_epoch(data, *, fs_hz: float, n: int) -> np.ndarray:
     x = (rng.standard_normal(n) + 2.0 * np.sin(2 * np.pi * rng.uniform(0.5, 45) * t)) * scale + offset
     if data.draw(st.booleans(), label="drift"):
         x += rng.standard_normal(n).cumsum() * scale * 0.1
-    for _ in range(data.draw(st.integers(0, 4), label="n_events")):
+    for _ in range(data.draw(st.integers(0, 4 if n else 0), label="n_events")):  # an empty epoch has no stretch
         kind = data.draw(st.sampled_from(["nan", "inf", "flat", "rail", "swing", "emg", "spike"]), label="event")
         lo = data.draw(st.integers(0, max(n - 1, 0)), label="start")
         hi = min(n, lo + data.draw(st.integers(1, int(3 * fs_hz)), label="length"))

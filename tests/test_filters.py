@@ -158,6 +158,19 @@ _LANE_DESIGNS = {
 LANE_VALUES = st.one_of(FINITE, st.sampled_from([np.nan, np.inf, -np.inf, 1e300, -0.0]))
 
 
+def _scipy_sosfiltfilt_with_stored_zi(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """scipy's own ``sosfiltfilt``, starting from the box's stored ``sosfilt_zi`` (what the lanes use) instead of
+    the one this scipy solves for: that one differs from release to release (and LAPACK build) in its last bits
+    (see test_stored_designs_are_scipys_and_complete), and on a flat input the output is nothing but that
+    rounding (1e-26 from a constant 1.0 here on 2026-12-03, bits apart)."""
+    from unittest import mock
+
+    from scipy.signal import _signaltools
+
+    with mock.patch.object(_signaltools, "sosfilt_zi", filters.sosfilt_zi):
+        return scipy_signal.sosfiltfilt(sos, x)
+
+
 @settings(max_examples=200, deadline=None)
 @given(which=st.lists(st.sampled_from(sorted(_LANE_DESIGNS)), min_size=1, max_size=4),
        n=st.integers(1, 300), data=st.data())
@@ -167,7 +180,7 @@ def test_sosfiltfilt_lanes_is_scipys_sosfiltfilt(which, n, data) -> None:
     lanes = filters.filter_lanes(*sos, zero_phase=True)
     with np.errstate(all="ignore"):
         try:
-            want = [scipy_signal.sosfiltfilt(s, row) for s, row in zip(sos, x)]
+            want = [_scipy_sosfiltfilt_with_stored_zi(s, row) for s, row in zip(sos, x)]
         except ValueError as e:  # too short for scipy: refused alike
             with pytest.raises(ValueError, match="padlen"):
                 filters.sosfiltfilt_lanes(lanes, x)
@@ -206,3 +219,10 @@ def test_filter_lanes_refuse_what_the_kernels_cannot_take() -> None:
         filters.sosfiltfilt_lanes(filters.filter_lanes(hp, zero_phase=True), np.zeros((2, 100)))
     with pytest.raises(ValueError, match="at most"):
         filters.sosfiltfilt_lanes(filters.filter_lanes(*[hp] * 9, zero_phase=True), np.zeros((9, 100)))
+
+
+def test_a_flat_signal_through_the_lanes_is_scipys_bit_for_bit() -> None:
+    # the example hypothesis found on 2026-12-03 (a fresh clone, so a fresh example database)
+    sos = _LANE_DESIGNS["hp1"]()
+    got = filters.sosfiltfilt_lanes(filters.filter_lanes(sos, zero_phase=True), np.ones((1, 10)))
+    assert np.array_equal(got[0], _scipy_sosfiltfilt_with_stored_zi(sos, np.ones(10)))
