@@ -10,9 +10,13 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from appliance.episodes import LoopAlert
+
+if TYPE_CHECKING:
+    from appliance.audit import AuditLog
+    from appliance.mqtt import BoxLink
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +50,8 @@ class AlertSender:
         self._record_event = record_event
         self._clock = clock
         self.errors = errors
-        self.link: Any = None
-        self.audit: Any = None
+        self.link: BoxLink | None = None
+        self.audit: AuditLog | None = None
         self.sent: list[dict] = []
         self._unsent: list[dict] = []  # alerts the link could not take yet (it raised), oldest first
 

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from appliance import __version__
 from appliance.breather import SESSION_STATES
@@ -26,13 +26,20 @@ from appliance.night_pipeline import NO_DATA_FAULT_S, NightPipeline
 from appliance.protocol.boxconfig import BoxConfig, split_pushed_config, validate_config
 from appliance.pushed_config import PushedConfigStore
 
+if TYPE_CHECKING:  # built here on demand: a box without MQTT or a clinic key never loads them
+    from appliance.loop_model import LoopDetector
+    from appliance.mqtt import BoxLink
+    from appliance.ring import FrameRing
+    from appliance.stager import Stager
+    from appliance.updates import UpdateManager
+
 logger = logging.getLogger(__name__)
 
 SIGNED_UPDATES_REQUIRED = "signed updates required: use the update command"
 """Why a box with a pinned update key refuses a config on the unsigned retained ``config`` topic."""
 
 
-def make_link(cfg: BoxConfig, *, model_versions: dict, simulated: bool = False) -> Any:
+def make_link(cfg: BoxConfig, *, model_versions: dict, simulated: bool = False) -> BoxLink:
     """The MQTT link for this box, configured from ``[mqtt]``, validating pushed configs with the box's validator.
 
     ``simulated`` (the chip simulator instead of the hardware) is carried by every retained status, the last will
@@ -117,15 +124,16 @@ class ClinicCommands:
     """
 
     def __init__(self, cfg: BoxConfig, *, file_config: BoxConfig, journal: NightJournal, night: NightPipeline,
-                 ring: Any, request_restart: Callable[[], None], current_night: Callable[[], Path | None]) -> None:
+                 ring: FrameRing, request_restart: Callable[[], None], current_night: Callable[[], Path | None]) -> None:
         self.cfg, self.file_cfg = cfg, file_config
         self.journal, self.night, self.ring = journal, night, ring
         self._request_restart, self._current_night = request_restart, current_night
         self.pushed_store = PushedConfigStore(file_config.box.state_dir)
-        self.updates: Any = None
-        self.link: Any = None
+        self.updates: UpdateManager | None = None
+        self.link: BoxLink | None = None
 
-    def open_link(self, link: Any, *, stager: Any, loop_detector: Any, simulated: bool) -> Any:
+    def open_link(self, link: BoxLink | None, *, stager: Stager, loop_detector: LoopDetector | None,
+                  simulated: bool) -> BoxLink | None:
         """The night's link: ``link`` when one is given (tests), else a new one from ``[mqtt]`` (None when MQTT is
         off) that answers the clinic (:meth:`register`, and the signed ``update`` command when a key is pinned) and
         is started here. Home Assistant discovery is sent on every (re)connect, so a family's Home Assistant shows
@@ -145,7 +153,7 @@ class ClinicCommands:
             link.publish_discovery()
         return link
 
-    def register(self, link: Any) -> None:
+    def register(self, link: BoxLink) -> None:
         """Answer the clinic on ``link``: the retained config and the commands."""
         self.link = link
         # Authorisation first, then validation and pre-flight: nothing in a config the box will refuse anyway is
@@ -158,7 +166,7 @@ class ClinicCommands:
         link.on_command("selftest", self.selftest)
 
     # ---- signed updates -----------------------------------------------------------------------------
-    def make_update_manager(self, *, stages_flowing: Callable[[], tuple[bool, str]]) -> Any:
+    def make_update_manager(self, *, stages_flowing: Callable[[], tuple[bool, str]]) -> UpdateManager | None:
         """The signed-update manager when ``updates.public_key_file`` pins a clinic key (kept as :attr:`updates`),
         else None. Its health check is :func:`appliance.updates.default_health_check` (model loads and runs /
         config validates) plus ``stages_flowing() -> (ok, why)``: the new model or config takes effect at the

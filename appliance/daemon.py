@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from appliance.clinic_commands import ClinicCommands
 from appliance.epoch_assembler import EpochAssembler
@@ -46,6 +46,12 @@ from appliance.night_parts import PipelineParts, audit_head, load_stager, make_b
 from appliance.night_pipeline import NO_DATA_FAULT_S, NightPipeline
 from appliance.nightfolder import NIGHT_EDF
 from appliance.protocol.boxconfig import BoxConfig
+
+if TYPE_CHECKING:  # built in run(), when the night starts
+    from appliance.audit import AuditLog
+    from appliance.mqtt import BoxLink
+    from appliance.ring import RingCounters
+    from appliance.updates import UpdateManager
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +127,9 @@ class Daemon:
                                        current_night=lambda: getattr(self, "night_dir", None))
         self.events, self.epochs, self.alerts_sent = self.journal.events, self.night.epochs, self.alerts.sent
         self.output_trace = self.night.output_trace
-        self.link: Any = None
-        self.updates: Any = None  # appliance.updates.UpdateManager when a clinic key is pinned
-        self.audit: Any = None
+        self.link: BoxLink | None = None
+        self.updates: UpdateManager | None = None  # when a clinic key is pinned
+        self.audit: AuditLog | None = None
 
     def stop(self) -> None:
         """Ask the pipeline to finish the night (thread- and signal-safe)."""
@@ -193,8 +199,8 @@ class Daemon:
         self.journal.link = self.alerts.link = self.link
         breather = p.breather
         if breather is None:
-            self.audit = self.alerts.audit = open_audit_log(cfg, record_event=event)
-            breather = make_breather(cfg, outputs=self.outputs, audit=self.audit, clock=self.night.signal_s,
+            audit = self.audit = self.alerts.audit = open_audit_log(cfg, record_event=event)
+            breather = make_breather(cfg, outputs=self.outputs, audit=audit, clock=self.night.signal_s,
                                      on_escalate=self.night.on_escalate)
         self.night.equip(stager=p.stager, loop_detector=p.loop_detector, breather=breather, link=self.link)
 
@@ -214,7 +220,7 @@ class Daemon:
                                    staging_channel=self.cfg.acquisition.staging_channel, missed_frames=hw.missed_frames)
         ready, total_s = False, hw.total_signal_s
 
-        def ring_counters() -> Any:  # read when telemetry is due, not after every pop
+        def ring_counters() -> RingCounters:  # read when telemetry is due, not after every pop
             return hw.ring.counters
 
         last_watchdog = last_data = time.monotonic()

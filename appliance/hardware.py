@@ -17,12 +17,17 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
 from appliance.outputs import BedsideLight, OkButton, Speaker
 from appliance.protocol.boxconfig import BoxConfig
+
+if TYPE_CHECKING:
+    from gpiozero import Factory
+
+    from appliance.ring import FrameRing
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +66,7 @@ def check_spi(cfg: BoxConfig) -> Path:
     return path
 
 
-def gpio_pin_factory() -> Any:
+def gpio_pin_factory() -> Factory:
     """gpiozero's default pin factory (the real GPIO), made once; the simulation uses :func:`mock_pin_factory`.
 
     gpiozero tries each pin library in turn and warns about every one it falls back from; those warnings are
@@ -100,7 +105,7 @@ class BoxOutputs:
     a process dies: every change of level is written there (``SIM_OUTPUTS_FILE``).
     """
 
-    def __init__(self, cfg: BoxConfig, pin_factory: Any, mirror: Path | None = None) -> None:
+    def __init__(self, cfg: BoxConfig, pin_factory: Factory, mirror: Path | None = None) -> None:
         self.mirror = mirror
         self._last_mirror: tuple[float, float] | None = None
         self.light = BedsideLight(cfg.outputs.light_pin, pin_factory=pin_factory)
@@ -236,9 +241,9 @@ class AcquisitionControl(Protocol):
 class HardwareEdge:
     """Everything the daemon touches that is hardware: the chip's frame ring and acquisition, the pins."""
 
-    ring: Any
+    ring: FrameRing
     acquisition: AcquisitionControl
-    pin_factory: Any
+    pin_factory: Factory
     sample_rate_sps: int
     n_channels: int
     gain: int
@@ -270,14 +275,14 @@ class HardwareEdge:
         return self.acquisition.poll_events()
 
 
-def mock_pin_factory() -> Any:
+def mock_pin_factory() -> Factory:
     """gpiozero's mock pins with PWM, the simulation's light, speaker and button."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     return MockFactory(pin_class=MockPWMPin)
 
 
-def open_chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Any = None, speed: float = 1.0, drdy: bool = True,
+def open_chip(cfg: BoxConfig, *, simulate: bool, pin_factory: Factory | None = None, speed: float = 1.0, drdy: bool = True,
               **sim_kwargs: Any) -> tuple[Any, Any]:
     """Bring the ADS1299 up: the real chip on spidev with DRDY on the GPIO, or the protocol-level simulator.
 
@@ -366,8 +371,8 @@ def open_hardware(cfg: BoxConfig, *, simulate: bool, source: SimulationSource | 
                         total_signal_s=total_s, poll_interval_s=0.002 if speed > 10 else 0.2)
 
 
-def _simulated_acquisition(cfg: BoxConfig, ring: Any, signal_source: Any, source: SimulationSource,
-                           speed: float, pin_factory: Any) -> AcquisitionControl:
+def _simulated_acquisition(cfg: BoxConfig, ring: FrameRing, signal_source: Any, source: SimulationSource,
+                           speed: float, pin_factory: Factory) -> AcquisitionControl:
     """The acquisition layer's real driver and thread, on its protocol-level chip simulator.
 
     Real time (speed < 20): the simulator drives DRDY on a gpiozero mock pin and the driver reads one frame

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -23,6 +23,11 @@ from appliance.epoch import Epoch
 from appliance.nightfolder import HYPNOGRAM_PNG
 from appliance.report import NightRecord
 from appliance.report_load import write_report
+
+if TYPE_CHECKING:
+    from appliance.mqtt import BoxLink
+    from appliance.ring import RingCounters
+    from appliance.stager import Stager
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +40,9 @@ PNG_CHILD_TIMEOUT_S = 300.0
 child is killed and the night ends without a picture (its report.json is already on disk)."""
 
 
-def write_morning_report(*, night_dir: Path, epochs: Sequence[Epoch], events: Sequence[dict], stager: Any,
-                         counters: dict, ring_counters: Any, start: dt.datetime, box_id: str, box_name: str,
-                         audit_head: dict | None, link: Any = None,
+def write_morning_report(*, night_dir: Path, epochs: Sequence[Epoch], events: Sequence[dict], stager: Stager,
+                         counters: dict, ring_counters: RingCounters, start: dt.datetime, box_id: str, box_name: str,
+                         audit_head: dict | None, link: BoxLink | None = None,
                          ) -> tuple[dict | None, Path | None, Path | None]:
     """Write the night's report, publish it (retained) and draw its PNG.
 

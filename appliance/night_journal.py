@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
 from appliance.config import edf_channel_labels
@@ -21,6 +21,9 @@ from appliance.edfplus import EdfPlusRecorder
 from appliance.jsonl import JsonlWriter
 from appliance.nightfolder import EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF, enforce_retention, night_id, recover_nights
 from appliance.protocol.boxconfig import BoxConfig
+
+if TYPE_CHECKING:
+    from appliance.mqtt import BoxLink
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class NightJournal:
         self.events_file: JsonlWriter | None = None
         self.epochs_file: JsonlWriter | None = None
         self.recorder: EdfPlusRecorder | None = None
-        self.link: Any = None
+        self.link: BoxLink | None = None
         self._lock = threading.Lock()  # events come from the pipeline, the link's command thread and the breather's
 
     def open(self, night_dir: Path, *, cfg: BoxConfig, n_channels: int, fs_hz: int, start: dt.datetime) -> None:

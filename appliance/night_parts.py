@@ -10,9 +10,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from appliance.protocol.boxconfig import BoxConfig
+
+if TYPE_CHECKING:  # imported where they are built: a night without MQTT or an audit key never loads their modules
+    from appliance.audit import AuditLog
+    from appliance.breather import Breather
+    from appliance.hardware import BoxOutputs
+    from appliance.loop_model import LoopDetector
+    from appliance.mqtt import BoxLink
+    from appliance.stager import Stager
+    from appliance.updates import UpdateManager
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +33,13 @@ AUDIT_ANCHORS_CHECKED = 3
 class PipelineParts:
     """The downstream components; built from the config unless a test passes its own."""
 
-    stager: Any = None
-    loop_detector: Any = None
-    breather: Any = None
-    link: Any = None
+    stager: Stager | None = None
+    loop_detector: LoopDetector | None = None
+    breather: Breather | None = None
+    link: BoxLink | None = None
 
 
-def load_stager(cfg: BoxConfig, *, updates: Any, record_event: Callable[..., None]) -> Any:
+def load_stager(cfg: BoxConfig, *, updates: UpdateManager | None, record_event: Callable[..., None]) -> Stager:
     """The stage model: the one a signed update applied last, if any, else ``staging.model_path`` (or the
     packaged one). The update wrote the model's signed card beside it and the health check loaded both, so
     an applied model that still cannot be loaded here (e.g. a pre-card update, or a file damaged since) is
@@ -60,7 +69,7 @@ def load_stager(cfg: BoxConfig, *, updates: Any, record_event: Callable[..., Non
     return Stager(cfg.staging.model_path or None)
 
 
-def open_audit_log(cfg: BoxConfig, *, record_event: Callable[..., None]) -> Any:
+def open_audit_log(cfg: BoxConfig, *, record_event: Callable[..., None]) -> AuditLog:
     """The breather's hash-chained audit log in the state directory, checked against its own head and the last
     night reports' copies of it (:data:`AUDIT_ANCHORS_CHECKED`).
 
@@ -108,7 +117,7 @@ def _check_audit_against_reports(path: Path, recording_dir: Path) -> None:
         raise AuditError("; ".join(rep.problems))
 
 
-def audit_head(audit: Any) -> dict | None:
+def audit_head(audit: AuditLog | None) -> dict | None:
     """The audit log's head (``seq``, ``hash``, ``records``, ``first``) for the report and status; None without a
     log, or when it cannot be read (logged: the report must come out regardless)."""
     try:
@@ -118,8 +127,8 @@ def audit_head(audit: Any) -> dict | None:
         return None
 
 
-def make_breather(cfg: BoxConfig, *, outputs: Any, audit: Any, clock: Callable[[], float],
-                  on_escalate: Callable[..., None]) -> Any:
+def make_breather(cfg: BoxConfig, *, outputs: BoxOutputs, audit: AuditLog, clock: Callable[[], float],
+                  on_escalate: Callable[..., None]) -> Breather:
     """The breather on the box's outputs, its config checked against the safety envelope; ``clock`` is signal
     time (s), ``on_escalate`` tells the parent."""
     from appliance.breather import Breather

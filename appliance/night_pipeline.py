@@ -26,7 +26,7 @@ import resource
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -42,6 +42,14 @@ from appliance.night_journal import NightJournal
 from appliance.protocol.boxconfig import BoxConfig
 from appliance.protocol.safety import BreatherConfig
 from appliance.protocol.stages import EPOCH_S, STAGE_NAMES
+
+if TYPE_CHECKING:  # the parts are built by appliance.night_parts and handed over in equip()
+    from appliance.breather import Breather
+    from appliance.hardware import BoxOutputs
+    from appliance.loop_model import LoopDetector
+    from appliance.mqtt import BoxLink
+    from appliance.ring import RingCounters
+    from appliance.stager import Stager
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +184,11 @@ class NightPipeline:
         self.last_frames_wall: float | None = None
         self.breather_enabled = True
         self.box_state = "online"  # the status last published (recording during a night)
-        self.link: Any = None
-        self.stager = self.loop_detector = self.breather = self.outputs = None
+        self.link: BoxLink | None = None
+        self.stager: Stager | None = None
+        self.loop_detector: LoopDetector | None = None
+        self.breather: Breather | None = None
+        self.outputs: BoxOutputs | None = None
         self.episodes: LoopEpisodes | None = None
         self.breather_events: BreatherEvents | None = None
         self._lead_off_channels: frozenset[int] = frozenset()
@@ -187,7 +198,8 @@ class NightPipeline:
         self._next_telemetry_s = cfg.telemetry.interval_s  # signal time, s
         self._cpu_mark = (time.monotonic(), time.process_time())  # (wall, CPU) s at the last telemetry
 
-    def equip(self, *, stager: Any, loop_detector: Any, breather: Any, link: Any) -> None:
+    def equip(self, *, stager: Stager, loop_detector: LoopDetector | None, breather: Breather,
+              link: BoxLink | None) -> None:
         """The night's parts, once built; the breather's state changes come to :attr:`breather_events`, and the
         episode tracker counts an epoch as loop at the breather's ``p_loop_threshold``. (:attr:`outputs`, the
         light and sound, are set by the daemon as soon as they exist: a fault before the parts are built still
@@ -219,7 +231,7 @@ class NightPipeline:
             self.errors["status_publish"] += 1
             logger.error("could not publish the recording status: %s", e)
 
-    def end(self, night_dir: Path, *, start: dt.datetime, ring_counters: Any,
+    def end(self, night_dir: Path, *, start: dt.datetime, ring_counters: RingCounters,
             audit_head: dict | None) -> tuple[dict | None, Path | None, Path | None]:
         """The night is over (acquisition stopped): ``night_ended``, the recording closed, the morning report
         written and published (:func:`appliance.morning_report.write_morning_report`); returns (report,
@@ -467,7 +479,7 @@ class NightPipeline:
                 self._acq_event_at[kind] = t
                 self.journal.event(f"acquisition_{kind}", t, reason=reason, count_so_far=self.counters[key])
 
-    def telemetry_if_due(self, *, ring_counters: Callable[[], Any]) -> None:
+    def telemetry_if_due(self, *, ring_counters: Callable[[], RingCounters]) -> None:
         """Publish the telemetry message (QoS 0) when ``telemetry.interval_s`` more seconds of signal have passed
         since the last one; ``ring_counters()`` gives the ring's (dropped, corrupt), read only then (it is a call
         into the ring, and this is asked after every pop)."""

@@ -50,12 +50,15 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.jsonl import append_row, read_rows
 from appliance.protocol.signing import SignatureError, check_binding, verify_manifest
 from appliance.protocol.updates import (MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES,
                                          decode_update_args)
+
+if TYPE_CHECKING:
+    from appliance.mqtt import BoxLink
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +450,7 @@ def handle_update_command(manager: UpdateManager, args: dict) -> dict:
     return manager.apply(kind, payload, manifest).to_dict()
 
 
-def attach_to_link(manager: UpdateManager, link: Any) -> None:
+def attach_to_link(manager: UpdateManager, link: BoxLink) -> None:
     """Wire updates into a box's :class:`appliance.mqtt.BoxLink` (what the daemon calls once at start):
     ``cmd/update`` applies through ``manager``, and every audit entry also goes to the clinic as an
     ``update_audit`` event (QoS 1, through the outbox)."""
