@@ -294,9 +294,11 @@ class Acquisition:
         try:
             target()
         except BaseException as e:  # surface, never die silently
-            self.exception = e
-            logger.exception("acquisition thread died")
-            self._fault("stall", f"acquisition thread died: {e!r}")
+            try:
+                logger.exception("acquisition thread died")
+                self._fault("stall", f"acquisition thread died: {e!r}")
+            finally:
+                self.exception = e  # after the fault is queued: whoever sees the exception also finds the fault
 
     # ---- DRDY path -----------------------------------------------------------------------------
     def _on_drdy(self) -> None:

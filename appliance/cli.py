@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bedtime")
 
+EX_ACQUISITION_STOPPED = 70
+"""EX_SOFTWARE: the acquisition thread stopped (no frame would come any more); the night was closed, and the
+unit's Restart=on-failure starts the daemon again (StartLimitBurst stops a box that cannot start at all)."""
 EX_NEXT_NIGHT = 75
 """EX_TEMPFAIL: the night ended (max_night_hours) or the clinic asked for a restart; the unit's
 RestartForceExitStatus=75 starts the daemon again, and with it the next night."""
@@ -300,13 +303,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         store.trying.unlink(missing_ok=True)
         raise  # the command line's fault, whatever the config
     except Exception as e:
-        if choice.source == "box_file" or (daemon is not None and daemon.running):
-            raise  # the box's own file, or a failure once running: not the pushed config's doing
+        if choice.source == "box_file" or (daemon is not None and daemon.proven):
+            raise  # the box's own file, or a failure once the night was staging: not the pushed config's doing
         first = e  # the first failure, not one from cleaning up after it
         while first.__context__ is not None and isinstance(first.__context__, Exception):
             first = first.__context__
         failed_start = f"the daemon did not start with it: {type(first).__name__}: {first}"[:400]
         first = None
+    else:
+        if daemon.acquisition_stopped and not daemon.proven and choice.source != "box_file":
+            failed_start = (f"the daemon did not start with it: the acquisition stopped "
+                            f"({daemon.acquisition_stopped})")[:400]
     if failed_start is not None:
         # Out of the except block, with the failed start's objects dropped: what did not fit (a huge ring, one
         # thread too many) is given back before the failure is recorded, which needs memory of its own.
@@ -318,13 +325,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             logger.error("could not record the pushed config's failure (%s); the next start rejects it", one_line(e))
         logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], failed_start)
         _start_again()
-    if not daemon.running:
-        store.trying.unlink(missing_ok=True)  # stopped before it ran: says nothing about the config
+    if not daemon.proven:
+        store.trying.unlink(missing_ok=True)  # stopped before its first epoch: says nothing about the config
     print(f"night recorded in {result.night_dir}")
     if result.edf_path:
         print(f"  EDF+:   {result.edf_path}")
     if result.report_json:
         print(f"  report: {result.report_json}\n  PNG:    {result.report_png}")
+    if daemon.acquisition_stopped:
+        print(f"bedtime: the acquisition stopped ({daemon.acquisition_stopped}); the night was closed, exiting with"
+              f" status {EX_ACQUISITION_STOPPED} so that the service starts again", file=sys.stderr)
+        return EX_ACQUISITION_STOPPED
     # EX_TEMPFAIL: the clinic asked for a restart, or a box's night reached recording.max_night_hours;
     # systemd's Restart=on-failure starts the daemon again, and with it the next night
     if daemon.restart_requested or (daemon.ended_by_limit and not args.simulate and not args.hours):

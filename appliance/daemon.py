@@ -96,8 +96,10 @@ class Daemon:
         The box's own file, without the clinic's pushed configuration (default ``config``): a new push is
         merged over this one and pre-flighted (:mod:`appliance.pushed_config`).
     on_running : callable, optional
-        Called once when the daemon is running (first frames in, READY=1): the start with this configuration
-        worked, so it becomes the last known good one.
+        Called once when the night is staging (its first epoch staged, from the chip's frames through the stage
+        model): the start with this configuration worked, so it becomes the last known good one. Not at READY=1
+        (first frames in): a configuration that lets the chip start but not the night (the acquisition thread
+        out of memory at its first epoch) must not become the one every later start repeats.
     start_reports : list of dict, optional
         ``config_rejected`` reports from choosing this start's configuration, published once the link is up.
     """
@@ -116,6 +118,8 @@ class Daemon:
         self._notify = notify or _systemd_notifier()
         self._stop = threading.Event()
         self.running = self.restart_requested = self.ended_by_limit = False
+        self.proven = False  # the night is staging: on_running was called
+        self.acquisition_stopped: str | None = None  # why no frame will come any more (the night was ended)
         self.fs_hz = int(hardware.sample_rate_sps)
         self.journal = NightJournal()
         self.progress = progress
@@ -240,6 +244,15 @@ class Daemon:
             if len(frames) == 0:
                 if hw.finished(counters["frames"]):
                     break
+                died = hw.acquisition_failure()
+                if died is not None:
+                    # Nothing more will come: the night ends here (outputs off, recording and report closed),
+                    # and the exit status says so, so that systemd starts the daemon again (a fresh bring-up).
+                    for ev in hw.poll_events():
+                        night.hardware_event(ev)
+                    self.acquisition_stopped = f"{type(died).__name__}: {died}"[:300]
+                    logger.error("the acquisition thread stopped (%s): ending the night", self.acquisition_stopped)
+                    break
                 if now - last_data > NO_DATA_FAULT_S and night.fault_active is None:
                     counters["no_data_faults"] += 1
                     night.fault("no data from the chip", night.signal_s())
@@ -250,12 +263,14 @@ class Daemon:
             if not ready:
                 self._notify("READY=1")
                 ready = self.running = True
+            night.take(assembler.convert(frames), assembler)
+            if not self.proven and night.epochs:
+                self.proven = True
                 if self._on_running is not None:
                     try:
                         self._on_running()
                     except Exception as e:  # bookkeeping of the config must never stop the night
                         logger.error("could not record the running configuration: %s", e)
-            night.take(assembler.convert(frames), assembler)
             night.telemetry_if_due(ring_counters=ring_counters)
             if self.max_signal_s is not None and night.signal_s() >= self.max_signal_s:
                 self.ended_by_limit = True

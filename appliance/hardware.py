@@ -236,6 +236,10 @@ class AcquisitionControl(Protocol):
         """True when a replay has delivered (or provably lost) its last frame; never for a real chip."""
         ...
 
+    def failure(self) -> BaseException | None:
+        """What ended the acquisition thread, if something did (None while it reads, and after a clean stop)."""
+        ...
+
 
 @dataclass
 class HardwareEdge:
@@ -273,6 +277,10 @@ class HardwareEdge:
     def poll_events(self) -> list[dict]:
         """The acquisition's faults since the last call (:meth:`AcquisitionControl.poll_events`)."""
         return self.acquisition.poll_events()
+
+    def acquisition_failure(self) -> BaseException | None:
+        """What ended the acquisition thread, if something did: no frame will come any more."""
+        return self.acquisition.failure()
 
 
 def mock_pin_factory() -> Factory:
@@ -437,6 +445,9 @@ class _AcquisitionAdapter:
         while self._events:
             out.append(self._events.popleft())
         return out
+
+    def failure(self) -> BaseException | None:
+        return self.acq.exception if self.acq is not None else None
 
     def frames_accounted(self, frames_seen: int) -> bool:
         """True when a replay has delivered (or provably lost) every frame of its source."""

@@ -11,11 +11,13 @@ bricked box:
    made) and take a file, the ring buffer it asks for fits in the memory the box has, and it is not a
    configuration that already failed to start the daemon here.
 3. **Try once, fall back by itself** (:class:`PushedConfigStore`): every start with a pushed configuration first
-   leaves a *trying* marker. When the daemon is up (first frames, the
-   moment it tells systemd READY=1) the configuration becomes the *last known good* one and the marker goes.
-   When a start fails, with an exception (:meth:`PushedConfigStore.failed`; ``bedtime run`` then starts itself
-   again in the same process image, so nothing of the failed start lingers) or by dying (the next start finds
-   the marker), the configuration is *rejected*: moved aside, remembered by its sha256 so the same push is
+   leaves a *trying* marker. When the night is staging (its first epoch staged: frames in, the chain through
+   the stage model working; not as early as READY=1, which a chip that starts and an acquisition that dies at
+   its first epoch would pass) the configuration becomes the *last known good* one and the marker goes.
+   When a start fails, with an exception or with the acquisition stopping before that first epoch
+   (:meth:`PushedConfigStore.failed`; ``bedtime run`` then starts itself again in the same process image, so
+   nothing of the failed start lingers) or by dying (the next start finds the marker), the configuration is
+   *rejected*: moved aside, remembered by its sha256 so the same push is
    refused next time, and the box starts with its last known good one (or its own file alone) and reports
    ``config_rejected``. A start is never retried with a configuration that failed, so there is no restart loop.
 
@@ -276,7 +278,8 @@ class PushedConfigStore:
             if doc is None:
                 reason = "the stored configuration is unreadable or not a JSON object"
             elif died_with == sha:
-                reason = "the daemon did not start with it (the previous start ended before it was running)"
+                reason = ("the daemon did not start with it (the previous start ended before its first epoch was "
+                          "staged)")
             else:
                 try:
                     cfg = merge_config(file_config, doc)
@@ -309,7 +312,8 @@ class PushedConfigStore:
         return choice
 
     def started(self, choice: StartChoice) -> None:
-        """The daemon is running with ``choice``: it becomes the last known good configuration."""
+        """The night is staging with ``choice`` (its first epoch staged): it becomes the last known good
+        configuration."""
         if choice.source == "box_file":
             return
         if choice.source == "pushed" and self.pushed.exists():

@@ -181,6 +181,9 @@ class _GapAcquisition:
     def frames_accounted(self, frames_seen: int) -> bool:
         return frames_seen >= self.total
 
+    def failure(self) -> BaseException | None:
+        return None
+
 
 def test_frames_the_ring_dropped_are_counted_and_the_timeline_kept(tmp_path):
     import edfio

@@ -207,7 +207,7 @@ def test_a_start_that_died_with_a_pushed_config_is_not_repeated(box):
     rejected = [e for e in of_kind(events, "config_rejected") if "fallback" in e]
     assert len(rejected) == 1 and rejected[0]["config_version"] == "deadly-2"
     assert rejected[0]["fallback"] == "last_known_good"
-    assert "before it was running" in rejected[0]["error"]
+    assert "before its first epoch was staged" in rejected[0]["error"]
     assert not store.pushed.exists()
     assert json.loads(store.good.read_text()) == {"telemetry": {"interval_s": 11.0}}
     assert after.stop() == 0
@@ -262,5 +262,5 @@ def test_a_failed_start_falls_back_even_when_recording_the_failure_fails(tmp_pat
     assert "rings alive when the failure is recorded: 0" in out.stderr
     assert "night recorded in" in out.stdout
     assert [r["config_version"] for r in store.rejected()] == ["oom-1"]
-    assert "ended before it was running" in store.rejected()[0]["reason"]
+    assert "ended before its first epoch was staged" in store.rejected()[0]["reason"]
     assert not store.pushed.exists()
