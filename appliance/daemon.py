@@ -96,10 +96,8 @@ class Daemon:
         The box's own file, without the clinic's pushed configuration (default ``config``): a new push is
         merged over this one and pre-flighted (:mod:`appliance.pushed_config`).
     on_running : callable, optional
-        Called once when the night is staging (its first epoch staged, from the chip's frames through the stage
-        model): the start with this configuration worked, so it becomes the last known good one. Not at READY=1
-        (first frames in): a configuration that lets the chip start but not the night (the acquisition thread
-        out of memory at its first epoch) must not become the one every later start repeats.
+        Called once when the night is staging (its first epoch staged), so the configuration becomes the last
+        known good one; not at READY=1, which a config that starts the chip but not the night would pass.
     start_reports : list of dict, optional
         ``config_rejected`` reports from choosing this start's configuration, published once the link is up.
     """
@@ -245,9 +243,7 @@ class Daemon:
                 if hw.finished(counters["frames"]):
                     break
                 died = hw.acquisition_failure()
-                if died is not None:
-                    # Nothing more will come: the night ends here (outputs off, recording and report closed),
-                    # and the exit status says so, so that systemd starts the daemon again (a fresh bring-up).
+                if died is not None:  # no frame will come any more: end the night (bedtime run then exits 70)
                     for ev in hw.poll_events():
                         night.hardware_event(ev)
                     self.acquisition_stopped = f"{type(died).__name__}: {died}"[:300]
