@@ -257,7 +257,7 @@ def _simulation_source(args: argparse.Namespace, *, seed: int) -> SimulationSour
 def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Daemon
     from appliance.hardware import open_hardware
-    from appliance.pushed_config import PushedConfigStore
+    from appliance.pushed_config import PROBATION_S, PushedConfigStore
 
     if not args.simulate and (args.edf or args.synthetic or args.hypnogram or args.channels):
         raise UsageError("--edf/--channels/--synthetic/--hypnogram need --simulate")
@@ -297,7 +297,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--edf {args.edf}: not a readable EDF/EDF+ recording ({one_line(e)})") from None
         hours = args.hours if args.hours else cfg.recording.max_night_hours
         daemon = Daemon(cfg, hardware=hw, max_signal_s=hours * 3600, file_config=file_cfg,
-                        on_running=lambda: store.started(choice), start_reports=choice.rejected)
+                        on_running=lambda: store.started(choice), start_reports=choice.rejected,
+                        proven_after_s=0.0 if choice.source == "box_file" else PROBATION_S)
         result = daemon.run()
     except UsageError:
         store.trying.unlink(missing_ok=True)
@@ -326,7 +327,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logger.error("pushed config (%s) %s; starting again without it", choice.sha256[:12], failed_start)
         _start_again()
     if not daemon.proven:
-        store.trying.unlink(missing_ok=True)  # stopped before its first epoch: says nothing about the config
+        store.trying.unlink(missing_ok=True)  # stopped within its probation: says nothing about the config
     print(f"night recorded in {result.night_dir}")
     if result.edf_path:
         print(f"  EDF+:   {result.edf_path}")

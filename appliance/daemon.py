@@ -96,8 +96,12 @@ class Daemon:
         The box's own file, without the clinic's pushed configuration (default ``config``): a new push is
         merged over this one and pre-flighted (:mod:`appliance.pushed_config`).
     on_running : callable, optional
-        Called once when the night is staging (its first epoch staged), so the configuration becomes the last
-        known good one; not at READY=1, which a config that starts the chip but not the night would pass.
+        Called once when the night has staged ``proven_after_s`` of signal (at least one epoch), so the
+        configuration becomes the last known good one; not at READY=1, which a config that starts the chip but not
+        the night would pass.
+    proven_after_s : float
+        Seconds of signal before :attr:`proven` and ``on_running`` (:data:`appliance.pushed_config.PROBATION_S`
+        for a pushed configuration; default 0: the first epoch).
     start_reports : list of dict, optional
         ``config_rejected`` reports from choosing this start's configuration, published once the link is up.
     """
@@ -106,7 +110,7 @@ class Daemon:
                  progress: Callable[[float, float], None] | None = None,
                  notify: Callable[[str], None] | None = None, max_signal_s: float | None = None,
                  file_config: BoxConfig | None = None, on_running: Callable[[], None] | None = None,
-                 start_reports: list[dict] | None = None) -> None:
+                 start_reports: list[dict] | None = None, proven_after_s: float = 0.0) -> None:
         self.cfg = config
         self.hw = hardware
         self.parts = parts or PipelineParts()
@@ -116,7 +120,8 @@ class Daemon:
         self._notify = notify or _systemd_notifier()
         self._stop = threading.Event()
         self.running = self.restart_requested = self.ended_by_limit = False
-        self.proven = False  # the night is staging: on_running was called
+        self.proven = False  # the night has staged proven_after_s of signal: on_running was called
+        self.proven_after_s = proven_after_s
         self.acquisition_stopped: str | None = None  # why no frame will come any more (the night was ended)
         self.fs_hz = int(hardware.sample_rate_sps)
         self.journal = NightJournal()
@@ -260,7 +265,7 @@ class Daemon:
                 self._notify("READY=1")
                 ready = self.running = True
             night.take(assembler.convert(frames), assembler)
-            if not self.proven and night.epochs:
+            if not self.proven and night.epochs and night.signal_s() >= self.proven_after_s:
                 self.proven = True
                 if self._on_running is not None:
                     try:

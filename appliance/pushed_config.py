@@ -11,10 +11,10 @@ bricked box:
    made) and take a file, the ring buffer it asks for fits in the memory the box has, and it is not a
    configuration that already failed to start the daemon here.
 3. **Try once, fall back by itself** (:class:`PushedConfigStore`): every start with a pushed configuration first
-   leaves a *trying* marker. When the night is staging (its first epoch staged: frames in, the chain through
-   the stage model working; not as early as READY=1, which a chip that starts and an acquisition that dies at
-   its first epoch would pass) the configuration becomes the *last known good* one and the marker goes.
-   When a start fails, with an exception or with the acquisition stopping before that first epoch
+   leaves a *trying* marker. When the night has staged :data:`PROBATION_S` of signal (the chain from the chip
+   through the stage model working for ten minutes; not as early as READY=1, which a chip that starts and an
+   acquisition that dies at its first epoch would pass) the configuration becomes the *last known good* one and
+   the marker goes. When a start fails, with an exception or with the acquisition stopping within that time
    (:meth:`PushedConfigStore.failed`; ``bedtime run`` then starts itself again in the same process image, so
    nothing of the failed start lingers) or by dying (the next start finds the marker), the configuration is
    *rejected*: moved aside, remembered by its sha256 so the same push is
@@ -49,6 +49,13 @@ logger = logging.getLogger(__name__)
 PUSHED_CONFIG = "clinic-config.json"
 """The last config the clinic pushed (validated, local-only keys dropped), in the state directory; merged over the
 TOML file at the next start."""
+
+PROBATION_S = 600.0
+"""Seconds of signal a night must stage with a pushed configuration before it becomes the last known good one.
+The unit's StartLimitIntervalSec (600 s): a configuration that fails within its probation is rejected and the box
+starts again without it; one that fails later restarts the daemon (exit 70) less often than systemd's start limit
+counts, so no configuration can run the box into the start limit. The price: a power cut within those ten
+minutes rejects a configuration that was fine (the clinic sees why and can push it again)."""
 
 MAX_PUSHED_BYTES = 256 * 1024
 """Largest pushed configuration kept or read back (a full configuration is ~3 kB)."""
@@ -278,8 +285,8 @@ class PushedConfigStore:
             if doc is None:
                 reason = "the stored configuration is unreadable or not a JSON object"
             elif died_with == sha:
-                reason = ("the daemon did not start with it (the previous start ended before its first epoch was "
-                          "staged)")
+                reason = (f"the daemon did not start with it (the previous start ended before it had staged "
+                          f"{PROBATION_S / 60:g} min of signal)")
             else:
                 try:
                     cfg = merge_config(file_config, doc)
@@ -312,7 +319,7 @@ class PushedConfigStore:
         return choice
 
     def started(self, choice: StartChoice) -> None:
-        """The night is staging with ``choice`` (its first epoch staged): it becomes the last known good
+        """The night has staged :data:`PROBATION_S` of signal with ``choice``: it becomes the last known good
         configuration."""
         if choice.source == "box_file":
             return

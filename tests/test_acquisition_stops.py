@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from appliance.ads1299_frame import STATUS_SYNC, encode_frames, uv_per_count
 from appliance.daemon import Daemon, PipelineParts
@@ -68,7 +69,7 @@ class _DyingAcquisition:
         return self.exception
 
 
-def _night(tmp_path: Path, *, epochs: int) -> tuple[Daemon, threading.Thread, list, dict]:
+def _night(tmp_path: Path, *, epochs: int, proven_after_s: float = 0.0) -> tuple[Daemon, threading.Thread, list, dict]:
     cfg = box_config(tmp_path, port=None)
     ring = FrameRing(20_000, 8)
     hw = HardwareEdge(ring=ring, acquisition=_DyingAcquisition(ring, epochs=epochs, error=MemoryError("no room")),
@@ -77,7 +78,7 @@ def _night(tmp_path: Path, *, epochs: int) -> tuple[Daemon, threading.Thread, li
     running: list = []
     d = Daemon(cfg, hardware=hw, parts=PipelineParts(stager=ScriptedStager([Stage.N2] * 10),
                                                       loop_detector=ScriptedLoops([0.0])),
-               on_running=lambda: running.append(len(d.epochs)))
+               on_running=lambda: running.append(len(d.epochs)), proven_after_s=proven_after_s)
     out: dict = {}
     th = threading.Thread(target=lambda: out.setdefault("result", d.run()), daemon=True)
     th.start()
@@ -98,6 +99,14 @@ def test_the_night_ends_when_the_acquisition_stops(tmp_path):
     assert not d.output_trace or d.output_trace[-1][1:] == (0.0, 0.0)  # light and sound left off
 
 
+def test_on_running_waits_for_the_probation(tmp_path):
+    # a pushed config's probation (appliance.pushed_config.PROBATION_S) in small: 60 s of signal, two epochs
+    d, th, running, _ = _night(tmp_path, epochs=3, proven_after_s=60.0)
+    assert not th.is_alive() and d.proven and running == [2]
+    d, th, running, _ = _night(tmp_path / "b", epochs=3, proven_after_s=120.0)
+    assert not th.is_alive() and not d.proven and running == []
+
+
 def test_a_night_that_never_staged_is_not_proven(tmp_path):
     d, th, running, out = _night(tmp_path, epochs=0)
     assert not th.is_alive(), "the daemon kept waiting for frames after the acquisition thread had stopped"
@@ -108,18 +117,24 @@ _DYING_ACQUISITION = """
 import sys
 import appliance.acquisition as acquisition, appliance.cli as cli, appliance.daemon as daemon
 
-die, burst, run = [False], acquisition.Acquisition._run_burst, daemon.Daemon.run
+die, burst, push, run = [None], acquisition.Acquisition._run_burst, acquisition.Acquisition._push_block, daemon.Daemon.run
 
 def burst_or_die(self):
-    if die[0]:  # as the acquisition thread out of memory at its first epoch
+    if die[0] == "at once":  # as the acquisition thread out of memory at its first epoch
         raise MemoryError("no room for the first epoch")
     return burst(self)
 
-def run_marked(self):
-    die[0] = self.cfg.telemetry.interval_s == 7.0  # the mark of the config the acquisition dies with
+def push_or_die(self, data, edges, n):
+    if die[0] == "later" and self.counters.frames_read > 3 * 7500:  # three epochs in, well within the probation
+        raise MemoryError("no room after three epochs")
+    return push(self, data, edges, n)
+
+def run_marked(self):  # the marks of the configs the acquisition dies with
+    die[0] = {7.0: "at once", 8.0: "later"}.get(self.cfg.telemetry.interval_s)
     return run(self)
 
-acquisition.Acquisition._run_burst, daemon.Daemon.run = burst_or_die, run_marked
+acquisition.Acquisition._run_burst, acquisition.Acquisition._push_block = burst_or_die, push_or_die
+daemon.Daemon.run = run_marked
 sys.exit(cli.main())
 """
 
@@ -148,17 +163,19 @@ def test_bedtime_run_exits_70_with_one_line_when_the_acquisition_stops(tmp_path)
     assert "night recorded in" in out.stdout
 
 
-def test_a_pushed_config_the_acquisition_dies_with_is_rejected_and_the_box_starts_again(tmp_path):
+@pytest.mark.parametrize("interval_s, why", [(7.0, "no room for the first epoch"), (8.0, "no room after three epochs")])
+def test_a_pushed_config_the_acquisition_dies_with_is_rejected_and_the_box_starts_again(tmp_path, interval_s, why):
+    # at its first epoch, or three epochs into its probation: either way it never becomes the last known good one
     from appliance.config import load_config
     from appliance.pushed_config import PushedConfigStore
 
     cfg_path = _config(tmp_path)
     store = PushedConfigStore(tmp_path / "state")
-    store.store({"telemetry": {"interval_s": 7.0}}, version="dies-1", source="test")
+    store.store({"telemetry": {"interval_s": interval_s}}, version="dies-1", source="test")
     assert store.choose(load_config(cfg_path)).source == "pushed"
     store.trying.unlink()
     out = _bedtime_run(cfg_path)
     assert out.returncode == 0, out.stderr[-3000:]  # the start again (same process) ran the box's own file
     assert [r["config_version"] for r in store.rejected()] == ["dies-1"]
-    assert "acquisition stopped (MemoryError: no room for the first epoch)" in store.rejected()[0]["reason"]
+    assert f"acquisition stopped (MemoryError: {why})" in store.rejected()[0]["reason"]
     assert not store.pushed.exists() and not store.good.exists()

@@ -188,7 +188,7 @@ def test_a_start_that_died_with_a_pushed_config_is_not_repeated(box):
     assert first.stop() == 0
     second = start()
     wait_started(second, 2)
-    assert wait_until(lambda: store.good.exists(), 30)  # good-1 ran: the last known good config
+    assert wait_until(lambda: store.good.exists(), 90)  # good-1 staged its 10 min (10 s at 60x): last known good
     clinic.push_config(BOX, {"telemetry": {"interval_s": 13.0}}, config_version="deadly-2")
     assert events.wait_for(lambda r: any(e.get("config_version") == "deadly-2" and e.get("kind") == "config_applied"
                                          for e in r.of("/event")), 30)
@@ -207,7 +207,7 @@ def test_a_start_that_died_with_a_pushed_config_is_not_repeated(box):
     rejected = [e for e in of_kind(events, "config_rejected") if "fallback" in e]
     assert len(rejected) == 1 and rejected[0]["config_version"] == "deadly-2"
     assert rejected[0]["fallback"] == "last_known_good"
-    assert "before its first epoch was staged" in rejected[0]["error"]
+    assert "before it had staged 10 min of signal" in rejected[0]["error"]
     assert not store.pushed.exists()
     assert json.loads(store.good.read_text()) == {"telemetry": {"interval_s": 11.0}}
     assert after.stop() == 0
@@ -262,5 +262,5 @@ def test_a_failed_start_falls_back_even_when_recording_the_failure_fails(tmp_pat
     assert "rings alive when the failure is recorded: 0" in out.stderr
     assert "night recorded in" in out.stdout
     assert [r["config_version"] for r in store.rejected()] == ["oom-1"]
-    assert "ended before its first epoch was staged" in store.rejected()[0]["reason"]
+    assert "ended before it had staged 10 min of signal" in store.rejected()[0]["reason"]
     assert not store.pushed.exists()
