@@ -128,3 +128,12 @@ def test_installer_installs_tracked_files_only_and_never_removes_its_own_source(
     text = INSTALLER.read_text()
     assert "ls-files" in text and "cp -a" not in text
     assert 'rm -rf "$PREFIX/src"\n' not in text  # the old re-run-from-/opt/bedtime/src data loss
+
+
+def test_a_pushed_configs_probation_outlasts_the_start_limit_interval():
+    # a pushed config that fails after its probation restarts the daemon at most once per probation: never the
+    # unit's StartLimitBurst starts within StartLimitIntervalSec, so no config can run the box into the limit
+    from appliance.pushed_config import PROBATION_S
+
+    unit = _unit()["Unit"]
+    assert int(unit["StartLimitBurst"]) > 1 and PROBATION_S >= int(unit["StartLimitIntervalSec"])
