@@ -30,7 +30,6 @@ wedged pipeline, not only a dead process, gets restarted).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -42,7 +41,8 @@ from appliance.clinic_commands import ClinicCommands
 from appliance.epoch_assembler import EpochAssembler
 from appliance.hardware import SIM_OUTPUTS_FILE, BoxOutputs, HardwareEdge
 from appliance.night_journal import NightJournal, start_night_dir
-from appliance.night_parts import PipelineParts, audit_head, load_stager, make_breather, open_audit_log
+from appliance.night_parts import (PipelineParts, audit_head, load_loop_detector, load_stager, make_breather,
+                                   open_audit_log, systemd_notifier)
 from appliance.night_pipeline import NO_DATA_FAULT_S, NightPipeline
 from appliance.nightfolder import NIGHT_EDF
 from appliance.protocol.boxconfig import BoxConfig
@@ -117,7 +117,7 @@ class Daemon:
         self.max_signal_s = max_signal_s
         self._on_running = on_running
         self._start_reports = list(start_reports or [])
-        self._notify = notify or _systemd_notifier()
+        self._notify = notify or systemd_notifier()
         self._stop = threading.Event()
         self.running = self.restart_requested = self.ended_by_limit = False
         self.proven = False  # the night has staged proven_after_s of signal: on_running was called
@@ -197,9 +197,7 @@ class Daemon:
         if p.stager is None:
             p.stager = load_stager(cfg, updates=self.updates, record_event=event)
         if p.loop_detector is None:
-            from appliance.loop_model import LoopDetector
-
-            p.loop_detector = LoopDetector(cfg.loops.model_path or None)
+            p.loop_detector = load_loop_detector(cfg)
         self._own_link = p.link is None and cfg.mqtt.enabled
         self.link = self.commands.open_link(p.link, stager=p.stager, loop_detector=p.loop_detector,
                                             simulated=bool(self.hw.simulated))
@@ -296,12 +294,3 @@ class Daemon:
             return False, "the pipeline is stopping"
         return self.night.stages_flowing()
 
-
-def _systemd_notifier() -> Callable[[str], None]:
-    """sd_notify through the ``sdnotify`` package; a no-op outside systemd (no NOTIFY_SOCKET)."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return lambda _msg: None
-    import sdnotify
-
-    n = sdnotify.SystemdNotifier()
-    return lambda msg: n.notify(msg)

@@ -1,4 +1,4 @@
-"""Building the night's parts from the configuration: stage model, loop model, audit log, breather.
+"""Building the night's parts from the configuration: stage model, loop model, audit log, breather, systemd notifier.
 
 Each builder says out loud (as a night event) what it had to do instead of what was configured: a stage model
 from a signed update that cannot be loaded (``model_update_unused``, the configured model is used), an audit
@@ -7,6 +7,7 @@ log found broken at start (set aside for ``bedtime audit verify``, a new one sta
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,13 @@ def load_stager(cfg: BoxConfig, *, updates: UpdateManager | None, record_event: 
             record_event("model_update_unused", 0.0, version=updates.current_version("model"),
                          reason=f"{type(e).__name__}: {e}")
     return Stager(cfg.staging.model_path or None)
+
+
+def load_loop_detector(cfg: BoxConfig) -> LoopDetector:
+    """The loop model the config names (its built-in one when none is named)."""
+    from appliance.loop_model import LoopDetector
+
+    return LoopDetector(cfg.loops.model_path or None)
 
 
 def open_audit_log(cfg: BoxConfig, *, record_event: Callable[..., None]) -> AuditLog:
@@ -136,3 +144,13 @@ def make_breather(cfg: BoxConfig, *, outputs: BoxOutputs, audit: AuditLog, clock
 
     return Breather(light=outputs.light, speaker=outputs.speaker, button=outputs.button,
                     config=BreatherConfig.from_dict(cfg.breather), audit=audit, clock=clock, on_escalate=on_escalate)
+
+
+def systemd_notifier() -> Callable[[str], None]:
+    """sd_notify through the ``sdnotify`` package; a no-op outside systemd (no NOTIFY_SOCKET)."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return lambda _msg: None
+    import sdnotify
+
+    n = sdnotify.SystemdNotifier()
+    return lambda msg: n.notify(msg)
