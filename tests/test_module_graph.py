@@ -15,6 +15,7 @@ docs/architecture.md), so the map cannot silently go stale.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,32 @@ def test_sources_cite_no_absolute_path_of_a_development_machine() -> None:
            for p in sorted((REPO / d).rglob("*")) if p.suffix in (".py", ".c", ".h", ".sh", ".service", ".md")
            for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
     assert not bad, "cite shared files relatively (../shared/...):\n" + "\n".join(bad)
+
+
+def architecture_paragraph_heads(text: str) -> set[str]:
+    """The files named in the bold head of a paragraph of docs/architecture.md, before its first colon:
+    ``**`path`**: ...``, ``**`path`** (protocol layer): ...``, or several joined, as in
+    ``**`native/ring.h` + `native/ring.c` + `appliance/ring.py`**: ...``."""
+    named: set[str] = set()
+    for para in text.split("\n\n"):
+        head = re.match(r"\*\*`[^\n]*?:(?=\s|$)", para.lstrip())
+        if head:
+            named.update(re.findall(r"`([^`]+)`", head.group(0)))
+    return named
+
+
+def test_every_module_has_its_paragraph_in_the_architecture_map() -> None:
+    # "one paragraph per module": a file added without its paragraph fails here (package __init__ files and the
+    # native tests excepted)
+    files = [p.relative_to(REPO).as_posix() for p in sorted((REPO / "appliance").rglob("*.py"))
+             if p.name != "__init__.py" and "__pycache__" not in p.parts]
+    files += [p.relative_to(REPO).as_posix() for p in sorted((REPO / "native").glob("*.[ch]"))]
+    named = architecture_paragraph_heads((REPO / "docs" / "architecture.md").read_text())
+    missing = [f for f in files if f not in named]
+    assert not missing, f"give these their paragraph in docs/architecture.md: {missing}"
+
+
+def test_paragraph_heads_are_read_as_written() -> None:
+    text = ("**`a/x.py`**: one.\n\n**`a/y.py`**, **`n/z.c`** + `n/z.h`**: two, naming `a/w.py` in the body.\n\n"
+            "**`p/q.py`** (protocol layer): three: `a/u.py`.\n\nA body that names `a/v.py`.")
+    assert architecture_paragraph_heads(text) == {"a/x.py", "a/y.py", "n/z.c", "n/z.h", "p/q.py"}
