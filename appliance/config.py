@@ -18,6 +18,7 @@ from pathlib import Path
 
 from appliance.protocol.boxconfig import AcquisitionSection, BoxConfig, ConfigError, validate_config
 from appliance.protocol.commands import clip
+from appliance.protocol.userfiles import UserFileError, parse_toml, read_small_regular_file, read_user_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ MAX_KEY_FILE_BYTES = 16 * 1024
 """Largest public key file read (an Ed25519 PEM is 113 bytes): a path to /dev/zero or a huge file is refused,
 not read."""
 
+MAX_CONFIG_FILE_BYTES = 1024 * 1024
+"""Largest configuration file read: the documented example with every key is about 6 KB; a bigger file is a
+mistake (the wrong path), refused rather than parsed."""
+
 
 def read_public_key(path: str | Path) -> bytes:
     """The PEM bytes of the pinned update key at ``path``, checked to be an Ed25519 public key.
@@ -106,31 +111,6 @@ def read_public_key(path: str | Path) -> bytes:
     return pem
 
 
-def read_small_regular_file(path: str | Path, *, max_bytes: int) -> bytes:
-    """Read a whole regular file of at most ``max_bytes`` bytes.
-
-    Raises
-    ------
-    OSError
-        When it cannot be opened.
-    ValueError
-        When it is not a regular file (a device, FIFO, directory) or is larger than ``max_bytes``.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > max_bytes:
-            raise ValueError(f"larger than {max_bytes} bytes")
-        data = os.read(fd, max_bytes + 1)
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:
-        raise ValueError(f"larger than {max_bytes} bytes")
-    return data
-
-
 def load_config(path: str | Path) -> BoxConfig:
     """Read and validate a TOML configuration file.
 
@@ -141,19 +121,11 @@ def load_config(path: str | Path) -> BoxConfig:
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError("", f"cannot read: {e.strerror or e}", source=p) from None
-    try:
-        # utf-8-sig: an editor's byte-order mark is not a TOML statement, so it is dropped, not refused
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError("", f"not a TOML text file: byte 0x{data[e.start]:02x} at offset {e.start} is not "
-                              f"UTF-8", source=p) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("", f"TOML syntax error: {e}", source=p) from None
+        # a regular file of bounded size only: a FIFO or /dev/zero named by mistake must not hang the box or the
+        # person at the terminal (appliance.protocol.userfiles says why)
+        doc = parse_toml(read_user_text(p, max_bytes=MAX_CONFIG_FILE_BYTES, what="TOML text"))
+    except UserFileError as e:
+        raise ConfigError("", str(e), source=p) from None
     try:
         cfg = validate_config(doc)
         check_local_files(cfg)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.config import read_small_regular_file
+from appliance.protocol.userfiles import read_small_regular_file
 from appliance.protocol.boxconfig import BoxConfig, ConfigError, merge_config, split_pushed_config
 
 logger = logging.getLogger(__name__)
