@@ -96,7 +96,7 @@ def test_a_broker_refusing_the_login_fails_fast_in_one_line(broker, capsys):
 
 def test_a_missing_password_file_is_one_line(tmp_path, capsys):
     rc, _out, err = _run(["list", "--password-file", str(tmp_path / "nope.pw")], capsys)
-    assert rc == 3
+    assert rc == 2  # bad input, said before connecting (3 is for a broker that cannot be reached or refuses)
     assert len(err.strip().splitlines()) == 1 and "nope.pw" in err and "Traceback" not in err
 
 

@@ -29,8 +29,8 @@ def test_keypair_files_and_key_id(tmp_path, keys):
 def test_encrypted_private_key_needs_passphrase(tmp_path):
     signing.generate_keypair(tmp_path / "e.key", tmp_path / "e.pub", passphrase=b"open sesame")
     assert b"ENCRYPTED" in (tmp_path / "e.key").read_bytes()
-    with pytest.raises(TypeError):
-        signing.load_private_key(tmp_path / "e.key")
+    with pytest.raises(SignatureError, match=r"encrypted: set \$BEDTIME_SIGNING_PASSPHRASE"):  # was a bare TypeError:
+        signing.load_private_key(tmp_path / "e.key")  # a traceback out of `bedtime-fleet sign`
     assert signing.load_private_key(tmp_path / "e.key", passphrase=b"open sesame")
 
 

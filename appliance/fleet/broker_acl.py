@@ -26,12 +26,18 @@ from typing import Sequence
 
 from appliance.fleet.cli import subcommand
 from appliance.protocol import schema
+from appliance.protocol.cliparse import one_line
+from appliance.protocol.userfiles import UserFileError, read_user_text
 
 #: Every family account's user name starts with this (box ids must not, see docs/security.md).
 FAMILY_PREFIX = "family-"
 
 #: A family name: lower-case letters, digits, ``_`` and ``-``; it becomes part of a broker user name.
 FAMILY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+
+MAX_BASE_BYTES = 1024 * 1024
+"""Largest ``--base`` ACL read: the shipped docs/mosquitto/acl.conf is about 2 kB and a clinic's own accounts add
+a few lines each; a bigger file is the wrong path, refused rather than copied into the broker's ACL."""
 
 #: Where Home Assistant publishes its birth ("online") and last-will ("offline") messages.
 HA_STATUS_TOPIC = f"{schema.HA_DISCOVERY_PREFIX}/status"
@@ -137,15 +143,15 @@ def _run(args: argparse.Namespace) -> int:
         families = [parse_family_spec(s) for s in args.family]
         base = ""
         if args.base is not None:
-            try:
-                base = args.base.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"--base {args.base}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+            try:  # a regular file of bounded size only: a FIFO or /dev/zero is refused, not waited on or read
+                base = read_user_text(args.base, max_bytes=MAX_BASE_BYTES, what="text")
+            except UserFileError as e:
+                raise ValueError(f"--base {args.base}: {e}") from None
         text = family_acl(families, base=base)
         if args.out is not None and not args.out.parent.is_dir():
             raise ValueError(f"--out {args.out}: folder {args.out.parent} does not exist")
     except ValueError as e:
-        print(f"bedtime-fleet family-acl: {e}", file=sys.stderr)
+        print(f"bedtime-fleet family-acl: {one_line(e)}", file=sys.stderr)
         return 2
     if args.out is None:
         sys.stdout.write(text)

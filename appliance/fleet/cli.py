@@ -26,10 +26,10 @@ import json
 import logging
 import os
 import ssl
+import stat
 import sys
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
@@ -39,6 +39,9 @@ from appliance.fleet.ingest import CommandTimeout, FleetIngest, TLSClientSetting
 from appliance.protocol import schema
 from appliance.protocol.cliparse import OneLineParser, one_line
 from appliance.protocol.commands import CommandError
+from appliance.protocol.signing import MAX_KEY_FILE_BYTES
+from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES
+from appliance.protocol.userfiles import UserFileError, parse_json, parse_toml, read_user_text
 from appliance.protocol.version import __version__
 
 log = logging.getLogger(__name__)
@@ -105,25 +108,58 @@ CONNECT_WAIT_S = 10.0
 """Longest wait for the broker to accept the subscriptions once it has accepted the connection."""
 
 
+MAX_TLS_FILE_BYTES = 1024 * 1024
+"""Largest ``--ca``/``--cert``/``--key`` file accepted: a CA bundle is at most a few hundred kB (the system's is
+~220 kB); a bigger file is the wrong path, refused before OpenSSL reads it."""
+
+
+def read_password_file(path: str | Path) -> str:
+    """The broker password in ``path`` (``--password-file``): a UTF-8 regular file of at most
+    :data:`~appliance.protocol.signing.MAX_KEY_FILE_BYTES`, surrounding whitespace dropped.
+
+    Raises
+    ------
+    UserFileError
+        One line naming the option and the file: it cannot be read, is not a regular file, is too large, is not
+        UTF-8, or holds no password.
+    """
+    try:
+        password = read_user_text(path, max_bytes=MAX_KEY_FILE_BYTES, what="text").strip()
+    except UserFileError as e:
+        raise UserFileError(f"--password-file {path}: {e}") from None
+    if not password:
+        raise UserFileError(f"--password-file {path}: empty (no password in it)")
+    return password
+
+
+def _check_tls_file(option: str, value: str) -> None:
+    """Refuse a TLS file that is missing, not a regular file or over :data:`MAX_TLS_FILE_BYTES` (OpenSSL would
+    wait on a FIFO or read a device without end)."""
+    try:
+        st = os.stat(value)
+    except OSError as e:
+        raise UserFileError(f"{option} {value}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserFileError(f"{option} {value}: not a regular file (a folder, device or FIFO)")
+    if st.st_size > MAX_TLS_FILE_BYTES:
+        raise UserFileError(f"{option} {value}: larger than {MAX_TLS_FILE_BYTES} bytes")
+
+
 def connect(args: argparse.Namespace, *, group: str | None = None, **callbacks) -> FleetIngest:
     """An observer :class:`FleetIngest` from the broker options (started; fails at the first refusal).
 
     Raises
     ------
+    UserFileError
+        One line: the password file or a TLS file cannot be used (checked before connecting; exit status 2).
     ConnectionError
-        One line: the password file or a TLS file cannot be read, or the broker cannot be reached or
-        refuses the connection.
+        One line: the broker cannot be reached or refuses the connection, or the TLS files are refused by
+        OpenSSL.
     """
-    password = None
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text().strip()
-        except (OSError, ValueError) as e:
-            raise ConnectionError(f"--password-file {args.password_file}: cannot read: "
-                                  f"{getattr(e, 'strerror', None) or e}") from None
+    password = read_password_file(args.password_file) if args.password_file else None
     for option, value in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
-        if value and not Path(value).is_file():
-            raise ConnectionError(f"{option} {value}: no such file")
+        if value:
+            _check_tls_file(option, value)
     tls = TLSClientSettings(args.ca, args.cert, args.key) if args.ca else None
     try:
         ingest = FleetIngest(args.host, args.port, tls=tls, username=args.username, password=password,
@@ -227,16 +263,28 @@ def _box_validator() -> Callable[[dict], object]:
     return validate_offline
 
 
-def load_config_file(path: Path) -> dict:
-    """Read a config file: TOML (the box's format) or JSON."""
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        obj = json.loads(text)
-    else:
-        obj = tomllib.loads(text)
+def read_config_file(path: Path) -> tuple[dict, bytes]:
+    """Read a config file, TOML (the box's format) or JSON (by its suffix): the document and the file's text as
+    UTF-8 bytes (what its version label hashes).
+
+    Only a regular file of at most :data:`~appliance.protocol.updates.MAX_CONFIG_PAYLOAD_BYTES` (the largest
+    config a box takes) is read, so a FIFO or ``/dev/zero`` is refused rather than waited on or read without end.
+
+    Raises
+    ------
+    ValueError
+        One line (:class:`~appliance.protocol.userfiles.UserFileError` for the file itself): it cannot be read,
+        is not a regular file, is too large, empty, not UTF-8, not valid (or too deeply nested) TOML/JSON, or not
+        a table.
+    """
+    is_json = path.suffix.lower() == ".json"
+    text = read_user_text(path, max_bytes=MAX_CONFIG_PAYLOAD_BYTES, what="JSON text" if is_json else "TOML text")
+    if not text.strip():
+        raise UserFileError("empty file (a config pushed sets at least one key)")
+    obj = parse_json(text) if is_json else parse_toml(text)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: a config is a table/object")
-    return obj
+    return obj, text.encode()
 
 
 def _push_args(p: argparse.ArgumentParser) -> None:
@@ -253,13 +301,13 @@ def cmd_push_config(args: argparse.Namespace) -> int:
     import hashlib
 
     try:
-        config = load_config_file(args.file)
+        config, data = read_config_file(args.file)
         validate = _box_validator()
         validate(config)
     except Exception as e:  # any validation failure: say why, publish nothing
-        print(f"refused: {args.file}: {e}", file=sys.stderr)
+        print(f"refused: {args.file}: {one_line(e)}", file=sys.stderr)
         return 2
-    version = args.config_version or f"{args.file.stem}-{hashlib.sha256(args.file.read_bytes()).hexdigest()[:12]}"
+    version = args.config_version or f"{args.file.stem}-{hashlib.sha256(data).hexdigest()[:12]}"
     answers: dict[str, dict] = {}
     cond = threading.Condition()
 
@@ -394,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         return args._run(args)
     except CommandError as e:
         print(f"bedtime-fleet: refused before sending: {one_line(e)}", file=sys.stderr)
+        return 2
+    except UserFileError as e:  # a file named on the command line cannot be used: said before anything is done
+        print(f"bedtime-fleet: {one_line(e)}", file=sys.stderr)
         return 2
     except ConnectionError as e:
         print(f"bedtime-fleet: {one_line(e)}", file=sys.stderr)

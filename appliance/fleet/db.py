@@ -53,6 +53,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from appliance.protocol.userfiles import UserFileError
+
 logger = logging.getLogger(__name__)
 
 metadata = MetaData()
@@ -253,6 +255,12 @@ def secure_sqlite_file(path: str) -> None:
 
     A new file is created 0600 before SQLite opens it (SQLite gives its ``-wal``/``-shm`` files the same
     mode); an existing file readable by others is fixed and a warning logged.
+
+    Raises
+    ------
+    UserFileError
+        ``path`` (or its ``-wal``/``-shm`` file) exists and is not a regular file: SQLite would wait forever on a
+        FIFO, and a device (``/dev/zero``) must not be chmod-ed.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -263,9 +271,12 @@ def secure_sqlite_file(path: str) -> None:
         return
     for p in (path, f"{path}-wal", f"{path}-shm"):
         try:
-            mode = stat.S_IMODE(os.stat(p).st_mode)
+            st = os.stat(p)
         except FileNotFoundError:
             continue
+        if not stat.S_ISREG(st.st_mode):
+            raise UserFileError(f"{p}: not a regular file (a folder, device or FIFO)")
+        mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             try:
                 os.chmod(p, 0o600)

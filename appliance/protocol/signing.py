@@ -34,16 +34,19 @@ import hmac
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.protocol.ids import BOX_ID_RE
+from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
+from appliance.protocol.userfiles import UserFileError, parse_json, read_user_file, read_user_text
 
 SCHEMA = "bedtime.signature/2"
 """Manifest format; /1 (no box or group, serial or expiry) is refused."""
@@ -60,6 +63,11 @@ AUDIENCE_RE = BOX_ID_RE
 """Box ids and group names in a manifest's audience follow the one box-id rule."""
 MAX_AUDIENCE = 10_000
 """Most boxes plus groups one manifest may name."""
+MAX_KEY_FILE_BYTES = 64 * 1024
+"""Largest key or secret file the clinic reads (a signing key, the pinned public key, and in
+:mod:`appliance.fleet` a broker password file and the console's session key): each is well under 1 kB (an Ed25519
+PEM is 113-300 bytes); 64 KiB leaves room for comments or a pasted chain and still refuses a wrong path to a big
+file or ``/dev/zero`` at once, unread."""
 
 _last_serial = 0
 _serial_lock = threading.Lock()
@@ -113,8 +121,12 @@ def generate_keypair(private_path: str | Path, public_path: str | Path, *, passp
         f.write(pem)
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.write_bytes(public_pem)
+    try:  # renamed into place (a FIFO there is replaced, not waited on); if that fails, no lone private key stays
+        public_path.parent.mkdir(parents=True, exist_ok=True)
+        _replace_file(public_path, public_pem)
+    except BaseException:
+        private_path.unlink()
+        raise
     return key_id(public_pem)
 
 
@@ -122,7 +134,17 @@ def load_private_key(path: str | Path, *, passphrase: bytes | None = None) -> Ed
     """Read a PEM private key (the passphrase defaults to ``$BEDTIME_SIGNING_PASSPHRASE``)."""
     if passphrase is None and os.environ.get(PASSPHRASE_ENV):
         passphrase = os.environ[PASSPHRASE_ENV].encode()
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
+    try:  # a regular file of bounded size only (appliance.protocol.userfiles says why)
+        pem = read_user_file(path, max_bytes=MAX_KEY_FILE_BYTES)
+    except UserFileError as e:
+        raise SignatureError(f"private key {path}: {e}") from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase)
+    except TypeError:  # encrypted without a passphrase given, or a passphrase given for a plain key
+        raise SignatureError(f"private key {path}: " + (f"encrypted: set ${PASSPHRASE_ENV}" if passphrase is None
+                                                        else f"not encrypted, but ${PASSPHRASE_ENV} is set")) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise SignatureError(f"private key {path}: not a PEM private key (or ${PASSPHRASE_ENV} is wrong)") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{path}: not an Ed25519 private key")
     return key
@@ -249,19 +271,40 @@ def sign_file(path: str | Path, key: Ed25519PrivateKey, *, kind: str, version: s
     model_card = None
     if kind == "model":
         card_path = Path(card) if card else path.with_name("model_card.json")
-        if not card_path.is_file():
+        if not card and not card_path.exists():
             raise FileNotFoundError(f"{card_path}: a model is signed with its model card (give --card FILE)")
-        try:
-            model_card = json.loads(card_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{card_path}: model card is not valid JSON: {e}") from None
+        try:  # it goes into the manifest, so it is held to the manifest's bound
+            model_card = parse_json(read_user_text(card_path, max_bytes=MAX_MANIFEST_CHARS, what="JSON text"))
+        except UserFileError as e:
+            raise ValueError(f"{card_path}: model card: {e}") from None
     elif card:
         raise ValueError("only a model carries a model card")
-    manifest = sign_bytes(path.read_bytes(), key, kind=kind, name=path.name, version=version, boxes=boxes,
+    try:
+        payload = read_user_file(path, max_bytes=MAX_CONFIG_PAYLOAD_BYTES if kind == "config" else MAX_PAYLOAD_BYTES)
+    except UserFileError as e:
+        raise ValueError(f"{path}: {e}") from None
+    manifest = sign_bytes(payload, key, kind=kind, name=path.name, version=version, boxes=boxes,
                           groups=groups, serial=serial, lifetime_s=lifetime_s, model_card=model_card)
     out = Path(out) if out else path.with_name(path.name + ".sig.json")
-    out.write_text(json.dumps(manifest, indent=2) + "\n")
+    _replace_file(out, (json.dumps(manifest, indent=2) + "\n").encode())
     return out
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file beside ``path`` and rename it over ``path``: never half a manifest, and a FIFO
+    or device at ``path`` is replaced, not opened (which would wait for a reader forever)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def parse_manifest(data: str | bytes | dict) -> dict:
@@ -271,6 +314,8 @@ def parse_manifest(data: str | bytes | dict) -> dict:
             data = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SignatureError(f"signature manifest is not valid JSON: {e}") from None
+        except RecursionError:
+            raise SignatureError("signature manifest is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise SignatureError("signature manifest must be a JSON object")
     if data.get("schema") != SCHEMA:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
-import json
 import os
 import sys
 from pathlib import Path
 
-from appliance.fleet.cli import subcommand
+from appliance.fleet.cli import read_password_file, subcommand
 from appliance.fleet.db import clinic_state_dir, default_database_url
+from appliance.protocol.cliparse import one_line
+from appliance.protocol.userfiles import UserFileError
 
 DEFAULT_KEY = Path(os.environ.get("BEDTIME_SIGNING_KEY", "fleet-signing.key"))
 
@@ -34,11 +35,25 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _open_db(url: str):
+    """The console database at ``url`` (migrated), its folder made for a new SQLite file.
+
+    Raises
+    ------
+    UserFileError
+        One line naming ``--db``: the SQLite file is not a regular file (a FIFO would hang SQLite, a device be
+        chmod-ed), or the database cannot be opened (not a database, no permission).
+    """
+    import sqlalchemy.exc
+
     from appliance.fleet.db import FleetDB
 
-    if url.startswith("sqlite:///"):  # the file's folder (absolute sqlite:////..., or relative) must exist
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return FleetDB(url)
+    try:
+        if url.startswith("sqlite:///"):  # the file's folder (absolute sqlite:////..., or relative) must exist
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return FleetDB(url)
+    except (UserFileError, OSError, sqlalchemy.exc.SQLAlchemyError) as e:
+        reason = getattr(e, "orig", None) or (e.strerror if isinstance(e, OSError) and e.strerror else e)
+        raise UserFileError(f"--db {url}: {reason}") from None
 
 
 # ---- keys / sign ----------------------------------------------------------------------------------
@@ -56,8 +71,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     passphrase = os.environ.get(PASSPHRASE_ENV)
     try:
         kid = generate_keypair(priv, pub, passphrase=passphrase.encode() if passphrase else None)
-    except FileExistsError as e:
-        print(f"bedtime-fleet keys: {e}", file=sys.stderr)
+    except OSError as e:  # an existing key (never overwritten), or --dir not a usable folder
+        print(f"bedtime-fleet keys: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"private key: {priv} (mode 0600{', encrypted' if passphrase else ''}; keep it off the boxes)")
     print(f"public key:  {pub} (pin it in each box's config)\nkey id: {kid}")
@@ -84,28 +99,42 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
 @subcommand("sign", help="sign a model or config file: writes a detached FILE.sig.json manifest",
             add_arguments=_sign_args, uses_broker=False)
 def cmd_sign(args: argparse.Namespace) -> int:
-    from appliance.protocol.signing import DEFAULT_LIFETIME_S, load_private_key, sign_file
+    from appliance.protocol.signing import DEFAULT_LIFETIME_S, SignatureError, load_private_key, sign_file
+    from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES
+    from appliance.protocol.userfiles import parse_json, read_user_text
 
     kind = args.kind or ("config" if args.file.suffix in (".json", ".toml") else "model")
     if kind == "config":
         from appliance.fleet.configcheck import validate_offline
         from appliance.protocol.boxconfig import ConfigError
 
+        try:  # a regular file of at most the largest config a box takes (appliance.protocol.userfiles says why)
+            doc = parse_json(read_user_text(args.file, max_bytes=MAX_CONFIG_PAYLOAD_BYTES, what="JSON text"))
+        except UserFileError as e:
+            print(f"bedtime-fleet sign: {args.file}: {one_line(e)}", file=sys.stderr)
+            return 2
         try:
-            validate_offline(json.loads(args.file.read_text()))
+            validate_offline(doc)
         except (ValueError, ConfigError, RecursionError) as e:
-            print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
+            print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {one_line(e)}",
+                  file=sys.stderr)
             return 2
     if not args.box and not args.group:
         print(f"bedtime-fleet sign: {args.file}: name the boxes (--box ID) or groups (--group NAME) it is for",
               file=sys.stderr)
         return 2
     try:
-        out = sign_file(args.file, load_private_key(args.key), kind=kind, version=args.version, out=args.out,
+        key = load_private_key(args.key)
+    except SignatureError as e:
+        print(f"bedtime-fleet sign: --key: {one_line(e)}", file=sys.stderr)
+        return 2
+    try:
+        out = sign_file(args.file, key, kind=kind, version=args.version, out=args.out,
                         card=args.card, boxes=args.box, groups=args.group, serial=args.serial,
                         lifetime_s=DEFAULT_LIFETIME_S if args.expires_in_days is None else args.expires_in_days * 86400)
-    except (OSError, ValueError) as e:  # no card / wrong card: the box would refuse the update
-        print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # no card / wrong card / unreadable file: the box would refuse the update
+        print(f"bedtime-fleet sign: {args.file}: refused, the box would not accept it: {one_line(e)}",
+              file=sys.stderr)
         return 2
     print(out)
     return 0
@@ -119,6 +148,11 @@ def _user_args(p: argparse.ArgumentParser) -> None:
                    help="viewer (reads) or operator (also pushes configs and rollouts); default viewer")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
     _db_arg(p)
+
+
+MAX_PASSWORD_CHARS = 1024
+"""Longest console password read from ``--password-stdin``: a passphrase is far shorter; stdin without a newline
+(``< /dev/zero``) is refused after this many characters instead of filling memory."""
 
 
 @subcommand("user", help="manage web console accounts (add NAME --role viewer|operator; list)",
@@ -135,7 +169,10 @@ def cmd_user(args: argparse.Namespace) -> int:
         print("bedtime-fleet user add: NAME is required", file=sys.stderr)
         return 2
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline(MAX_PASSWORD_CHARS + 1).rstrip("\n")  # bounded: stdin may be /dev/zero
+        if len(password) > MAX_PASSWORD_CHARS:
+            print(f"bedtime-fleet user add: password longer than {MAX_PASSWORD_CHARS} characters", file=sys.stderr)
+            return 2
     else:
         password = getpass.getpass(f"password for {args.name}: ")
         if getpass.getpass("again: ") != password:
@@ -182,15 +219,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"bedtime-fleet serve: --trusted-proxy {proxy!r}: not an IP address or network", file=sys.stderr)
             return 2
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
-    settings = ConsoleSettings(
-        database_url=args.db, secret_key_file=args.secret_file, https_only=not args.plain_http,
-        mqtt_host=None if args.no_mqtt else args.host, mqtt_port=args.port, mqtt_username=args.username,
-        mqtt_password=password, mqtt_tls_ca=args.ca, share_group=args.share_group,
-        signing_key_file=args.signing_key, public_key_file=args.public_key,
-        trusted_proxies=tuple(args.trusted_proxy))
-    _open_db(args.db).close()  # creates the folder and migrates before the app starts
-    app = create_app(settings)
+    from appliance.protocol.signing import SignatureError
+
+    try:  # every file named is read (and refused in one line) before the database or the app is touched
+        password = read_password_file(args.password_file) if args.password_file else None
+        settings = ConsoleSettings(
+            database_url=args.db, secret_key_file=args.secret_file, https_only=not args.plain_http,
+            mqtt_host=None if args.no_mqtt else args.host, mqtt_port=args.port, mqtt_username=args.username,
+            mqtt_password=password, mqtt_tls_ca=args.ca, share_group=args.share_group,
+            signing_key_file=args.signing_key, public_key_file=args.public_key,
+            trusted_proxies=tuple(args.trusted_proxy))
+        settings.read_key_files()
+        _open_db(args.db).close()  # creates the folder and migrates before the app starts
+        app = create_app(settings)
+    except (UserFileError, SignatureError) as e:
+        print(f"bedtime-fleet serve: {one_line(e)}", file=sys.stderr)
+        return 2
     uvicorn.run(app, **uvicorn_options(host=host or "127.0.0.1", port=int(port)))
     return 0
 
@@ -222,12 +266,21 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from appliance.fleet.cli import connect
     from appliance.fleet.rollout import RolloutRunner, create_rollout
     from appliance.protocol.signing import SignatureError, parse_manifest
+    from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
+    from appliance.protocol.userfiles import read_user_file, read_user_text
 
+    # both files are read, bounded (the largest manifest and payload a box takes), before the database is touched
     manifest_path = args.manifest or args.file.with_name(args.file.name + ".sig.json")
     try:
-        manifest = parse_manifest(manifest_path.read_text())
-    except (OSError, SignatureError) as e:
-        print(f"bedtime-fleet rollout: {manifest_path}: {e}", file=sys.stderr)
+        manifest = parse_manifest(read_user_text(manifest_path, max_bytes=MAX_MANIFEST_CHARS, what="JSON text"))
+    except (UserFileError, SignatureError) as e:
+        print(f"bedtime-fleet rollout: {manifest_path}: {one_line(e)}", file=sys.stderr)
+        return 2
+    try:
+        payload = read_user_file(args.file, max_bytes=MAX_CONFIG_PAYLOAD_BYTES if args.kind == "config"
+                                 else MAX_PAYLOAD_BYTES)
+    except UserFileError as e:
+        print(f"bedtime-fleet rollout: {args.file}: {one_line(e)}", file=sys.stderr)
         return 2
     canary = [b for b in args.canary.split(",") if b]
     rest = [b for b in args.rest.split(",") if b]
@@ -235,7 +288,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     for b in canary + rest:
         if db.get_box(b) is None:
             db.upsert_box(b)
-    rid = create_rollout(db, kind=args.kind, payload=args.file.read_bytes(), manifest=manifest, canary=canary,
+    rid = create_rollout(db, kind=args.kind, payload=payload, manifest=manifest, canary=canary,
                          rest=rest, created_by=f"cli:{getpass.getuser()}")
     with connect(args) as ingest:
         state = RolloutRunner(db, ingest, timeout_s=args.timeout, batch_size=args.batch, actor="cli").run(rid)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.fleet.db import default_database_url
+from appliance.protocol.signing import MAX_KEY_FILE_BYTES
 from appliance.protocol.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
+from appliance.protocol.userfiles import UserFileError, read_user_file, read_user_text
 
 
 @dataclass
@@ -90,10 +92,55 @@ class ConsoleSettings:
             self.secret_key = secrets.token_urlsafe(48)
             return self.secret_key
         path = Path(self.secret_key_file)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(48))
-        self.secret_key = path.read_text().strip()
+        try:
+            if not path.exists() and not path.is_symlink():  # a dangling link is refused below, not written through
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(48))
+            # a regular file of bounded size only: a FIFO or /dev/zero is refused, not waited on or read
+            key = read_user_text(path, max_bytes=MAX_KEY_FILE_BYTES, what="text").strip()
+        except OSError as e:
+            raise UserFileError(f"session key file {path}: cannot write: {e.strerror or e}") from None
+        except UserFileError as e:
+            raise UserFileError(f"session key file {path}: {e}") from None
+        if not key:  # an empty key would sign every session cookie with ""
+            raise UserFileError(f"session key file {path}: empty (delete it to have a new key made)")
+        self.secret_key = key
         return self.secret_key
+
+    def read_key_files(self) -> None:
+        """Read every key file these settings name now (session key, signing key, public key), so a bad one is
+        one line before anything starts.
+
+        Raises
+        ------
+        UserFileError, SignatureError
+            (both :class:`ValueError`) naming the file and what is wrong with it.
+        """
+        from appliance.protocol.signing import load_private_key
+
+        self.resolved_secret_key()
+        if self.signing_key_file:
+            load_private_key(self.signing_key_file)
+        if self.public_key_file:
+            read_public_key(self.public_key_file)
+
+
+def read_public_key(path: str | Path) -> bytes:
+    """The clinic's public key PEM at ``path`` (``--public-key``): a regular file of at most
+    :data:`~appliance.protocol.signing.MAX_KEY_FILE_BYTES` holding an Ed25519 public key.
+
+    Raises
+    ------
+    SignatureError
+        Naming the file: it cannot be read, is not a regular file, is too large or is not an Ed25519 PEM key.
+    """
+    from appliance.protocol.signing import SignatureError, load_public_key
+
+    try:
+        pem = read_user_file(path, max_bytes=MAX_KEY_FILE_BYTES)
+        load_public_key(pem)
+    except (UserFileError, SignatureError) as e:
+        raise SignatureError(f"public key {path}: {e}") from None
+    return pem

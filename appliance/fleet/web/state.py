@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,7 +25,7 @@ from appliance.fleet import auth
 from appliance.fleet.db import FleetDB, utcnow
 from appliance.fleet.rollout import CommandChannel
 from appliance.fleet.web.notify import Notifier, NotifyingBridge
-from appliance.fleet.web.settings import ConsoleSettings
+from appliance.fleet.web.settings import ConsoleSettings, read_public_key
 from appliance.protocol.signing import load_private_key
 
 logger = logging.getLogger(__name__)
@@ -80,6 +79,9 @@ class Console:
     def build(cls, settings: ConsoleSettings, *, db: FleetDB | None = None, ingest: Any = None,
               channel: CommandChannel | None = None) -> Console:
         """The console's parts from ``settings`` (see :func:`~appliance.fleet.web.app.create_app`)."""
+        # the key files first: a bad one is refused before the database or the broker is touched
+        signing_key = load_private_key(settings.signing_key_file) if settings.signing_key_file else None
+        public_pem = read_public_key(settings.public_key_file) if settings.public_key_file else None
         db = db or FleetDB(settings.database_url)
         policy = auth.LoginPolicy(max_failures=settings.login_max_failures, window_s=settings.login_window_s,
                                   session_max_age_s=settings.session_max_age_s)
@@ -98,8 +100,7 @@ class Console:
         return cls(
             settings=settings, db=db, policy=policy, notifier=notifier, bridge=bridge, ingest=ingest, channel=channel,
             workers=concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="console-worker"),
-            signing_key=load_private_key(settings.signing_key_file) if settings.signing_key_file else None,
-            public_pem=Path(settings.public_key_file).read_bytes() if settings.public_key_file else None,
+            signing_key=signing_key, public_pem=public_pem,
             trusted_proxies=[ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies])
 
     def housekeeping(self) -> None:
