@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.protocol.userfiles import json_loads, read_small_regular_file
+
 logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
@@ -175,7 +177,7 @@ class AuditLog:
             raise AuditError(f"{self.path}: last line is incomplete (truncated write?); refusing to append")
         last = tail.rstrip("\n").rsplit("\n", 1)[-1]
         try:
-            rec = json.loads(last)
+            rec = json_loads(last)
             ok = rec["hash"] == record_hash(rec)
         except (ValueError, KeyError, TypeError):
             ok = False
@@ -296,9 +298,7 @@ class AuditReport:
 def read_head(hp: Path) -> tuple[int, str]:
     """``(seq, hash)`` from a ``.head`` file; raises :class:`AuditError` if it is not one."""
     try:
-        if hp.stat().st_size > 4096:
-            raise ValueError("too large")
-        head = json.loads(hp.read_text(encoding="utf-8"))
+        head = json_loads(read_small_regular_file(hp, max_bytes=4096).decode("utf-8"))
         head_seq, head_hash = head["seq"], head["hash"]
         if type(head_seq) is not int or head_seq < -1 or not isinstance(head_hash, str):
             raise ValueError("seq must be an integer >= -1 and hash a string")
@@ -312,7 +312,7 @@ def first_hash(path: str | Path) -> str | None:
     try:
         with open(path, "rb") as f:
             line = f.readline(1 << 20)
-        h = json.loads(line).get("hash")
+        h = json_loads(line).get("hash")
         return h if isinstance(h, str) else None
     except (OSError, ValueError, AttributeError):
         return None
@@ -327,7 +327,7 @@ def anchors_from_reports(folder: str | Path) -> list[Anchor]:
         try:
             if not rp.is_file() or rp.stat().st_size > MAX_REPORT_BYTES:
                 continue
-            head = json.loads(rp.read_text(encoding="utf-8")).get("audit_head")
+            head = json_loads(rp.read_text(encoding="utf-8")).get("audit_head")
             if isinstance(head, dict) and type(head.get("seq")) is int and isinstance(head.get("hash"), str):
                 first = head.get("first")
                 if head["seq"] >= 0:
@@ -358,7 +358,7 @@ def verify(path: str | Path, *, anchors: list[Anchor] | tuple[Anchor, ...] = ())
             report.problems.append(f"line {lineno}: empty line")
             break
         try:
-            rec = json.loads(line)
+            rec = json_loads(line)
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
         except ValueError as e:

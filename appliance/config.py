@@ -18,7 +18,8 @@ from pathlib import Path
 
 from appliance.protocol.boxconfig import AcquisitionSection, BoxConfig, ConfigError, validate_config
 from appliance.protocol.commands import clip
-from appliance.protocol.userfiles import UserFileError, parse_toml, read_small_regular_file, read_user_text
+from appliance.protocol.userfiles import (MAX_KEY_FILE_BYTES, UserFileError, parse_toml, read_small_regular_file,
+                                         read_user_text)
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +74,6 @@ def check_local_files(cfg: BoxConfig) -> None:
     if cfg.updates.public_key_file:
         read_public_key(cfg.updates.public_key_file)
 
-
-MAX_KEY_FILE_BYTES = 16 * 1024
-"""Largest public key file read (an Ed25519 PEM is 113 bytes): a path to /dev/zero or a huge file is refused,
-not read."""
 
 MAX_CONFIG_FILE_BYTES = 1024 * 1024
 """Largest configuration file read: the documented example with every key is about 6 KB; a bigger file is a

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.protocol.commands import short_repr
 from appliance.protocol.stages import EPOCH_S, Stage
+from appliance.protocol.userfiles import UserFileError, read_small_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def _tokens_to_stages(tokens: list[str], path: str | Path, *, table: dict[str, S
         try:
             out[i] = table[tok.upper()]
         except KeyError:
-            raise ValueError(f"{path}: line {i + 1}: unknown stage label {tok!r}") from None
+            raise ValueError(f"{path}: line {i + 1}: unknown stage label {short_repr(tok, 40)}") from None
     return out
 
 
@@ -165,9 +167,19 @@ def read_hypnogram(path: str | Path) -> np.ndarray:
     return read_sleep_edf_txt(p)
 
 
+MAX_HYPNOGRAM_FILE_BYTES = 4 * 1024 * 1024
+"""Largest hypnogram file read: the longest in ``../shared`` is 16 KB (a night of 30-s epochs in words); a bigger
+file is the wrong one, refused rather than read."""
+
+
 def _read_text(path: Path) -> str:
-    """A hypnogram file's text; a file that is not UTF-8 (a binary file given by mistake) is a ValueError."""
-    data = path.read_bytes()
+    """A hypnogram file's text; a file that is not UTF-8 (a binary file given by mistake), not a regular file (a
+    FIFO, which would be waited on for ever, or a device) or larger than :data:`MAX_HYPNOGRAM_FILE_BYTES` is a
+    ValueError; one that cannot be opened an OSError."""
+    try:
+        data = read_small_regular_file(path, max_bytes=MAX_HYPNOGRAM_FILE_BYTES)
+    except UserFileError as e:
+        raise ValueError(f"{path}: {e}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

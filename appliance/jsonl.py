@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from appliance.protocol.userfiles import UserFileError, read_small_regular_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,6 +26,11 @@ class JsonlError(ValueError):
 # A recording folder may be shared (or writable by another account): a symlink planted where a night's file
 # will be must not make the box append to, or a report read back, whatever file it points at.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+MAX_JSONL_READ_BYTES = 32 * 1024 * 1024
+"""Largest JSON-lines file :func:`read_rows` reads back: a whole 8-h night's ``epochs.jsonl`` is ~130 KB (the
+longest night, ``recording.max_night_hours`` = 14 h, ~0.25 MB), so 100 times that is a damaged or planted file,
+refused rather than turned into hundreds of MB of Python objects on a 512 MB box."""
 
 
 def _open_append(path: Path) -> TextIO:
@@ -105,11 +112,12 @@ def read_rows(path: str | os.PathLike, check: Callable[[dict], str | None] | Non
     """
     p = Path(path)
     try:
-        fd = os.open(p, os.O_RDONLY | _NOFOLLOW)
-        with open(fd, "rb") as f:
-            raw = f.read()
+        # a FIFO or device in a night's folder is refused, not waited on or read without end
+        raw = read_small_regular_file(p, max_bytes=MAX_JSONL_READ_BYTES, follow_symlinks=False)
     except OSError as e:
         raise JsonlError(f"{p}: cannot read ({e.strerror or e})") from None
+    except UserFileError as e:
+        raise JsonlError(f"{p}: cannot read ({e})") from None
     lines = raw.rstrip(b"\x00 \t\r\n").split(b"\n")
     rows: list[dict] = []
     for n, line in enumerate(lines, 1):
@@ -118,6 +126,8 @@ def read_rows(path: str | os.PathLike, check: Callable[[dict], str | None] | Non
         last = n == len(lines)
         try:
             row = json.loads(line.decode("utf-8"))
+        except RecursionError:
+            raise JsonlError(f"{p}: line {n} is nested too deeply; the file is damaged") from None
         except (UnicodeDecodeError, ValueError) as e:
             if last and line.lstrip().startswith(b"{") and b"\x00" not in line:
                 logger.warning("%s: line %d is cut short (an interrupted write); skipped", p, n)

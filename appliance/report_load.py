@@ -16,10 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from appliance.jsonl import JsonlError, read_rows
+from appliance.jsonl import MAX_JSONL_READ_BYTES, JsonlError, read_rows
 from appliance.protocol.stages import STAGE_NAMES, STAGE_VALUES
 from appliance.nightfolder import (EPOCHS_JSONL, EVENTS_JSONL, HYPNOGRAM_PNG, NIGHT_EDF, REPORT_JSON,
                                    night_start_from_id)
+from appliance.protocol.userfiles import read_small_regular_file
 from appliance.report import NightRecord, build_report, parse_iso
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,22 @@ def _read_jsonl(path: Path, check: Callable[[dict], str | None]) -> list[dict]:
         raise NightError(str(e)) from None
 
 
+def _present(path: Path) -> bool:
+    """Is the night's file ``path`` there? False when there is nothing at that name; True for a regular file.
+
+    Raises
+    ------
+    NightError
+        When something else is there (a folder, FIFO, device, or a link, even a dangling one): a damaged night
+        folder, said out loud rather than read as "no such file" (a report without the night's events, or a
+        rebuilt report written over it).
+    """
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise NightError(f"{path}: not a regular file (a folder, FIFO, device or link); the night folder is damaged:"
+                         " move it away")
+    return path.exists()
+
+
 def read_saved_report(night_dir: str | Path) -> dict | None:
     """The ``report.json`` the daemon wrote for a night, or None when there is none.
 
@@ -89,11 +106,11 @@ def read_saved_report(night_dir: str | Path) -> dict | None:
         When the file exists but is not a report (damaged): the caller must not overwrite it silently.
     """
     js = Path(night_dir) / REPORT_JSON
-    if not js.is_file():
+    if not _present(js):
         return None
     try:
-        rep = json.loads(js.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        rep = json.loads(read_small_regular_file(js, max_bytes=MAX_JSONL_READ_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         raise NightError(f"{js}: not a readable report (damaged); move it away to rebuild it from the night's "
                          "recording") from None
     hyp = rep.get("hypnogram") if isinstance(rep, dict) else None
@@ -119,9 +136,9 @@ def _night_identity(events: list[dict], saved: dict | None) -> tuple[str, str]:
 
 def record_from_report(d: Path, rep: dict) -> NightRecord:
     """The night as its saved report tells it, with the per-epoch signal quality and events from the sidecars."""
-    events = _read_jsonl(d / EVENTS_JSONL, _check_event) if (d / EVENTS_JSONL).is_file() else []
+    events = _read_jsonl(d / EVENTS_JSONL, _check_event) if _present(d / EVENTS_JSONL) else []
     ok = None
-    if (d / EPOCHS_JSONL).is_file():
+    if _present(d / EPOCHS_JSONL):
         rows = _read_jsonl(d / EPOCHS_JSONL, _check_epoch_row)
         ok = np.array([r.get("ok", True) for r in rows], dtype=bool)
     hyp = np.array(rep["hypnogram"], dtype=np.int8)
@@ -153,13 +170,13 @@ def load_night(night_dir: str | Path, *, progress: Callable[[str], None] | None 
     start = parse_iso((saved or {}).get("night_start"))
     if start is None:
         start = night_start_from_id(d.name)
-    events = _read_jsonl(d / EVENTS_JSONL, _check_event) if (d / EVENTS_JSONL).is_file() else []
+    events = _read_jsonl(d / EVENTS_JSONL, _check_event) if _present(d / EVENTS_JSONL) else []
     if start is None:  # a night folder that was renamed or copied: its start event still knows
         start = next((parse_iso(e.get("night_start")) for e in events if e.get("kind") == "night_started"), None)
     box_id, box_name = _night_identity(events, saved)
     counters = {k: v for k, v in ((saved or {}).get("signal_quality") or {}).items()
                 if isinstance(v, int) and not isinstance(v, bool)}
-    rows = _read_jsonl(d / EPOCHS_JSONL, _check_epoch_row) if (d / EPOCHS_JSONL).is_file() else []
+    rows = _read_jsonl(d / EPOCHS_JSONL, _check_epoch_row) if _present(d / EPOCHS_JSONL) else []
     common = {"events": events, "start": start, "counters": counters, "box_id": box_id, "box_name": box_name}
     if rows:
         live = np.array([r["stage"] for r in rows], dtype=np.int8)

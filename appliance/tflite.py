@@ -10,11 +10,12 @@ float arrays in the model's real units.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
+
+from appliance.protocol.userfiles import json_loads
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def load_model_card(path: str | Path) -> dict:
     """
     p = Path(path)
     try:
-        card = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        card = json_loads(p.read_text())
+    except ValueError as e:  # nesting too deep included: a damaged card is a ValueError, never a crash
         raise ValueError(f"{p}: not valid JSON: {e}") from None
     if not isinstance(card, dict):
         raise ValueError(f"{p}: a model card must be a JSON object")

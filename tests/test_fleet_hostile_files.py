@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from appliance.fleet import cli as fleet_cli
 from appliance.fleet.broker_acl import MAX_BASE_BYTES
 from appliance.protocol import signing
-from appliance.protocol.signing import MAX_KEY_FILE_BYTES
+from appliance.protocol.userfiles import MAX_KEY_FILE_BYTES
 from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 from tests.broker import free_port
 

@@ -39,7 +39,7 @@ from appliance.fleet.ingest import CommandTimeout, FleetIngest, TLSClientSetting
 from appliance.protocol import schema
 from appliance.protocol.cliparse import OneLineParser, one_line
 from appliance.protocol.commands import CommandError
-from appliance.protocol.signing import MAX_KEY_FILE_BYTES
+from appliance.protocol.userfiles import MAX_KEY_FILE_BYTES
 from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES
 from appliance.protocol.userfiles import UserFileError, parse_json, parse_toml, read_user_text
 from appliance.protocol.version import __version__

@@ -20,8 +20,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
 
+MAX_LINE_CHARS = 600
+"""Longest error line printed: a message quoting what it refuses (a 100,000-character argument, a line of a
+binary file) is cut here, saying how much was cut; the longest real message (a list of known keys) is ~300."""
+
+
 def one_line(text: object) -> str:
-    """``text`` on one line, with characters a parser quoted from a binary file escaped rather than printed.
+    """``text`` on one line, with characters a parser quoted from a binary file escaped rather than printed, and
+    at most about :data:`MAX_LINE_CHARS` characters long.
 
     Parameters
     ----------
@@ -32,7 +38,15 @@ def one_line(text: object) -> str:
     -------
     str
         Whitespace runs (newlines included) collapsed to one space; unprintable characters and U+FFFD
-        written as Python escapes.
+        written as Python escapes; past :data:`MAX_LINE_CHARS`, cut with "... (N more characters)".
     """
     flat = " ".join(str(text).split())
-    return "".join(c if c.isprintable() and c != "\ufffd" else ascii(c)[1:-1] for c in flat)
+    out: list[str] = []
+    width = 0
+    for i, c in enumerate(flat):
+        piece = c if c.isprintable() and c != "\ufffd" else ascii(c)[1:-1]
+        if width + len(piece) > MAX_LINE_CHARS:
+            return f"{''.join(out)}... ({len(flat) - i} more characters)"
+        out.append(piece)
+        width += len(piece)
+    return "".join(out)

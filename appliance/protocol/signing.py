@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from appliance.protocol.ids import BOX_ID_RE
 from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
-from appliance.protocol.userfiles import UserFileError, parse_json, read_user_file, read_user_text
+from appliance.protocol.userfiles import MAX_KEY_FILE_BYTES, UserFileError, parse_json, read_user_file, read_user_text
 
 SCHEMA = "bedtime.signature/2"
 """Manifest format; /1 (no box or group, serial or expiry) is refused."""
@@ -63,12 +63,6 @@ AUDIENCE_RE = BOX_ID_RE
 """Box ids and group names in a manifest's audience follow the one box-id rule."""
 MAX_AUDIENCE = 10_000
 """Most boxes plus groups one manifest may name."""
-MAX_KEY_FILE_BYTES = 64 * 1024
-"""Largest key or secret file the clinic reads (a signing key, the pinned public key, and in
-:mod:`appliance.fleet` a broker password file and the console's session key): each is well under 1 kB (an Ed25519
-PEM is 113-300 bytes); 64 KiB leaves room for comments or a pasted chain and still refuses a wrong path to a big
-file or ``/dev/zero`` at once, unread."""
-
 _last_serial = 0
 _serial_lock = threading.Lock()
 

@@ -20,19 +20,27 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UserFileError", "read_small_regular_file", "read_user_file", "read_user_text", "parse_json",
-           "parse_toml"]
+__all__ = ["MAX_KEY_FILE_BYTES", "UserFileError", "read_small_regular_file", "read_user_file", "read_user_text",
+           "json_loads", "parse_json", "parse_toml"]
+
+
+MAX_KEY_FILE_BYTES = 64 * 1024
+"""Largest key or secret file either side reads (a signing key, the pinned public key the box's
+``updates.public_key_file`` names, and in :mod:`appliance.fleet` a broker password file and the console's session
+key): each is well under 1 kB (an Ed25519 PEM is 113-300 bytes); 64 KiB leaves room for comments or a pasted chain
+and still refuses a wrong path to a big file or ``/dev/zero`` at once, unread."""
 
 
 class UserFileError(ValueError):
     """A file named on a command line cannot be used; the message names the problem (without the path)."""
 
 
-def read_small_regular_file(path: str | Path, *, max_bytes: int) -> bytes:
+def read_small_regular_file(path: str | Path, *, max_bytes: int, follow_symlinks: bool = True) -> bytes:
     """Read a whole regular file of at most ``max_bytes`` bytes.
 
-    Opened without blocking, so a FIFO is refused rather than waited on, and read with one bounded ``read``, so
-    a file that grows (or a device that never ends) cannot make it read more than ``max_bytes + 1`` bytes.
+    Opened without blocking, so a FIFO is refused rather than waited on, and read in bounded reads, so a file
+    that grows (or a device that never ends) cannot make it read more than ``max_bytes + 1`` bytes.
+    ``follow_symlinks=False``: a symbolic link is refused (an ``OSError``), for files the box wrote itself.
 
     Raises
     ------
@@ -40,10 +48,14 @@ def read_small_regular_file(path: str | Path, *, max_bytes: int) -> bytes:
         When it cannot be opened (missing, a dangling or looping link, no permission).
     UserFileError
         When it is not a regular file (a device, FIFO, socket or folder) or is larger than ``max_bytes``.
+        ``/dev/null`` reads as an empty file.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags if follow_symlinks else flags | getattr(os, "O_NOFOLLOW", 0))
     try:
         st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev:
+            return b""  # /dev/null: the usual way to say "an empty file" (``--config /dev/null``: the defaults)
         if not stat.S_ISREG(st.st_mode):
             raise UserFileError("not a regular file (a folder, device or FIFO)")
         if st.st_size > max_bytes:
@@ -89,6 +101,18 @@ def read_user_text(path: str | Path, *, max_bytes: int, what: str = "UTF-8 text"
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserFileError(f"not a {what} file: byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8") from None
+
+
+def json_loads(text: str | bytes) -> Any:
+    """``json.loads(text)``, with JSON nested too deeply for Python's parser a :class:`ValueError` like any other
+    malformed JSON (a :class:`UserFileError` "JSON nested too deeply"), so that ``except ValueError`` catches it.
+
+    For every file the box reads back: one damaged line must be a damaged file, handled, never a
+    :class:`RecursionError` that stops the daemon at every start."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UserFileError("JSON nested too deeply") from None
 
 
 def parse_json(text: str | bytes) -> Any:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.fleet.db import default_database_url
-from appliance.protocol.signing import MAX_KEY_FILE_BYTES
+from appliance.protocol.userfiles import MAX_KEY_FILE_BYTES
 from appliance.protocol.updates import MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 from appliance.protocol.userfiles import UserFileError, read_user_file, read_user_text
 

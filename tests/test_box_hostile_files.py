@@ -1,0 +1,225 @@
+"""Files a person (or a damaged disk) hands the box: hostile ones get one line and exit status 2, never a hang, a
+traceback or a box that will not start.
+
+Generated hostile files: a FIFO nobody writes to (a plain ``open`` waits for ever), a link to ``/dev/zero`` (reading
+it "whole" never ends), a folder, a dangling or looping link, a sparse file far larger than anything real, binary
+bytes, JSON or TOML nested thousands deep (Python's parsers raise ``RecursionError``, which ``except ValueError``
+does not catch), empty files. They go where the box reads files: ``--config`` (every command reads it),
+``--hypnogram``, a night's ``report.json`` / ``epochs.jsonl`` / ``events.jsonl`` for ``bedtime report``, an audit
+log for ``bedtime audit verify``, and the night reports the daemon checks its audit log against at every start.
+
+The commands run in this process (``appliance.cli.main``), each under a bound: before the fixes of 2026-12-03 a
+FIFO or ``/dev/zero`` as ``--config`` or ``--hypnogram`` hung, a nested TOML config, report or audit line was a
+traceback, and one nested ``report.json`` in the recording folder stopped the daemon at every start.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from appliance.cli import main
+from appliance.protocol.cliparse import MAX_LINE_CHARS, one_line
+
+HOSTILE_KINDS = ("fifo", "dev_zero", "folder", "dangling_link", "link_loop", "huge_sparse", "binary", "deep_json",
+                 "deep_toml", "deep_inline_table")
+BIG_SPARSE_BYTES = 64 * 1024 * 1024  # over every cap (config 1 MiB, hypnogram 4 MiB, JSON lines 32 MiB)
+
+
+@st.composite
+def hostile_files(draw, kinds=HOSTILE_KINDS):
+    """(kind, writer): ``writer(path)`` puts that kind of hostile file at ``path``."""
+    kind = draw(st.sampled_from(kinds))
+    depth = draw(st.integers(2_000, 200_000))
+    junk = draw(st.binary(min_size=1, max_size=2000))
+
+    def write(path: Path) -> None:
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dev_zero":
+            path.symlink_to("/dev/zero")
+        elif kind == "folder":
+            path.mkdir()
+        elif kind == "dangling_link":
+            path.symlink_to(path.with_name("nowhere"))
+        elif kind == "link_loop":
+            path.symlink_to(path)
+        elif kind == "huge_sparse":
+            with open(path, "wb") as f:
+                f.truncate(BIG_SPARSE_BYTES)
+        elif kind == "binary":
+            path.write_bytes(b"\xff\xfe\x80" + junk)  # never UTF-8 (0xff cannot start a character)
+        elif kind == "deep_json":
+            path.write_text("[" * depth + "]" * depth)
+        elif kind == "deep_toml":
+            path.write_text("a = " + "[" * depth + "]" * depth + "\n")
+        else:
+            path.write_text("a = " + "{b = " * depth + "1" + "}" * depth + "\n")
+
+    return kind, write
+
+
+def run_bedtime(argv: list[str]) -> tuple[int, str]:
+    """``bedtime ARGV`` in this process: (exit status, what it wrote to stderr)."""
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 2
+    return rc, err.getvalue()
+
+
+def assert_one_line_refusal(rc: int, stderr: str, *, about: str) -> None:
+    assert rc == 2, f"exit status {rc}, stderr: {stderr[-2000:]!r}"
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"not one line: {stderr[-2000:]!r}"
+    assert "Traceback" not in stderr
+    assert about in lines[0], lines[0]
+    assert len(lines[0]) < 1000
+
+
+HYPOTHESIS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.timeout(300)
+@HYPOTHESIS
+@given(hostile=hostile_files())
+def test_a_hostile_config_file_is_one_line_and_exit_2_for_every_command(hostile) -> None:
+    kind, write = hostile
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "bedtime.toml"
+        write(cfg)
+        for argv in (["config", "check", str(cfg)], ["run", "--config", str(cfg), "--simulate", "--hours", "0.01"],
+                     ["report", "--config", str(cfg)], ["outputs-off", "--config", str(cfg)],
+                     ["selftest", "--config", str(cfg), "--simulate", "--no-broker"]):
+            rc, err = run_bedtime(argv)
+            assert_one_line_refusal(rc, err, about=str(cfg))
+
+
+@pytest.mark.timeout(300)
+@HYPOTHESIS
+@given(hostile=hostile_files())
+def test_a_hostile_hypnogram_file_is_one_line_and_exit_2(hostile) -> None:
+    kind, write = hostile
+    with tempfile.TemporaryDirectory() as tmp:
+        hyp = Path(tmp) / "night.txt"
+        write(hyp)
+        rc, err = run_bedtime(["run", "--simulate", "--hours", "0.01", "--hypnogram", str(hyp),
+                               "--config", str(_quiet_config(Path(tmp)))])
+        assert_one_line_refusal(rc, err, about="--hypnogram")
+
+
+def _quiet_config(folder: Path) -> Path:
+    """A box config with its state under ``folder`` and no broker."""
+    p = folder / "box.toml"
+    p.write_text(f'[box]\nid = "hostile-files"\nstate_dir = "{folder / "state"}"\n[mqtt]\nenabled = false\n')
+    return p
+
+
+@pytest.fixture(scope="module")
+def recorded_box(tmp_path_factory) -> Path:
+    """A box's state folder after one short simulated night (its nights/, audit.log and head)."""
+    root = tmp_path_factory.mktemp("box")
+    cfg = _quiet_config(root)
+    rc, err = run_bedtime(["run", "--config", str(cfg), "--simulate", "--speed", "inf", "--hours", "0.1"])
+    assert rc == 0, err
+    return root
+
+
+def _copy_box(recorded: Path, to: Path) -> tuple[Path, Path]:
+    """A fresh copy of the recorded box under ``to``: (its config, its one night's folder)."""
+    shutil.copytree(recorded, to, symlinks=True, dirs_exist_ok=True)
+    cfg = _quiet_config(to)
+    (night,) = sorted((to / "state" / "nights").iterdir())
+    return cfg, night
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hostile=hostile_files(), which=st.sampled_from(["report.json", "epochs.jsonl", "events.jsonl"]),
+       saved=st.booleans())
+def test_bedtime_report_on_a_night_with_a_hostile_file_answers_in_one_line(recorded_box, hostile, which,
+                                                                           saved) -> None:
+    # A file the report cannot use is a damaged night: one line, 2. Only a saved report.json that stands
+    # (``saved``) may make the report not read a hostile epochs.jsonl or events.jsonl at all (0). Never a hang, a
+    # traceback, or a rebuilt report written over whatever sits at report.json.
+    kind, write = hostile
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, night = _copy_box(recorded_box, Path(tmp))
+        if not saved or which == "report.json":
+            (night / "report.json").unlink()
+        if which != "report.json":
+            (night / which).unlink()
+        write(night / which)
+        rc, err = run_bedtime(["report", "--config", str(cfg), str(night)])
+        assert "Traceback" not in err
+        if saved and which != "report.json" and rc == 0:
+            return
+        assert_one_line_refusal(rc, err, about=which)
+
+
+@pytest.mark.timeout(300)
+@HYPOTHESIS
+@given(hostile=hostile_files())
+def test_audit_verify_of_a_hostile_log_is_a_verdict_or_one_line(hostile) -> None:
+    kind, write = hostile
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "audit.log"
+        write(log)
+        rc, err = run_bedtime(["audit", "verify", str(log)])
+        assert "Traceback" not in err
+        if rc == 2:
+            assert_one_line_refusal(rc, err, about=str(log))
+        else:
+            assert rc == 1, err  # a file it could read, which does not verify
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hostile=hostile_files(kinds=("deep_json", "binary", "huge_sparse", "fifo", "dev_zero", "folder")))
+def test_a_hostile_night_report_does_not_stop_the_box_from_starting(recorded_box, hostile) -> None:
+    # At every start the daemon checks its audit log against the heads the last night reports promised. One
+    # nested report.json in the recording folder made that a RecursionError, and the box failed every start.
+    kind, write = hostile
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, night = _copy_box(recorded_box, Path(tmp))
+        (night / "report.json").unlink()
+        write(night / "report.json")
+        rc, err = run_bedtime(["run", "--config", str(cfg), "--simulate", "--speed", "inf", "--hours", "0.02"])
+        assert rc == 0, err[-3000:]
+        rc, err = run_bedtime(["audit", "verify", str(Path(tmp) / "state")])
+        assert rc == 0 and "Traceback" not in err, err
+
+
+def test_an_audit_log_whose_last_line_is_nested_too_deeply_is_set_aside_not_a_crash(tmp_path: Path) -> None:
+    from appliance.audit import AuditError, AuditLog
+
+    log = tmp_path / "audit.log"
+    log.write_text("[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(AuditError, match="does not verify"):
+        AuditLog(log)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=5000) | st.binary(max_size=3000).map(lambda b: b.decode("latin-1")))
+def test_one_line_is_one_bounded_line(text: str) -> None:
+    line = one_line(text)
+    assert "\n" not in line and "\r" not in line
+    assert len(line) <= MAX_LINE_CHARS + len("... (99999 more characters)")
+    if len(" ".join(text.split())) <= MAX_LINE_CHARS // 4:
+        assert "more characters" not in line or "more characters" in text
+
+
+def test_dev_null_reads_as_an_empty_file_and_dev_zero_is_refused() -> None:
+    from appliance.protocol.userfiles import UserFileError, read_small_regular_file
+
+    assert read_small_regular_file(os.devnull, max_bytes=10) == b""  # ``--config /dev/null``: the defaults
+    with pytest.raises(UserFileError, match="not a regular file"):
+        read_small_regular_file("/dev/zero", max_bytes=10)
