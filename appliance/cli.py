@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,11 +107,17 @@ def _check_edf(path: Path, channels: list[str | int] | None) -> str | None:
     if not path.is_file():
         return f"{path}: no such file"
     try:
-        edf = edfio.read_edf(path, lazy_load_data=True)
-        signals = list(edf.signals)
+        with warnings.catch_warnings():  # edfio warns (on stderr) of a record count the file does not hold
+            warnings.simplefilter("ignore")
+            edf = edfio.read_edf(path, lazy_load_data=True)
+            signals = list(edf.signals)
+            records = int(edf.num_data_records)
     except Exception as e:  # edfio raises several kinds on a malformed header  # noqa: BLE001
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         return f"{path}: not a readable EDF file ({why})"
+    if records <= 0:
+        # replaying a header alone would "record" a night of no signal at all
+        return f"{path}: no data records in the file (a header only, or one counting records the file does not hold)"
     try:
         select_edf_signals(signals, channels=channels, source=str(path))
     except ValueError as e:

@@ -199,6 +199,30 @@ def test_a_bad_edf_is_refused_in_one_line(home, tmp_path, capsys):
     assert not (home / ".local").exists()
 
 
+def _edf_header(n_signals: int, n_records: int) -> bytes:
+    """A well-formed EDF header of ``n_signals`` 250-Hz EEG signals claiming ``n_records`` 1-s records."""
+    def each(value: bytes, width: int) -> bytes:
+        return value.ljust(width) * n_signals
+    h = (b"0".ljust(8) + b"X".ljust(80) + b"Y".ljust(80) + b"01.01.01" + b"00.00.00"
+         + str(256 * (n_signals + 1)).encode().ljust(8) + b"".ljust(44) + str(n_records).encode().ljust(8)
+         + b"1".ljust(8) + str(n_signals).encode().ljust(4))
+    return h + (each(b"EEG C3", 16) + each(b"", 80) + each(b"uV", 8) + each(b"-3200", 8) + each(b"3200", 8)
+                + each(b"-32768", 8) + each(b"32767", 8) + each(b"", 80) + each(b"250", 8) + each(b"", 32))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n_signals=st.integers(1, 300), n_records=st.integers(-1, 10**7) | st.just(0))
+def test_an_edf_header_without_its_records_is_refused_not_replayed(home, tmp_path, capsys, n_signals, n_records):
+    # A header alone (whatever record count it claims) used to be replayed as a "night" of no signal: a night
+    # folder, an empty EDF+ and a report, exit 0.
+    edf = tmp_path / "header-only.edf"
+    edf.write_bytes(_edf_header(n_signals, n_records))
+    rc, _out, err = _run(["run", "--simulate", "--speed", "inf", "--edf", str(edf)], capsys)
+    _assert_one_line_refusal(rc, err)
+    assert "no data records" in err
+    assert not (home / ".local").exists()
+
+
 # ---- places that meet --------------------------------------------------------------------------------
 def test_run_simulate_then_report_and_outputs_off_meet_in_one_folder(home, tmp_path, capsys):
     hyp = tmp_path / "short.txt"
