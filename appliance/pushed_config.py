@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.protocol.userfiles import read_small_regular_file
+from appliance.protocol.userfiles import read_small_regular_file, replace_file
 from appliance.protocol.boxconfig import BoxConfig, ConfigError, merge_config, split_pushed_config
 
 logger = logging.getLogger(__name__)
@@ -81,17 +81,9 @@ def _utc_now() -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all, readable by the daemon's user only (0600, as the state dir's files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, data, mode=0o600)
 
 
 def _read_json(path: Path) -> Any:

@@ -26,43 +26,17 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from appliance.cli import main
 from appliance.protocol.cliparse import MAX_LINE_CHARS, one_line
+from tests.hostile_files import hostile_spec, make_hostile_at
 
-HOSTILE_KINDS = ("fifo", "dev_zero", "folder", "dangling_link", "link_loop", "huge_sparse", "binary", "deep_json",
-                 "deep_toml", "deep_inline_table")
+HOSTILE_KINDS = ("fifo", "dev_zero", "folder", "dangling", "link_loop", "oversize", "binary", "nested_json",
+                 "nested_toml", "nested_inline_table")
 BIG_SPARSE_BYTES = 64 * 1024 * 1024  # over every cap (config 1 MiB, hypnogram 4 MiB, JSON lines 32 MiB)
 
 
-@st.composite
-def hostile_files(draw, kinds=HOSTILE_KINDS):
-    """(kind, writer): ``writer(path)`` puts that kind of hostile file at ``path``."""
-    kind = draw(st.sampled_from(kinds))
-    depth = draw(st.integers(2_000, 200_000))
-    junk = draw(st.binary(min_size=1, max_size=2000))
-
-    def write(path: Path) -> None:
-        if kind == "fifo":
-            os.mkfifo(path)
-        elif kind == "dev_zero":
-            path.symlink_to("/dev/zero")
-        elif kind == "folder":
-            path.mkdir()
-        elif kind == "dangling_link":
-            path.symlink_to(path.with_name("nowhere"))
-        elif kind == "link_loop":
-            path.symlink_to(path)
-        elif kind == "huge_sparse":
-            with open(path, "wb") as f:
-                f.truncate(BIG_SPARSE_BYTES)
-        elif kind == "binary":
-            path.write_bytes(b"\xff\xfe\x80" + junk)  # never UTF-8 (0xff cannot start a character)
-        elif kind == "deep_json":
-            path.write_text("[" * depth + "]" * depth)
-        elif kind == "deep_toml":
-            path.write_text("a = " + "[" * depth + "]" * depth + "\n")
-        else:
-            path.write_text("a = " + "{b = " * depth + "1" + "}" * depth + "\n")
-
-    return kind, write
+def hostile_files(kinds: tuple[str, ...] = HOSTILE_KINDS) -> st.SearchStrategy:
+    """(kind, writer): ``writer(path)`` puts that kind of hostile file (:mod:`tests.hostile_files`) at ``path``."""
+    return hostile_spec(kinds).map(lambda spec: (spec[0], lambda path: make_hostile_at(path, spec,
+                                                                                       cap=BIG_SPARSE_BYTES - 1)))
 
 
 def run_bedtime(argv: list[str]) -> tuple[int, str]:
@@ -183,7 +157,7 @@ def test_audit_verify_of_a_hostile_log_is_a_verdict_or_one_line(hostile) -> None
 
 @pytest.mark.timeout(600)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(hostile=hostile_files(kinds=("deep_json", "binary", "huge_sparse", "fifo", "dev_zero", "folder")))
+@given(hostile=hostile_files(kinds=("nested_json", "binary", "oversize", "fifo", "dev_zero", "folder")))
 def test_a_hostile_night_report_does_not_stop_the_box_from_starting(recorded_box, hostile) -> None:
     # At every start the daemon checks its audit log against the heads the last night reports promised. One
     # nested report.json in the recording folder made that a RecursionError, and the box failed every start.

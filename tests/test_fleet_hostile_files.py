@@ -31,6 +31,7 @@ from appliance.protocol import signing
 from appliance.protocol.userfiles import MAX_KEY_FILE_BYTES
 from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
 from tests.broker import free_port
+from tests.hostile_files import hostile_spec, make_hostile
 
 pytestmark = pytest.mark.timeout(120)  # a hang is a failure, not a stuck run
 
@@ -41,46 +42,6 @@ NOT_A_FILE = ("fifo", "dev_zero", "folder", "dangling", "oversize")
 HOSTILE = settings(max_examples=40, deadline=None, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                           HealthCheck.data_too_large])
-
-
-def hostile_spec(kinds: tuple[str, ...]) -> st.SearchStrategy:
-    """(kind, detail): what :func:`make_hostile` builds."""
-    return st.sampled_from(kinds).flatmap(lambda k: st.tuples(st.just(k), {
-        "binary": st.binary(max_size=2000).map(lambda b: b"\xff\x00" + b),  # never UTF-8
-        "text": st.text(max_size=500).map(lambda t: "= " + t),  # no TOML, JSON, PEM or config
-        "nested_json": st.integers(2_000, 200_000),
-        "nested_toml": st.integers(2_000, 200_000),
-    }.get(k, st.none())))
-
-
-def make_hostile(folder: Path, spec: tuple, *, cap: int, suffix: str = ".json") -> Path:
-    """Build the hostile file of ``spec`` in ``folder`` (``oversize``: sparse, ``cap`` + 1 bytes)."""
-    kind, detail = spec
-    p = folder / f"hostile{suffix}"
-    if kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "dev_zero":
-        p.symlink_to("/dev/zero")
-    elif kind == "folder":
-        p.mkdir()
-    elif kind == "dangling":
-        p.symlink_to(folder / "no-such-file")
-    elif kind == "oversize":
-        p.touch()
-        os.truncate(p, cap + 1)  # sparse: no gigabytes written
-    elif kind == "binary":
-        p.write_bytes(detail)
-    elif kind == "text":
-        p.write_text(detail, encoding="utf-8", errors="surrogatepass")
-    elif kind == "nested_json":
-        p.write_text("[" * detail + "]" * detail)
-    elif kind == "nested_toml":
-        p.write_text("a = " + "[" * detail + "]" * detail + "\n")
-    elif kind == "empty":
-        p.touch()
-    else:
-        raise AssertionError(kind)
-    return p
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:

@@ -17,17 +17,15 @@ anything is written; ``--out`` is replaced atomically (write, fsync, rename).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from appliance.fleet.cli import subcommand
 from appliance.protocol import schema
 from appliance.protocol.cliparse import one_line
-from appliance.protocol.userfiles import UserFileError, read_user_text
+from appliance.protocol.userfiles import UserFileError, read_user_text, replace_file
 
 #: Every family account's user name starts with this (box ids must not, see docs/security.md).
 FAMILY_PREFIX = "family-"
@@ -110,24 +108,6 @@ def family_acl(families: Sequence[tuple[str, Sequence[str]]], *, base: str = "")
     return head + ("\n" if head and blocks else "") + "\n".join(blocks)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (temporary file in the same folder, fsync, rename; mode 0640)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o640)  # the ACL names every box and family: not world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", action="append", default=[], metavar="NAME=BOX[,BOX...]", required=True,
                    help="a family and its box ids; repeatable (user name: family-NAME)")
@@ -157,7 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         try:
-            write_atomically(args.out, text)
+            # the ACL names every box and family: not world-readable
+            replace_file(args.out, text.encode("utf-8"), mode=0o640)
         except OSError as e:
             print(f"bedtime-fleet family-acl: --out {args.out}: {e.strerror or e}", file=sys.stderr)
             return 2

@@ -34,7 +34,6 @@ import hmac
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -46,7 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from appliance.protocol.ids import BOX_ID_RE
 from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES, MAX_MANIFEST_CHARS, MAX_PAYLOAD_BYTES
-from appliance.protocol.userfiles import MAX_KEY_FILE_BYTES, UserFileError, parse_json, read_user_file, read_user_text
+from appliance.protocol.userfiles import (MAX_KEY_FILE_BYTES, UserFileError, parse_json, read_user_file, read_user_text,
+                                         replace_file)
 
 SCHEMA = "bedtime.signature/2"
 """Manifest format; /1 (no box or group, serial or expiry) is refused."""
@@ -117,7 +117,7 @@ def generate_keypair(private_path: str | Path, public_path: str | Path, *, passp
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     try:  # renamed into place (a FIFO there is replaced, not waited on); if that fails, no lone private key stays
         public_path.parent.mkdir(parents=True, exist_ok=True)
-        _replace_file(public_path, public_pem)
+        replace_file(public_path, public_pem)
     except BaseException:
         private_path.unlink()
         raise
@@ -280,25 +280,8 @@ def sign_file(path: str | Path, key: Ed25519PrivateKey, *, kind: str, version: s
     manifest = sign_bytes(payload, key, kind=kind, name=path.name, version=version, boxes=boxes,
                           groups=groups, serial=serial, lifetime_s=lifetime_s, model_card=model_card)
     out = Path(out) if out else path.with_name(path.name + ".sig.json")
-    _replace_file(out, (json.dumps(manifest, indent=2) + "\n").encode())
+    replace_file(out, (json.dumps(manifest, indent=2) + "\n").encode())
     return out
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``path`` and rename it over ``path``: never half a manifest, and a FIFO
-    or device at ``path`` is replaced, not opened (which would wait for a reader forever)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def parse_manifest(data: str | bytes | dict) -> dict:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
 
 __all__ = ["MAX_KEY_FILE_BYTES", "UserFileError", "read_small_regular_file", "read_user_file", "read_user_text",
-           "json_loads", "parse_json", "parse_toml"]
+           "json_loads", "parse_json", "parse_toml", "replace_file"]
 
 
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -135,3 +136,27 @@ def parse_toml(text: str) -> dict:
         raise UserFileError("not usable TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         raise UserFileError(f"TOML syntax error: {e}") from None
+
+
+def replace_file(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Put ``data`` at ``path`` whole or not at all: written to a temporary file in the same folder, flushed to disk,
+    then renamed over ``path``.
+
+    Never half a file for a reader (mosquitto reading its ACL, a box reading a manifest), and whatever sat at
+    ``path`` (a FIFO, a device, a link) is replaced, never opened: opening a FIFO to write waits for a reader forever.
+    """
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
