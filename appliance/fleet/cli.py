@@ -115,7 +115,7 @@ MAX_TLS_FILE_BYTES = 1024 * 1024
 
 def read_password_file(path: str | Path) -> str:
     """The broker password in ``path`` (``--password-file``): a UTF-8 regular file of at most
-    :data:`~appliance.protocol.signing.MAX_KEY_FILE_BYTES`, surrounding whitespace dropped.
+    :data:`~appliance.protocol.userfiles.MAX_KEY_FILE_BYTES`, surrounding whitespace dropped.
 
     Raises
     ------

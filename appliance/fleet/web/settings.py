@@ -129,7 +129,7 @@ class ConsoleSettings:
 
 def read_public_key(path: str | Path) -> bytes:
     """The clinic's public key PEM at ``path`` (``--public-key``): a regular file of at most
-    :data:`~appliance.protocol.signing.MAX_KEY_FILE_BYTES` holding an Ed25519 public key.
+    :data:`~appliance.protocol.userfiles.MAX_KEY_FILE_BYTES` holding an Ed25519 public key.
 
     Raises
     ------
