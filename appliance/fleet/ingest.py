@@ -41,7 +41,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable
 
 import paho.mqtt.client as paho
@@ -75,6 +75,29 @@ MAX_JSON_DEPTH = 32
 MAX_SEQ = 2 ** 63 - 1
 #: Short text fields kept in the fleet view (versions, ids), characters.
 MAX_VIEW_TEXT = 64
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """The ingest's connection to the broker, as the clinic's staff should see it (:meth:`FleetIngest.link_state`).
+
+    Attributes
+    ----------
+    where : str
+        The broker, ``host:port``.
+    connected : bool
+        Connected now (subscriptions asked for): the boxes' alerts can reach this ingest.
+    since : datetime
+        When ``connected`` last changed (UTC; the ingest's start before its first connection).
+    problem : str or None
+        Why it is not connected, in words ("cannot reach the broker", the broker's refusal, "the connection was
+        lost"); None while connected or before the first attempt has ended.
+    """
+
+    where: str
+    connected: bool
+    since: datetime
+    problem: str | None
 
 
 @dataclass
@@ -206,6 +229,8 @@ class FleetIngest:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._refused: str | None = None  # the broker's CONNACK reason when it refused us
+        self._link_since = datetime.now(timezone.utc)  # when connected last changed (LinkState.since)
+        self._link_problem: str | None = None  # why not connected (LinkState.problem)
         self._started = False
         self._thread: threading.Thread | None = None
         self._last_message: float | None = None  # time.monotonic() of the last message received
@@ -221,6 +246,7 @@ class FleetIngest:
         self._client.max_inflight_messages_set(100)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         # Defence in depth: should a callback still raise, paho logs it instead of ending its thread.
@@ -294,20 +320,31 @@ class FleetIngest:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` seconds for the first subscriptions; True once they are in place."""
+        return self._subscribed.wait(timeout_s)
+
+    def link_state(self) -> LinkState:
+        """The connection to the broker now (the console shows it on every page while it is down)."""
+        return LinkState(where=f"{self.host}:{self.port}", connected=self.connected, since=self._link_since,
+                         problem=None if self.connected else self._link_problem)
+
     def health(self) -> dict:
         """Liveness of the ingest, for ``/healthz``.
 
         Returns
         -------
         dict
-            ``thread_alive`` (paho's network thread runs), ``connected``, ``last_message_age_s``
-            (seconds since the last message of any kind, None before the first), ``messages`` (received)
-            and ``dropped`` (refused: malformed, too large, too deep, wrong ``seq``...).
+            ``thread_alive`` (paho's network thread runs), ``connected``, ``problem`` (why not, see
+            :class:`LinkState`), ``last_message_age_s`` (seconds since the last message of any kind, None before
+            the first), ``messages`` (received) and ``dropped`` (refused: malformed, too large, too deep, wrong
+            ``seq``...).
         """
         thread = self._thread
         last = self._last_message
+        link = self.link_state()
         return {"thread_alive": bool(thread is not None and thread.is_alive()),
-                "connected": self.connected,
+                "connected": link.connected, "problem": link.problem,
                 "last_message_age_s": None if last is None else round(time.monotonic() - last, 3),
                 "messages": int(self.stats["received"]), "dropped": int(self.stats["dropped"]),
                 "callback_errors": int(self.stats["callback_errors"])}
@@ -379,11 +416,18 @@ class FleetIngest:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refused = str(reason_code)
+            self._link_problem = f"the broker refused the connection: {reason_code}"
             log.error("broker refused the fleet console: %s", reason_code)
             return
         set_tcp_nodelay(client)
+        self._link_problem = None
+        self._link_since = datetime.now(timezone.utc)
         self._connected.set()
         client.subscribe(self._subscriptions())
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho's network thread could not open the TCP (or TLS) connection; it tries again (1 s to 30 s apart)
+        self._link_problem = "cannot reach the broker"
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         bad = [rc for rc in reason_codes if rc.is_failure]
@@ -393,6 +437,9 @@ class FleetIngest:
         self._subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._connected.is_set():
+            self._link_since = datetime.now(timezone.utc)
+            self._link_problem = "the connection was lost"
         self._connected.clear()
         if reason_code != 0:
             log.warning("fleet console disconnected: %s (paho reconnects)", reason_code)

@@ -189,9 +189,22 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 
 # ---- serve ----------------------------------------------------------------------------------------
+def listen_address(text: str) -> tuple[str, int]:
+    """``--listen``: ``ADDRESS:PORT`` (``[v6]:PORT`` for IPv6; an empty address is 127.0.0.1) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: give ADDRESS:PORT with a port from 1 to 65535 "
+                                         "(e.g. 127.0.0.1:8080)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if any(c.isspace() or not c.isprintable() for c in host) or "[" in host or "]" in host:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: not an address to listen on")
+    return host or "127.0.0.1", int(port)
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
     _db_arg(p)
-    p.add_argument("--listen", default="127.0.0.1:8080", help="address:port to serve on (default 127.0.0.1:8080)")
+    p.add_argument("--listen", type=listen_address, default="127.0.0.1:8080",
+                   help="address:port to serve on (default 127.0.0.1:8080; [v6]:port for IPv6)")
     p.add_argument("--secret-file", type=Path, default=clinic_state_dir() / "session.key",
                    help="session-signing key, shared by every instance (created if missing; default session.key "
                         "beside the default database)")
@@ -212,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from appliance.fleet.web import ConsoleSettings, create_app
 
-    host, _, port = args.listen.rpartition(":")
+    host, port = args.listen
     for proxy in args.trusted_proxy:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -235,7 +248,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (UserFileError, SignatureError) as e:
         print(f"bedtime-fleet serve: {one_line(e)}", file=sys.stderr)
         return 2
-    uvicorn.run(app, **uvicorn_options(host=host or "127.0.0.1", port=int(port)))
+    uvicorn.run(app, **uvicorn_options(host=host, port=port))
     return 0
 
 

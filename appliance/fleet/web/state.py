@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 #: Every this many seconds housekeeping drops old change-feed rows and login attempts.
 PRUNE_EVERY_S = 600.0
+#: At start the console waits this long for its broker subscriptions (so retained box states are in before the
+#: first page); past it, it serves from its database, says so on every page and keeps trying in the background.
+FIRST_CONNECT_WAIT_S = 10.0
 
 
 @dataclass
@@ -118,6 +121,27 @@ class Console:
             except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping
                 logger.exception("console housekeeping failed")
 
+    def _start_ingest(self) -> None:
+        """Start the MQTT ingest; a broker that is down (or refuses) does not stop the console from serving.
+
+        A clinic's console must come up after a power cut even when the broker comes up later: paho keeps
+        trying in the background, and every page says the console is not connected until it is.
+        """
+        ingest = self.ingest
+        if not hasattr(ingest, "wait_subscribed"):  # a test's stand-in
+            ingest.start()
+            return
+        ingest.start(wait_s=None)
+        if not ingest.wait_subscribed(FIRST_CONNECT_WAIT_S):
+            link = ingest.link_state()
+            logger.warning("not connected to the MQTT broker at %s (%s): serving from the database and trying again "
+                           "in the background", link.where, link.problem or "no answer yet")
+
+    def broker_link(self) -> Any:
+        """The ingest's :class:`~appliance.fleet.ingest.LinkState`, or None without a broker (``--no-mqtt``)."""
+        link_state = getattr(self.ingest, "link_state", None)
+        return link_state() if link_state is not None else None
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """The app's lifespan: ingest and housekeeping run while the app serves.
@@ -131,7 +155,7 @@ class Console:
         keeper = threading.Thread(target=self.housekeeping, name="console-housekeeping", daemon=True)
         keeper.start()
         if self.ingest is not None and hasattr(self.ingest, "start"):
-            await anyio.to_thread.run_sync(self.ingest.start)
+            await anyio.to_thread.run_sync(self._start_ingest)
         try:
             yield
         finally:

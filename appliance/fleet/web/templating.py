@@ -48,14 +48,21 @@ def _templates() -> Jinja2Templates:
 templates = _templates()
 
 
+def broker_link(request: Request) -> Any:
+    """The console's connection to the broker (:meth:`Console.broker_link`), for the banner every page carries."""
+    console = getattr(request.app.state, "console", None)
+    return console.broker_link() if console is not None else None
+
+
 def render(request: Request, name: str, user: auth.User | None, *, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-    """Template ``name`` with ``ctx``, plus the signed-in ``user``, the session's CSRF token and the nav entry."""
-    ctx.update(user=user, csrf=auth.csrf_token(request.session), nav=name.split(".")[0])
+    """Template ``name`` with ``ctx``, plus the signed-in ``user``, the session's CSRF token, the nav entry and the
+    broker link (a page says when alerts cannot reach the console)."""
+    ctx.update(user=user, csrf=auth.csrf_token(request.session), nav=name.split(".")[0], broker=broker_link(request))
     return templates.TemplateResponse(request, name, ctx, status_code=status_code)
 
 
 def error_page(request: Request, user: auth.User | None, status_code: int, detail: str) -> HTMLResponse:
     """The error page (it has no nav entry)."""
     return templates.TemplateResponse(request, "error.html", {
-        "user": user, "csrf": auth.csrf_token(request.session), "nav": "",
+        "user": user, "csrf": auth.csrf_token(request.session), "nav": "", "broker": broker_link(request),
         "status": status_code, "detail": detail}, status_code=status_code)

@@ -3,6 +3,10 @@
 Events are ``alert`` (with the alert's text, which ``static/live.js`` puts in with ``textContent``), ``box``,
 ``config``, ``rollout`` and ``report`` (the page re-fetches an escaped fragment), and ``logout`` when the
 session that opened the stream has ended. The stream resumes after ``Last-Event-ID`` (or ``?after=``).
+
+``broker`` (no event id: it is this instance's own state, not a database row) comes first and then whenever this
+console instance's connection to the MQTT broker comes or goes: the page re-fetches its banner, so staff looking
+at a dashboard learn within a second or two that alerts are not reaching it.
 """
 from __future__ import annotations
 
@@ -50,7 +54,12 @@ async def _stream(request: Request, console: Console, last: int) -> AsyncIterato
     yield "retry: 2000\n\n"
     idle = 0.0
     checked = time.monotonic()
+    link_shown: tuple | None = None
     while not app.state.closing:
+        link = console.broker_link()
+        if link is not None and (link.connected, link.problem) != link_shown:
+            link_shown = (link.connected, link.problem)
+            yield f"event: broker\ndata: {json.dumps({'connected': link.connected, 'problem': link.problem})}\n\n"
         if time.monotonic() - checked > SESSION_RECHECK_S:
             # Re-check the session, so logging out (or the session expiring) also ends the live feed.
             checked = time.monotonic()

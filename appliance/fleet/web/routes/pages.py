@@ -1,4 +1,5 @@
-"""The read-only pages: the fleet, the alert feed, the audit log (and their live fragments), ``/healthz``."""
+"""The read-only pages: the fleet, the alert feed, the audit log (and their live fragments), the broker-link
+banner every page carries, ``/healthz``."""
 from __future__ import annotations
 
 from typing import Any
@@ -22,6 +23,12 @@ def fleet(request: Request, user: CurrentUser, console: ConsoleDep) -> HTMLRespo
 @router.get("/fragments/fleet", response_class=HTMLResponse)
 def fleet_rows(request: Request, user: CurrentUser, console: ConsoleDep) -> HTMLResponse:
     return render(request, "_fleet_rows.html", user, boxes=console.db.list_boxes(), counts=console.db.fleet_counts())
+
+
+@router.get("/fragments/broker-link", response_class=HTMLResponse)
+def broker_link_banner(request: Request, user: CurrentUser) -> HTMLResponse:
+    # empty while connected; the live feed's ``broker`` event re-fetches it when the connection changes
+    return render(request, "_broker_link.html", user)
 
 
 @router.get("/alerts", response_class=HTMLResponse)

@@ -60,7 +60,7 @@
   var after = document.body.getAttribute("data-last-event") || "0";
   var status = document.getElementById("live-status");
   var source = new EventSource("/events?after=" + encodeURIComponent(after));
-  ["alert", "box", "config", "rollout", "report"].forEach(function (k) { source.addEventListener(k, onEvent(k)); });
+  ["alert", "box", "config", "rollout", "report", "broker"].forEach(function (k) { source.addEventListener(k, onEvent(k)); });
   source.addEventListener("logout", function () { source.close(); window.location.assign("/login"); });
   source.onopen = function () { status.className = "live on"; status.setAttribute("data-connected", "1"); };
   source.onerror = function () { status.className = "live off"; status.removeAttribute("data-connected"); };
