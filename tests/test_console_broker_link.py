@@ -155,3 +155,28 @@ def test_serve_refuses_a_bad_listen_address_in_one_line(tmp_path, capsys, listen
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--listen" in err and "Traceback" not in err
     assert not db.exists() and not (tmp_path / "k").exists()  # nothing created
+
+
+@pytest.mark.broker
+def test_link_state_names_a_refusal_and_a_lost_connection(broker):
+    from appliance.fleet.ingest import FleetIngest
+
+    wrong = FleetIngest(broker.host, broker.auth_port, username="fleet", password="not the password")
+    wrong.start(wait_s=None)
+    try:
+        assert wait_for(lambda: (wrong.link_state().problem or "").startswith("the broker refused the connection"), 30)
+        assert wrong.link_state().connected is False
+    finally:
+        wrong.stop()
+    ingest = FleetIngest(broker.host, broker.auth_port, username="fleet", password=USERS["fleet"])
+    ingest.start(wait_s=None)
+    try:
+        assert ingest.wait_subscribed(30)
+        up = ingest.link_state()
+        assert up.connected and up.problem is None and up.where == f"{broker.host}:{broker.auth_port}"
+        broker.stop()
+        assert wait_for(lambda: not ingest.link_state().connected, 30)
+        down = ingest.link_state()
+        assert down.since >= up.since and down.problem in ("the connection was lost", "cannot reach the broker")
+    finally:
+        ingest.stop()
