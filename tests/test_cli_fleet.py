@@ -6,6 +6,8 @@ import argparse
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.fleet import cli as fleet_cli
 
@@ -125,3 +127,49 @@ def test_the_commands_the_docs_name_exist():
             if m.group(1) not in box:
                 wrong.append(f"{path.name}: bedtime {m.group(1)}")
     assert not wrong, wrong
+
+
+# ---- numbers, ports and group names: parsed, or refused in one line before anything connects ------------------
+_NUMERIC = [  # (subcommand or "" for the top level, its required arguments, the option)
+    ("", ["list"], "--port"), ("", ["list"], "--wait"), ("list", [], "--port"), ("list", [], "--wait"),
+    ("alerts", [], "--count"), ("alerts", [], "--timeout"), ("alerts", [], "--group"),
+    ("ping", ["--box", "a"], "--timeout"), ("report", ["--box", "a"], "--timeout"),
+    ("push-config", ["x.json", "--box", "a"], "--ack-timeout"),
+    ("serve", ["--no-mqtt"], "--share-group"), ("serve", ["--no-mqtt"], "--listen"),
+    ("rollout", ["x", "--kind", "model", "--canary", "a"], "--timeout"),
+    ("rollout", ["x", "--kind", "model", "--canary", "a"], "--batch"),
+]
+_HOSTILE_NUMBERS = st.one_of(
+    st.sampled_from(["0", "-1", "nan", "-nan", "inf", "-inf", "1e309", "1e-320", "65536", "99999999999999999999",
+                     "0x10", "1_000", " 5", "٣", "", "a/b", "+", "#", "$share", "x" * 300]),
+    st.integers(min_value=-10**25, max_value=10**25).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=30))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(_NUMERIC), value=_HOSTILE_NUMBERS)
+def test_numbers_ports_and_groups_parse_to_sane_values_or_a_one_line_refusal(where, value, capsys):
+    """The values reached the socket or ``threading`` (``--port 0``: a ValueError traceback; ``--port 10**20``: an
+    OverflowError; ``alerts --group /x``: a SchemaError) or waited forever (``--timeout nan``)."""
+    import math
+
+    sub, required, option = where
+    argv = ([sub] if sub else []) + required + [f"{option}={value}"]
+    try:
+        args = fleet_cli.build_parser().parse_args(argv)
+    except SystemExit as e:
+        err = capsys.readouterr().err
+        assert e.code == 2 and err.count("\n") == 1 and option in err and "Traceback" not in err, err
+        return
+    got = getattr(args, option.lstrip("-").replace("-", "_"))
+    if option == "--port":
+        assert 1 <= got <= 65535
+    elif option in ("--count", "--batch"):
+        assert 1 <= got <= 10**9
+    elif option in ("--timeout", "--ack-timeout", "--wait"):
+        assert math.isfinite(got) and 0 <= got <= 7 * 86400 and (got > 0 or option == "--wait")
+    elif option in ("--group", "--share-group"):
+        assert got and not any(c in got for c in "/+#")
+    elif option == "--listen":
+        assert 1 <= got[1] <= 65535

@@ -37,7 +37,7 @@ from typing import Callable
 
 from appliance.fleet.ingest import CommandTimeout, FleetIngest, TLSClientSettings
 from appliance.protocol import schema
-from appliance.protocol.cliparse import OneLineParser, one_line
+from appliance.protocol.cliparse import OneLineParser, count, one_line, seconds, seconds_or_zero, tcp_port
 from appliance.protocol.commands import CommandError
 from appliance.protocol.userfiles import MAX_KEY_FILE_BYTES
 from appliance.protocol.updates import MAX_CONFIG_PAYLOAD_BYTES
@@ -91,7 +91,7 @@ def add_broker_arguments(ap: argparse.ArgumentParser, *, after_subcommand: bool 
     g = ap.add_argument_group("broker", "before or after the subcommand; BEDTIME_MQTT_* variables set defaults")
     g.add_argument("--host", default=default(env("BEDTIME_MQTT_HOST", "localhost")),
                    help="broker host (default localhost; env BEDTIME_MQTT_HOST)")
-    g.add_argument("--port", type=int, default=default(env("BEDTIME_MQTT_PORT", "1883")),
+    g.add_argument("--port", type=tcp_port, default=default(env("BEDTIME_MQTT_PORT", "1883")),
                    help="broker port (default 1883; env BEDTIME_MQTT_PORT)")
     g.add_argument("--username", default=default(env("BEDTIME_MQTT_USERNAME")),
                    help="user name (default anonymous; env BEDTIME_MQTT_USERNAME)")
@@ -100,7 +100,7 @@ def add_broker_arguments(ap: argparse.ArgumentParser, *, after_subcommand: bool 
     g.add_argument("--ca", default=default(env("BEDTIME_MQTT_CA")), help="CA certificate; turns TLS on")
     g.add_argument("--cert", default=default(env("BEDTIME_MQTT_CERT")), help="client certificate (mutual TLS)")
     g.add_argument("--key", default=default(env("BEDTIME_MQTT_KEY")), help="client key (mutual TLS)")
-    g.add_argument("--wait", type=float, default=default(1.0),
+    g.add_argument("--wait", type=seconds_or_zero, default=default(1.0),
                    help="seconds to collect retained status before listing/selecting boxes (default 1)")
 
 
@@ -212,14 +212,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def share_group(text: str) -> str:
+    """An argparse type: an MQTT v5 shared-subscription group name (no ``/``, ``+``, ``#``; see
+    :func:`appliance.protocol.schema.shared_filter`)."""
+    try:
+        schema.shared_filter(text, "alert")
+    except schema.SchemaError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 # ---- alerts -------------------------------------------------------------------------------------
 
 def _alerts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", action="append", default=[], help="only these boxes (ids or patterns); repeatable")
-    p.add_argument("--count", type=int, default=None, help="stop after this many alerts")
-    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--count", type=count, default=None, help="stop after this many alerts")
+    p.add_argument("--timeout", type=seconds, default=None, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--group", default=None,
+    p.add_argument("--group", type=share_group, default=None,
                    help="join this shared-subscription group (default: observe without taking alerts "
                         "away from the consoles)")
 
@@ -293,7 +303,7 @@ def _push_args(p: argparse.ArgumentParser) -> None:
                    help="box id or a shell-style group pattern (e.g. 'ward3-*'); repeatable")
     p.add_argument("--version", dest="config_version", default=None,
                    help="config version label (default: the file name and its sha256 prefix)")
-    p.add_argument("--ack-timeout", type=float, default=10.0, help="seconds to wait for the boxes' answers")
+    p.add_argument("--ack-timeout", type=seconds, default=10.0, help="seconds to wait for the boxes' answers")
 
 
 @subcommand("push-config", help="validate a config and set it on one box or a group", add_arguments=_push_args)
@@ -347,7 +357,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", action="append", required=True, help="box id or pattern; repeatable")
     p.add_argument("--night", default="latest", help="'latest' (default) or YYYY-MM-DD")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for <box>-<night>.json")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each box's answer (default 30)")
+    p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each box's answer (default 30)")
     p.add_argument("--retained", action="store_true",
                    help="save the last report each box published (retained at the broker; works while the box "
                         "is offline) instead of asking the box")
@@ -390,7 +400,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 @subcommand("ping", help="check that boxes answer commands",
             add_arguments=lambda p: (p.add_argument("--box", action="append", required=True,
                                                     help="box id or pattern; repeatable"),
-                                     p.add_argument("--timeout", type=float, default=5.0,
+                                     p.add_argument("--timeout", type=seconds, default=5.0,
                                                     help="seconds to wait for each box's answer (default 5)")))
 def cmd_ping(args: argparse.Namespace) -> int:
     rc = 0

@@ -50,3 +50,54 @@ def one_line(text: object) -> str:
         out.append(piece)
         width += len(piece)
     return "".join(out)
+
+
+# ---- argument types both command lines use ---------------------------------------------------------------------
+MAX_WAIT_S = 7 * 86400.0
+"""Longest wait a command line accepts, s (a week): past it a typo, and ``threading`` refuses waits near 1e9 s."""
+
+
+def tcp_port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535 (0 and negatives used to reach the socket as a traceback)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a port number") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: a port is from 1 to 65535")
+    return v
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a wait in seconds, finite, > 0 and at most :data:`MAX_WAIT_S` (NaN never ends a wait)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a number of seconds") from None
+    if not 0 < v <= MAX_WAIT_S:  # also refuses NaN and infinities
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: give seconds > 0 and at most {MAX_WAIT_S:.0f} (a week)")
+    return v
+
+
+def seconds_or_zero(text: str) -> float:
+    """An argparse type: like :func:`seconds`, but 0 (do not wait) is allowed too."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a number of seconds") from None
+    if v == 0:
+        return 0.0
+    if not 0 < v <= MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: give seconds >= 0 and at most {MAX_WAIT_S:.0f} (a week)")
+    return v
+
+
+def count(text: str) -> int:
+    """An argparse type: how many, an integer from 1 to 10**9."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a whole number") from None
+    if not 1 <= v <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: give a whole number from 1 to 1000000000")
+    return v

@@ -20,9 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from appliance.fleet.cli import read_password_file, subcommand
+from appliance.fleet.cli import read_password_file, share_group, subcommand
 from appliance.fleet.db import clinic_state_dir, default_database_url
-from appliance.protocol.cliparse import one_line
+from appliance.protocol.cliparse import count, one_line, seconds
 from appliance.protocol.userfiles import UserFileError
 
 DEFAULT_KEY = Path(os.environ.get("BEDTIME_SIGNING_KEY", "fleet-signing.key"))
@@ -210,7 +210,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "beside the default database)")
     p.add_argument("--signing-key", type=Path, help="clinic private key: lets the console sign config pushes")
     p.add_argument("--public-key", type=Path, help="clinic public key: refuse uploads that do not verify")
-    p.add_argument("--share-group", default="bedtime-console", help="MQTT shared-subscription group")
+    p.add_argument("--share-group", type=share_group, default="bedtime-console", help="MQTT shared-subscription group")
     p.add_argument("--no-mqtt", action="store_true", help="serve the database only (no broker connection)")
     p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR[/BITS]",
                    help="a reverse proxy whose X-Forwarded-For is believed (repeatable; default: none, the client "
@@ -269,8 +269,8 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, help="FILE.sig.json from `bedtime-fleet sign` (default: beside FILE)")
     p.add_argument("--canary", required=True, help="comma-separated canary box ids")
     p.add_argument("--rest", default="", help="comma-separated box ids updated after the canaries")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each box's health report")
-    p.add_argument("--batch", type=int, default=10, help="after the canaries, boxes per batch (default 10)")
+    p.add_argument("--timeout", type=seconds, default=60.0, help="seconds to wait for each box's health report")
+    p.add_argument("--batch", type=count, default=10, help="after the canaries, boxes per batch (default 10)")
     _db_arg(p)
 
 
