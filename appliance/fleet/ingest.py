@@ -55,6 +55,20 @@ from appliance.protocol.transport import set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
+
+class _QuietRetries(logging.Filter):
+    """paho logs an ERROR ("Client is not connected...") on every retry while the broker is down; the ingest says
+    that itself, in words and at most once a minute (:meth:`FleetIngest._on_connect_fail`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+paho_log = logging.getLogger(f"{__name__}.paho")
+paho_log.addFilter(_QuietRetries())
+CONNECT_FAIL_LOG_EVERY_S = 60.0
+"""While the broker cannot be reached, the ingest logs it at most this often, s."""
+
 Callback = Callable[[str, dict], object]
 
 SHARED_CHANNELS = ("alert", "event", "stage", "telemetry", "report")
@@ -235,6 +249,7 @@ class FleetIngest:
         self._thread: threading.Thread | None = None
         self._last_message: float | None = None  # time.monotonic() of the last message received
         self._last_drop_log = 0.0
+        self._last_connect_fail_log = float("-inf")
         self.stats: collections.Counter = collections.Counter()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
         if username is not None:
@@ -251,7 +266,7 @@ class FleetIngest:
         self._client.on_subscribe = self._on_subscribe
         # Defence in depth: should a callback still raise, paho logs it instead of ending its thread.
         self._client.suppress_exceptions = True
-        self._client.enable_logger(log)
+        self._client.enable_logger(paho_log)
 
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self, *, wait_s: float | None = 10.0, fail_fast: bool = False) -> "FleetIngest":
@@ -428,6 +443,10 @@ class FleetIngest:
     def _on_connect_fail(self, client, userdata) -> None:
         # paho's network thread could not open the TCP (or TLS) connection; it tries again (1 s to 30 s apart)
         self._link_problem = "cannot reach the broker"
+        now = time.monotonic()
+        if now - self._last_connect_fail_log >= CONNECT_FAIL_LOG_EVERY_S:
+            self._last_connect_fail_log = now
+            log.warning("cannot reach the broker at %s:%d; trying again every 1-30 s", self.host, self.port)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         bad = [rc for rc in reason_codes if rc.is_failure]
