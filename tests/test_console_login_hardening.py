@@ -36,14 +36,14 @@ class Server:
     def __init__(self, app) -> None:
         import uvicorn
 
-        from appliance.fleet.web.cli import uvicorn_options
+        from appliance.fleet.web.server import ConsoleServer, uvicorn_options
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         options = uvicorn_options(host="127.0.0.1", port=self.port) | {"log_level": "warning", "lifespan": "on"}
-        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+        self.server = ConsoleServer(uvicorn.Config(app, **options))
         self.thread = threading.Thread(target=self.server.run, name="console-uvicorn", daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started, 20)

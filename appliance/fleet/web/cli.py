@@ -224,6 +224,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from appliance.fleet.web import ConsoleSettings, create_app
+    from appliance.fleet.web.server import ConsoleServer, uvicorn_options
 
     host, port = args.listen
     for proxy in args.trusted_proxy:
@@ -248,18 +249,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (UserFileError, SignatureError) as e:
         print(f"bedtime-fleet serve: {one_line(e)}", file=sys.stderr)
         return 2
-    uvicorn.run(app, **uvicorn_options(host=host, port=port))
-    return 0
-
-
-def uvicorn_options(*, host: str, port: int) -> dict:
-    """How ``serve`` runs uvicorn (the tests run the console the same way).
-
-    uvicorn's own ``X-Forwarded-For`` handling is off (by default it believes any client on 127.0.0.1, so
-    behind nothing, or on a host shared with others, anyone could name any address and lock it out): the
-    app decides from ``settings.trusted_proxies``, and ``request.client`` is always the TCP peer.
-    """
-    return {"host": host, "port": port, "proxy_headers": False, "log_level": "info", "timeout_graceful_shutdown": 3}
+    server = ConsoleServer(uvicorn.Config(app, **uvicorn_options(host=host, port=port)))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the captured Ctrl-C again once it has shut down
+        pass
+    return 0 if server.started else 3  # 3: uvicorn's own status for a start that failed (it said why)
 
 
 # ---- rollout --------------------------------------------------------------------------------------
