@@ -155,3 +155,10 @@ def test_cli_sign_picks_up_the_card(tmp_path, keys, capsys):
     assert cli.cmd_sign(ns) == 0
     m = json.loads((tmp_path / "m.tflite.sig.json").read_text())
     assert m["model_card"]["sha256"] == hashlib.sha256(b"model").hexdigest()
+
+
+def test_a_manifest_with_a_number_of_thousands_of_digits_is_a_signature_error():
+    """Python refuses to read integers of more than 4300 digits with a ValueError that is no JSONDecodeError: it
+    escaped parse_manifest (a 500 on the console's upload, a traceback from ``bedtime-fleet rollout``)."""
+    with pytest.raises(signing.SignatureError, match="not valid JSON"):
+        signing.parse_manifest('{"schema": ' + "9" * 5000 + "}")

@@ -235,6 +235,9 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+MAX_ROW_ID = 2**63 - 1
+"""Largest row id (a signed 64-bit integer in both engines); a larger one named in a URL is no such row, not an
+overflow inside the database driver."""
 
 #: PostgreSQL advisory lock that serialises the login rate-limit check (count, then record) across every
 #: console instance sharing the database ("bedtime-login").
@@ -556,6 +559,8 @@ class FleetDB:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def get_alert(self, alert_id: int) -> dict | None:
+        if not 1 <= alert_id <= MAX_ROW_ID:
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).mappings().first()
         return dict(row) if row else None
@@ -631,6 +636,8 @@ class FleetDB:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def get_config_push(self, push_id: int) -> dict | None:
+        if not 1 <= push_id <= MAX_ROW_ID:
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(config_pushes).where(config_pushes.c.id == push_id)).mappings().first()
         return dict(row) if row else None
@@ -668,6 +675,8 @@ class FleetDB:
             conn.execute(insert(live_events).values(at=utcnow(), kind="rollout", box_id=box_id, ref_id=rollout_id))
 
     def get_rollout(self, rollout_id: int, *, with_payload: bool = False) -> dict | None:
+        if not 1 <= rollout_id <= MAX_ROW_ID:
+            return None
         cols = [c for c in rollouts.c if with_payload or c.name != "payload"]
         with self.engine.connect() as conn:
             row = conn.execute(select(*cols).where(rollouts.c.id == rollout_id)).mappings().first()

@@ -289,7 +289,7 @@ def parse_manifest(data: str | bytes | dict) -> dict:
     if isinstance(data, (str, bytes)):
         try:
             data = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except ValueError as e:  # malformed, not UTF-8, or a number of more than 4300 digits
             raise SignatureError(f"signature manifest is not valid JSON: {e}") from None
         except RecursionError:
             raise SignatureError("signature manifest is not valid JSON: nested too deeply") from None

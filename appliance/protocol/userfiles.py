@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -125,6 +126,9 @@ def parse_json(text: str | bytes) -> Any:
     except UnicodeDecodeError as e:
         raise UserFileError(f"not UTF-8 JSON: byte at offset {e.start}") from None
     except ValueError as e:
+        if "integer string conversion" in str(e):  # Python's own wording names sys.set_int_max_str_digits
+            raise UserFileError(f"not usable JSON: a number of more than {sys.get_int_max_str_digits()} "
+                                "digits") from None
         raise UserFileError(f"not valid JSON: {e}") from None
 
 

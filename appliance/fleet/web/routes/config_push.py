@@ -55,6 +55,7 @@ def push_config(request: Request, box_id: str,
                 config_json: Annotated[str, Form()] = "", version: Annotated[str, Form()] = "") -> Response:
     from appliance.fleet.configcheck import validate_offline
     from appliance.protocol.boxconfig import ConfigError
+    from appliance.protocol.userfiles import UserFileError, parse_json
 
     db, signing_key = console.db, console.signing_key
 
@@ -69,13 +70,13 @@ def push_config(request: Request, box_id: str,
     if not VERSION_RE.match(version):
         return again("version: use letters, digits, '.', '_', '+' and '-' (max 64)")
     try:
-        doc = json.loads(config_json)
+        # every way JSON text can fail (nested too deeply, a number of more than 4300 digits: Python's ValueError,
+        # which was a 500 here) is one UserFileError naming it
+        doc = parse_json(config_json)
         # Never the plain validator here: it would read files the config names on *this* host.
         validate_offline(doc)
-    except json.JSONDecodeError as e:
-        return again(f"not valid JSON: {e}")
-    except RecursionError:
-        return again("not valid JSON: nested too deeply")
+    except UserFileError as e:
+        return again(str(e))
     except ConfigError as e:
         return again(f"refused by the box's schema: {e}")
     if signing_key is None:
