@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from appliance.protocol.userfiles import UserFileError, read_small_regular_file
+from appliance.protocol.userfiles import TOO_MANY_DIGITS, UserFileError, read_small_regular_file, too_many_digits
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,8 @@ def read_rows(path: str | os.PathLike, check: Callable[[dict], str | None] | Non
         except RecursionError:
             raise JsonlError(f"{p}: line {n} is nested too deeply; the file is damaged") from None
         except (UnicodeDecodeError, ValueError) as e:
+            if not isinstance(e, UnicodeDecodeError) and too_many_digits(e):  # whole, and still unreadable
+                raise JsonlError(f"{p}: line {n} holds {TOO_MANY_DIGITS}; the file is damaged") from None
             if last and line.lstrip().startswith(b"{") and b"\x00" not in line:
                 logger.warning("%s: line %d is cut short (an interrupted write); skipped", p, n)
                 break

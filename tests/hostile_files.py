@@ -3,8 +3,9 @@ command lines (tests/test_box_hostile_files.py, tests/test_fleet_hostile_files.p
 
 Kinds: a FIFO nobody writes to (a plain ``open`` waits for ever), a link to ``/dev/zero`` (reading it "whole" never
 ends), a folder, a dangling or looping link, a sparse file one byte over a cap, binary bytes (never UTF-8), text that
-is no config, key or manifest, JSON or TOML nested thousands deep (Python's parsers raise ``RecursionError``), an
-empty file.
+is no config, key or manifest, JSON or TOML nested thousands deep (Python's parsers raise ``RecursionError``), JSON
+or TOML holding a number of more than 4300 digits (Python refuses to read it with a ``ValueError`` that is neither a
+``JSONDecodeError`` nor a ``TOMLDecodeError``), an empty file.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from hypothesis import strategies as st
 
 ALL_KINDS = ("fifo", "dev_zero", "folder", "dangling", "link_loop", "oversize", "binary", "text", "nested_json",
-             "nested_toml", "nested_inline_table", "empty")
+             "nested_toml", "nested_inline_table", "huge_number_json", "huge_number_toml", "empty")
 
 
 def hostile_spec(kinds: tuple[str, ...]) -> st.SearchStrategy:
@@ -25,6 +26,8 @@ def hostile_spec(kinds: tuple[str, ...]) -> st.SearchStrategy:
         "nested_json": st.integers(2_000, 200_000),
         "nested_toml": st.integers(2_000, 200_000),
         "nested_inline_table": st.integers(2_000, 200_000),
+        "huge_number_json": st.integers(4_301, 20_000),
+        "huge_number_toml": st.integers(4_301, 20_000),
     }.get(k, st.none())))
 
 
@@ -59,6 +62,10 @@ def make_hostile_at(p: Path, spec: tuple, *, cap: int) -> Path:
         p.write_text("a = " + "[" * detail + "]" * detail + "\n")
     elif kind == "nested_inline_table":
         p.write_text("a = " + "{b = " * detail + "1" + "}" * detail + "\n")
+    elif kind == "huge_number_json":
+        p.write_text('{"schema": ' + "9" * detail + "}\n")
+    elif kind == "huge_number_toml":
+        p.write_text("[box]\nid = " + "9" * detail + "\n")
     elif kind == "empty":
         p.touch()
     else:

@@ -29,7 +29,7 @@ from appliance.protocol.cliparse import MAX_LINE_CHARS, one_line
 from tests.hostile_files import hostile_spec, make_hostile_at
 
 HOSTILE_KINDS = ("fifo", "dev_zero", "folder", "dangling", "link_loop", "oversize", "binary", "nested_json",
-                 "nested_toml", "nested_inline_table")
+                 "nested_toml", "nested_inline_table", "huge_number_json", "huge_number_toml")
 BIG_SPARSE_BYTES = 64 * 1024 * 1024  # over every cap (config 1 MiB, hypnogram 4 MiB, JSON lines 32 MiB)
 
 

@@ -35,7 +35,8 @@ from tests.hostile_files import hostile_spec, make_hostile
 
 pytestmark = pytest.mark.timeout(120)  # a hang is a failure, not a stuck run
 
-ALL = ("fifo", "dev_zero", "folder", "dangling", "oversize", "binary", "text", "nested_json", "nested_toml", "empty")
+ALL = ("fifo", "dev_zero", "folder", "dangling", "oversize", "binary", "text", "nested_json", "nested_toml",
+       "huge_number_json", "huge_number_toml", "empty")
 #: What is bad for a file whose content is not parsed (a payload, a password, an ACL to copy).
 NOT_A_FILE = ("fifo", "dev_zero", "folder", "dangling", "oversize")
 

@@ -117,6 +117,16 @@ def json_loads(text: str | bytes) -> Any:
         raise UserFileError("JSON nested too deeply") from None
 
 
+TOO_MANY_DIGITS = f"a number of more than {sys.get_int_max_str_digits()} digits"
+"""What the person is told when Python refuses to read an integer that long (see :func:`too_many_digits`)."""
+
+
+def too_many_digits(e: ValueError) -> bool:
+    """Python refused to read an integer of more than ``sys.get_int_max_str_digits()`` digits (its message names
+    ``sys.set_int_max_str_digits``, of no use to the person who wrote the file)."""
+    return "integer string conversion" in str(e)
+
+
 def parse_json(text: str | bytes) -> Any:
     """``json.loads(text)``, every failure a :class:`UserFileError` (nesting too deep included)."""
     try:
@@ -126,9 +136,8 @@ def parse_json(text: str | bytes) -> Any:
     except UnicodeDecodeError as e:
         raise UserFileError(f"not UTF-8 JSON: byte at offset {e.start}") from None
     except ValueError as e:
-        if "integer string conversion" in str(e):  # Python's own wording names sys.set_int_max_str_digits
-            raise UserFileError(f"not usable JSON: a number of more than {sys.get_int_max_str_digits()} "
-                                "digits") from None
+        if too_many_digits(e):
+            raise UserFileError(f"not usable JSON: {TOO_MANY_DIGITS}") from None
         raise UserFileError(f"not valid JSON: {e}") from None
 
 
@@ -140,6 +149,10 @@ def parse_toml(text: str) -> dict:
         raise UserFileError("not usable TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         raise UserFileError(f"TOML syntax error: {e}") from None
+    except ValueError as e:  # tomllib lets Python's limit on digits through as a plain ValueError
+        if too_many_digits(e):
+            raise UserFileError(f"not usable TOML: {TOO_MANY_DIGITS}") from None
+        raise UserFileError(f"not usable TOML: {e}") from None
 
 
 def replace_file(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
