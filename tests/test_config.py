@@ -5,9 +5,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.config import check_local_files, load_config
 from appliance.protocol.boxconfig import BoxConfig, ConfigError, describe_keys, merge_config, validate_config
+from appliance.protocol.cliparse import MAX_LINE_CHARS, one_line
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "bedtime.example.toml"
 
@@ -145,3 +148,39 @@ def test_validation_never_reads_a_file_and_key_files_are_read_bounded(tmp_path, 
                       (str(tmp_path), "not a regular file"), (str(big), "larger than")):
         with pytest.raises(ConfigError, match=why):
             check_local_files(validate_config({"updates": {"public_key_file": path}}))
+
+
+# ---- every key, any value a TOML or JSON document can hold: a config or one ConfigError naming the key ---------
+def _every_key() -> list[tuple[str, str]]:
+    import dataclasses
+
+    from appliance.protocol.safety import BreatherConfig
+
+    defaults = BoxConfig()
+    keys = [(section.name, f.name) for section in dataclasses.fields(BoxConfig)
+            if dataclasses.is_dataclass(getattr(defaults, section.name))
+            for f in dataclasses.fields(getattr(defaults, section.name))]
+    return keys + [("breather", f.name) for f in dataclasses.fields(BreatherConfig)]  # a table the envelope checks
+
+
+_HOSTILE_VALUES = st.one_of(
+    st.integers(min_value=-10**4000, max_value=10**4000),  # TOML and JSON allow up to Python's 4300 digits
+    st.sampled_from([10**400, -(10**400), 2**63, 2**64, -(2**63) - 1, 1e308, -1e308, float("inf"), float("nan"),
+                     True, False, 0, -0.0, 5e-324, "", "1", "a" * 10000, [], {}, [[[]]], {"a": {"b": {}}}]),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=50), st.booleans(),
+    st.recursive(st.none() | st.integers() | st.text(max_size=5),
+                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                 max_leaves=8))
+
+
+@settings(max_examples=600, deadline=None)
+@given(key=st.sampled_from(_every_key()), value=_HOSTILE_VALUES)
+def test_any_value_at_any_key_is_accepted_or_one_config_error_naming_it(key, value):
+    """Integers of hundreds of digits reached ``float()`` (an OverflowError: ``bedtime config check`` and the
+    daemon's start printed a traceback, and a pushed config did too on the box)."""
+    section, name = key
+    try:
+        validate_config({section: {name: value}})
+    except ConfigError as e:
+        assert f"{section}.{name}" in str(e) or section in str(e)
+        assert len(one_line(e)) <= MAX_LINE_CHARS + 40

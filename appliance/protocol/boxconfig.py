@@ -234,7 +234,10 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     elif typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {_r(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer of hundreds of digits (TOML and JSON allow them): no float holds it
+            raise ConfigError(key, f"expected a number, got an integer of {len(str(abs(value)))} digits") from None
         if value != value:
             raise ConfigError(key, "NaN is not a value")
     elif typ is str:

@@ -74,7 +74,10 @@ def _number(name: str, value: Any) -> float:
     # bool is an int in Python; "true" as a brightness is a config mistake, not 1.0.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SafetyEnvelopeError(name, f"must be a number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer of hundreds of digits (TOML and JSON allow them): no float holds it
+        raise SafetyEnvelopeError(name, f"must be finite, got an integer of {len(str(abs(value)))} digits") from None
     if not math.isfinite(v):
         raise SafetyEnvelopeError(name, f"must be finite, got {value!r}")
     return v
