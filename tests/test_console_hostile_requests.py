@@ -58,7 +58,10 @@ def app(tmp_path):
 
 
 def _fine(r, what) -> None:
-    assert r.status_code < 500, (what, r.status_code, r.text[-2000:])
+    # 503 is the config editor's own answer for a valid config when this console has no broker ("not connected to
+    # the broker; nothing was sent"); anything else from 500 up is a crash
+    assert r.status_code < 500 or (r.status_code == 503 and "nothing was sent" in r.text), \
+        (what, r.status_code, r.text[-2000:])
     assert "Traceback" not in r.text, what
     for h in SECURITY_HEADERS:
         assert h in r.headers, (what, h, r.status_code)
