@@ -32,6 +32,7 @@ NOW = "2026-11-23T02:00:00.000Z"
 
 # ---- generated payloads ---------------------------------------------------------------------------
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10 ** 300), max_value=10 ** 300)
+           | st.sampled_from([10 ** 400, -(10 ** 400), 10 ** 4000, 2 ** 64, -(2 ** 63) - 1])
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
            | st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=3))
 json_values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4)

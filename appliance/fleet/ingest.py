@@ -588,12 +588,11 @@ class FleetIngest:
             if channel == "stage":
                 p_loop = p.get("p_loop")
                 v.last_stage = p["stage"]
-                v.last_p_loop = float(p_loop) if isinstance(p_loop, (int, float)) and not isinstance(p_loop, bool) \
-                    and math.isfinite(p_loop) else None
+                v.last_p_loop = float(p_loop) if schema.is_finite_number(p_loop) else None
             elif channel == "telemetry":
                 v.telemetry = {k: val for k, val in p.items() if k not in ("schema", "box_id")}
                 q = p.get("signal_quality_percent")
-                if isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q):
+                if schema.is_finite_number(q):
                     v.signal_quality_percent = float(q)
             elif channel == "alert":
                 v.alerts += 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,7 +86,7 @@ class Arg:
         ok_type = {
             "bool": lambda x: isinstance(x, bool),
             "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
-            "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x),
+            "number": schema.is_finite_number,
             "str": lambda x: isinstance(x, str),
         }[self.type]
         r = short_repr(v)

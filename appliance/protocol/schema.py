@@ -224,9 +224,20 @@ def envelope(box_id: str, now: datetime, **fields: Any) -> dict:
     return {"schema": SCHEMA_VERSION, "box_id": check_box_id(box_id), "time_utc": iso_utc(now), **fields}
 
 
+def is_finite_number(v: Any) -> bool:
+    """``v`` is a JSON number that is a finite float: not a bool, not NaN or infinite, and not an integer too large
+    for a float (JSON allows thousands of digits; ``math.isfinite`` raises ``OverflowError`` on those)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _finite(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise SchemaError(f"{name} must be a finite number, got {v!r}")
+    if not is_finite_number(v):
+        raise SchemaError(f"{name} must be a finite number, got {repr(v)[:80]}")
     return float(v)
 
 
