@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from appliance.jsonl import MAX_JSONL_READ_BYTES, JsonlError, read_rows
+from appliance.protocol.schema import is_finite_number
 from appliance.protocol.stages import STAGE_NAMES, STAGE_VALUES
 from appliance.nightfolder import (EPOCHS_JSONL, EVENTS_JSONL, HYPNOGRAM_PNG, NIGHT_EDF, REPORT_JSON,
                                    night_start_from_id)
@@ -35,7 +36,9 @@ class NightError(ValueError):
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
+    # protocol.schema's check: np.isfinite raised a TypeError on an integer no float holds (a traceback from
+    # ``bedtime report``)
+    return is_finite_number(x)
 
 
 

@@ -15,6 +15,7 @@ traceback, and one nested ``report.json`` in the recording folder stopped the da
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from appliance.cli import main
 from appliance.protocol.cliparse import MAX_LINE_CHARS, one_line
@@ -137,6 +138,49 @@ def test_bedtime_report_on_a_night_with_a_hostile_file_answers_in_one_line(recor
         if saved and which != "report.json" and rc == 0:
             return
         assert_one_line_refusal(rc, err, about=which)
+
+
+_NO_FLOAT = [10**400, -(10**400), 10**4000]  # JSON integers no float holds
+_ROW_VALUES = st.one_of(
+    st.sampled_from(_NO_FLOAT), st.sampled_from(_NO_FLOAT).map(lambda v: [v] * 5),
+    st.sampled_from([2**64, -1, 1e308, -1e308, True, None, "", "x" * 10000, [], {}, [1e308] * 5, [None] * 5,
+                     [[]] * 5, {"a": [{}]}]),
+    st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+    st.lists(st.integers() | st.floats(allow_nan=False, allow_infinity=False), max_size=6))
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(which="epochs.jsonl", line=3, field="probs", value=[10**400] * 5)  # both were a TypeError traceback
+@example(which="events.jsonl", line=1, field="time_s", value=10**400)
+@given(which=st.sampled_from(["epochs.jsonl", "events.jsonl", "report.json"]), line=st.integers(0, 3),
+       field=st.sampled_from(["index", "end_time_s", "stage", "probs", "p_loop", "ok", "flags", "time_s", "kind",
+                              "night_start", "hypnogram", "statistics", "interventions", "signal_quality",
+                              "box_id", "box_name", "epoch_s", "new"]),
+       value=_ROW_VALUES)
+def test_bedtime_report_on_a_night_whose_rows_hold_hostile_values_answers_in_one_line(recorded_box, which, line,
+                                                                                      field, value) -> None:
+    # A whole line with a wrong value (an integer no float holds: numpy's isfinite raised a TypeError) is a damaged
+    # night: a report (0) or one line (2), never a traceback.
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, night = _copy_box(recorded_box, Path(tmp))
+        path = night / which
+        if which == "report.json":
+            doc = json.loads(path.read_text())
+            doc[field] = value
+            path.write_text(json.dumps(doc))
+            (night / "hypnogram.png").unlink(missing_ok=True)  # drawn again from the saved report
+        else:
+            (night / "report.json").unlink()  # rebuilt from the sidecars, which are then read
+            rows = path.read_text().splitlines()
+            row = json.loads(rows[line % len(rows)])
+            row[field] = value
+            rows[line % len(rows)] = json.dumps(row)
+            path.write_text("\n".join(rows) + "\n")
+        rc, err = run_bedtime(["report", "--config", str(cfg), str(night)])
+        assert "Traceback" not in err, err[-3000:]
+        if rc != 0:
+            assert_one_line_refusal(rc, err, about=which)
 
 
 @pytest.mark.timeout(300)
