@@ -34,7 +34,7 @@ from appliance import __version__
 from appliance.config import (DEFAULT_CONFIG_PATH, check_on_this_machine, load_config, permission_warnings,
                               simulation_state_dir)
 from appliance.protocol.boxconfig import EXAMPLE_BOX_ID, BoxConfig, ConfigError, validate_config
-from appliance.protocol.cliparse import OneLineParser, one_line
+from appliance.protocol.cliparse import OneLineParser, checked_number, one_line
 
 if TYPE_CHECKING:
     from appliance.hardware import SimulationSource
@@ -54,37 +54,13 @@ class UsageError(Exception):
     exits with status 2."""
 
 
-def _speed(text: str) -> float:
-    """``--speed``: a replay speed, > 0 (``inf``: as fast as the pipeline runs)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"{text!r}: the speed must be > 0 (1 = real time, 600 = 8 h in 48 s)")
-    return v
-
-
-def _hours(text: str) -> float:
-    """``--hours``: hours of signal, finite and > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"{text!r}: the hours must be a finite number > 0")
-    return v
-
-
-def _seed(text: str) -> int:
-    """``--seed``: a synthetic subject, an integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the seed must be >= 0")
-    return v
+_speed = checked_number(float, "a number", lambda v: v > 0,
+                        "the speed must be > 0 (1 = real time, 600 = 8 h in 48 s)")
+"""``--speed``: a replay speed, > 0 (``inf``: as fast as the pipeline runs)."""
+_hours = checked_number(float, "a number", lambda v: 0 < v < math.inf, "the hours must be a finite number > 0")
+"""``--hours``: hours of signal, finite and > 0."""
+_seed = checked_number(int, "an integer", lambda v: v >= 0, "the seed must be >= 0")
+"""``--seed``: a synthetic subject, an integer >= 0."""
 
 
 def _channel_list(text: str) -> list[str | int]:

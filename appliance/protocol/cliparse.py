@@ -10,7 +10,7 @@ code the box and the clinic both import, and this module imports nothing of eith
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,47 +57,41 @@ MAX_WAIT_S = 7 * 86400.0
 """Longest wait a command line accepts, s (a week): past it a typo, and ``threading`` refuses waits near 1e9 s."""
 
 
-def tcp_port(text: str) -> int:
-    """An argparse type: a TCP port, 1 to 65535 (0 and negatives used to reach the socket as a traceback)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a port number") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r}: a port is from 1 to 65535")
-    return v
+def checked_number(parse: Callable[[str], Any], noun: str, ok: Callable[[Any], bool],
+                   rule: str) -> Callable[[str], Any]:
+    """An argparse type: the text parsed by ``parse`` (``int`` or ``float``), kept when ``ok(value)``.
+
+    Parameters
+    ----------
+    parse : callable
+        ``int`` or ``float``; its ValueError (not a number, or an integer of more than 4300 digits) becomes
+        "'TEXT' is not NOUN".
+    noun : str
+        What the text should have been ("a number", "a port number").
+    ok : callable
+        Whether the value is allowed (write it so that NaN fails: ``0 < v``, not ``not v <= 0``).
+    rule : str
+        Said after the text when ``ok`` refuses it ("a port is from 1 to 65535").
+    """
+    def convert(text: str) -> Any:
+        try:
+            v = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not {noun}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text[:80]!r}: {rule}")
+        return v
+
+    return convert
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a wait in seconds, finite, > 0 and at most :data:`MAX_WAIT_S` (NaN never ends a wait)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a number of seconds") from None
-    if not 0 < v <= MAX_WAIT_S:  # also refuses NaN and infinities
-        raise argparse.ArgumentTypeError(f"{text[:80]!r}: give seconds > 0 and at most {MAX_WAIT_S:.0f} (a week)")
-    return v
-
-
-def seconds_or_zero(text: str) -> float:
-    """An argparse type: like :func:`seconds`, but 0 (do not wait) is allowed too."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a number of seconds") from None
-    if v == 0:
-        return 0.0
-    if not 0 < v <= MAX_WAIT_S:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r}: give seconds >= 0 and at most {MAX_WAIT_S:.0f} (a week)")
-    return v
-
-
-def count(text: str) -> int:
-    """An argparse type: how many, an integer from 1 to 10**9."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a whole number") from None
-    if not 1 <= v <= 10**9:
-        raise argparse.ArgumentTypeError(f"{text[:80]!r}: give a whole number from 1 to 1000000000")
-    return v
+tcp_port = checked_number(int, "a port number", lambda v: 1 <= v <= 65535, "a port is from 1 to 65535")
+"""A TCP port, 1 to 65535 (0 and negatives used to reach the socket as a traceback)."""
+seconds = checked_number(float, "a number of seconds", lambda v: 0 < v <= MAX_WAIT_S,
+                         f"give seconds > 0 and at most {MAX_WAIT_S:.0f} (a week)")
+"""A wait in seconds, finite, > 0 and at most :data:`MAX_WAIT_S` (NaN never ends a wait)."""
+seconds_or_zero = checked_number(float, "a number of seconds", lambda v: 0 <= v <= MAX_WAIT_S,
+                                 f"give seconds >= 0 and at most {MAX_WAIT_S:.0f} (a week)")
+"""Like :data:`seconds`, but 0 (do not wait) is allowed too."""
+count = checked_number(int, "a whole number", lambda v: 1 <= v <= 10**9, "give a whole number from 1 to 1000000000")
+"""How many, an integer from 1 to 10**9."""
