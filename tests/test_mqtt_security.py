@@ -132,7 +132,9 @@ def test_shipped_mosquitto_conf_starts_with_test_files_substituted(tmp_path, mqt
     port = free_port()
     conf = re.sub(r"^listener 8883.*$", f"listener {port} 127.0.0.1", conf, flags=re.M)
     conf = re.sub(r"^listener 1883.*$", f"listener {free_port()} 127.0.0.1", conf, flags=re.M)
-    conf = re.sub(r"^(persistence_location|log_dest) .*$", "", conf, flags=re.M)
+    conf = re.sub(r"^log_dest .*$", "", conf, flags=re.M)
+    # its own folder: without a location mosquitto wrote mosquitto.db into the checkout (the working directory)
+    conf = re.sub(r"^persistence_location .*$", f"persistence_location {tmp_path}/", conf, flags=re.M)
     conf += f"\nuser {__import__('getpass').getuser()}\n"
     path = tmp_path / "docs.conf"
     path.write_text(conf)
