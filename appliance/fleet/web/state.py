@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI
@@ -27,6 +27,9 @@ from appliance.fleet.rollout import CommandChannel
 from appliance.fleet.web.notify import Notifier, NotifyingBridge
 from appliance.fleet.web.settings import ConsoleSettings, read_public_key
 from appliance.protocol.signing import load_private_key
+
+if TYPE_CHECKING:
+    from appliance.fleet.ingest import LinkState
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +140,7 @@ class Console:
             logger.warning("not connected to the MQTT broker at %s (%s): serving from the database and trying again "
                            "in the background", link.where, link.problem or "no answer yet")
 
-    def broker_link(self) -> Any:
+    def broker_link(self) -> LinkState | None:
         """The ingest's :class:`~appliance.fleet.ingest.LinkState`, or None without a broker (``--no-mqtt``)."""
         link_state = getattr(self.ingest, "link_state", None)
         return link_state() if link_state is not None else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -12,6 +12,9 @@ from fastapi.templating import Jinja2Templates
 
 from appliance.fleet import auth
 from appliance.fleet.db import as_utc, utcnow
+
+if TYPE_CHECKING:
+    from appliance.fleet.ingest import LinkState
 
 HERE = Path(__file__).parent
 
@@ -48,7 +51,7 @@ def _templates() -> Jinja2Templates:
 templates = _templates()
 
 
-def broker_link(request: Request) -> Any:
+def broker_link(request: Request) -> LinkState | None:
     """The console's connection to the broker (:meth:`Console.broker_link`), for the banner every page carries."""
     console = getattr(request.app.state, "console", None)
     return console.broker_link() if console is not None else None
