@@ -461,6 +461,9 @@ def main_verify(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"bedtime audit verify: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a name the system refuses to look up (too long, a folder it may not enter)
+        print(f"bedtime audit verify: {str(e.filename)[:200]}: {e.strerror or e}", file=sys.stderr)
+        return 2
     all_ok = True
     for log, anchors in targets:
         anchors = anchors + [Anchor(None, h, "--expect-hash") for h in args.expect_hash]

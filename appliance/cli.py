@@ -216,8 +216,12 @@ def _simulation_source(args: argparse.Namespace, *, seed: int) -> SimulationSour
     from appliance.hardware import SimulationSource
 
     if args.edf is not None:
-        if not args.edf.is_file():
-            raise UsageError(f"--edf {args.edf}: {'not a file' if args.edf.exists() else 'no such file'}")
+        try:
+            is_file, exists = args.edf.is_file(), args.edf.exists()
+        except OSError as e:  # a name the system refuses to look up (too long, a folder it may not enter)
+            raise UsageError(f"--edf {str(args.edf)[:200]}: {e.strerror or e}") from None
+        if not is_file:
+            raise UsageError(f"--edf {args.edf}: {'not a file' if exists else 'no such file'}")
         problem = _check_edf(args.edf, args.channels)
         if problem:
             raise UsageError(f"--edf {problem}")
@@ -344,7 +348,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # recording: nights without one (a failed start) or with damaged files are skipped with a note.
     explicit = None
     candidates: list[Path] = []
-    if args.night and Path(args.night).is_dir():
+    try:
+        named_folder = bool(args.night) and Path(args.night).is_dir()
+    except OSError as e:  # a name the system refuses to look up (too long, a folder it may not enter)
+        print(f"bedtime report: {args.night[:200]}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if named_folder:
         given = Path(args.night)
         inside = list_nights(given)
         if inside and not any((given / f).exists() for f in (EPOCHS_JSONL, EVENTS_JSONL, NIGHT_EDF)):

@@ -316,3 +316,21 @@ def test_range_messages_print_enough_digits(home, tmp_path, capsys):
     rc, _out, err = _run(["config", "check", str(cfg)], capsys)
     _assert_one_line_refusal(rc, err)
     assert "0.2000001 is outside" in err and "<= 0.2)" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "verify", "{long}"], ["audit", "verify", "/tmp", "--reports", "{long}"], ["report", "{long}"],
+    ["run", "--simulate", "--edf", "{long}"], ["run", "--simulate", "--hypnogram", "{long}"],
+    ["config", "check", "{long}"], ["report", "--config", "{long}"], ["outputs-off", "--config", "{long}"],
+    ["selftest", "--simulate", "--config", "{long}"]])
+def test_a_path_too_long_for_the_system_is_one_line_and_exit_2(argv, capsys):
+    """A name the system refuses to look up (ENAMETOOLONG) raised OSError from ``Path.is_dir``/``is_file``: a
+    traceback from ``audit verify``, ``report`` and ``run --edf`` (found by a command-line fuzzer)."""
+    long = "x" * 5000
+    try:
+        rc = cli.main([a.replace("{long}", long) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    assert "Traceback" not in err and len([ln for ln in err.splitlines() if ln.strip()]) == 1, err[-2000:]
