@@ -146,6 +146,7 @@ class _GapAcquisition:
         self.ring, self.total, self.dropped = ring, total, dropped
         self.counters: dict = {}
         self._thread = None
+        self._failed: BaseException | None = None
 
     def _frames(self, n: int, start: int) -> bytes:
         # The frame layout and scaling come from the one place that defines them (no second 27 or 4.5e6 here).
@@ -157,17 +158,24 @@ class _GapAcquisition:
         import threading
         import time
 
+        # The ring is filled and the next frames are dropped here, before the daemon pops anything (it starts its
+        # loop after start() returns): done in the producer thread, a pop in between made room on a loaded
+        # machine, the "dropped" frames went in, and the thread's assertion ended it while the daemon waited on.
+        cap = self.ring.capacity
+        self.ring.push_raw(self._frames(cap, 0), 0)
+        assert self.ring.push_raw(self._frames(self.dropped, cap), 0) == 0  # ring full: dropped, counted
+
         def run():
-            cap = self.ring.capacity
-            self.ring.push_raw(self._frames(cap, 0), 0)
-            assert self.ring.push_raw(self._frames(self.dropped, cap), 0) == 0  # ring full: dropped, counted
-            sent = cap + self.dropped
-            while sent < self.total:
-                while self.ring.capacity - len(self.ring) < 500:
-                    time.sleep(0.001)
-                n = min(500, self.total - sent)
-                self.ring.push_raw(self._frames(n, sent), 0)
-                sent += n
+            try:
+                sent = cap + self.dropped
+                while sent < self.total:
+                    while self.ring.capacity - len(self.ring) < 500:
+                        time.sleep(0.001)
+                    n = min(500, self.total - sent)
+                    self.ring.push_raw(self._frames(n, sent), 0)
+                    sent += n
+            except BaseException as e:  # the daemon ends the night on it (failure()), rather than wait for ever
+                self._failed = e
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
@@ -182,7 +190,7 @@ class _GapAcquisition:
         return frames_seen >= self.total
 
     def failure(self) -> BaseException | None:
-        return None
+        return self._failed
 
 
 def test_frames_the_ring_dropped_are_counted_and_the_timeline_kept(tmp_path):
