@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from appliance.protocol.stages import EPOCH_S, STAGE_NAMES, Stage
+from appliance.protocol.schema import is_finite_number
+from appliance.protocol.stages import EPOCH_S, STAGE_NAMES, STAGE_VALUES, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,88 @@ def build_report(night: NightRecord) -> dict[str, Any]:
         rep["live_vs_smoothed_agreement_pct"] = (100.0 * float(np.mean(live[:n] == night.hypnogram[:n]))
                                                  if n else None)
     return rep
+
+
+MAX_REPORT_TIME_S = 366 * 24 * 3600.0
+"""Latest time (seconds since lights out) a report may hold: far past any night (``max_night_hours`` <= 48, a
+``--hours`` replay), and well inside what a clock time can show (``1e308`` s overflowed the PNG's clock axis)."""
+
+# the statistics every report has (sleep_statistics), and those that are None when the event never happens
+_STAT_NUMBERS = ("time_in_bed_min", "total_sleep_time_min", "sleep_efficiency_pct",
+                 *(f"{n}_{u}" for n in STAGE_NAMES for u in ("min", "pct")))
+_STAT_OPTIONAL = ("sleep_onset_latency_min", "waso_min", "rem_latency_min")
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _is_time(x: object) -> bool:
+    return is_finite_number(x) and 0.0 <= x <= MAX_REPORT_TIME_S
+
+
+def report_problem(rep: object) -> str | None:
+    """What keeps a report dict (a saved ``report.json``) from being read, shown and drawn, or None.
+
+    Checks every field :func:`format_report`, :func:`night_numbers` and the hypnogram drawing read, with its
+    type; fields a newer box may add are left alone.
+
+    Returns
+    -------
+    str or None
+        A short phrase naming the first wrong field (``'statistics.awakenings' must be a count``).
+    """
+    if not isinstance(rep, dict):
+        return "not a JSON object"
+    hyp = rep.get("hypnogram")
+    if not isinstance(hyp, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s in STAGE_VALUES
+                                            for s in hyp):
+        return f"'hypnogram' must be a list of stages {sorted(STAGE_VALUES)}"
+    for key in ("box_id", "box_name", "night_start"):
+        if rep.get(key) is not None and not isinstance(rep[key], str):
+            return f"'{key}' must be text"
+    s = rep.get("statistics")
+    if not isinstance(s, dict):
+        return "'statistics' must be an object"
+    for key in _STAT_NUMBERS:
+        if not is_finite_number(s.get(key)):
+            return f"'statistics.{key}' must be a number"
+    for key in _STAT_OPTIONAL:
+        if s.get(key) is not None and not is_finite_number(s[key]):
+            return f"'statistics.{key}' must be a number or null"
+    if not _is_count(s.get("awakenings")):
+        return "'statistics.awakenings' must be a count"
+    iv = rep.get("interventions")
+    if not isinstance(iv, dict):
+        return "'interventions' must be an object"
+    for key in ("loops_detected", "alerts"):
+        if not _is_count(iv.get(key)):
+            return f"'interventions.{key}' must be a count"
+    for key in ("loop_times_s", "alert_times_s"):
+        times = iv.get(key, [])
+        if not isinstance(times, list) or not all(_is_time(t) for t in times):
+            return f"'interventions.{key}' must be a list of times (seconds since lights out)"
+    sessions = iv.get("breather_sessions")
+    if not isinstance(sessions, list) or not all(isinstance(x, dict) for x in sessions):
+        return "'interventions.breather_sessions' must be a list of objects"
+    for sess in sessions:
+        steps = sess.get("steps")
+        if (not _is_time(sess.get("start_s")) or not all(_is_time(sess[k]) for k in ("light_s", "end_s") if k in sess)
+                or not isinstance(steps, list) or not all(isinstance(x, str) for x in steps) or "outcome" not in sess):
+            return "'interventions.breather_sessions' holds a session without its times, steps or outcome"
+    faults = iv.get("faults")
+    if not isinstance(faults, list) or not all(
+            isinstance(f, dict) and (f.get("time_s") is None or _is_time(f["time_s"])) and "reason" in f
+            for f in faults):
+        return "'interventions.faults' must be a list of faults with their times and reasons"
+    q = rep.get("signal_quality")
+    if not isinstance(q, dict):
+        return "'signal_quality' must be an object"
+    if q.get("epochs_ok_pct") is not None and not is_finite_number(q["epochs_ok_pct"]):
+        return "'signal_quality.epochs_ok_pct' must be a number or null"
+    if not isinstance(q.get("flags_epochs"), dict):
+        return "'signal_quality.flags_epochs' must be an object"
+    return None
 
 
 def minutes_text(minutes: float | None) -> str:

@@ -22,7 +22,7 @@ from appliance.protocol.stages import STAGE_NAMES, STAGE_VALUES
 from appliance.nightfolder import (EPOCHS_JSONL, EVENTS_JSONL, HYPNOGRAM_PNG, NIGHT_EDF, REPORT_JSON,
                                    night_start_from_id)
 from appliance.protocol.userfiles import read_small_regular_file
-from appliance.report import NightRecord, build_report, parse_iso
+from appliance.report import MAX_REPORT_TIME_S, NightRecord, build_report, parse_iso, report_problem
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ def _check_event(row: dict) -> str | None:
     """What is wrong with one ``events.jsonl`` row, or None."""
     if not isinstance(row.get("kind"), str):
         return f"'kind' must be a string, got {row.get('kind')!r:.40}"
-    if not _is_number(row.get("time_s")) or row["time_s"] < 0:
-        return f"'time_s' must be a number of seconds >= 0, got {row.get('time_s')!r:.40}"
+    if not _is_number(row.get("time_s")) or not 0 <= row["time_s"] <= MAX_REPORT_TIME_S:
+        return (f"'time_s' must be a number of seconds from 0 to {MAX_REPORT_TIME_S:.0f}, "
+                f"got {row.get('time_s')!r:.40}")
     return None
 
 
@@ -116,14 +117,10 @@ def read_saved_report(night_dir: str | Path) -> dict | None:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         raise NightError(f"{js}: not a readable report (damaged); move it away to rebuild it from the night's "
                          "recording") from None
-    hyp = rep.get("hypnogram") if isinstance(rep, dict) else None
-    ok = (isinstance(rep, dict) and isinstance(rep.get("statistics"), dict)
-          and isinstance(rep.get("interventions"), dict) and isinstance(rep.get("signal_quality"), dict)
-          and isinstance(hyp, list)
-          and all(isinstance(s, int) and not isinstance(s, bool) and s in STAGE_VALUES for s in hyp))
-    if not ok:
-        raise NightError(f"{js}: not a bedtime report (fields missing or of the wrong type); move it away to "
-                         "rebuild it from the night's recording")
+    problem = report_problem(rep)
+    if problem is not None:
+        raise NightError(f"{js}: not a bedtime report ({problem}); move it away to rebuild it from the night's "
+                         "recording")
     return rep
 
 

@@ -182,6 +182,84 @@ def test_bedtime_report_on_a_night_whose_rows_hold_hostile_values_answers_in_one
         assert "Traceback" not in err, err[-3000:]
         if rc != 0:
             assert_one_line_refusal(rc, err, about=which)
+        elif which != "report.json":  # a report rebuilt from the rows is one the next ``bedtime report`` reads
+            (night / "hypnogram.png").unlink()
+            rc, err = run_bedtime(["report", "--config", str(cfg), str(night)])
+            assert rc == 0, err[-3000:]
+
+
+# what a night with a loop, a breather, an alert and a fault adds to the events the short simulated night has
+_EVENTFUL = [{"time_s": 120.0, "kind": "loop_detected", "p_loop": 0.9},
+             {"time_s": 150.0, "kind": "breather_started"}, {"time_s": 200.0, "kind": "breather_light"},
+             {"time_s": 260.0, "kind": "breather_ended", "outcome": "completed", "max_light": 0.2},
+             {"time_s": 300.0, "kind": "alert", "reason": "loop_persists_after_breather"},
+             {"time_s": 310.0, "kind": "fault", "reason": "lead_off"}]
+
+
+@pytest.fixture(scope="module")
+def eventful_box(recorded_box, tmp_path_factory) -> Path:
+    """The recorded box, its night's events grown by :data:`_EVENTFUL` and its report rebuilt from them."""
+    root = tmp_path_factory.mktemp("eventful")
+    cfg, night = _copy_box(recorded_box, root)
+    with (night / "events.jsonl").open("a") as f:
+        f.writelines(json.dumps(e) + "\n" for e in _EVENTFUL)
+    (night / "report.json").unlink()
+    (night / "hypnogram.png").unlink()
+    rc, err = run_bedtime(["report", "--config", str(cfg), str(night)])
+    assert rc == 0, err
+    iv = json.loads((night / "report.json").read_text())["interventions"]
+    assert iv["breather_sessions"] and iv["alerts"] and iv["faults"] and iv["loops_detected"]
+    return root
+
+
+def _paths(doc: object, at: tuple = ()) -> list[tuple]:
+    """Every path (keys and indexes) into a JSON document, the document itself included."""
+    out = [at]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*at, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc[:3]):  # a hypnogram's first epochs stand for all of them
+            out += _paths(v, (*at, i))
+    return out
+
+
+def _set_at(doc: dict, path: tuple, value: object) -> None:
+    """Put ``value`` at ``path`` in ``doc``; the Ellipsis deletes what is there."""
+    *parents, last = path
+    for k in parents:
+        doc = doc[k]
+    if value is ...:
+        del doc[last]
+    else:
+        doc[last] = value
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.filterwarnings("ignore:Glyph:UserWarning")  # a saved box name of control characters, drawn as boxes
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(path=("interventions", "loop_times_s", 0), value=1e308)  # the clock axis overflowed: a traceback
+@example(path=("statistics", "awakenings"), value=...)  # format_report's KeyError
+@example(path=("interventions", "breather_sessions", 0, "start_s"), value="x")
+@given(path=st.integers(0, 10**6), value=_ROW_VALUES | st.just(...))
+def test_a_saved_report_with_any_field_made_hostile_is_shown_or_refused_in_one_line(eventful_box, path, value):
+    # Any one field of a saved report.json, at any depth, given a wrong value or taken away: ``bedtime report``
+    # shows the night (0) or refuses in one line naming the file (2); the report is never rewritten. Before,
+    # only the top-level fields' types were checked and a wrong one inside was a traceback.
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, night = _copy_box(eventful_box, Path(tmp))
+        doc = json.loads((night / "report.json").read_text())
+        paths = [p for p in _paths(doc) if p]
+        where = path if isinstance(path, tuple) else paths[path % len(paths)]
+        _set_at(doc, where, value)
+        saved = json.dumps(doc)
+        (night / "report.json").write_text(saved)
+        (night / "hypnogram.png").unlink()  # drawn again from the saved report
+        rc, err = run_bedtime(["report", "--config", str(cfg), str(night)])
+        assert "Traceback" not in err, (where, err[-3000:])
+        if rc != 0:
+            assert_one_line_refusal(rc, err, about="report.json")
+        assert (night / "report.json").read_text() == saved, "the saved report was rewritten"
 
 
 @pytest.mark.timeout(300)
