@@ -279,7 +279,7 @@ def report_problem(rep: object) -> str | None:
             return "'interventions.breather_sessions' holds a session without its times, steps or outcome"
     faults = iv.get("faults")
     if not isinstance(faults, list) or not all(
-            isinstance(f, dict) and (f.get("time_s") is None or _is_time(f["time_s"])) and "reason" in f
+            isinstance(f, dict) and "time_s" in f and (f["time_s"] is None or _is_time(f["time_s"])) and "reason" in f
             for f in faults):
         return "'interventions.faults' must be a list of faults with their times and reasons"
     q = rep.get("signal_quality")
