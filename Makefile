@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 EXTRAS ?= test,fleet
 
-.PHONY: all venv ha-venv demo test test-python test-native interop bench model evaluate demo-deps test-deps \
+.PHONY: all venv ha-venv demo test test-python test-native test-deep interop bench model evaluate demo-deps test-deps \
         system-deps install-pi clean system-test pi-test system-test-deps
 
 all: test
@@ -63,6 +63,13 @@ test: test-deps venv test-native test-python
 
 test-python: venv
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The generated (hypothesis) tests with DEEP times their examples: a shake-out before CI's random draw finds a
+# rare failing input (not part of `make test`; about half an hour at DEEP=10).
+DEEP ?= 10
+test-deep: test-deps venv
+	DEEP=$(DEEP) $(PY) -m pytest -q -p no:cacheprovider -p tests.deep_examples \
+	  $$(grep -l "@given" tests/test_*.py)
 
 # The C ring buffer and decoder under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-native:
