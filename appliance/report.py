@@ -266,7 +266,7 @@ def report_problem(rep: object) -> str | None:
         if not _is_count(iv.get(key)):
             return f"'interventions.{key}' must be a count"
     for key in ("loop_times_s", "alert_times_s"):
-        times = iv.get(key, [])
+        times = iv.get(key, [] if key == "alert_times_s" else None)  # alert_times_s came later: may be missing
         if not isinstance(times, list) or not all(_is_time(t) for t in times):
             return f"'interventions.{key}' must be a list of times (seconds since lights out)"
     sessions = iv.get("breather_sessions")

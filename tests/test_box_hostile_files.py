@@ -242,6 +242,7 @@ def _set_at(doc: dict, path: tuple, value: object) -> None:
 @example(path=("statistics", "awakenings"), value=...)  # format_report's KeyError
 @example(path=("interventions", "breather_sessions", 0, "start_s"), value="x")
 @example(path=("interventions", "faults", 0, "time_s"), value=...)  # found by a run at 6x the examples
+@example(path=("interventions", "loop_times_s"), value=...)  # found at 10x
 @given(path=st.integers(0, 10**6), value=_ROW_VALUES | st.just(...))
 def test_a_saved_report_with_any_field_made_hostile_is_shown_or_refused_in_one_line(eventful_box, path, value):
     # Any one field of a saved report.json, at any depth, given a wrong value or taken away: ``bedtime report``
