@@ -237,3 +237,48 @@ def test_converted_chunks_are_the_straightforward_formulas(seed, n, gain, gap):
     assert chunk.uv.dtype == np.float32 and np.array_equal(chunk.uv, want_uv)
     assert chunk.lead_off.dtype == want_loff.dtype and np.array_equal(chunk.lead_off, want_loff)
     assert chunk.staging.dtype == np.float64 and np.array_equal(chunk.staging, want_uv[:, 1].astype(np.float64))
+
+
+def _night_popped(tmp, pops: list[int], loops: list[bool]) -> tuple[list, list]:
+    """The breather's events and output trace of one night whose frames arrive in pops of the given sizes."""
+    from appliance.night_journal import NightJournal
+    from appliance.night_pipeline import NightPipeline
+    from tests.daemon_helpers import box_config
+
+    rig = Rig(BreatherConfig(cue_s=60.0, light_s=120.0, confirm_epochs=1, min_gap_s=1800.0))
+    try:
+        night = NightPipeline(box_config(tmp, port=None), fs_hz=FS, n_channels=N_CH, journal=NightJournal(),
+                              notify=lambda _m: None)
+        night.equip(stager=None, loop_detector=None, breather=rig.b, link=None)
+        night.outputs = _Outputs(rig)
+        for n in pops:  # the pipeline's own steps for one pop (NightPipeline.take), without the signal
+            while n:
+                fill = night.counters["frames"] % EPOCH
+                take = min(n, EPOCH - fill)
+                night.counters["frames"] += take
+                n -= take
+                if (fill + take) % EPOCH:
+                    night.tick()
+                    continue
+                night.tick(up_to_now=False)
+                i = night.counters["frames"] // EPOCH - 1
+                rig.b.on_epoch(ep(i, R, p_loop=0.95 if loops[i] else 0.0))
+                night.breather_events.report(night.signal_s(), i)
+                night.tick()
+        return list(night.journal.events), list(night.output_trace)
+    finally:
+        rig.close()
+
+
+@pytest.mark.xfail(strict=True, reason="known (2026-12-03): a pop that ends mid-second moves the breather's "
+                   "whole-second ticks off the signal's seconds (the next tick is the last one + 1 s), so the "
+                   "same replayed night can stamp breather_light at 179.0 or 180.0 s and breather_ended at 299.0 "
+                   "or 299.528 s depending on how the frames arrived; bench/compare_night_outputs.py saw it once "
+                   "in ~50 runs. Fixing it changes the breather's real-time tick schedule (the sound cue's bursts "
+                   "are as short as 0.2 s), so it wants its own change")
+def test_a_night_is_the_same_however_its_frames_arrive(tmp_path) -> None:
+    loops = [False] * 3 + [True] * 12 + [False] * 25
+    whole_seconds = _night_popped(tmp_path / "a", [FS] * (len(loops) * 30), loops)
+    # the same frames, every pop ending 0.528 s into a second (one pop of 132 frames first, one of 118 last)
+    off_by_half = _night_popped(tmp_path / "b", [FS // 2 + 7] + [FS] * (len(loops) * 30 - 1) + [FS // 2 - 7], loops)
+    assert whole_seconds[0] and off_by_half == whole_seconds
