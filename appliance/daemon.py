@@ -219,7 +219,7 @@ class Daemon:
     def _pipeline_loop(self) -> None:
         hw, night, counters = self.hw, self.night, self.counters
         # Real time: pop what is there (a fraction of a second). Replay: up to 10 s per step; the breather is
-        # still ticked once per second of signal (safety.MAX_TICK_STEP_S) by NightPipeline.tick.
+        # still ticked on its grid of signal time (night_pipeline.TICKS_PER_S) by NightPipeline.tick.
         block = self.fs_hz * (10 if hw.simulated and hw.poll_interval_s < 0.01 else 1)
         assembler = EpochAssembler(fs_hz=self.fs_hz, n_channels=int(hw.n_channels), gain=hw.gain,
                                    staging_channel=self.cfg.acquisition.staging_channel, missed_frames=hw.missed_frames)

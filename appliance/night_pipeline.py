@@ -8,7 +8,8 @@
   signal quality and arousal features, electrode on/off events, stage probabilities, P(loop), the episode tracker
   (:class:`appliance.episodes.LoopEpisodes`: loop events and alerts), the breather's decision, then the epoch's
   row in epochs.jsonl, its EDF+ stage annotation, the MQTT stage message and the systemd status;
-* :meth:`NightPipeline.tick` between epochs: the breather's ramps, once per second of signal;
+* :meth:`NightPipeline.tick` between epochs: the breather's ramps, on a grid of :data:`TICKS_PER_S` a second of
+  signal;
 * :meth:`NightPipeline.hardware_event` and :meth:`NightPipeline.fault` for the acquisition layer's reports;
 * :meth:`NightPipeline.telemetry_if_due` every ``telemetry.interval_s`` of signal.
 
@@ -57,6 +58,11 @@ NO_DATA_FAULT_S = 2.0
 """Wall-clock seconds without a single frame before the pipeline itself declares a fault (the driver's own
 DRDY-stall detection, at 4 sample periods, normally fires long before); also how fresh frames must be for the
 ``selftest`` command's ``acquisition_running``."""
+
+TICKS_PER_S = 10
+"""The breather is ticked on a grid of signal time, this many points a second (what :class:`Breather` is made for,
+~10 Hz: smooth ramps, sound bursts down to 0.2 s). A grid, not the pops' ends, so that a night's outputs do not
+depend on how its frames happened to arrive."""
 
 STAGES_FLOWING_S = 2 * EPOCH_S + 15.0
 """For an update's health check, the pipeline counts as staging when its last epoch came out within this many
@@ -194,6 +200,7 @@ class NightPipeline:
         self._lead_off_channels: frozenset[int] = frozenset()
         self._acq_event_at: dict[str, float] = {}
         self._last_levels = (0.0, 0.0)
+        self._tick_index = 0  # the breather's last tick was at _tick_index / TICKS_PER_S s of signal
         self._last_tick_s = 0.0
         self._next_telemetry_s = cfg.telemetry.interval_s  # signal time, s
         self._cpu_mark = (time.monotonic(), time.process_time())  # (wall, CPU) s at the last telemetry
@@ -280,32 +287,33 @@ class NightPipeline:
 
     # ---- the breather between epochs ---------------------------------------------------------------
     def tick(self, *, up_to_now: bool = True) -> None:
-        """Tick the breather at every whole second of signal passed since the last tick, then at now
-        (``up_to_now=False``: only the whole seconds before now, so that an epoch ending now is seen first)."""
-        now = self.signal_s()
-        t = self._last_tick_s + 1.0
-        if t < now and self._last_levels == (0.0, 0.0) and not self.breather_events.in_session:
+        """Tick the breather at every point of its grid (:data:`TICKS_PER_S` a second of signal) passed since the
+        last tick, up to now (``up_to_now=False``: only those before now, so that an epoch ending now is seen
+        first).
+
+        Only grid points, never "now" itself: where a pop of frames happens to end must not move the breather's
+        clock, or the same night replayed twice would stamp its events differently (a pop ending mid-second
+        moved every later tick off the whole seconds: breather_light at 179.0 or 180.0 s).
+        """
+        frames_x_ticks = self.counters["frames"] * TICKS_PER_S
+        # the last grid index k with k / TICKS_PER_S <= now (< now), in integers: k * fs <= frames * TICKS_PER_S
+        last_k = (frames_x_ticks if up_to_now else frames_x_ticks - 1) // self.fs_hz
+        k = self._tick_index + 1
+        if k > last_k:
+            self.breather_events.report(self._last_tick_s)
+            return
+        if self._last_levels == (0.0, 0.0) and not self.breather_events.in_session:
             # No session and both outputs off: a tick has nothing to ramp and nothing to end (only an epoch's
             # decision starts a session, on this thread), so only the run's last tick is made; it still forces
             # off an output found on, and leaves the breather's clock where the whole run would have. (In a
-            # replay a run is ten ticks; in real time, about one.)
-            last = self._last_tick_s
-            while t < now:  # the same float steps as the loop below, so the same last second
-                last = t
-                t += 1.0
-            if not up_to_now:
-                self.breather.tick(last)
-                self._trace_outputs(last)
-            self._last_tick_s = last
-        while t < now:
+            # replay a run is a hundred ticks; in real time, a few.)
+            k = last_k
+        while k <= last_k:
+            t = k / TICKS_PER_S  # exact on the whole seconds (and the epoch boundaries): not a sum of 0.1 steps
             self.breather.tick(t)
             self._trace_outputs(t)
-            self._last_tick_s = t
-            t += 1.0
-        if up_to_now:
-            self.breather.tick(now)
-            self._trace_outputs(now)
-            self._last_tick_s = now
+            self._tick_index, self._last_tick_s = k, t
+            k += 1
         self.breather_events.report(self._last_tick_s)
 
     def _trace_outputs(self, t: float) -> None:

@@ -17,11 +17,9 @@ Usage::
 
 Exit status 0 when everything is identical, 1 when something differs (printed), 2 on bad usage.
 
-Known (2026-12-03): about one run in fifty, ``events.jsonl`` (and with it the EDF+ annotations and
-``report.json``) differs in a breather event's time by under a second, the same code against itself: when the
-frames happen to arrive in pops that end mid-second, the breather's ticks move off the whole seconds
-(``tests/test_night_pipeline.py::test_a_night_is_the_same_however_its_frames_arrive``, marked xfail). Run the
-check again before blaming the change; a difference that repeats is real.
+Until 2026-12-03 about one run in fifty differed in a breather event's time, the same code against itself:
+pops of frames ending mid-second moved the breather's ticks off the whole seconds. The breather is now ticked
+on a grid of signal time (``tests/test_night_pipeline.py::test_a_night_is_the_same_however_its_frames_arrive``).
 """
 from __future__ import annotations
 

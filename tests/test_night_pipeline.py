@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from appliance.breather import BreatherChange, BreatherState
 from appliance.epoch_assembler import MAX_GAP_FILL_FRAMES, EpochAssembler
@@ -147,18 +147,16 @@ class _Outputs:
 
 
 def _reference_tick(self, *, up_to_now: bool = True) -> None:
-    """NightPipeline.tick the straightforward way: every whole second ticked, whatever the breather's state."""
+    """NightPipeline.tick the straightforward way: every point of the grid ticked, whatever the breather's state."""
+    from appliance.night_pipeline import TICKS_PER_S
+
     now = self.signal_s()
-    t = self._last_tick_s + 1.0
-    while t < now:
-        self.breather.tick(t)
-        self._trace_outputs(t)
-        self._last_tick_s = t
-        t += 1.0
-    if up_to_now:
-        self.breather.tick(now)
-        self._trace_outputs(now)
-        self._last_tick_s = now
+    k = self._tick_index + 1
+    while k / TICKS_PER_S < now or (up_to_now and k / TICKS_PER_S == now):
+        self.breather.tick(k / TICKS_PER_S)
+        self._trace_outputs(k / TICKS_PER_S)
+        self._tick_index, self._last_tick_s = k, k / TICKS_PER_S
+        k += 1
     self.breather_events.report(self._last_tick_s)
 
 
@@ -270,15 +268,17 @@ def _night_popped(tmp, pops: list[int], loops: list[bool]) -> tuple[list, list]:
         rig.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known (2026-12-03): a pop that ends mid-second moves the breather's "
-                   "whole-second ticks off the signal's seconds (the next tick is the last one + 1 s), so the "
-                   "same replayed night can stamp breather_light at 179.0 or 180.0 s and breather_ended at 299.0 "
-                   "or 299.528 s depending on how the frames arrived; bench/compare_night_outputs.py saw it once "
-                   "in ~50 runs. Fixing it changes the breather's real-time tick schedule (the sound cue's bursts "
-                   "are as short as 0.2 s), so it wants its own change")
-def test_a_night_is_the_same_however_its_frames_arrive(tmp_path) -> None:
+@settings(max_examples=15, deadline=None)
+@example(first=FS // 2 + 7, size=FS)  # every pop ending 0.528 s into a second: failed before the grid
+@given(first=st.integers(1, 3 * FS), size=st.integers(1, 3 * FS))
+def test_a_night_is_the_same_however_its_frames_arrive(tmp_path_factory, first: int, size: int) -> None:
+    # Before 2026-12-03 a pop that ended mid-second moved the breather's whole-second ticks off the signal's
+    # seconds: the same night stamped breather_light at 179.0 or 180.0 s and breather_ended at 299.0 or 299.528 s
+    # depending on how its frames arrived (bench/compare_night_outputs.py said DIFFER once in ~50 runs).
     loops = [False] * 3 + [True] * 12 + [False] * 25
-    whole_seconds = _night_popped(tmp_path / "a", [FS] * (len(loops) * 30), loops)
-    # the same frames, every pop ending 0.528 s into a second (one pop of 132 frames first, one of 118 last)
-    off_by_half = _night_popped(tmp_path / "b", [FS // 2 + 7] + [FS] * (len(loops) * 30 - 1) + [FS // 2 - 7], loops)
-    assert whole_seconds[0] and off_by_half == whole_seconds
+    total = len(loops) * EPOCH
+    whole_seconds = _night_popped(tmp_path_factory.mktemp("a"), [FS] * (total // FS), loops)
+    pops = [first] + [size] * ((total - first) // size)
+    pops.append(total - sum(pops))
+    other = _night_popped(tmp_path_factory.mktemp("b"), [p for p in pops if p], loops)
+    assert whole_seconds[0] and other == whole_seconds
