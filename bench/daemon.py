@@ -10,8 +10,9 @@ bench harness's), on the simulated chip through the acquisition layer's real dri
 * **realtime**: 250 SPS x 8 channels in real time on the DRDY path; reports the process's CPU share of one
   core, and the same without the chip simulator's own DRDY thread (which a real box does not have).
 
-* **breakdown**: one more replay with the pipeline thread's main call sites timed (:data:`_BREAKDOWN`), to say
-  what each second of the box's own share is.
+* **breakdown**: one more replay, on one core, with the pipeline thread's main call sites timed
+  (:data:`_BREAKDOWN`), to say what each second of the box's own share is, and from its rows what issue 14's 5x
+  would take (:func:`_floor_text`).
 
 The replay is run :data:`REPLAY_RUNS` times; each times the offline-staging baseline :data:`BASELINE_RUNS` times
 right after its night and takes the median, and the section shows the replay with the median ratio.
@@ -361,8 +362,9 @@ def _floor_text(bd: dict) -> str:
         f" {total / base:.1f}x the baseline; even if staging the night epoch by epoch cost no more than staging it"
         f" all at once ({base:.2f} s), they would be {(total - staging + base) / base:.1f}x, and with the checks and"
         f" the recording at half their cost too, {half / base:.1f}x; all before the other timed rows above (MQTT,"
-        f" the breather, framing, JSONL, the ring, telemetry: {rest:.2f} s here, {rest / base:.1f}x). The DSP in these rows runs in numpy and the project's"
-        f" C kernels already; the PNG child is mostly Python and matplotlib starting."
+        f" the breather, framing, JSONL, the ring, telemetry: {rest:.2f} s here, {rest / base:.1f}x). The DSP in"
+        f" these rows runs in numpy and the project's C kernels already; the PNG child is mostly Python and"
+        f" matplotlib starting."
     )
 
 
