@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,28 @@ def test_committed_model_is_small_int8_and_matches_its_card():
     n_inputs = 2 * len(used) if "norm_prior_mean" in card else len(used)
     assert card["future_epochs"] == 0 and len(card["feature_mean"]) == n_inputs
     assert Stager().n_inputs == n_inputs
+
+
+def test_the_readme_states_the_committed_models_measured_figures():
+    """README's "What is measured" bullet on staging says what the committed model's card measured, not an older
+    model's (it said kappa 0.36 against YASA's 0.50 and 0.35 vs 3.18 CPU s, v3's figures, after v6c shipped)."""
+    card = json.loads(DEFAULT_MODEL_PATH.with_name("model_card.json").read_text())
+    ev = card["evaluation"]
+    assert ev["model_sha256"] == card["sha256"]
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    bullet = readme.split("**Sleep staging**", 1)[1].split("- **", 1)[0]
+    synthetic = ev["synthetic"]["causal"]
+    ours, yasa = ev["dreams"]["ours"], ev["dreams"]["yasa"]
+    cpu_ours, cpu_yasa = ours["cpu_s_per_8h_night_extrapolated"], yasa["cpu_s_per_8h_night_extrapolated"]
+    for claim in (f"accuracy {synthetic['accuracy']:.2f}, kappa {synthetic['kappa']:.2f}",
+                  f"kappa {ours['majority_5class']['kappa']:.2f} against YASA's {yasa['majority_5class']['kappa']:.2f}",
+                  f"({cpu_ours:.2f} vs {cpu_yasa:.2f} s per 8-h night",
+                  f"about {round(cpu_yasa / cpu_ours)}x less CPU",
+                  f"{ours['majority_5class']['n_epochs']} epochs",
+                  "({:.2f} on the four excerpts used to choose its design, {:.2f} on the four held out)".format(
+                      *(ev["dreams"]["by_set"][s]["ours"]["majority_5class"]["kappa"]
+                        for s in ("development", "held_out")))):
+        assert claim in bullet, f"README's staging bullet should say {claim!r} (models/stager/model_card.json)"
 
 
 def test_feature_columns_follow_the_card_names_and_refuse_unknown_ones():
