@@ -27,9 +27,8 @@ import time
 import numpy as np
 
 from appliance.hypnogram import real_hypnograms
-from appliance.loops import loop_active
 from models.loops.chain import chain_features, chain_jobs, default_cache_dir
-from models.loops.replay import event_metrics, summarise
+from models.loops.replay import argmax_rule_probability, event_metrics, summarise
 
 
 def night_probabilities(detector, features: np.ndarray) -> np.ndarray:
@@ -64,7 +63,7 @@ def run(*, max_nights: int | None = None) -> dict:
     for name, _, stages, seed in jobs:
         feats = chain_features(stages, seed=seed, stager=stager, cache_dir=default_cache_dir())
         model[name] = event_metrics(stages, night_probabilities(detector, feats))
-        rule[name] = event_metrics(stages, loop_active(np.argmax(feats[:, :5], axis=1)).astype(np.float32))
+        rule[name] = event_metrics(stages, argmax_rule_probability(feats[:, :5]))
     return {"nights": len(jobs), "stager_sha256": stager.sha256, "loop_model_sha256": detector.model.sha256,
             "model": summarise(model), "rule_on_stager_argmax": summarise(rule),
             "cpu_s": round(time.process_time() - t0, 1)}

@@ -45,6 +45,11 @@ def event_metrics(stages: np.ndarray, p: np.ndarray, *, threshold: float = DETEC
             "epoch_fp": int((det & ~truth).sum()), "epoch_fn": int((~det & truth).sum())}
 
 
+def argmax_rule_probability(probs: np.ndarray) -> np.ndarray:
+    """Baseline: the definition applied to the stager's argmax (1.0 where it says a loop is under way)."""
+    return loop_active(np.argmax(probs, axis=1)).astype(np.float32)
+
+
 def summarise(per_night: dict[str, dict]) -> dict:
     """Totals over nights of :func:`event_metrics` results."""
     ep = sum(m["episodes"] for m in per_night.values())

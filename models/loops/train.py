@@ -35,7 +35,7 @@ from appliance.hypnogram import real_hypnograms, subject_of
 from appliance.loop_model import FEATURE_NAMES, N_FEATURES, WINDOW_EPOCHS, padded_window
 from appliance.loops import DEFAULT_DEFINITION, loop_active
 from appliance.protocol.stages import Stage
-from models.loops.replay import DETECTION_THRESHOLD, event_metrics, summarise
+from models.loops.replay import DETECTION_THRESHOLD, argmax_rule_probability, event_metrics, summarise
 from models.tflite_export import export_int8
 from models.loops.simulate import DEFAULT_NOISE, EVAL_SEED, insert_returns, simulate_eval_night, simulate_night
 
@@ -138,11 +138,6 @@ def predict_night(tflite_path: Path, features: np.ndarray) -> np.ndarray:
     interp.invoke()
     so, zo = out["quantization"]
     return ((interp.get_tensor(out["index"]).astype(np.float32) - zo) * so).reshape(-1)
-
-
-def argmax_rule_probability(probs: np.ndarray) -> np.ndarray:
-    """Baseline: the definition applied to the stager's argmax (1.0 where it says a loop is under way)."""
-    return loop_active(np.argmax(probs, axis=1)).astype(np.float32)
 
 
 def folds_by_subject(names: list[str], k: int) -> list[list[str]]:
