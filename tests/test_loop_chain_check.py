@@ -51,9 +51,27 @@ def test_it_scores_the_committed_stager_and_loop_model_on_a_real_night(shared, t
     assert list((tmp_path / "bedtime" / "loops-chain").glob("*.npz"))
 
 
+DREAMS_FALSE_DETECTIONS_MAX = 0
+"""Loop detections the committed models may make in the 4 h of real DREAMS sleep, where the experts' hypnograms
+hold no loop (measured 2026-12-03: none, max P(loop) 0.0; docs/loops.md). A model that starts firing on real
+sleep with no loop would start breathers for nothing: this test says so before a box does."""
+
+
+def test_on_real_eeg_without_loops_the_box_detects_none(shared):
+    r = chain_check.run_dreams()
+    t = r["total"]
+    assert len(r["excerpts"]) == 8 and t["epochs"] == 480
+    assert t["episodes"] == 0  # the experts' majority hypnograms hold no loop
+    assert t["false_detections"] <= DREAMS_FALSE_DETECTIONS_MAX
+    # the stager does call REM where the experts did not: the loop model is being asked, not bypassed
+    assert sum(m["stager_rem_epochs"] for m in r["excerpts"].values()) > 0
+
+
 @pytest.mark.parametrize("argv, env, message", [
+    (["--dreams", "--max-nights", "2"], {}, "chain_check: --max-nights is for the synthetic nights, not --dreams"),
     (["--max-nights", "0"], {}, "chain_check: --max-nights needs at least 1"),
     ([], {"BEDTIME_SHARED": "/nonexistent-shared"}, "chain_check: no real hypnograms (../shared is not present"),
+    (["--dreams"], {"BEDTIME_SHARED": "/nonexistent-shared"}, "chain_check: no real hypnograms (../shared is not"),
 ])
 def test_bad_input_or_no_data_is_one_line_and_status_2(argv, env, message, monkeypatch, capsys):
     for k, v in env.items():
