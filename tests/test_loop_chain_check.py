@@ -65,6 +65,8 @@ def test_on_real_eeg_without_loops_the_box_detects_none(shared):
     assert t["false_detections"] <= DREAMS_FALSE_DETECTIONS_MAX
     # the stager does call REM where the experts did not: the loop model is being asked, not bypassed
     assert sum(m["stager_rem_epochs"] for m in r["excerpts"].values()) > 0
+    # and the quality gate passes the real signal (a gate that closed would hide the loop model's answers)
+    assert sum(m["quality_ok_epochs"] for m in r["excerpts"].values()) >= 0.9 * t["epochs"]
 
 
 @pytest.mark.parametrize("argv, env, message", [

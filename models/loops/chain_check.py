@@ -108,7 +108,7 @@ def dreams_features(x_uv: np.ndarray, fs_hz: float, stager) -> np.ndarray:
 def run_dreams() -> dict:
     """The committed stager and loop model on the 8 real DREAMS excerpts; per excerpt and summed."""
     from appliance.hypnogram import dreams_to_epochs, read_dreams_codes, shared_dir
-    from appliance.loop_model import LoopDetector
+    from appliance.loop_model import FEATURE_NAMES, LoopDetector
     from appliance.protocol.stages import Stage
     from appliance.stager import Stager
     from models.stager.evaluate import (DEVELOPMENT_EXCERPTS, HELD_OUT_EXCERPTS, equal_input,
@@ -130,6 +130,7 @@ def run_dreams() -> dict:
         m["max_p_loop"] = round(float(p.max()), 3)
         m["expert_rem_epochs"] = int(np.count_nonzero(expert == Stage.REM))
         m["stager_rem_epochs"] = int(np.count_nonzero(np.argmax(feats[:, :5], axis=1) == Stage.REM))
+        m["quality_ok_epochs"] = int(np.count_nonzero(feats[:, FEATURE_NAMES.index("quality_ok")] > 0.5))
         per[f"excerpt{k}"] = m
     total = summarise(per)
     total["epochs"] = sum(m["epochs"] for m in per.values())
@@ -184,11 +185,12 @@ def _print_dreams(r: dict, *, as_json: bool) -> int:
     t = r["total"]
     print(f"8 real DREAMS excerpts ({t['epochs']} epochs, {t['epochs'] / 120:.1f} h) through the box's chain: stager "
           f"{r['stager_sha256'][:12]}, loop model {r['loop_model_sha256'][:12]}")
-    print("| excerpt | epochs | REM epochs: experts / stager | loops (definition) | loop detections (P >= 0.5) | "
-          "epochs P >= 0.5 | max P(loop) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| excerpt | epochs | signal ok | REM epochs: experts / stager | loops (definition) | "
+          "loop detections (P >= 0.5) | epochs P >= 0.5 | max P(loop) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, m in r["excerpts"].items():
-        print(f"| {name} | {m['epochs']} | {m['expert_rem_epochs']} / {m['stager_rem_epochs']} | {m['episodes']} | "
+        print(f"| {name} | {m['epochs']} | {m['quality_ok_epochs']} | {m['expert_rem_epochs']} / "
+              f"{m['stager_rem_epochs']} | {m['episodes']} | "
               f"{m['detected'] + m['false_detections']} ({m['false_detections']} false) | {m['epochs_p_loop_ge_05']} | "
               f"{m['max_p_loop']} |")
     print(f"In all: {t['episodes']} loops by the definition, {t['false_detections']} false detections in "
